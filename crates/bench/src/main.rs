@@ -1,0 +1,129 @@
+//! `ruststacker-bench`: measurements against a running RustStacker, through its public API only.
+//!
+//! `idle`: registers a user, opens `--connections` WebSockets to the gateway and holds them idle,
+//! then reads the server's resident memory from `/proc/<pid>/status` before and after, and prints
+//! the memory per idle connection. Run it against `ruststacker all` (pass its pid).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ruststacker-bench",
+    about = "Load and measurement tools for RustStacker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Memory per idle WebSocket connection.
+    Idle {
+        /// Meta's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        meta: String,
+        /// Gateway's WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8082/api/ws")]
+        gateway: String,
+        /// Pid of the server process whose memory is measured.
+        #[arg(long)]
+        pid: u32,
+        /// Connections to open (keep below the open-files limit of this process).
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+    },
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS line")
+}
+
+async fn token(meta: &str) -> anyhow::Result<String> {
+    let http = reqwest::Client::new();
+    let name = format!("bench_{}", std::process::id());
+    let creds = json!({"username": name, "password": "bench-password-1"});
+    // Registering twice (a rerun with the same pid) is fine: login decides.
+    let _ = http
+        .post(format!("{meta}/api/user/register"))
+        .json(&creds)
+        .send()
+        .await?;
+    let reply: Value = http
+        .post(format!("{meta}/api/user/login"))
+        .json(&creds)
+        .send()
+        .await?
+        .json()
+        .await?;
+    reply["data"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("login failed: {reply}"))
+}
+
+async fn idle(meta: &str, gateway: &str, pid: u32, n: usize) -> anyhow::Result<()> {
+    let token = token(meta).await?;
+    let url = format!("{gateway}?token={token}");
+    // Warm up: the first connection allocates per-process structures that are not per connection.
+    let (mut warm, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    warm.next().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        // Wait for the welcome frame, so the server finished setting the connection up.
+        match ws.next().await {
+            Some(Ok(_)) => conns.push(ws),
+            other => bail!("connection {i} got {other:?} instead of the welcome frame"),
+        }
+        if (i + 1) % 1000 == 0 {
+            eprintln!("{} connections", i + 1);
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    let per = (after.saturating_sub(before) as f64) * 1024.0 / n as f64;
+    println!(
+        "{}",
+        json!({
+            "connections": n,
+            "connect_secs": connect_secs,
+            "server_rss_before_kib": before,
+            "server_rss_after_kib": after,
+            "bytes_per_idle_connection": per.round(),
+        })
+    );
+    drop(conns);
+    drop(warm);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Idle {
+            meta,
+            gateway,
+            pid,
+            connections,
+        } => idle(&meta, &gateway, pid, connections).await,
+    }
+}

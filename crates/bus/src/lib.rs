@@ -1,0 +1,70 @@
+//! The seams between services that are not the database: the push path ([`PushBus`]), the
+//! user -> gateway route table ([`Routes`]), the instance registry ([`Instances`]) and the local
+//! member cache ([`MemberCache`]). [`inproc`] implements them inside one process for
+//! `ruststacker all`; the Redis implementations sit behind the same traits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use proto::UserId;
+use proto::api::GatewayView;
+use proto::stream::PushEntry;
+
+pub mod cache;
+pub mod inproc;
+
+pub use cache::MemberCache;
+
+/// A gateway's id, as registered (`gateway-1`).
+pub type GatewayId = Arc<str>;
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// No live stream for that gateway (it stopped or never existed).
+    #[error("gateway {0} has no stream")]
+    NoSuchGateway(String),
+    /// The backend (Redis) cannot be reached.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Appends entries to gateways' push streams.
+#[async_trait]
+pub trait PushBus: Send + Sync {
+    /// Appends `entry` to `gateway`'s stream; waits while the stream is full (backpressure).
+    async fn publish(&self, gateway: &str, entry: PushEntry) -> Result<(), BusError>;
+}
+
+/// Where users are connected.
+#[async_trait]
+pub trait Routes: Send + Sync {
+    /// A connection of `user` opened on `gateway`.
+    async fn connected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError>;
+    /// A connection of `user` on `gateway` closed.
+    async fn disconnected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError>;
+    /// The gateways holding connections of `users`, with the users on each. Users with no
+    /// connection are left out (they catch up from the database when they return).
+    async fn locate(&self, users: &[UserId]) -> Result<HashMap<GatewayId, Vec<UserId>>, BusError>;
+}
+
+/// What a gateway registers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayRegistration {
+    pub gateway_id: GatewayId,
+    pub address: String,
+    pub port: u16,
+    pub max_connections: u64,
+}
+
+/// Live service instances and their load.
+#[async_trait]
+pub trait Instances: Send + Sync {
+    async fn register_gateway(&self, reg: GatewayRegistration) -> Result<(), BusError>;
+    /// Refreshes `gateway`'s liveness with its current connection count.
+    async fn heartbeat_gateway(&self, gateway: &str, connections: u64) -> Result<(), BusError>;
+    async fn deregister_gateway(&self, gateway: &str) -> Result<(), BusError>;
+    /// Live gateways, least loaded first.
+    async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError>;
+}

@@ -1,0 +1,357 @@
+//! One WebSocket connection: a reader (client frames, keepalive, limits) and a writer that owns the
+//! socket's sink. The writer sends the welcome, resyncs every room from the delivery cursor, then
+//! serves the queue, coalescing everything queued into one flush. It keeps, per room, the last
+//! `seq` it sent: a repeat is dropped and a gap is filled from the database, so a connection sees
+//! each room in `seq` order without holes whatever the push path did.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use proto::frame::{ChatPayload, ClientFrame, ServerFrame};
+use proto::{RoomId, Seq, UserId};
+use tokio::sync::mpsc;
+
+use crate::GatewayState;
+use crate::hub::{CLOSE_GOING_AWAY, ConnShared, Outbound};
+
+/// Close codes this gateway uses (besides RFC 6455's 1001 at shutdown and 1009/1003/1007 for bad
+/// client frames).
+pub const CLOSE_IDLE: u16 = 4001;
+pub const CLOSE_SERVER_ERROR: u16 = 1011;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_UNSUPPORTED: u16 = 1003;
+const CLOSE_INVALID: u16 = 1007;
+const CLOSE_NORMAL: u16 = 1000;
+
+/// Most queue items handled per flush.
+const COALESCE: usize = 64;
+
+/// Serializes a stored message as a chat frame.
+pub fn chat_text(m: &store::Message) -> Utf8Bytes {
+    ServerFrame::Chat {
+        id: m.id,
+        room_id: m.room_id,
+        sender_id: m.sender_id,
+        seq: m.seq,
+        payload: ChatPayload {
+            content: m.content.clone(),
+            timestamp: kit::rfc3339_ms(m.created_at_ms),
+            msg_type: m.msg_type,
+        },
+        client_msg_id: m.client_msg_id.clone(),
+    }
+    .to_json()
+    .into()
+}
+
+#[derive(Debug)]
+enum WriteError {
+    /// The socket failed: nothing more can be sent.
+    Socket,
+    /// The database failed during a resync: close with 1011 so the client retries.
+    Store(store::StoreError),
+}
+
+impl From<axum::Error> for WriteError {
+    fn from(_: axum::Error) -> Self {
+        Self::Socket
+    }
+}
+
+impl From<store::StoreError> for WriteError {
+    fn from(e: store::StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    state: GatewayState,
+    user: UserId,
+    ack_mode: bool,
+    last_sent: HashMap<RoomId, Seq>,
+    unflushed: HashMap<RoomId, Seq>,
+}
+
+impl Writer {
+    async fn feed_chat(
+        &mut self,
+        room: RoomId,
+        seq: Seq,
+        text: Utf8Bytes,
+    ) -> Result<(), WriteError> {
+        self.sink.feed(Message::Text(text)).await?;
+        self.last_sent.insert(room, seq);
+        let e = self.unflushed.entry(room).or_insert(seq);
+        *e = (*e).max(seq);
+        Ok(())
+    }
+
+    /// Flushes the socket, then records the cursors of what was flushed (unless the client
+    /// acknowledges for itself).
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        self.sink.flush().await?;
+        let book = &self.state.0.cursors;
+        for (room, seq) in self.unflushed.drain() {
+            metrics::counter!("ruststacker_gateway_frames_sent_total").increment(1);
+            if !self.ack_mode {
+                book.advance(self.user, room, seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `room`'s messages with `seq` in `(after, until]` from the database, in chunks.
+    async fn replay(
+        &mut self,
+        room: RoomId,
+        after: Seq,
+        until: Option<Seq>,
+    ) -> Result<(), WriteError> {
+        let chunk = self.state.0.cfg.resync_chunk.max(1);
+        let mut from = after;
+        loop {
+            let msgs = self.state.0.store.messages_after(room, from, chunk).await?;
+            let done = msgs.len() < chunk as usize;
+            for m in &msgs {
+                if until.is_some_and(|u| m.seq > u) {
+                    return self.flush().await;
+                }
+                self.feed_chat(room, m.seq, chat_text(m)).await?;
+                from = m.seq;
+            }
+            self.flush().await?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Everything the user missed in every room, from their cursor.
+    async fn resync_all(&mut self) -> Result<(), WriteError> {
+        let rooms = self.state.0.store.joined_rooms(self.user).await?;
+        for r in rooms {
+            let pending = self
+                .state
+                .0
+                .cursors
+                .pending(self.user, r.room.id)
+                .unwrap_or(0);
+            let cursor = r.delivered_seq.max(pending);
+            self.last_sent.insert(r.room.id, cursor);
+            if r.room.last_seq > cursor {
+                metrics::counter!("ruststacker_gateway_resyncs_total").increment(1);
+                self.replay(r.room.id, cursor, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, item: Outbound) -> Result<(), WriteError> {
+        match item {
+            Outbound::Chat { room, seq, text } => match self.last_sent.get(&room).copied() {
+                Some(last) if seq <= last => Ok(()),
+                Some(last) if seq > last + 1 => {
+                    metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
+                    self.replay(room, last, Some(seq - 1)).await?;
+                    self.feed_chat(room, seq, text).await
+                }
+                _ => self.feed_chat(room, seq, text).await,
+            },
+            Outbound::Frame(text) => Ok(self.sink.feed(Message::Text(text)).await?),
+            Outbound::ClientAck { room, seq } => {
+                // Only what this connection was sent can be acknowledged.
+                if let Some(last) = self.last_sent.get(&room) {
+                    self.state
+                        .0
+                        .cursors
+                        .advance(self.user, room, seq.min(*last));
+                }
+                Ok(())
+            }
+            Outbound::Sync { room, after } => {
+                if self
+                    .state
+                    .0
+                    .store
+                    .member_role(room, self.user)
+                    .await?
+                    .is_some()
+                {
+                    let before = self.last_sent.get(&room).copied().unwrap_or(0);
+                    self.replay(room, after.max(0), None).await?;
+                    let e = self.last_sent.entry(room).or_insert(before);
+                    *e = (*e).max(before);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &ConnShared,
+    ) -> Result<(), WriteError> {
+        self.sink
+            .feed(Message::Text(ServerFrame::welcome().to_json().into()))
+            .await?;
+        self.resync_all().await?;
+        self.flush().await?;
+        let period = Duration::from_secs(self.state.0.cfg.ping_interval_secs.max(1));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut batch = Vec::with_capacity(COALESCE);
+        loop {
+            tokio::select! {
+                biased;
+                () = shared.kick.cancelled() => return Ok(()),
+                _ = ping.tick() => {
+                    self.sink.send(Message::Ping(Default::default())).await?;
+                }
+                n = rx.recv_many(&mut batch, COALESCE) => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for item in batch.drain(..) {
+                        self.handle(item).await?;
+                    }
+                    self.flush().await?;
+                }
+            }
+        }
+    }
+
+    /// At shutdown, writes what is already queued before the close frame.
+    async fn drain(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), WriteError> {
+        while let Ok(item) = rx.try_recv() {
+            self.handle(item).await?;
+        }
+        self.flush().await
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        CLOSE_GOING_AWAY => "server shutting down",
+        crate::hub::CLOSE_SLOW_CONSUMER => "slow consumer: reconnect to resync",
+        CLOSE_IDLE => "idle timeout",
+        CLOSE_TOO_BIG => "frame too large",
+        CLOSE_UNSUPPORTED => "binary frames are not supported",
+        CLOSE_INVALID => "invalid frame",
+        CLOSE_SERVER_ERROR => "server error: reconnect later",
+        _ => "closing",
+    }
+}
+
+/// Runs a connection of `user` until either side closes it.
+pub(crate) async fn serve(state: GatewayState, user: UserId, ack_mode: bool, socket: WebSocket) {
+    let shared = Arc::new(ConnShared::new(&state.0.closing));
+    let (tx, mut rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
+    let conn_id = state.0.hub.add(user, tx.clone(), shared.clone());
+    if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
+        tracing::warn!(user_id = user, error = %e, "route not recorded");
+    }
+    tracing::debug!(user_id = user, conn = conn_id, "connected");
+    let (sink, stream) = socket.split();
+    let reader = tokio::spawn(read_loop(
+        stream,
+        tx,
+        shared.clone(),
+        Duration::from_secs(state.0.cfg.idle_timeout_secs.max(1)),
+    ));
+    let mut w = Writer {
+        sink,
+        state: state.clone(),
+        user,
+        ack_mode,
+        last_sent: HashMap::new(),
+        unflushed: HashMap::new(),
+    };
+    let served = w.serve(&mut rx, &shared).await;
+    let socket_ok = match served {
+        Ok(()) => true,
+        Err(WriteError::Socket) => false,
+        Err(WriteError::Store(e)) => {
+            tracing::warn!(user_id = user, error = %e, "resync failed; closing with 1011");
+            shared.close(CLOSE_SERVER_ERROR);
+            true
+        }
+    };
+    if socket_ok {
+        let code = shared.close_code();
+        let drained = if code == CLOSE_GOING_AWAY {
+            w.drain(&mut rx).await.is_ok()
+        } else {
+            true
+        };
+        if drained {
+            let frame = CloseFrame {
+                code,
+                reason: reason(code).into(),
+            };
+            let _ = w.sink.send(Message::Close(Some(frame))).await;
+        }
+    }
+    shared.kick.cancel();
+    let _ = w.sink.close().await;
+    let _ = reader.await;
+    state.0.hub.remove(user, conn_id);
+    if let Err(e) = state.0.routes.disconnected(user, &state.0.id).await {
+        tracing::warn!(user_id = user, error = %e, "route not cleared");
+    }
+    tracing::debug!(user_id = user, conn = conn_id, "disconnected");
+}
+
+/// Which close code a read error deserves, if any.
+fn read_error_code(e: axum::Error) -> Option<u16> {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some(CLOSE_TOO_BIG),
+        Some(tungstenite::Error::Utf8(_)) => Some(CLOSE_INVALID),
+        Some(tungstenite::Error::Protocol(_)) => Some(1002),
+        _ => None,
+    }
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<ConnShared>,
+    idle: Duration,
+) {
+    let pong: Utf8Bytes = ServerFrame::Pong {}.to_json().into();
+    loop {
+        let next = tokio::select! {
+            () = shared.kick.cancelled() => return,
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let msg = match next {
+            Err(_) => return shared.close(CLOSE_IDLE),
+            Ok(None) => return shared.close(CLOSE_NORMAL),
+            Ok(Some(Err(e))) => {
+                return shared.close(read_error_code(e).unwrap_or(CLOSE_NORMAL));
+            }
+            Ok(Some(Ok(msg))) => msg,
+        };
+        let item = match msg {
+            Message::Text(text) => match serde_json::from_str::<ClientFrame>(text.as_str()) {
+                Ok(ClientFrame::Ack { room_id, seq }) => Outbound::ClientAck { room: room_id, seq },
+                Ok(ClientFrame::Sync { room_id, after_seq }) => Outbound::Sync {
+                    room: room_id,
+                    after: after_seq,
+                },
+                Ok(ClientFrame::Ping {}) => Outbound::Frame(pong.clone()),
+                Err(_) => return shared.close(CLOSE_INVALID),
+            },
+            Message::Binary(_) => return shared.close(CLOSE_UNSUPPORTED),
+            Message::Close(_) => return shared.close(CLOSE_NORMAL),
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        // A full queue means the connection is already being closed as a slow consumer.
+        let _ = tx.try_send(item);
+    }
+}

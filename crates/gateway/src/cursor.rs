@@ -1,0 +1,90 @@
+//! Delivery cursors waiting to be written. Connections record what they have sent (or what the
+//! client acknowledged) here, in memory; a flusher writes them to the database in one transaction
+//! every interval, and once more at shutdown. A crash loses at most one interval of cursor
+//! movement, which means re-sending (never losing) messages on reconnect; clients dedupe by id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use proto::{RoomId, Seq, UserId};
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Pending cursor advances.
+#[derive(Debug, Default)]
+pub struct CursorBook {
+    pending: DashMap<(UserId, RoomId), Seq>,
+}
+
+impl CursorBook {
+    /// Records that `user` has everything in `room` up to `seq`.
+    pub fn advance(&self, user: UserId, room: RoomId, seq: Seq) {
+        let mut e = self.pending.entry((user, room)).or_insert(seq);
+        if *e < seq {
+            *e = seq;
+        }
+    }
+
+    /// The pending (not yet written) cursor of `user` in `room`.
+    pub fn pending(&self, user: UserId, room: RoomId) -> Option<Seq> {
+        self.pending.get(&(user, room)).map(|v| *v)
+    }
+
+    /// Writes every pending cursor; entries that moved meanwhile stay for the next flush.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, store::StoreError> {
+        let updates: Vec<(UserId, RoomId, Seq)> = self
+            .pending
+            .iter()
+            .map(|e| (e.key().0, e.key().1, *e.value()))
+            .collect();
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        store.advance_cursors(&updates).await?;
+        for (user, room, seq) in &updates {
+            self.pending.remove_if(&(*user, *room), |_, v| *v == *seq);
+        }
+        Ok(updates.len())
+    }
+
+    /// Flushes every `interval` until `stop`, then once more.
+    pub async fn run_flusher(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush(store.as_ref()).await {
+                        tracing::warn!(error = %e, "cursor flush failed; will retry");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.flush(store.as_ref()).await {
+            tracing::error!(error = %e, "final cursor flush failed; clients may get repeats");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_only_move_forward() {
+        let b = CursorBook::default();
+        b.advance(1, 2, 5);
+        b.advance(1, 2, 3);
+        assert_eq!(b.pending(1, 2), Some(5));
+        b.advance(1, 2, 9);
+        assert_eq!(b.pending(1, 2), Some(9));
+        assert_eq!(b.pending(2, 2), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The connections of this gateway, by user, and the hand-off of frames to their queues.
+//!
+//! Each connection has a bounded queue. The hub never waits on a queue: a connection whose queue is
+//! full is a slow consumer and is closed with [`CLOSE_SLOW_CONSUMER`]; its delivery cursor stops at
+//! what it was actually sent, so it gets the rest from the database when it reconnects. Memory stays
+//! bounded and nothing is lost silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use proto::{RoomId, Seq, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Close code for a client whose queue overflowed: reconnect and the server resyncs you.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code at shutdown.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// What a connection's writer is asked to do, in order.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A chat frame of `room` with `seq`, serialized once and shared by every recipient.
+    Chat {
+        room: RoomId,
+        seq: Seq,
+        text: Utf8Bytes,
+    },
+    /// Any other frame (ack, pong).
+    Frame(Utf8Bytes),
+    /// The client acknowledged everything in `room` up to `seq`.
+    ClientAck { room: RoomId, seq: Seq },
+    /// The client asked for everything in `room` after `after`.
+    Sync { room: RoomId, after: Seq },
+}
+
+/// What the hub and the connection's tasks share.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// Cancelled to close the connection; a child of the gateway's shutdown token.
+    pub kick: CancellationToken,
+    close_code: AtomicU16,
+}
+
+impl ConnShared {
+    pub fn new(parent: &CancellationToken) -> Self {
+        Self {
+            kick: parent.child_token(),
+            close_code: AtomicU16::new(0),
+        }
+    }
+
+    /// Asks the connection to close with `code` (the first reason wins).
+    pub fn close(&self, code: u16) {
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.kick.cancel();
+    }
+
+    /// The code to close with: the first reason given, else going away (shutdown).
+    pub fn close_code(&self) -> u16 {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => CLOSE_GOING_AWAY,
+            c => c,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<ConnShared>,
+}
+
+/// Live connections by user.
+#[derive(Debug, Default)]
+pub struct Hub {
+    conns: DashMap<UserId, Vec<Conn>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Hub {
+    /// Connections open now (including those being set up).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Reserves a slot if fewer than `max` are open.
+    pub fn try_reserve(&self, max: usize) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Adds a connection of `user`; returns its id.
+    pub fn add(&self, user: UserId, tx: mpsc::Sender<Outbound>, shared: Arc<ConnShared>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .entry(user)
+            .or_default()
+            .push(Conn { id, tx, shared });
+        metrics::gauge!("ruststacker_gateway_connections").set(self.open() as f64);
+        id
+    }
+
+    pub fn remove(&self, user: UserId, id: u64) {
+        self.conns.remove_if_mut(&user, |_, v| {
+            v.retain(|c| c.id != id);
+            v.is_empty()
+        });
+        metrics::gauge!("ruststacker_gateway_connections")
+            .set(self.open().saturating_sub(1) as f64);
+    }
+
+    /// Whether `user` has a connection here.
+    pub fn has(&self, user: UserId) -> bool {
+        self.conns.contains_key(&user)
+    }
+
+    /// Queues `item` on every connection of every user in `targets`. Returns how many queues took
+    /// it. Full queues get their connection closed as slow consumers.
+    pub fn deliver(&self, targets: &[UserId], item: &Outbound) -> usize {
+        let mut queued = 0;
+        for user in targets {
+            let Some(conns) = self.conns.get(user) else {
+                continue;
+            };
+            for c in conns.iter() {
+                match c.tx.try_send(item.clone()) {
+                    Ok(()) => queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if !c.shared.kick.is_cancelled() {
+                            tracing::info!(user_id = user, conn = c.id, "slow consumer closed");
+                            metrics::counter!("ruststacker_gateway_slow_consumers_total")
+                                .increment(1);
+                        }
+                        c.shared.close(CLOSE_SLOW_CONSUMER);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        metrics::counter!("ruststacker_gateway_frames_queued_total").increment(queued as u64);
+        queued
+    }
+
+    /// Asks every connection to close with `code`.
+    pub fn close_all(&self, code: u16) {
+        for conns in &self.conns {
+            for c in conns.iter() {
+                c.shared.close(code);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_closes_only_that_connection_as_slow() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let (tx_a, _rx_a) = mpsc::channel(1);
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        let a = Arc::new(ConnShared::new(&root));
+        let b = Arc::new(ConnShared::new(&root));
+        assert!(hub.try_reserve(2) && hub.try_reserve(2) && !hub.try_reserve(2));
+        hub.add(1, tx_a, a.clone());
+        hub.add(2, tx_b, b.clone());
+        let item = Outbound::Frame(Utf8Bytes::from_static("{}"));
+        assert_eq!(hub.deliver(&[1, 2], &item), 2);
+        assert_eq!(hub.deliver(&[1, 2], &item), 1);
+        assert_eq!(a.close_code(), CLOSE_SLOW_CONSUMER);
+        assert!(!b.kick.is_cancelled());
+        assert!(rx_b.recv().await.is_some());
+        root.cancel();
+        assert_eq!(b.close_code(), CLOSE_GOING_AWAY);
+    }
+}

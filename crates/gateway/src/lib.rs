@@ -1,0 +1,392 @@
+//! The Gateway service: holds WebSocket connections and is the push path's last hop.
+//!
+//! - [`hub`]: connections by user, bounded queues, the slow-consumer policy.
+//! - [`conn`]: one connection's reader and writer (resync, ordering, coalesced flushes).
+//! - [`cursor`]: delivery cursors, batched to the database.
+//! - this module: config, state, the `/api/ws` handshake, the stream consumer that serializes each
+//!   entry once and shares the bytes with every local recipient, heartbeats to the registry, and
+//!   the shutdown sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bus::{GatewayId, GatewayRegistration, Instances, Routes};
+use kit::auth::Auth;
+use kit::http::{Check, Ready};
+use kit::{ApiError, Query};
+use proto::frame::{ChatPayload, ServerFrame};
+use proto::stream::PushEntry;
+use serde::{Deserialize, Serialize};
+use store::Store;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod conn;
+pub mod cursor;
+pub mod hub;
+
+use hub::{CLOSE_GOING_AWAY, Hub, Outbound};
+
+/// Gateway's settings (the `gateway:` block).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Instance name, unique among gateways (the seed's `name`).
+    pub name: String,
+    /// HTTP/WebSocket port (the seed's 8082).
+    pub port: u16,
+    /// Address clients are told to connect to (the seed's `address`); defaults to the bind address.
+    pub address: Option<String>,
+    /// Most connections held; more get 503 (the seed's `dispatcher.max_connections`).
+    pub max_connections: usize,
+    /// Frames queued per connection before it counts as a slow consumer
+    /// (the seed's `dispatcher.send_channel_size`).
+    pub send_channel_size: usize,
+    /// Entries the push stream holds before Send waits.
+    pub stream_capacity: usize,
+    /// Largest client frame/message accepted, in bytes; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub read_buffer_bytes: usize,
+    /// Bytes of frames collected before a socket write; a flush writes earlier.
+    pub write_buffer_bytes: usize,
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed with 4001.
+    pub idle_timeout_secs: u64,
+    /// Seconds between heartbeats to the registry.
+    pub heartbeat_interval_secs: u64,
+    /// Messages read from the database per resync query.
+    pub resync_chunk: u32,
+    /// Milliseconds between delivery-cursor writes.
+    pub cursor_flush_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "gateway-1".into(),
+            port: 8082,
+            address: None,
+            max_connections: 100_000,
+            send_channel_size: 1024,
+            stream_capacity: 8192,
+            max_frame_bytes: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 8 * 1024,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            heartbeat_interval_secs: 5,
+            resync_chunk: 200,
+            cursor_flush_ms: 500,
+        }
+    }
+}
+
+/// What a gateway is wired to.
+pub struct Deps {
+    pub auth: Arc<Auth>,
+    pub store: Arc<dyn Store>,
+    pub routes: Arc<dyn Routes>,
+    pub instances: Arc<dyn Instances>,
+    pub ready: Ready,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) id: GatewayId,
+    address: String,
+    port: u16,
+    auth: Arc<Auth>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) routes: Arc<dyn Routes>,
+    instances: Arc<dyn Instances>,
+    pub(crate) hub: Hub,
+    pub(crate) cursors: Arc<cursor::CursorBook>,
+    pub(crate) closing: CancellationToken,
+    conns: TaskTracker,
+    ready: Ready,
+}
+
+/// The gateway's shared state.
+#[derive(Clone)]
+pub struct GatewayState(pub(crate) Arc<Inner>);
+
+impl GatewayState {
+    /// `address`/`port` are what the registry advertises (the bound port when started on 0).
+    pub fn new(cfg: Config, address: String, port: u16, deps: Deps) -> Self {
+        let address = cfg.address.clone().unwrap_or(address);
+        Self(Arc::new(Inner {
+            id: cfg.name.as_str().into(),
+            cfg,
+            address,
+            port,
+            auth: deps.auth,
+            store: deps.store,
+            routes: deps.routes,
+            instances: deps.instances,
+            hub: Hub::default(),
+            cursors: Arc::default(),
+            closing: CancellationToken::new(),
+            conns: TaskTracker::new(),
+            ready: deps.ready,
+        }))
+    }
+
+    pub fn id(&self) -> &GatewayId {
+        &self.0.id
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.0.hub.open()
+    }
+
+    /// Registers with the registry and starts the stream consumer, heartbeats and the cursor
+    /// flusher. `stream` is this gateway's push stream.
+    pub async fn start(
+        &self,
+        stream: mpsc::Receiver<PushEntry>,
+    ) -> Result<Background, bus::BusError> {
+        self.register().await?;
+        let stop = CancellationToken::new();
+        let consumer = tokio::spawn(consume(self.clone(), stream));
+        let heartbeat = tokio::spawn(heartbeat(self.clone(), stop.clone()));
+        let flusher = tokio::spawn(self.0.cursors.clone().run_flusher(
+            self.0.store.clone(),
+            Duration::from_millis(self.0.cfg.cursor_flush_ms.max(10)),
+            stop.clone(),
+        ));
+        Ok(Background {
+            consumer,
+            heartbeat,
+            flusher,
+            stop,
+        })
+    }
+
+    async fn register(&self) -> Result<(), bus::BusError> {
+        self.0
+            .instances
+            .register_gateway(GatewayRegistration {
+                gateway_id: self.0.id.clone(),
+                address: self.0.address.clone(),
+                port: self.0.port,
+                max_connections: self.0.cfg.max_connections as u64,
+            })
+            .await
+    }
+
+    /// Turns each stream entry into frames: serialized once, queued on every local target.
+    pub fn dispatch(&self, entry: PushEntry) {
+        match entry {
+            PushEntry::Chat {
+                message: m,
+                targets,
+            } => {
+                let text: Utf8Bytes = ServerFrame::Chat {
+                    id: m.id,
+                    room_id: m.room_id,
+                    sender_id: m.sender_id,
+                    seq: m.seq,
+                    payload: ChatPayload {
+                        content: m.content.clone(),
+                        timestamp: kit::rfc3339_ms(m.created_at_ms),
+                        msg_type: m.msg_type,
+                    },
+                    client_msg_id: m.client_msg_id.clone(),
+                }
+                .to_json()
+                .into();
+                let item = Outbound::Chat {
+                    room: m.room_id,
+                    seq: m.seq,
+                    text,
+                };
+                self.0.hub.deliver(&targets, &item);
+            }
+            PushEntry::Ack {
+                sender_id,
+                message_id,
+                room_id,
+                seq,
+                client_msg_id,
+            } => {
+                let text: Utf8Bytes = ServerFrame::Ack {
+                    id: message_id,
+                    room_id,
+                    seq,
+                    client_msg_id,
+                }
+                .to_json()
+                .into();
+                self.0.hub.deliver(&[sender_id], &Outbound::Frame(text));
+            }
+        }
+    }
+}
+
+/// The gateway's background tasks, for an orderly [`GatewayState::shutdown`].
+pub struct Background {
+    consumer: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    flusher: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl GatewayState {
+    /// Stops the gateway once its HTTP listener has stopped and its stream has been closed by the
+    /// producer side: waits for the consumer to hand out every entry, closes every connection
+    /// with 1001 after its queued frames are written, flushes cursors and deregisters.
+    pub async fn shutdown(&self, bg: Background, deadline: Duration) {
+        self.0.ready.set_not_ready();
+        let consumer_done = tokio::time::timeout(deadline, bg.consumer).await;
+        if consumer_done.is_err() {
+            tracing::warn!("push stream not drained before the deadline");
+        }
+        self.0.hub.close_all(CLOSE_GOING_AWAY);
+        self.0.closing.cancel();
+        self.0.conns.close();
+        if tokio::time::timeout(deadline, self.0.conns.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still closing at the deadline");
+        }
+        bg.stop.cancel();
+        let _ = bg.heartbeat.await;
+        let _ = bg.flusher.await;
+        if let Err(e) = self.0.instances.deregister_gateway(&self.0.id).await {
+            tracing::warn!(error = %e, "deregistration failed; the registry will expire us");
+        }
+    }
+}
+
+async fn consume(state: GatewayState, mut stream: mpsc::Receiver<PushEntry>) {
+    let mut batch = Vec::with_capacity(64);
+    while stream.recv_many(&mut batch, 64).await > 0 {
+        for entry in batch.drain(..) {
+            state.dispatch(entry);
+        }
+    }
+}
+
+async fn heartbeat(state: GatewayState, stop: CancellationToken) {
+    let period = Duration::from_secs(state.0.cfg.heartbeat_interval_secs.max(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let n = state.connections() as u64;
+        if state
+            .0
+            .instances
+            .heartbeat_gateway(&state.0.id, n)
+            .await
+            .is_err()
+        {
+            // Expired or the registry restarted: register again.
+            if let Err(e) = state.register().await {
+                tracing::warn!(error = %e, "heartbeat and re-registration failed");
+            }
+        }
+    }
+}
+
+/// The gateway's routes, finished with the common ones.
+pub fn router(state: GatewayState) -> Router {
+    let limits = kit::http::Limits {
+        max_body_bytes: 16 * 1024,
+    };
+    let api = Router::new()
+        .route("/api/ws", get(ws_handshake))
+        .route("/health", get(health))
+        .with_state(state);
+    kit::http::finish(api, "gateway", limits)
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+    /// `true`: the client acknowledges (`{"type":"ack"}`) and only its acks move its cursor.
+    #[serde(default)]
+    ack: bool,
+}
+
+/// Gives back a reserved connection slot unless the connection took it over.
+struct Slot(Option<GatewayState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.0.hub.release();
+        }
+    }
+}
+
+async fn ws_handshake(
+    State(s): State<GatewayState>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let user = match q.token.as_deref() {
+        Some(token) => s.0.auth.verify(token)?,
+        None => s.0.auth.verify_headers(&headers)?,
+    };
+    let upgrade = upgrade.map_err(|_| {
+        ApiError::invalid("not_websocket", "this endpoint takes a WebSocket upgrade")
+    })?;
+    if s.0.closing.is_cancelled() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the gateway is shutting down",
+        ));
+    }
+    if !s.0.hub.try_reserve(s.0.cfg.max_connections) {
+        return Err(ApiError::unavailable(
+            "gateway_full",
+            "the gateway is full; try another",
+        ));
+    }
+    let slot = Slot(Some(s.clone()));
+    let cfg = &s.0.cfg;
+    let upgrade = upgrade
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(cfg.write_buffer_bytes)
+        .max_write_buffer_size(cfg.write_buffer_bytes.saturating_add(4 * 1024 * 1024))
+        .max_message_size(cfg.max_frame_bytes)
+        .max_frame_size(cfg.max_frame_bytes);
+    let state = s.clone();
+    Ok(upgrade
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            let tracked =
+                state
+                    .0
+                    .conns
+                    .track_future(conn::serve(state.clone(), user.user_id, q.ack, socket));
+            tracked.await;
+        })
+        .into_response())
+}
+
+async fn health(State(s): State<GatewayState>) -> Response {
+    let db = s.0.store.ping().await;
+    kit::http::health_reply(
+        "gateway",
+        &s.0.ready,
+        vec![Check::from_result("database", &db)],
+    )
+}

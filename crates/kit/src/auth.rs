@@ -1,0 +1,223 @@
+//! HS256 JWTs. Meta issues them at login; every service verifies them with the shared secret.
+//! The algorithm is pinned (GoStacker accepted any HMAC variant) and `exp`/`nbf` are checked
+//! without leeway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use proto::UserId;
+use serde::{Deserialize, Serialize};
+
+use crate::ApiError;
+
+/// The shortest secret a service accepts (bytes).
+pub const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    user_id: UserId,
+    username: String,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+}
+
+/// Issues and verifies tokens.
+pub struct Auth {
+    enc: EncodingKey,
+    dec: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An issued token and when it stops working.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub user_id: UserId,
+    pub username: String,
+}
+
+impl Auth {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf"]);
+        Self {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+        }
+    }
+
+    pub fn issue(&self, user_id: UserId, username: &str) -> Result<Issued, ApiError> {
+        let now = chrono::Utc::now().timestamp();
+        let exp = now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let claims = Claims {
+            user_id,
+            username: username.to_owned(),
+            exp,
+            iat: now,
+            nbf: now,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .map_err(|e| ApiError::internal(&e))?;
+        Ok(Issued {
+            token,
+            expires_at_ms: exp * 1000,
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
+        match jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation) {
+            Ok(data) => Ok(AuthUser {
+                user_id: data.claims.user_id,
+                username: data.claims.username,
+            }),
+            Err(e) if matches!(e.kind(), JwtErrorKind::ExpiredSignature) => Err(
+                ApiError::unauthorized("token_expired", "the token has expired; log in again"),
+            ),
+            Err(_) => Err(invalid_token()),
+        }
+    }
+
+    /// Verifies the `Authorization: Bearer` header.
+    pub fn verify_headers(&self, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+        let token = bearer(headers)?.ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_token",
+                "this endpoint needs an Authorization: Bearer <token> header",
+            )
+        })?;
+        self.verify(token)
+    }
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::unauthorized("invalid_token", "the token is invalid")
+}
+
+/// The token of an `Authorization: Bearer <token>` header, `None` when there is no header.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| invalid_token())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(invalid_token)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(invalid_token());
+    }
+    Ok(Some(token.trim()))
+}
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    Arc<Auth>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Arc::<Auth>::from_ref(state).verify_headers(&parts.headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(&[7u8; 32], Duration::from_secs(60))
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let a = auth();
+        let t = a.issue(42, "alice").expect("issue");
+        assert_eq!(
+            a.verify(&t.token).expect("verify"),
+            AuthUser {
+                user_id: 42,
+                username: "alice".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_token_from_another_secret_is_refused() {
+        let other = Auth::new(&[8u8; 32], Duration::from_secs(60));
+        let t = other.issue(42, "alice").expect("issue");
+        assert_eq!(auth().verify(&t.token).unwrap_err().error, "invalid_token");
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_as_expired() {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            user_id: 1,
+            username: "a".into(),
+            exp: now - 10,
+            iat: now - 100,
+            nbf: now - 100,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .expect("encode");
+        assert_eq!(auth().verify(&t).unwrap_err().error, "token_expired");
+    }
+
+    #[test]
+    fn other_hmac_algorithms_are_refused() {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            user_id: 1,
+            username: "a".into(),
+            exp: now + 100,
+            iat: now,
+            nbf: now,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .expect("encode");
+        assert_eq!(auth().verify(&t).unwrap_err().error, "invalid_token");
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h).expect("no header"), None);
+        h.insert("authorization", "Bearer abc".parse().expect("header"));
+        assert_eq!(bearer(&h).expect("ok"), Some("abc"));
+        h.insert("authorization", "Basic abc".parse().expect("header"));
+        assert!(bearer(&h).is_err());
+        h.insert("authorization", "Bearer".parse().expect("header"));
+        assert!(bearer(&h).is_err());
+    }
+}

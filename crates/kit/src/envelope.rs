@@ -1,0 +1,222 @@
+//! The seed's reply envelope and the error type every handler returns.
+
+use std::borrow::Cow;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use proto::error::ErrorKind;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// `{"code": 200, "message": "success", "data": ...}`.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T> {
+    pub code: u16,
+    pub message: Cow<'static, str>,
+    pub data: T,
+}
+
+/// A successful reply: HTTP 200, code 200, message "success".
+pub fn ok<T: Serialize>(data: T) -> axum::Json<Envelope<T>> {
+    axum::Json(Envelope {
+        code: 200,
+        message: Cow::Borrowed("success"),
+        data,
+    })
+}
+
+/// What every handler returns.
+pub type ApiResult<T> = Result<axum::Json<Envelope<T>>, ApiError>;
+
+/// An error reply: `code` equals the HTTP status, `error` is a stable snake_case name and
+/// `message` a sentence safe to show. Internal causes are logged, never sent.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub error: &'static str,
+    pub message: Cow<'static, str>,
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    message: &'a str,
+    data: (),
+    error: &'a str,
+}
+
+impl ApiError {
+    pub fn new(
+        kind: ErrorKind,
+        error: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            kind,
+            error,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Invalid, error, message)
+    }
+
+    pub fn forbidden(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Forbidden, error, message)
+    }
+
+    pub fn not_found(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::NotFound, error, message)
+    }
+
+    pub fn unauthorized(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Unauthorized, error, message)
+    }
+
+    pub fn unavailable(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Unavailable, error, message)
+    }
+
+    /// A 500 whose cause goes to the log (inside the request span) and never to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            ErrorKind::Internal,
+            "internal_error",
+            "the server failed to handle this request",
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<proto::validate::Invalid> for ApiError {
+    fn from(v: proto::validate::Invalid) -> Self {
+        Self::invalid(v.error, v.message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.kind.status(),
+            message: &self.message,
+            data: (),
+            error: self.error,
+        };
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// A JSON body whose rejections are envelope errors: 400 `invalid_json` for malformed JSON,
+/// 400 `invalid_body` for the wrong shape, 413 `body_too_large`, 415 `unsupported_media_type`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rej) => Err(json_rejection(&rej)),
+        }
+    }
+}
+
+fn json_rejection(rej: &JsonRejection) -> ApiError {
+    match rej {
+        JsonRejection::JsonDataError(e) => ApiError::invalid(
+            "invalid_body",
+            format!("invalid request body: {}", e.body_text()),
+        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::invalid("invalid_json", "the request body is not valid JSON")
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "the request body must be JSON with Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+        _ => ApiError::invalid("invalid_body", "the request body could not be read"),
+    }
+}
+
+/// 413 `body_too_large`.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        ErrorKind::TooLarge,
+        "body_too_large",
+        "the request body is larger than this server accepts",
+    )
+}
+
+/// Query parameters whose rejection is 400 `invalid_query`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::invalid(
+                "invalid_query",
+                format!("invalid query string: {}", e.body_text()),
+            )),
+            Err(_) => Err(ApiError::invalid("invalid_query", "invalid query string")),
+        }
+    }
+}
+
+/// Path parameters whose rejection is 400 `invalid_path`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::invalid(
+                "invalid_path",
+                format!("invalid path parameter: {}", e.body_text()),
+            )),
+            Err(_) => Err(ApiError::invalid("invalid_path", "invalid path")),
+        }
+    }
+}

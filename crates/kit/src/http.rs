@@ -1,0 +1,162 @@
+//! What every service's router gets: common routes, limits, metrics and envelope fallbacks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::{ApiError, envelope::Envelope, telemetry};
+
+/// Readiness: true from start until shutdown begins. `/health` answers 503 once it is false.
+#[derive(Debug, Clone)]
+pub struct Ready(Arc<AtomicBool>);
+
+impl Default for Ready {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Ready {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set_not_ready(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The state of one dependency in `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// A short, safe description ("ok", "unreachable").
+    pub detail: String,
+}
+
+impl Check {
+    pub fn from_result<E>(name: &'static str, r: &Result<(), E>) -> Self {
+        Self {
+            name,
+            ok: r.is_ok(),
+            detail: if r.is_ok() { "ok" } else { "unavailable" }.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HealthData<'a> {
+    status: &'static str,
+    service: &'a str,
+    ready: bool,
+    checks: Vec<Check>,
+}
+
+/// The `/health` reply: 200 when ready and every check passes, else 503, always the envelope.
+pub fn health_reply(service: &str, ready: &Ready, checks: Vec<Check>) -> Response {
+    let healthy = ready.is_ready() && checks.iter().all(|c| c.ok);
+    let (status, code, message) = if healthy {
+        (StatusCode::OK, 200, "success")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, 503, "unhealthy")
+    };
+    let body = Envelope {
+        code,
+        message: message.into(),
+        data: HealthData {
+            status: if healthy { "ok" } else { "unhealthy" },
+            service,
+            ready: ready.is_ready(),
+            checks,
+        },
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn ping() -> axum::Json<Envelope<()>> {
+    axum::Json(Envelope {
+        code: 200,
+        message: "pong".into(),
+        data: (),
+    })
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::render_metrics(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        proto::error::ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// Limits for [`finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+}
+
+/// Adds `/ping` and `/metrics`, the 404/405 envelope fallbacks, the body limit, the panic catcher
+/// (a 500 envelope, never a dropped connection) and per-route metrics labelled with `service`.
+pub fn finish(router: Router, service: &'static str, limits: Limits) -> Router {
+    router
+        .route("/ping", get(ping))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            record_request(service, req, next)
+        }))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::internal(&"handler panicked").into_response()
+            },
+        ))
+}
+
+async fn record_request(service: &'static str, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [
+        ("service", service.to_owned()),
+        ("route", route),
+        ("method", method),
+        ("status", status),
+    ];
+    metrics::counter!("ruststacker_http_requests_total", &labels).increment(1);
+    metrics::histogram!("ruststacker_http_request_duration_seconds", &labels[..3])
+        .record(start.elapsed().as_secs_f64());
+    resp
+}

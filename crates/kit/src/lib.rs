@@ -1,0 +1,29 @@
+//! Plumbing every RustStacker service shares, so that each service crate holds only its logic.
+//!
+//! - [`envelope`]: the `{code, message, data}` reply, [`ApiError`] and extractors whose rejections
+//!   use the envelope (JSON body, query, path).
+//! - [`auth`]: HS256 JWTs (issue and verify) and the [`auth::AuthUser`] extractor.
+//! - [`http`]: the layers every router gets (body limit, panic catcher, metrics, 404/405 fallbacks)
+//!   and the common `/ping`, `/metrics` and `/health` routes.
+//! - [`config`]: layered config loading (defaults, YAML file, `RUSTSTACKER_*` environment).
+//! - [`telemetry`]: logging and the Prometheus recorder.
+
+pub mod auth;
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod telemetry;
+
+pub use envelope::{ApiError, ApiResult, Json, Path, Query, ok};
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-01-07T10:00:00.000Z`).
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,304 @@
+//! The Meta service: registration, login (JWT), groups and their members.
+//!
+//! - [`Config`]: the service's settings.
+//! - [`MetaState`] and [`router`]: the HTTP API under `/api/user` and `/api/group`.
+//! - [`password`]: argon2id hashing off the async runtime, with a concurrency cap.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use kit::auth::{Auth, AuthUser};
+use kit::http::{Check, Ready};
+use kit::{ApiError, ApiResult, Json, Path, ok};
+use proto::api::{
+    CreateGroupReply, CreateGroupRequest, JoinedRoomsReply, LoginReply, LoginRequest, MemberView,
+    MembersReply, RegisterRequest, RoomView, UserView,
+};
+use proto::error::ErrorKind;
+use proto::{RoomId, validate};
+use serde::{Deserialize, Serialize};
+use store::{Store, StoreError};
+
+pub mod password;
+
+/// Meta's settings (the `meta:` block).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP port (the seed's 8080).
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most members a group may be created with.
+    pub max_group_members: usize,
+    /// argon2id memory cost in KiB (19456 = OWASP's minimum for argon2id).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    pub argon2_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            max_body_bytes: 64 * 1024,
+            max_group_members: 1000,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+struct Inner {
+    cfg: Config,
+    store: Arc<dyn Store>,
+    auth: Arc<Auth>,
+    members: bus::MemberCache,
+    hasher: password::Hasher,
+    ready: Ready,
+}
+
+/// Meta's shared state.
+#[derive(Clone)]
+pub struct MetaState(Arc<Inner>);
+
+impl MetaState {
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        auth: Arc<Auth>,
+        members: bus::MemberCache,
+        ready: Ready,
+    ) -> Result<Self, String> {
+        let hasher = password::Hasher::new(cfg.argon2_memory_kib, cfg.argon2_iterations)?;
+        Ok(Self(Arc::new(Inner {
+            cfg,
+            store,
+            auth,
+            members,
+            hasher,
+            ready,
+        })))
+    }
+}
+
+impl FromRef<MetaState> for Arc<Auth> {
+    fn from_ref(s: &MetaState) -> Self {
+        s.0.auth.clone()
+    }
+}
+
+/// Meta's routes, finished with the common ones.
+pub fn router(state: MetaState) -> Router {
+    let limits = kit::http::Limits {
+        max_body_bytes: state.0.cfg.max_body_bytes,
+    };
+    let api = Router::new()
+        .route("/api/user/register", post(register))
+        .route("/api/user/login", post(login))
+        .route("/api/group/create", post(create_group))
+        .route("/api/group/{room_id}/members", get(members))
+        .route("/api/joined_rooms", get(joined_rooms))
+        .route("/health", get(health))
+        .with_state(state);
+    kit::http::finish(api, "meta", limits)
+}
+
+fn db(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::unavailable(
+                "database_unavailable",
+                "the database is unavailable; retry later",
+            )
+        }
+        other => ApiError::internal(&other),
+    }
+}
+
+fn user_view(u: &store::User) -> UserView {
+    UserView {
+        user_id: u.id,
+        username: u.username.clone(),
+        nickname: u.nickname.clone(),
+        created_at: kit::rfc3339_ms(u.created_at_ms),
+    }
+}
+
+fn room_view(r: &store::Room) -> RoomView {
+    RoomView {
+        room_id: r.id,
+        name: r.name.clone(),
+        is_group: r.is_group,
+        owner_id: r.owner_id,
+        member_count: r.member_count,
+        last_seq: r.last_seq,
+        created_at: kit::rfc3339_ms(r.created_at_ms),
+    }
+}
+
+async fn register(
+    State(s): State<MetaState>,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<UserView> {
+    validate::username(&req.username)?;
+    validate::password(&req.password)?;
+    let nickname = req.nickname.unwrap_or_default();
+    validate::nickname(&nickname)?;
+    let nickname = if nickname.trim().is_empty() {
+        req.username.clone()
+    } else {
+        nickname
+    };
+    let password_hash = s.0.hasher.hash(req.password).await?;
+    let created =
+        s.0.store
+            .create_user(store::NewUser {
+                username: req.username,
+                password_hash,
+                nickname,
+                now_ms: kit::now_ms(),
+            })
+            .await;
+    match created {
+        Ok(user) => {
+            tracing::info!(user_id = user.id, "user registered");
+            Ok(ok(user_view(&user)))
+        }
+        Err(StoreError::Conflict) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "username_taken",
+            "that username is already taken",
+        )),
+        Err(e) => Err(db(e)),
+    }
+}
+
+async fn login(State(s): State<MetaState>, Json(req): Json<LoginRequest>) -> ApiResult<LoginReply> {
+    let user =
+        s.0.store
+            .user_by_username(&req.username)
+            .await
+            .map_err(db)?;
+    // Unknown users cost a verification too, so timing does not tell which usernames exist.
+    let (hash, user) = match user {
+        Some(u) => (u.password_hash.clone(), Some(u)),
+        None => (s.0.hasher.dummy_hash().to_owned(), None),
+    };
+    let matches = s.0.hasher.verify(req.password, hash).await?;
+    let Some(user) = user.filter(|_| matches) else {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong username or password",
+        ));
+    };
+    let issued = s.0.auth.issue(user.id, &user.username)?;
+    Ok(ok(LoginReply {
+        token: issued.token,
+        user_id: user.id,
+        expires_at: kit::rfc3339_ms(issued.expires_at_ms),
+    }))
+}
+
+async fn create_group(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Json(req): Json<CreateGroupRequest>,
+) -> ApiResult<CreateGroupReply> {
+    validate::room_name(&req.name)?;
+    if req.member_ids.len() > s.0.cfg.max_group_members {
+        return Err(ApiError::invalid(
+            "too_many_members",
+            format!(
+                "a group may be created with at most {} members",
+                s.0.cfg.max_group_members
+            ),
+        ));
+    }
+    let created =
+        s.0.store
+            .create_group(req.name.trim(), me.user_id, &req.member_ids, kit::now_ms())
+            .await;
+    match created {
+        Ok((room, member_ids)) => {
+            s.0.members.invalidate(room.id);
+            tracing::info!(room_id = room.id, owner = me.user_id, "group created");
+            Ok(ok(CreateGroupReply {
+                room_id: room.id,
+                name: room.name,
+                owner_id: room.owner_id,
+                member_ids,
+                created_at: kit::rfc3339_ms(room.created_at_ms),
+            }))
+        }
+        Err(StoreError::UnknownUsers(ids)) => Err(ApiError::invalid(
+            "unknown_members",
+            format!("no users with ids {ids:?}"),
+        )),
+        Err(e) => Err(db(e)),
+    }
+}
+
+/// 404 when the room does not exist, 403 when `user` is not in it.
+async fn require_member(s: &MetaState, room: RoomId, user: proto::UserId) -> Result<(), ApiError> {
+    if s.0
+        .store
+        .member_role(room, user)
+        .await
+        .map_err(db)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    if s.0.store.room(room).await.map_err(db)?.is_none() {
+        return Err(ApiError::not_found("room_not_found", "no such room"));
+    }
+    Err(ApiError::forbidden(
+        "not_a_member",
+        "only members of this room may do that",
+    ))
+}
+
+async fn members(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+) -> ApiResult<MembersReply> {
+    require_member(&s, room_id, me.user_id).await?;
+    let members = s.0.store.members(room_id).await.map_err(db)?;
+    Ok(ok(MembersReply {
+        room_id,
+        members: members
+            .into_iter()
+            .map(|m| MemberView {
+                user_id: m.user_id,
+                username: m.username,
+                nickname: m.nickname,
+                role: m.role,
+                group_nickname: m.group_nickname,
+                joined_at: kit::rfc3339_ms(m.joined_at_ms),
+            })
+            .collect(),
+    }))
+}
+
+async fn joined_rooms(State(s): State<MetaState>, me: AuthUser) -> ApiResult<JoinedRoomsReply> {
+    let rooms = s.0.store.joined_rooms(me.user_id).await.map_err(db)?;
+    Ok(ok(JoinedRoomsReply {
+        room_ids: rooms.iter().map(|r| r.room.id).collect(),
+        rooms: rooms.iter().map(|r| room_view(&r.room)).collect(),
+    }))
+}
+
+async fn health(State(s): State<MetaState>) -> Response {
+    let db = s.0.store.ping().await;
+    kit::http::health_reply(
+        "meta",
+        &s.0.ready,
+        vec![Check::from_result("database", &db)],
+    )
+}

@@ -1,0 +1,225 @@
+//! Request and reply bodies of the public HTTP API (DESIGN.md §3). Field names follow the seed;
+//! fields we add never change the meaning of the seed's.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MessageId, RoomId, Seq, UserId};
+
+/// `POST /api/user/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub nickname: Option<String>,
+}
+
+/// A user as others may see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub user_id: UserId,
+    pub username: String,
+    pub nickname: String,
+    pub created_at: String,
+}
+
+/// `POST /api/user/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// Reply of `POST /api/user/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginReply {
+    pub token: String,
+    pub user_id: UserId,
+    /// RFC 3339 UTC instant after which the token is refused.
+    pub expires_at: String,
+}
+
+/// `POST /api/group/create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    #[serde(default)]
+    pub member_ids: Vec<UserId>,
+}
+
+/// A room as its members see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomView {
+    pub room_id: RoomId,
+    pub name: String,
+    pub is_group: bool,
+    pub owner_id: UserId,
+    pub member_count: i64,
+    /// The room's latest `seq` (0 when empty).
+    pub last_seq: Seq,
+    pub created_at: String,
+}
+
+/// Reply of `POST /api/group/create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateGroupReply {
+    pub room_id: RoomId,
+    pub name: String,
+    pub owner_id: UserId,
+    pub member_ids: Vec<UserId>,
+    pub created_at: String,
+}
+
+/// A member's role in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Self::Owner),
+            "admin" => Some(Self::Admin),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+/// One member of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub user_id: UserId,
+    pub username: String,
+    pub nickname: String,
+    pub role: Role,
+    pub group_nickname: Option<String>,
+    pub joined_at: String,
+}
+
+/// Reply of `GET /api/group/{room_id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersReply {
+    pub room_id: RoomId,
+    pub members: Vec<MemberView>,
+}
+
+/// Reply of `GET /api/joined_rooms`: `room_ids` is the GoStacker shape, `rooms` the detail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinedRoomsReply {
+    pub room_ids: Vec<RoomId>,
+    pub rooms: Vec<RoomView>,
+}
+
+/// The kind of a message's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageType {
+    #[default]
+    Text,
+    /// `content` is an image reference (a URL or a client-defined JSON string).
+    Image,
+    /// `content` is a file reference (a URL or a client-defined JSON string).
+    File,
+}
+
+impl MessageType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Image => "image",
+            Self::File => "file",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "image" => Some(Self::Image),
+            "file" => Some(Self::File),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /api/chat/send_message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendMessageRequest {
+    pub room_id: RoomId,
+    pub content: String,
+    #[serde(default, rename = "type")]
+    pub msg_type: MessageType,
+    /// Client-chosen idempotency key: a retried send with the same key is stored once and
+    /// answers with the original message.
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+/// Reply of `POST /api/chat/send_message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendMessageReply {
+    pub message_id: MessageId,
+    pub room_id: RoomId,
+    pub seq: Seq,
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// True when this answered a retry of an already stored `client_msg_id`.
+    pub duplicate: bool,
+}
+
+/// A stored message, as history returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub sender_id: UserId,
+    pub seq: Seq,
+    #[serde(rename = "type")]
+    pub msg_type: MessageType,
+    pub content: String,
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+/// Reply of `GET /api/chat/history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryReply {
+    pub room_id: RoomId,
+    pub messages: Vec<MessageView>,
+    /// True when more messages follow the last one returned.
+    pub has_more: bool,
+}
+
+/// Reply of `GET /registry/gateway/available`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayView {
+    pub gateway_id: String,
+    pub address: String,
+    pub port: u16,
+    /// connections / max_connections, 0.0..=1.0.
+    pub load: f64,
+    pub connections: u64,
+    pub max_connections: u64,
+}
+
+/// Reply of `GET /registry/gateway/instances`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstancesReply {
+    pub gateways: Vec<GatewayView>,
+    pub count: usize,
+}

@@ -1,0 +1,129 @@
+//! WebSocket frames. Server frames keep the seed's shape (`id`, `type`, `room_id`, `sender_id`,
+//! `payload`) and add fields (`seq`, `client_msg_id`); client frames are ours.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::MessageType;
+use crate::{MessageId, RoomId, Seq, UserId};
+
+/// The payload of a chat frame: the seed's `content` and `timestamp`, plus the message `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatPayload {
+    pub content: String,
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+    #[serde(rename = "type", default)]
+    pub msg_type: MessageType,
+}
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// A room message, to every member's every connection (the sender's included).
+    Chat {
+        id: MessageId,
+        room_id: RoomId,
+        sender_id: UserId,
+        seq: Seq,
+        payload: ChatPayload,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// To the sender: the message was handed to every recipient's gateway or stored for their
+    /// return (DESIGN.md §4.7).
+    Ack {
+        id: MessageId,
+        room_id: RoomId,
+        seq: Seq,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// The first frame after connect (GoStacker's welcome).
+    System {
+        id: i64,
+        room_id: i64,
+        sender_id: i64,
+        payload: String,
+    },
+    /// The reply to a client `ping` frame.
+    Pong {},
+}
+
+/// The text of the welcome frame, as GoStacker clients expect it.
+pub const WELCOME: &str = "Connected to WebSocket server";
+
+impl ServerFrame {
+    pub fn welcome() -> Self {
+        Self::System {
+            id: -1,
+            room_id: -1,
+            sender_id: -1,
+            payload: WELCOME.to_owned(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// A frame a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Cumulative: everything in `room_id` up to and including `seq` has been received.
+    Ack { room_id: RoomId, seq: Seq },
+    /// Please send everything in `room_id` after `after_seq` (after a gap the client noticed).
+    Sync { room_id: RoomId, after_seq: Seq },
+    /// Application-level keepalive; answered with a `pong` frame.
+    Ping {},
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn chat_frame_has_the_seed_shape_plus_seq() {
+        let f = ServerFrame::Chat {
+            id: 123_456,
+            room_id: 1001,
+            sender_id: 10001,
+            seq: 7,
+            payload: ChatPayload {
+                content: "Hello!".into(),
+                timestamp: "2026-01-07T10:00:00Z".into(),
+                msg_type: MessageType::Text,
+            },
+            client_msg_id: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&f.to_json()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 123456, "type": "chat", "room_id": 1001, "sender_id": 10001, "seq": 7,
+                "payload": {"content": "Hello!", "timestamp": "2026-01-07T10:00:00Z", "type": "text"}})
+        );
+    }
+
+    #[test]
+    fn client_frames_parse_and_unknown_ones_do_not() {
+        let ack: ClientFrame =
+            serde_json::from_str(r#"{"type":"ack","room_id":5,"seq":9}"#).expect("ack");
+        assert_eq!(ack, ClientFrame::Ack { room_id: 5, seq: 9 });
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nuke"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ack","room_id":"x"}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn chat_frames_round_trip(id in 0i64..(1<<53), room in 1i64..1_000_000, seq in 1i64..1_000_000, content in ".{0,200}", cid in proptest::option::of("[a-z0-9-]{1,20}")) {
+            let f = ServerFrame::Chat { id, room_id: room, sender_id: 9, seq,
+                payload: ChatPayload { content, timestamp: "2026-01-07T10:00:00.000Z".into(), msg_type: MessageType::File },
+                client_msg_id: cid };
+            let back: ServerFrame = serde_json::from_str(&f.to_json()).expect("parse");
+            prop_assert_eq!(back, f);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Input rules. Each failure carries the stable error name and a sentence for the client.
+
+use std::fmt;
+
+/// A rule an input broke: `error` is the stable name, `message` the sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub error: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(error: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        error,
+        message: message.into(),
+    }
+}
+
+pub const USERNAME_MIN: usize = 3;
+pub const USERNAME_MAX: usize = 32;
+pub const PASSWORD_MIN: usize = 8;
+pub const PASSWORD_MAX: usize = 128;
+pub const NICKNAME_MAX: usize = 50;
+pub const ROOM_NAME_MAX: usize = 64;
+pub const CLIENT_MSG_ID_MAX: usize = 64;
+
+/// 3–32 characters of `[A-Za-z0-9_.-]`.
+pub fn username(s: &str) -> Result<(), Invalid> {
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok_chars || !(USERNAME_MIN..=USERNAME_MAX).contains(&s.len()) {
+        return Err(invalid(
+            "invalid_username",
+            format!(
+                "username must be {USERNAME_MIN}-{USERNAME_MAX} characters of letters, digits, '_', '.' or '-'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// 8–128 characters (not bytes), anything printable or not: a password is opaque.
+pub fn password(s: &str) -> Result<(), Invalid> {
+    let n = s.chars().count();
+    if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&n) {
+        return Err(invalid(
+            "invalid_password",
+            format!("password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Up to 50 characters, no control characters. Empty means "use the username".
+pub fn nickname(s: &str) -> Result<(), Invalid> {
+    if s.chars().count() > NICKNAME_MAX || has_control(s) {
+        return Err(invalid(
+            "invalid_nickname",
+            format!(
+                "nickname must be at most {NICKNAME_MAX} characters without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// 1–64 characters, not blank, no control characters.
+pub fn room_name(s: &str) -> Result<(), Invalid> {
+    if s.trim().is_empty() || s.chars().count() > ROOM_NAME_MAX || has_control(s) {
+        return Err(invalid(
+            "invalid_room_name",
+            format!(
+                "name must be 1-{ROOM_NAME_MAX} characters, not blank, without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why message content was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentError {
+    Empty,
+    TooLarge,
+}
+
+/// Non-empty and at most `max_bytes` bytes of UTF-8. Newlines and any Unicode are content.
+pub fn content(s: &str, max_bytes: usize) -> Result<(), ContentError> {
+    if s.is_empty() {
+        Err(ContentError::Empty)
+    } else if s.len() > max_bytes {
+        Err(ContentError::TooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+/// 1–64 printable ASCII characters.
+pub fn client_msg_id(s: &str) -> Result<(), Invalid> {
+    if s.is_empty() || s.len() > CLIENT_MSG_ID_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "invalid_client_msg_id",
+            format!("client_msg_id must be 1-{CLIENT_MSG_ID_MAX} printable ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["abc", "a.b-c_d", "ABCdef123", &"x".repeat(32)] {
+            assert!(username(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "",
+            "has space",
+            "ünï",
+            "a/b",
+            &"x".repeat(33),
+            "a\u{0}b",
+        ] {
+            assert_eq!(
+                username(bad).unwrap_err().error,
+                "invalid_username",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_count_characters_not_bytes() {
+        assert!(password("ééééééé").is_err());
+        assert!(password("éééééééé").is_ok());
+        assert!(password(&"é".repeat(128)).is_ok());
+        assert!(password(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn room_names_and_nicknames() {
+        assert!(room_name("   ").is_err());
+        assert!(room_name("dev \u{1F680}").is_ok());
+        assert!(room_name("a\nb").is_err());
+        assert!(nickname("").is_ok());
+        assert!(nickname(&"字".repeat(50)).is_ok());
+        assert!(nickname(&"字".repeat(51)).is_err());
+    }
+
+    #[test]
+    fn content_limits_are_in_bytes() {
+        assert_eq!(content("", 10), Err(ContentError::Empty));
+        assert_eq!(content("line1\nline2", 11), Ok(()));
+        assert_eq!(content("ééééé€", 10), Err(ContentError::TooLarge));
+    }
+
+    proptest! {
+        #[test]
+        fn valid_usernames_are_exactly_the_allowed_alphabet(s in "[A-Za-z0-9_.-]{3,32}") {
+            prop_assert!(username(&s).is_ok());
+        }
+
+        #[test]
+        fn any_string_with_a_foreign_char_is_refused(a in "[a-z]{2,10}", c in "[^A-Za-z0-9_.-]", b in "[a-z]{0,10}") {
+            let name = format!("{a}{c}{b}");
+            prop_assert!(username(&name).is_err());
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The Registry service: which gateways are alive and how loaded, and which one a client should
+//! connect to (`GET /registry/gateway/available`, the least loaded live gateway that is not full).
+//! The instance table itself is a [`bus::Instances`]: in-process in `all`, Redis when distributed.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use bus::Instances;
+use kit::http::{Check, Ready};
+use kit::{ApiError, ApiResult, Query, ok};
+use proto::UserId;
+use proto::api::{GatewayView, InstancesReply};
+use serde::{Deserialize, Serialize};
+
+/// Registry's settings (the `registry:` block).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP port (the seed's 8084).
+    pub port: u16,
+    /// Seconds without a heartbeat after which a gateway is dead (the seed's
+    /// `gateway_heartbeat_timeout`).
+    pub gateway_heartbeat_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: 8084,
+            gateway_heartbeat_timeout: 30,
+        }
+    }
+}
+
+/// Registry's shared state.
+#[derive(Clone)]
+pub struct RegistryState {
+    instances: Arc<dyn Instances>,
+    ready: Ready,
+}
+
+impl RegistryState {
+    pub fn new(instances: Arc<dyn Instances>, ready: Ready) -> Self {
+        Self { instances, ready }
+    }
+}
+
+/// Registry's routes, finished with the common ones.
+pub fn router(state: RegistryState) -> Router {
+    let api = Router::new()
+        .route("/registry/gateway/available", get(available))
+        .route("/registry/gateway/instances", get(instances))
+        .route("/health", get(health))
+        .with_state(state);
+    kit::http::finish(
+        api,
+        "registry",
+        kit::http::Limits {
+            max_body_bytes: 16 * 1024,
+        },
+    )
+}
+
+fn bus_err(e: bus::BusError) -> ApiError {
+    tracing::warn!(error = %e, "instance table unavailable");
+    ApiError::unavailable(
+        "registry_unavailable",
+        "the registry's store is unavailable; retry later",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct AvailableQuery {
+    user_id: UserId,
+}
+
+async fn available(
+    State(s): State<RegistryState>,
+    Query(q): Query<AvailableQuery>,
+) -> ApiResult<GatewayView> {
+    if q.user_id <= 0 {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "user_id must be a positive integer",
+        ));
+    }
+    let live = s.instances.live_gateways().await.map_err(bus_err)?;
+    // Least loaded first; a full gateway would refuse the connection.
+    live.into_iter()
+        .find(|g| g.connections < g.max_connections)
+        .map(ok)
+        .ok_or_else(|| ApiError::unavailable("no_gateway", "no gateway is available; retry later"))
+}
+
+async fn instances(State(s): State<RegistryState>) -> ApiResult<InstancesReply> {
+    let gateways = s.instances.live_gateways().await.map_err(bus_err)?;
+    Ok(ok(InstancesReply {
+        count: gateways.len(),
+        gateways,
+    }))
+}
+
+async fn health(State(s): State<RegistryState>) -> Response {
+    let store = s.instances.live_gateways().await.map(|_| ());
+    kit::http::health_reply(
+        "registry",
+        &s.ready,
+        vec![Check::from_result("instances", &store)],
+    )
+}

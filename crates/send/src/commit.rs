@@ -1,0 +1,106 @@
+//! Group commit: one task takes every send waiting in its queue (up to `commit_batch`), stores them
+//! in one transaction, answers each handler, then passes the stored messages to fan-out in commit
+//! order. One fsync serves the whole batch, so durability costs little under load, and per-room
+//! order on the push path follows `seq`.
+
+use std::sync::Arc;
+
+use kit::ApiError;
+use proto::stream::PushMessage;
+use store::{Appended, NewMessage, Rejected, Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+type Outcome = Result<Result<Appended, Rejected>, ApiError>;
+
+struct Job {
+    message: NewMessage,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Submits messages to the committer.
+#[derive(Clone)]
+pub struct CommitHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl CommitHandle {
+    /// Stores `message` (waiting while the queue is full) and returns what became of it.
+    pub async fn append(&self, message: NewMessage) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { message, reply })
+            .await
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::unavailable("shutting_down", "the service is shutting down; retry")
+}
+
+fn push_message(m: &store::Message) -> Arc<PushMessage> {
+    Arc::new(PushMessage {
+        id: m.id,
+        room_id: m.room_id,
+        seq: m.seq,
+        sender_id: m.sender_id,
+        msg_type: m.msg_type,
+        content: m.content.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        created_at_ms: m.created_at_ms,
+    })
+}
+
+/// Starts the committer. It stops once every [`CommitHandle`] is dropped and its queue is drained;
+/// the returned task ends after the last batch was stored and handed to `fanout`.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    batch: usize,
+    queue: usize,
+    fanout: mpsc::Sender<Arc<PushMessage>>,
+) -> (CommitHandle, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
+    let batch = batch.max(1);
+    let task = tokio::spawn(async move {
+        let mut jobs = Vec::with_capacity(batch);
+        while rx.recv_many(&mut jobs, batch).await > 0 {
+            let (messages, replies): (Vec<NewMessage>, Vec<_>) =
+                jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
+            metrics::histogram!("ruststacker_send_commit_batch_size").record(messages.len() as f64);
+            let started = std::time::Instant::now();
+            match store.append_messages(&messages).await {
+                Ok(results) => {
+                    metrics::histogram!("ruststacker_send_commit_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    let stored: Vec<Arc<PushMessage>> = results
+                        .iter()
+                        .filter_map(|r| match r {
+                            Ok(Appended::Stored(m)) => Some(push_message(m)),
+                            _ => None,
+                        })
+                        .collect();
+                    metrics::counter!("ruststacker_messages_stored_total")
+                        .increment(stored.len() as u64);
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        // A handler that gave up (client went away) does not undo the store.
+                        let _ = reply.send(Ok(result));
+                    }
+                    for m in stored {
+                        if fanout.send(m).await.is_err() {
+                            tracing::error!("fan-out stopped; stored messages wait for resync");
+                        }
+                    }
+                }
+                Err(e) => {
+                    let err = crate::db(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    });
+    (CommitHandle { tx }, task)
+}

@@ -1,0 +1,264 @@
+//! The Send service: `POST /api/chat/send_message` and `GET /api/chat/history`.
+//!
+//! A send is durable before it is answered: handlers hand messages to the [`commit`] task, which
+//! stores whole batches in one transaction (group commit) and passes what it stored, in commit
+//! order, to the [`fanout`] task, which finds each room's members and their gateways and appends
+//! entries of at most 100 targets to each gateway's stream, then the sender's ACK.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use kit::auth::{Auth, AuthUser};
+use kit::http::{Check, Ready};
+use kit::{ApiError, ApiResult, Json, Query, ok};
+use proto::api::{HistoryReply, MessageView, SendMessageReply, SendMessageRequest};
+use proto::error::ErrorKind;
+use proto::ids::Snowflake;
+use proto::validate::{self, ContentError};
+use proto::{RoomId, Seq};
+use serde::{Deserialize, Serialize};
+use store::{Appended, Rejected, Store, StoreError};
+
+pub mod commit;
+pub mod fanout;
+
+/// Send's settings (the `send:` block).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP port (the seed's 8081).
+    pub port: u16,
+    /// Snowflake node id, 0..=31; two instances must never share one.
+    pub machine_id: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest message `content`, in bytes of UTF-8.
+    pub max_content_bytes: usize,
+    /// Most messages stored in one transaction.
+    pub commit_batch: usize,
+    /// Sends waiting for the committer before handlers wait (backpressure).
+    pub commit_queue: usize,
+    /// Stored messages waiting for fan-out before the committer waits.
+    pub fanout_queue: usize,
+    /// Largest `limit` of a history page.
+    pub history_max_limit: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: 8081,
+            machine_id: 1,
+            max_body_bytes: 64 * 1024,
+            max_content_bytes: 16 * 1024,
+            commit_batch: 256,
+            commit_queue: 4096,
+            fanout_queue: 4096,
+            history_max_limit: 200,
+        }
+    }
+}
+
+struct Inner {
+    cfg: Config,
+    store: Arc<dyn Store>,
+    auth: Arc<Auth>,
+    ids: Snowflake,
+    committer: commit::CommitHandle,
+    ready: Ready,
+}
+
+/// Send's shared state.
+#[derive(Clone)]
+pub struct SendState(Arc<Inner>);
+
+impl FromRef<SendState> for Arc<Auth> {
+    fn from_ref(s: &SendState) -> Self {
+        s.0.auth.clone()
+    }
+}
+
+impl SendState {
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        auth: Arc<Auth>,
+        committer: commit::CommitHandle,
+        ready: Ready,
+    ) -> Result<Self, proto::ids::InvalidNode> {
+        let ids = Snowflake::new(cfg.machine_id)?;
+        Ok(Self(Arc::new(Inner {
+            cfg,
+            store,
+            auth,
+            ids,
+            committer,
+            ready,
+        })))
+    }
+}
+
+/// Send's routes, finished with the common ones.
+pub fn router(state: SendState) -> Router {
+    let limits = kit::http::Limits {
+        max_body_bytes: state.0.cfg.max_body_bytes,
+    };
+    let api = Router::new()
+        .route("/api/chat/send_message", post(send_message))
+        .route("/api/chat/history", get(history))
+        .route("/health", get(health))
+        .with_state(state);
+    kit::http::finish(api, "send", limits)
+}
+
+pub(crate) fn db(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::unavailable(
+                "database_unavailable",
+                "the database is unavailable; retry later",
+            )
+        }
+        other => ApiError::internal(&other),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("room_not_found", "no such room")
+}
+
+fn not_member() -> ApiError {
+    ApiError::forbidden("not_a_member", "only members of this room may do that")
+}
+
+fn view(m: store::Message) -> MessageView {
+    MessageView {
+        id: m.id,
+        room_id: m.room_id,
+        sender_id: m.sender_id,
+        seq: m.seq,
+        msg_type: m.msg_type,
+        timestamp: kit::rfc3339_ms(m.created_at_ms),
+        content: m.content,
+        client_msg_id: m.client_msg_id,
+    }
+}
+
+async fn send_message(
+    State(s): State<SendState>,
+    me: AuthUser,
+    Json(req): Json<SendMessageRequest>,
+) -> ApiResult<SendMessageReply> {
+    match validate::content(&req.content, s.0.cfg.max_content_bytes) {
+        Ok(()) => {}
+        Err(ContentError::Empty) => {
+            return Err(ApiError::invalid(
+                "empty_content",
+                "content must not be empty",
+            ));
+        }
+        Err(ContentError::TooLarge) => {
+            return Err(ApiError::new(
+                ErrorKind::TooLarge,
+                "content_too_large",
+                format!(
+                    "content must be at most {} bytes",
+                    s.0.cfg.max_content_bytes
+                ),
+            ));
+        }
+    }
+    if let Some(cid) = &req.client_msg_id {
+        validate::client_msg_id(cid)?;
+    }
+    let new = store::NewMessage {
+        id: s.0.ids.next_id(),
+        room_id: req.room_id,
+        sender_id: me.user_id,
+        msg_type: req.msg_type,
+        content: req.content,
+        client_msg_id: req.client_msg_id,
+        created_at_ms: kit::now_ms(),
+    };
+    let (m, duplicate) = match s.0.committer.append(new).await? {
+        Ok(Appended::Stored(m)) => (m, false),
+        Ok(Appended::Duplicate(m)) => (m, true),
+        Err(Rejected::RoomNotFound) => return Err(not_found()),
+        Err(Rejected::NotMember) => return Err(not_member()),
+        Err(Rejected::ClientIdConflict) => {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                "client_msg_id_conflict",
+                "this client_msg_id was already used for a message to another room",
+            ));
+        }
+    };
+    Ok(ok(SendMessageReply {
+        message_id: m.id,
+        room_id: m.room_id,
+        seq: m.seq,
+        timestamp: kit::rfc3339_ms(m.created_at_ms),
+        client_msg_id: m.client_msg_id,
+        duplicate,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    room_id: RoomId,
+    #[serde(default)]
+    after_seq: Seq,
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(s): State<SendState>,
+    me: AuthUser,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<HistoryReply> {
+    let max = s.0.cfg.history_max_limit;
+    let limit = q.limit.unwrap_or(50);
+    if q.after_seq < 0 || limit == 0 || limit > max {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            format!("after_seq must be >= 0 and limit between 1 and {max}"),
+        ));
+    }
+    if s.0
+        .store
+        .member_role(q.room_id, me.user_id)
+        .await
+        .map_err(db)?
+        .is_none()
+    {
+        return Err(match s.0.store.room(q.room_id).await.map_err(db)? {
+            None => not_found(),
+            Some(_) => not_member(),
+        });
+    }
+    let mut messages =
+        s.0.store
+            .messages_after(q.room_id, q.after_seq, limit + 1)
+            .await
+            .map_err(db)?;
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    Ok(ok(HistoryReply {
+        room_id: q.room_id,
+        messages: messages.into_iter().map(view).collect(),
+        has_more,
+    }))
+}
+
+async fn health(State(s): State<SendState>) -> Response {
+    let db = s.0.store.ping().await;
+    kit::http::health_reply(
+        "send",
+        &s.0.ready,
+        vec![Check::from_result("database", &db)],
+    )
+}

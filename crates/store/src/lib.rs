@@ -1,0 +1,171 @@
+//! Storage for RustStacker: one trait per domain ([`UserStore`], [`RoomStore`], [`MessageStore`])
+//! speaking domain operations, and the backends behind them ([`sqlite::SqliteStore`] today).
+//!
+//! The message append is one trait method over a whole batch so each backend runs it as one
+//! transaction: idempotency check, membership check, `seq` bump and insert for every message of
+//! the batch commit together (group commit), which is what keeps a durable 200 cheap.
+
+use async_trait::async_trait;
+use proto::api::{MessageType, Role};
+use proto::{MessageId, RoomId, Seq, UserId};
+
+pub mod sqlite;
+
+/// A failure of the storage layer. Driver errors are translated once, here.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint (username) was violated.
+    #[error("already exists")]
+    Conflict,
+    /// Some of the given user ids do not exist.
+    #[error("unknown users: {0:?}")]
+    UnknownUsers(Vec<UserId>),
+    /// The database cannot be reached or is overloaded.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a corrupt database.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password_hash: String,
+    pub nickname: String,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub password_hash: String,
+    pub nickname: String,
+    pub avatar: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    pub is_group: bool,
+    pub owner_id: UserId,
+    pub last_seq: Seq,
+    pub member_count: i64,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: UserId,
+    pub username: String,
+    pub nickname: String,
+    pub role: Role,
+    pub group_nickname: Option<String>,
+    pub joined_at_ms: i64,
+}
+
+/// A room of a user's, with the user's role and delivery cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedRoom {
+    pub room: Room,
+    pub role: Role,
+    pub delivered_seq: Seq,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub sender_id: UserId,
+    pub msg_type: MessageType,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub msg_type: MessageType,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// What became of one message of an appended batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now with the next `seq`.
+    Stored(Message),
+    /// The sender's `client_msg_id` was stored before: this is the original.
+    Duplicate(Message),
+}
+
+/// Why one message of a batch was not stored (the rest of the batch is unaffected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    RoomNotFound,
+    NotMember,
+    /// The sender used this `client_msg_id` for a message to another room.
+    ClientIdConflict,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Fails with [`StoreError::Conflict`] when the username is taken.
+    async fn create_user(&self, new: NewUser) -> Result<User>;
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
+}
+
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Creates a group owned by `owner` with `members` (the owner is added as owner; duplicates
+    /// are ignored). Fails with [`StoreError::UnknownUsers`] and creates nothing when an id is
+    /// unknown.
+    async fn create_group(
+        &self,
+        name: &str,
+        owner: UserId,
+        members: &[UserId],
+        now_ms: i64,
+    ) -> Result<(Room, Vec<UserId>)>;
+    async fn room(&self, id: RoomId) -> Result<Option<Room>>;
+    async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>>;
+    async fn members(&self, room: RoomId) -> Result<Vec<Member>>;
+    async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>>;
+    async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>>;
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Stores a batch in one transaction, in order. The outer error means nothing was stored.
+    async fn append_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<std::result::Result<Appended, Rejected>>>;
+    /// Messages of `room` with `seq > after_seq`, in `seq` order, at most `limit`.
+    async fn messages_after(
+        &self,
+        room: RoomId,
+        after_seq: Seq,
+        limit: u32,
+    ) -> Result<Vec<Message>>;
+    /// Moves delivery cursors forward (never back): `(user, room, seq)`.
+    async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()>;
+}
+
+/// Everything a service may need from the database.
+#[async_trait]
+pub trait Store: UserStore + RoomStore + MessageStore {
+    /// A cheap round trip, for `/health`.
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,451 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, so a commit is on
+//! disk before the 200. Writes go through a pool of exactly one connection (SQLite has one writer
+//! anyway; queueing in the pool instead of on the file lock means no `SQLITE_BUSY` and no
+//! deferred-transaction upgrade failures), reads through a pool of several.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proto::api::{MessageType, Role};
+use proto::{RoomId, Seq, UserId};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{
+    Appended, JoinedRoom, Member, Message, MessageStore, NewMessage, NewUser, Rejected, Result,
+    Room, RoomStore, Store, StoreError, User, UserStore,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn translate(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(translate)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await
+            .map_err(translate)?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(translate)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools (waits for connections to be returned), releasing the file.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn role_of(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or_else(|| StoreError::Internal(format!("unknown role {s:?} in database")))
+}
+
+fn user_from(row: &SqliteRow) -> Result<User> {
+    Ok(User {
+        id: row.try_get("id").map_err(translate)?,
+        username: row.try_get("username").map_err(translate)?,
+        password_hash: row.try_get("password_hash").map_err(translate)?,
+        nickname: row.try_get("nickname").map_err(translate)?,
+        avatar: row.try_get("avatar").map_err(translate)?,
+        created_at_ms: row.try_get("created_at").map_err(translate)?,
+    })
+}
+
+fn room_from(row: &SqliteRow) -> Result<Room> {
+    Ok(Room {
+        id: row.try_get("id").map_err(translate)?,
+        name: row.try_get("name").map_err(translate)?,
+        is_group: row.try_get::<i64, _>("is_group").map_err(translate)? != 0,
+        owner_id: row.try_get("owner_id").map_err(translate)?,
+        last_seq: row.try_get("last_seq").map_err(translate)?,
+        member_count: row.try_get("member_count").map_err(translate)?,
+        created_at_ms: row.try_get("created_at").map_err(translate)?,
+    })
+}
+
+fn message_from(row: &SqliteRow) -> Result<Message> {
+    let msg_type: String = row.try_get("msg_type").map_err(translate)?;
+    Ok(Message {
+        id: row.try_get("id").map_err(translate)?,
+        room_id: row.try_get("room_id").map_err(translate)?,
+        seq: row.try_get("seq").map_err(translate)?,
+        sender_id: row.try_get("sender_id").map_err(translate)?,
+        msg_type: MessageType::parse(&msg_type).ok_or_else(|| {
+            StoreError::Internal(format!("unknown message type {msg_type:?} in database"))
+        })?,
+        content: row.try_get("content").map_err(translate)?,
+        client_msg_id: row.try_get("client_msg_id").map_err(translate)?,
+        created_at_ms: row.try_get("created_at").map_err(translate)?,
+    })
+}
+
+const ROOM_COLUMNS: &str = "r.id, r.name, r.is_group, r.owner_id, r.last_seq, r.created_at, \
+     (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id) AS member_count";
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, new: NewUser) -> Result<User> {
+        let row = sqlx::query(
+            "INSERT INTO users (username, password_hash, nickname, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING *",
+        )
+        .bind(&new.username)
+        .bind(&new.password_hash)
+        .bind(&new.nickname)
+        .bind(new.now_ms)
+        .bind(new.now_ms)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(translate)?;
+        user_from(&row)
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+        sqlx::query("SELECT * FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(translate)?
+            .as_ref()
+            .map(user_from)
+            .transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
+        sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(translate)?
+            .as_ref()
+            .map(user_from)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl RoomStore for SqliteStore {
+    async fn create_group(
+        &self,
+        name: &str,
+        owner: UserId,
+        members: &[UserId],
+        now_ms: i64,
+    ) -> Result<(Room, Vec<UserId>)> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let room_id: RoomId = sqlx::query(
+            "INSERT INTO rooms (name, is_group, creator_id, owner_id, created_at) \
+             VALUES (?, 1, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(owner)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(translate)?
+        .try_get("id")
+        .map_err(translate)?;
+        let mut ids = vec![owner];
+        for m in members {
+            if !ids.contains(m) {
+                ids.push(*m);
+            }
+        }
+        let mut unknown = Vec::new();
+        for (i, user) in ids.iter().enumerate() {
+            let role = if i == 0 { Role::Owner } else { Role::Member };
+            let done = sqlx::query(
+                "INSERT INTO room_members (room_id, user_id, role, joined_at) \
+                 SELECT ?, id, ?, ? FROM users WHERE id = ?",
+            )
+            .bind(room_id)
+            .bind(role.as_str())
+            .bind(now_ms)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+            if done.rows_affected() == 0 {
+                unknown.push(*user);
+            }
+        }
+        if !unknown.is_empty() {
+            tx.rollback().await.map_err(translate)?;
+            return Err(StoreError::UnknownUsers(unknown));
+        }
+        let room = fetch_room(&mut tx, room_id)
+            .await?
+            .ok_or_else(|| StoreError::Internal("room vanished inside its transaction".into()))?;
+        tx.commit().await.map_err(translate)?;
+        Ok((room, ids))
+    }
+
+    async fn room(&self, id: RoomId) -> Result<Option<Room>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"));
+        sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(translate)?
+            .as_ref()
+            .map(room_from)
+            .transpose()
+    }
+
+    async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM room_members WHERE room_id = ? AND user_id = ?")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(translate)?;
+        role.as_deref().map(role_of).transpose()
+    }
+
+    async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, u.username, u.nickname, m.role, m.group_nickname, m.joined_at \
+             FROM room_members m JOIN users u ON u.id = m.user_id \
+             WHERE m.room_id = ? ORDER BY m.joined_at, m.user_id",
+        )
+        .bind(room)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role").map_err(translate)?;
+                Ok(Member {
+                    user_id: row.try_get("user_id").map_err(translate)?,
+                    username: row.try_get("username").map_err(translate)?,
+                    nickname: row.try_get("nickname").map_err(translate)?,
+                    role: role_of(&role)?,
+                    group_nickname: row.try_get("group_nickname").map_err(translate)?,
+                    joined_at_ms: row.try_get("joined_at").map_err(translate)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
+        sqlx::query_scalar("SELECT user_id FROM room_members WHERE room_id = ?")
+            .bind(room)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(translate)
+    }
+
+    async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS}, m.role, m.delivered_seq FROM room_members m \
+             JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? ORDER BY r.id"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(user)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(translate)?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role").map_err(translate)?;
+                Ok(JoinedRoom {
+                    room: room_from(row)?,
+                    role: role_of(&role)?,
+                    delivered_seq: row.try_get("delivered_seq").map_err(translate)?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn fetch_room(tx: &mut Transaction<'_, Sqlite>, id: RoomId) -> Result<Option<Room>> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"));
+    sqlx::query(sql)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(translate)?
+        .as_ref()
+        .map(room_from)
+        .transpose()
+}
+
+async fn append_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    m: &NewMessage,
+) -> Result<std::result::Result<Appended, Rejected>> {
+    if let Some(cid) = &m.client_msg_id {
+        let prior = sqlx::query("SELECT * FROM messages WHERE sender_id = ? AND client_msg_id = ?")
+            .bind(m.sender_id)
+            .bind(cid)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(translate)?;
+        if let Some(row) = prior {
+            let prior = message_from(&row)?;
+            return Ok(if prior.room_id == m.room_id {
+                Ok(Appended::Duplicate(prior))
+            } else {
+                Err(Rejected::ClientIdConflict)
+            });
+        }
+    }
+    let last: Option<Seq> = sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = ?")
+        .bind(m.room_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(translate)?;
+    let Some(last) = last else {
+        return Ok(Err(Rejected::RoomNotFound));
+    };
+    let member: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?")
+            .bind(m.room_id)
+            .bind(m.sender_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(translate)?;
+    if member.is_none() {
+        return Ok(Err(Rejected::NotMember));
+    }
+    let seq = last + 1;
+    sqlx::query("UPDATE rooms SET last_seq = ? WHERE id = ?")
+        .bind(seq)
+        .bind(m.room_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(translate)?;
+    sqlx::query(
+        "INSERT INTO messages (id, room_id, seq, sender_id, msg_type, content, client_msg_id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(m.id)
+    .bind(m.room_id)
+    .bind(seq)
+    .bind(m.sender_id)
+    .bind(m.msg_type.as_str())
+    .bind(&m.content)
+    .bind(&m.client_msg_id)
+    .bind(m.created_at_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(translate)?;
+    Ok(Ok(Appended::Stored(Message {
+        id: m.id,
+        room_id: m.room_id,
+        seq,
+        sender_id: m.sender_id,
+        msg_type: m.msg_type,
+        content: m.content.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        created_at_ms: m.created_at_ms,
+    })))
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn append_messages(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<std::result::Result<Appended, Rejected>>> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            out.push(append_one(&mut tx, m).await?);
+        }
+        tx.commit().await.map_err(translate)?;
+        Ok(out)
+    }
+
+    async fn messages_after(
+        &self,
+        room: RoomId,
+        after_seq: Seq,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let rows = sqlx::query(
+            "SELECT * FROM messages WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(room)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?;
+        rows.iter().map(message_from).collect()
+    }
+
+    async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        for (user, room, seq) in updates {
+            sqlx::query(
+                "UPDATE room_members SET delivered_seq = MAX(delivered_seq, ?) \
+                 WHERE room_id = ? AND user_id = ?",
+            )
+            .bind(seq)
+            .bind(room)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+        }
+        tx.commit().await.map_err(translate)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map(|_| ())
+            .map_err(translate)
+    }
+}
