@@ -151,18 +151,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Rare, large futures (replays hit the database) are boxed where they are awaited, so the
+    /// future every idle connection keeps resident stays small.
     async fn handle(&mut self, item: Outbound) -> Result<(), WriteError> {
         match item {
-            Outbound::Chat { room, seq, text } => match self.last_sent.get(&room).copied() {
-                Some(last) if seq <= last => Ok(()),
-                Some(last) if seq > last + 1 => {
-                    metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
-                    self.replay(room, last, Some(seq - 1)).await?;
-                    self.feed_chat(room, seq, text).await
+            Outbound::Chat(chat) => {
+                let (room, seq) = (chat.room, chat.seq);
+                match self.last_sent.get(&room).copied() {
+                    Some(last) if seq <= last => Ok(()),
+                    Some(last) if seq > last + 1 => {
+                        metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
+                        Box::pin(self.replay(room, last, Some(seq - 1))).await?;
+                        self.feed_chat(room, seq, chat.text.clone()).await
+                    }
+                    _ => self.feed_chat(room, seq, chat.text.clone()).await,
                 }
-                _ => self.feed_chat(room, seq, text).await,
-            },
-            Outbound::Frame(text) => Ok(self.sink.feed(Message::Text(text)).await?),
+            }
+            Outbound::Frame(text) => Ok(self.sink.feed(Message::Text((*text).clone())).await?),
             Outbound::ClientAck { room, seq } => {
                 // Only what this connection was sent can be acknowledged.
                 if let Some(last) = self.last_sent.get(&room) {
@@ -183,7 +188,7 @@ impl Writer {
                     .is_some()
                 {
                     let before = self.last_sent.get(&room).copied().unwrap_or(0);
-                    self.replay(room, after.max(0), None).await?;
+                    Box::pin(self.replay(room, after.max(0), None)).await?;
                     let e = self.last_sent.entry(room).or_insert(before);
                     *e = (*e).max(before);
                 }
@@ -200,11 +205,10 @@ impl Writer {
         self.sink
             .feed(Message::Text(ServerFrame::welcome().to_json().into()))
             .await?;
-        self.resync_all().await?;
+        Box::pin(self.resync_all()).await?;
         self.flush().await?;
         let period = Duration::from_secs(self.state.0.cfg.ping_interval_secs.max(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let mut batch = Vec::with_capacity(COALESCE);
         loop {
             tokio::select! {
                 biased;
@@ -212,12 +216,16 @@ impl Writer {
                 _ = ping.tick() => {
                     self.sink.send(Message::Ping(Default::default())).await?;
                 }
-                n = rx.recv_many(&mut batch, COALESCE) => {
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    for item in batch.drain(..) {
-                        self.handle(item).await?;
+                item = rx.recv() => {
+                    let Some(item) = item else { return Ok(()) };
+                    self.handle(item).await?;
+                    // Coalesce: everything already queued goes out with one flush. No batch
+                    // buffer is kept, so an idle connection holds no per-batch memory.
+                    for _ in 1..COALESCE {
+                        match rx.try_recv() {
+                            Ok(item) => self.handle(item).await?,
+                            Err(_) => break,
+                        }
                     }
                     self.flush().await?;
                 }
@@ -250,22 +258,40 @@ fn reason(code: u16) -> &'static str {
 /// Runs a connection of `user` until either side closes it.
 pub(crate) async fn serve(state: GatewayState, user: UserId, ack_mode: bool, socket: WebSocket) {
     let shared = Arc::new(ConnShared::new(&state.0.closing));
-    let (tx, mut rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
+    let (tx, rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
     let conn_id = state.0.hub.add(user, tx.clone(), shared.clone());
     if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
         tracing::warn!(user_id = user, error = %e, "route not recorded");
     }
     tracing::debug!(user_id = user, conn = conn_id, "connected");
     let (sink, stream) = socket.split();
-    let reader = tokio::spawn(read_loop(
+    // Reader and writer run in this one task (no second task per connection).
+    let reader = read_loop(
         stream,
         tx,
         shared.clone(),
         Duration::from_secs(state.0.cfg.idle_timeout_secs.max(1)),
-    ));
+    );
+    let writer = write_loop(state.clone(), user, ack_mode, sink, rx, shared.clone());
+    tokio::join!(reader, writer);
+    state.0.hub.remove(user, conn_id);
+    if let Err(e) = state.0.routes.disconnected(user, &state.0.id).await {
+        tracing::warn!(user_id = user, error = %e, "route not cleared");
+    }
+    tracing::debug!(user_id = user, conn = conn_id, "disconnected");
+}
+
+async fn write_loop(
+    state: GatewayState,
+    user: UserId,
+    ack_mode: bool,
+    sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    shared: Arc<ConnShared>,
+) {
     let mut w = Writer {
         sink,
-        state: state.clone(),
+        state,
         user,
         ack_mode,
         last_sent: HashMap::new(),
@@ -298,12 +324,6 @@ pub(crate) async fn serve(state: GatewayState, user: UserId, ack_mode: bool, soc
     }
     shared.kick.cancel();
     let _ = w.sink.close().await;
-    let _ = reader.await;
-    state.0.hub.remove(user, conn_id);
-    if let Err(e) = state.0.routes.disconnected(user, &state.0.id).await {
-        tracing::warn!(user_id = user, error = %e, "route not cleared");
-    }
-    tracing::debug!(user_id = user, conn = conn_id, "disconnected");
 }
 
 /// Which close code a read error deserves, if any.
@@ -323,7 +343,7 @@ async fn read_loop(
     shared: Arc<ConnShared>,
     idle: Duration,
 ) {
-    let pong: Utf8Bytes = ServerFrame::Pong {}.to_json().into();
+    let pong: Arc<Utf8Bytes> = Arc::new(ServerFrame::Pong {}.to_json().into());
     loop {
         let next = tokio::select! {
             () = shared.kick.cancelled() => return,

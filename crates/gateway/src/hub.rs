@@ -19,17 +19,22 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code at shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
-/// What a connection's writer is asked to do, in order.
+/// A chat frame of `room` with `seq`, serialized once and shared by every recipient.
+#[derive(Debug)]
+pub struct ChatOut {
+    pub room: RoomId,
+    pub seq: Seq,
+    pub text: Utf8Bytes,
+}
+
+/// What a connection's writer is asked to do, in order. Kept to 24 bytes (frames behind an
+/// `Arc`): every connection's queue allocates its first block of 32 slots up front.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A chat frame of `room` with `seq`, serialized once and shared by every recipient.
-    Chat {
-        room: RoomId,
-        seq: Seq,
-        text: Utf8Bytes,
-    },
+    /// A chat frame.
+    Chat(Arc<ChatOut>),
     /// Any other frame (ack, pong).
-    Frame(Utf8Bytes),
+    Frame(Arc<Utf8Bytes>),
     /// The client acknowledged everything in `room` up to `seq`.
     ClientAck { room: RoomId, seq: Seq },
     /// The client asked for everything in `room` after `after`.
@@ -169,6 +174,11 @@ impl Hub {
 mod tests {
     use super::*;
 
+    #[test]
+    fn queue_items_stay_small() {
+        assert!(std::mem::size_of::<Outbound>() <= 24);
+    }
+
     #[tokio::test]
     async fn a_full_queue_closes_only_that_connection_as_slow() {
         let hub = Hub::default();
@@ -180,7 +190,7 @@ mod tests {
         assert!(hub.try_reserve(2) && hub.try_reserve(2) && !hub.try_reserve(2));
         hub.add(1, tx_a, a.clone());
         hub.add(2, tx_b, b.clone());
-        let item = Outbound::Frame(Utf8Bytes::from_static("{}"));
+        let item = Outbound::Frame(Arc::new(Utf8Bytes::from_static("{}")));
         assert_eq!(hub.deliver(&[1, 2], &item), 2);
         assert_eq!(hub.deliver(&[1, 2], &item), 1);
         assert_eq!(a.close_code(), CLOSE_SLOW_CONSUMER);

@@ -81,7 +81,7 @@ impl Default for Config {
             send_channel_size: 1024,
             stream_capacity: 8192,
             max_frame_bytes: 64 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 8 * 1024,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,
@@ -207,11 +207,11 @@ impl GatewayState {
                 }
                 .to_json()
                 .into();
-                let item = Outbound::Chat {
+                let item = Outbound::Chat(Arc::new(hub::ChatOut {
                     room: m.room_id,
                     seq: m.seq,
                     text,
-                };
+                }));
                 self.0.hub.deliver(&targets, &item);
             }
             PushEntry::Ack {
@@ -229,7 +229,9 @@ impl GatewayState {
                 }
                 .to_json()
                 .into();
-                self.0.hub.deliver(&[sender_id], &Outbound::Frame(text));
+                self.0
+                    .hub
+                    .deliver(&[sender_id], &Outbound::Frame(Arc::new(text)));
             }
         }
     }
@@ -272,11 +274,8 @@ impl GatewayState {
 }
 
 async fn consume(state: GatewayState, mut stream: mpsc::Receiver<PushEntry>) {
-    let mut batch = Vec::with_capacity(64);
-    while stream.recv_many(&mut batch, 64).await > 0 {
-        for entry in batch.drain(..) {
-            state.dispatch(entry);
-        }
+    while let Some(entry) = stream.recv().await {
+        state.dispatch(entry);
     }
 }
 
