@@ -3,6 +3,9 @@
 //! `idle`: registers a user, opens `--connections` WebSockets to the gateway and holds them idle,
 //! then reads the server's resident memory from `/proc/<pid>/status` before and after, and prints
 //! the memory per idle connection. Run it against `ruststacker all` (pass its pid).
+//!
+//! `send`: one user sends to a room of their own from `--concurrency` request loops for
+//! `--seconds`; prints stored messages per second and the latency of a durable 200.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,18 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
     },
+    /// Durable sends per second (group commit) and their latency.
+    Send {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        meta: String,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        send: String,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -72,6 +87,71 @@ async fn token(meta: &str) -> anyhow::Result<String> {
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("login failed: {reply}"))
+}
+
+async fn send_load(meta: &str, send: &str, concurrency: usize, seconds: u64) -> anyhow::Result<()> {
+    let token = token(meta).await?;
+    let http = reqwest::Client::new();
+    let room: Value = http
+        .post(format!("{meta}/api/group/create"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "bench", "member_ids": []}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let room_id = room["data"]["room_id"]
+        .as_i64()
+        .with_context(|| format!("group create failed: {room}"))?;
+    let url = format!("{send}/api/chat/send_message");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"room_id": room_id, "content": "benchmark message"}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().is_success() => lat.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{}",
+        json!({
+            "concurrency": concurrency,
+            "seconds": seconds,
+            "stored": lat.len(),
+            "errors": errors,
+            "sends_per_sec": (lat.len() as f64 / seconds as f64).round(),
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+        })
+    );
+    Ok(())
 }
 
 async fn idle(meta: &str, gateway: &str, pid: u32, n: usize) -> anyhow::Result<()> {
@@ -125,5 +205,11 @@ async fn main() -> anyhow::Result<()> {
             pid,
             connections,
         } => idle(&meta, &gateway, pid, connections).await,
+        Cmd::Send {
+            meta,
+            send,
+            concurrency,
+            seconds,
+        } => send_load(&meta, &send, concurrency, seconds).await,
     }
 }
