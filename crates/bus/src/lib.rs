@@ -13,6 +13,7 @@ use proto::stream::PushEntry;
 
 pub mod cache;
 pub mod inproc;
+pub mod redis;
 
 pub use cache::MemberCache;
 

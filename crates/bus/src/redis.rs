@@ -1,0 +1,559 @@
+//! Redis implementations of the bus traits, for the distributed mode.
+//!
+//! Keys (all under a configurable prefix `p`; hash tags keep what one command touches in one
+//! Redis Cluster slot):
+//! - `p:stream:{<gateway>}` — the gateway's push stream (consumer group `gateways`), trimmed with
+//!   `MAXLEN ~`; trimming loses nothing because the database is the record.
+//! - `p:{gw}:info:<gateway>` — a live gateway's registration (JSON), expiring after the heartbeat
+//!   timeout; `p:{gw}:ranking` — live gateways scored by load; `p:{gw}:known` — every gateway that
+//!   ever registered, so a dead one's stream can be reclaimed.
+//! - `p:route:{<user>}` — hash gateway -> `c:<expiry ms>` (connected, refreshed while connected) or
+//!   `d:<expiry ms>` (disconnected: the route lease that sends the user back to the same gateway).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use proto::UserId;
+use proto::api::GatewayView;
+use proto::stream::PushEntry;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+
+use crate::{BusError, GatewayId, GatewayRegistration, Instances, PushBus, Routes};
+
+const GROUP: &str = "gateways";
+const FIELD: &str = "e";
+
+fn unavailable(e: redis::RedisError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// Settings of the Redis backend.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Key prefix, so several deployments (or tests) share one Redis.
+    pub prefix: String,
+    /// A gateway that has not heartbeated for this long is dead.
+    pub gateway_ttl: Duration,
+    /// A connected route not refreshed for this long is stale.
+    pub route_ttl: Duration,
+    /// How long a disconnected user's route keeps pointing at their last gateway.
+    pub lease_ttl: Duration,
+    /// Approximate most entries kept per stream.
+    pub stream_maxlen: usize,
+}
+
+/// One connection (auto-reconnecting) shared by every request/response command.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: redis::Client,
+    conn: ConnectionManager,
+    s: RedisSettings,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("prefix", &self.s.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, BusError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let conn = client
+            .get_connection_manager_with_config(cfg)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            client,
+            conn,
+            s: settings,
+        })
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.s
+    }
+
+    fn stream_key(&self, gateway: &str) -> String {
+        format!("{}:stream:{{{gateway}}}", self.s.prefix)
+    }
+
+    fn info_key(&self, gateway: &str) -> String {
+        format!("{}:{{gw}}:info:{gateway}", self.s.prefix)
+    }
+
+    fn ranking_key(&self) -> String {
+        format!("{}:{{gw}}:ranking", self.s.prefix)
+    }
+
+    fn known_key(&self) -> String {
+        format!("{}:{{gw}}:known", self.s.prefix)
+    }
+
+    fn route_key(&self, user: UserId) -> String {
+        format!("{}:route:{{{user}}}", self.s.prefix)
+    }
+
+    /// A round trip, for `/health`.
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Opens `gateway`'s stream for consuming, on a dedicated connection (a blocking read must not
+    /// hold up other commands).
+    pub async fn consume(&self, gateway: &str) -> Result<RedisStream, BusError> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(unavailable)?;
+        let mut stream = RedisStream {
+            conn,
+            key: self.stream_key(gateway),
+            consumer: gateway.to_owned(),
+        };
+        stream.create_group().await?;
+        Ok(stream)
+    }
+
+    /// Gateways that registered once and are not alive now.
+    pub async fn dead_gateways(&self) -> Result<Vec<String>, BusError> {
+        let mut c = self.conn.clone();
+        let known: Vec<String> = c.smembers(self.known_key()).await.map_err(unavailable)?;
+        let mut dead = Vec::new();
+        for g in known {
+            let alive: bool = c.exists(self.info_key(&g)).await.map_err(unavailable)?;
+            if !alive {
+                dead.push(g);
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Takes over entries that `dead` read but never acknowledged (idle for at least `min_idle`)
+    /// and hands each to the gateways where its targets are now, then acknowledges it on the dead
+    /// stream. Targets now offline get the message from the database when they return. Once
+    /// nothing is pending, the dead gateway's stream is deleted. Returns the entries re-routed.
+    pub async fn reclaim(&self, dead: &str, min_idle: Duration) -> Result<usize, BusError> {
+        let key = self.stream_key(dead);
+        let mut c = self.conn.clone();
+        let mut start = "0-0".to_owned();
+        let mut moved = 0;
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&key)
+                .arg(GROUP)
+                .arg("reclaimer")
+                .arg(ms(min_idle))
+                .arg(&start)
+                .arg("COUNT")
+                .arg(100)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for id in &reply.claimed {
+                if let Some(entry) = decode(&id.map) {
+                    self.reroute(entry).await?;
+                    moved += 1;
+                }
+                let _: i64 = c.xack(&key, GROUP, &[&id.id]).await.map_err(unavailable)?;
+            }
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            start = reply.next_stream_id;
+        }
+        let pending: redis::streams::StreamPendingReply =
+            c.xpending(&key, GROUP).await.map_err(unavailable)?;
+        if pending.count() == 0 {
+            let _: i64 = c.del(&key).await.map_err(unavailable)?;
+            let _: i64 = c.srem(self.known_key(), dead).await.map_err(unavailable)?;
+        }
+        Ok(moved)
+    }
+
+    async fn reroute(&self, entry: PushEntry) -> Result<(), BusError> {
+        match entry {
+            PushEntry::Chat { message, targets } => {
+                for (gateway, users) in self.locate(&targets).await? {
+                    self.publish(
+                        &gateway,
+                        PushEntry::Chat {
+                            message: message.clone(),
+                            targets: users,
+                        },
+                    )
+                    .await?;
+                }
+            }
+            PushEntry::Ack { sender_id, .. } => {
+                for gateway in self.locate(&[sender_id]).await?.into_keys() {
+                    self.publish(&gateway, entry.clone()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway `user` was last routed to, while its route or lease is alive.
+    pub async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {
+        let mut c = self.conn.clone();
+        let fields: HashMap<String, String> =
+            c.hgetall(self.route_key(user)).await.map_err(unavailable)?;
+        let now = now_ms();
+        Ok(fields
+            .into_iter()
+            .filter_map(|(g, v)| Some((g, parse_route(&v)?)))
+            .filter(|(_, (_, exp))| *exp > now)
+            .max_by_key(|(_, (connected, exp))| (*connected, *exp))
+            .map(|(g, _)| g.into()))
+    }
+
+    /// Refreshes the routes of `users`, all connected to `gateway` (call every `route_ttl / 3`).
+    pub async fn refresh_routes(&self, users: &[UserId], gateway: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        for chunk in users.chunks(500) {
+            let mut pipe = redis::pipe();
+            for u in chunk {
+                self.route_write(&mut pipe, *u, gateway, true);
+            }
+            pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn route_write(
+        &self,
+        pipe: &mut redis::Pipeline,
+        user: UserId,
+        gateway: &str,
+        connected: bool,
+    ) {
+        let (tag, ttl) = if connected {
+            ("c", self.s.route_ttl)
+        } else {
+            ("d", self.s.lease_ttl)
+        };
+        let key = self.route_key(user);
+        pipe.hset(&key, gateway, format!("{tag}:{}", now_ms() + ms(ttl)))
+            .ignore()
+            .pexpire(&key, ms(self.s.route_ttl.max(self.s.lease_ttl)))
+            .ignore();
+    }
+}
+
+fn parse_route(v: &str) -> Option<(bool, i64)> {
+    let (tag, exp) = v.split_once(':')?;
+    Some((tag == "c", exp.parse().ok()?))
+}
+
+fn decode(map: &HashMap<String, redis::Value>) -> Option<PushEntry> {
+    let raw = match map.get(FIELD)? {
+        redis::Value::BulkString(b) => b.as_slice(),
+        redis::Value::SimpleString(s) => s.as_bytes(),
+        _ => return None,
+    };
+    match serde_json::from_slice(raw) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable stream entry skipped");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl PushBus for RedisBus {
+    async fn publish(&self, gateway: &str, entry: PushEntry) -> Result<(), BusError> {
+        let json = serde_json::to_vec(&entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut c = self.conn.clone();
+        redis::cmd("XADD")
+            .arg(self.stream_key(gateway))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.s.stream_maxlen)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json)
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Routes for RedisBus {
+    async fn connected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        self.route_write(&mut pipe, user, gateway, true);
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    async fn disconnected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        self.route_write(&mut pipe, user, gateway, false);
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    async fn locate(&self, users: &[UserId]) -> Result<HashMap<GatewayId, Vec<UserId>>, BusError> {
+        let mut out: HashMap<GatewayId, Vec<UserId>> = HashMap::new();
+        let now = now_ms();
+        let mut c = self.conn.clone();
+        for chunk in users.chunks(500) {
+            let mut pipe = redis::pipe();
+            for u in chunk {
+                pipe.hgetall(self.route_key(*u));
+            }
+            let routes: Vec<HashMap<String, String>> =
+                pipe.query_async(&mut c).await.map_err(unavailable)?;
+            for (u, fields) in chunk.iter().zip(routes) {
+                for (gateway, v) in fields {
+                    if let Some((true, exp)) = parse_route(&v)
+                        && exp > now
+                    {
+                        out.entry(gateway.into()).or_default().push(*u);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Info {
+    address: String,
+    port: u16,
+    max_connections: u64,
+    connections: u64,
+}
+
+impl Info {
+    fn view(&self, id: &str) -> GatewayView {
+        GatewayView {
+            gateway_id: id.to_owned(),
+            address: self.address.clone(),
+            port: self.port,
+            load: self.connections as f64 / self.max_connections.max(1) as f64,
+            connections: self.connections,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+#[async_trait]
+impl Instances for RedisBus {
+    async fn register_gateway(&self, reg: GatewayRegistration) -> Result<(), BusError> {
+        let info = Info {
+            address: reg.address,
+            port: reg.port,
+            max_connections: reg.max_connections,
+            connections: 0,
+        };
+        let json =
+            serde_json::to_string(&info).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .pset_ex(
+                self.info_key(&reg.gateway_id),
+                json,
+                ms(self.s.gateway_ttl) as u64,
+            )
+            .ignore()
+            .zadd(self.ranking_key(), &*reg.gateway_id, 0.0)
+            .ignore()
+            .sadd(self.known_key(), &*reg.gateway_id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn heartbeat_gateway(&self, gateway: &str, connections: u64) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let raw: Option<String> = c.get(self.info_key(gateway)).await.map_err(unavailable)?;
+        let mut info: Info = raw
+            .and_then(|r| serde_json::from_str(&r).ok())
+            .ok_or_else(|| BusError::NoSuchGateway(gateway.to_owned()))?;
+        info.connections = connections;
+        let load = info.view(gateway).load;
+        let json =
+            serde_json::to_string(&info).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        redis::pipe()
+            .pset_ex(self.info_key(gateway), json, ms(self.s.gateway_ttl) as u64)
+            .ignore()
+            .zadd(self.ranking_key(), gateway, load)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn deregister_gateway(&self, gateway: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .del(self.info_key(gateway))
+            .ignore()
+            .zrem(self.ranking_key(), gateway)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c
+            .zrange(self.ranking_key(), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|g| self.info_key(g)).collect();
+        let infos: Vec<Option<String>> = c.mget(&keys).await.map_err(unavailable)?;
+        let mut live = Vec::new();
+        for (id, info) in ids.iter().zip(infos) {
+            match info.and_then(|i| serde_json::from_str::<Info>(&i).ok()) {
+                Some(info) => live.push(info.view(id)),
+                None => {
+                    // Expired: prune it from the ranking.
+                    let _: i64 = c.zrem(self.ranking_key(), id).await.map_err(unavailable)?;
+                }
+            }
+        }
+        live.sort_by(|a, b| {
+            a.load
+                .total_cmp(&b.load)
+                .then(a.gateway_id.cmp(&b.gateway_id))
+        });
+        Ok(live)
+    }
+}
+
+/// A gateway's end of its push stream.
+pub struct RedisStream {
+    conn: MultiplexedConnection,
+    key: String,
+    consumer: String,
+}
+
+impl std::fmt::Debug for RedisStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStream")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStream {
+    async fn create_group(&mut self) -> Result<(), BusError> {
+        let created: redis::RedisResult<String> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.key)
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Acknowledges, without delivering, what this consumer read before a restart: its clients
+    /// reconnected and resynced from the database since.
+    pub async fn discard_own_pending(&mut self) -> Result<usize, BusError> {
+        let mut discarded = 0;
+        loop {
+            let batch = self.read_from("0", 100, None).await?;
+            if batch.is_empty() {
+                return Ok(discarded);
+            }
+            let ids: Vec<String> = batch.into_iter().map(|(id, _)| id).collect();
+            discarded += ids.len();
+            self.ack(&ids).await?;
+        }
+    }
+
+    /// New entries, waiting up to `block` for the first; at most `count`.
+    pub async fn read(
+        &mut self,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(String, Option<PushEntry>)>, BusError> {
+        self.read_from(">", count, Some(block)).await
+    }
+
+    async fn read_from(
+        &mut self,
+        from: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<(String, Option<PushEntry>)>, BusError> {
+        let mut opts = StreamReadOptions::default()
+            .group(GROUP, &self.consumer)
+            .count(count);
+        if let Some(b) = block {
+            opts = opts.block(ms(b) as usize);
+        }
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[&self.key], &[from], &opts)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|id| {
+                let entry = decode(&id.map);
+                (id.id, entry)
+            })
+            .collect())
+    }
+
+    /// Marks entries handled.
+    pub async fn ack(&mut self, ids: &[String]) -> Result<(), BusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .conn
+            .xack(&self.key, GROUP, ids)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The Redis bus against a real Redis (`RUSTSTACKER_TEST_REDIS_URL`), each test under its own key
+//! prefix so tests run in parallel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::redis::{RedisBus, RedisSettings};
+use bus::{GatewayId, GatewayRegistration, Instances, PushBus, Routes};
+use proto::api::MessageType;
+use proto::stream::{PushEntry, PushMessage};
+
+fn url() -> String {
+    std::env::var("RUSTSTACKER_TEST_REDIS_URL")
+        .expect("RUSTSTACKER_TEST_REDIS_URL must point at a Redis for these tests (scripts/test.sh sets it)")
+}
+
+async fn bus_with(gateway_ttl: Duration, lease: Duration) -> RedisBus {
+    let prefix = format!("rst{:016x}", rand::random::<u64>());
+    RedisBus::connect(
+        &url(),
+        RedisSettings {
+            prefix,
+            gateway_ttl,
+            route_ttl: Duration::from_secs(60),
+            lease_ttl: lease,
+            stream_maxlen: 1000,
+        },
+    )
+    .await
+    .expect("redis reachable")
+}
+
+async fn bus() -> RedisBus {
+    bus_with(Duration::from_secs(30), Duration::from_secs(60)).await
+}
+
+fn chat(seq: i64, targets: Vec<i64>) -> PushEntry {
+    PushEntry::Chat {
+        message: Arc::new(PushMessage {
+            id: 1000 + seq,
+            room_id: 7,
+            seq,
+            sender_id: 1,
+            msg_type: MessageType::Text,
+            content: format!("m{seq}"),
+            client_msg_id: None,
+            created_at_ms: 0,
+        }),
+        targets,
+    }
+}
+
+fn reg(id: &str, max: u64) -> GatewayRegistration {
+    GatewayRegistration {
+        gateway_id: id.into(),
+        address: "127.0.0.1".into(),
+        port: 9000,
+        max_connections: max,
+    }
+}
+
+#[tokio::test]
+async fn entries_arrive_in_order_and_stay_pending_until_acknowledged() {
+    let b = bus().await;
+    let mut s = b.consume("g1").await.expect("consume");
+    for seq in 1..=5 {
+        b.publish("g1", chat(seq, vec![1, 2]))
+            .await
+            .expect("publish");
+    }
+    let got = s.read(10, Duration::from_secs(2)).await.expect("read");
+    let seqs: Vec<i64> = got
+        .iter()
+        .map(|(_, e)| match e {
+            Some(PushEntry::Chat { message, .. }) => message.seq,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    // Not acknowledged: a restarted consumer finds them pending and discards them.
+    let mut again = b.consume("g1").await.expect("consume");
+    assert_eq!(again.discard_own_pending().await.expect("discard"), 5);
+    assert_eq!(again.discard_own_pending().await.expect("discard"), 0);
+    assert!(
+        again
+            .read(10, Duration::from_millis(50))
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn routes_locate_connected_users_and_keep_a_lease_after_disconnect() {
+    let b = bus().await;
+    let (g1, g2): (GatewayId, GatewayId) = ("g1".into(), "g2".into());
+    b.connected(1, &g1).await.expect("route");
+    b.connected(2, &g2).await.expect("route");
+    b.connected(3, &g1).await.expect("route");
+    let located = b.locate(&[1, 2, 3, 4]).await.expect("locate");
+    assert_eq!(located.get(&g1), Some(&vec![1, 3]));
+    assert_eq!(located.get(&g2), Some(&vec![2]));
+    b.disconnected(1, &g1).await.expect("route");
+    let located = b.locate(&[1]).await.expect("locate");
+    assert!(located.is_empty(), "a disconnected user is not pushed to");
+    assert_eq!(b.last_gateway(1).await.expect("lease"), Some(g1.clone()));
+    assert_eq!(b.last_gateway(4).await.expect("lease"), None);
+}
+
+#[tokio::test]
+async fn an_expired_lease_no_longer_points_at_the_gateway() {
+    let b = bus_with(Duration::from_secs(30), Duration::from_millis(1)).await;
+    let g: GatewayId = "g1".into();
+    b.connected(1, &g).await.expect("route");
+    b.disconnected(1, &g).await.expect("route");
+    // The lease expires 1 ms after the disconnect; wait on that event with a bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.last_gateway(1).await.expect("lease").is_some() {
+        assert!(std::time::Instant::now() < deadline, "lease never expired");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn live_gateways_are_ranked_by_load_and_expired_ones_pruned() {
+    let b = bus_with(Duration::from_millis(300), Duration::from_secs(60)).await;
+    b.register_gateway(reg("a", 100)).await.expect("register");
+    b.register_gateway(reg("b", 100)).await.expect("register");
+    b.heartbeat_gateway("a", 50).await.expect("heartbeat");
+    b.heartbeat_gateway("b", 10).await.expect("heartbeat");
+    let live = b.live_gateways().await.expect("live");
+    assert_eq!(
+        live.iter()
+            .map(|g| g.gateway_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b", "a"]
+    );
+    assert!((live[0].load - 0.1).abs() < 1e-9);
+    b.deregister_gateway("b").await.expect("deregister");
+    assert_eq!(b.live_gateways().await.expect("live").len(), 1);
+    // "a" stops heartbeating: after the TTL it is gone, and a heartbeat says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.live_gateways().await.expect("live").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway never expired"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(b.heartbeat_gateway("a", 1).await.is_err());
+    let mut dead = b.dead_gateways().await.expect("dead");
+    dead.sort();
+    assert_eq!(dead, vec!["a".to_owned(), "b".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are_now() {
+    let b = bus().await;
+    let (dead, live): (GatewayId, GatewayId) = ("dead".into(), "live".into());
+    b.register_gateway(reg("dead", 10)).await.expect("register");
+    let mut dead_stream = b.consume("dead").await.expect("consume");
+    let mut live_stream = b.consume("live").await.expect("consume");
+    b.publish("dead", chat(1, vec![1, 2]))
+        .await
+        .expect("publish");
+    // The dead gateway read the entry but crashed before acknowledging it.
+    assert_eq!(
+        dead_stream
+            .read(10, Duration::from_secs(2))
+            .await
+            .expect("read")
+            .len(),
+        1
+    );
+    b.deregister_gateway("dead").await.expect("gone");
+    // User 1 reconnected to the live gateway; user 2 is offline (resyncs from the database).
+    b.connected(1, &live).await.expect("route");
+    let _ = dead;
+    assert_eq!(
+        b.dead_gateways().await.expect("dead"),
+        vec!["dead".to_owned()]
+    );
+    assert_eq!(b.reclaim("dead", Duration::ZERO).await.expect("reclaim"), 1);
+    let got = live_stream
+        .read(10, Duration::from_secs(2))
+        .await
+        .expect("read");
+    match &got[..] {
+        [(_, Some(PushEntry::Chat { message, targets }))] => {
+            assert_eq!(message.seq, 1);
+            assert_eq!(targets, &vec![1]);
+        }
+        other => panic!("expected the re-routed entry, got {other:?}"),
+    }
+    // Nothing pending any more: the dead stream is gone and forgotten.
+    assert!(b.dead_gateways().await.expect("dead").is_empty());
+}
+
+#[tokio::test]
+async fn streams_are_trimmed_to_about_their_max_length() {
+    let b = bus().await;
+    let _s = b.consume("g").await.expect("consume");
+    for seq in 0..3000 {
+        b.publish("g", chat(seq, vec![1])).await.expect("publish");
+    }
+    let client = redis::Client::open(url()).expect("url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let key = format!("{}:stream:{{g}}", b.settings().prefix);
+    let len: usize = redis::cmd("XLEN")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .expect("xlen");
+    assert!(len < 1500, "stream holds {len} entries");
+}
