@@ -49,31 +49,25 @@ impl PushBus for InProcBus {
     }
 }
 
-/// User -> gateways with a connection count each.
+/// User -> the gateways holding a connection of theirs.
 #[derive(Debug, Default)]
 pub struct InProcRoutes {
-    map: DashMap<UserId, Vec<(GatewayId, u32)>>,
+    map: DashMap<UserId, Vec<GatewayId>>,
 }
 
 #[async_trait]
 impl Routes for InProcRoutes {
     async fn connected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
         let mut entry = self.map.entry(user).or_default();
-        match entry.iter_mut().find(|(g, _)| g == gateway) {
-            Some((_, n)) => *n += 1,
-            None => entry.push((gateway.clone(), 1)),
+        if !entry.contains(gateway) {
+            entry.push(gateway.clone());
         }
         Ok(())
     }
 
     async fn disconnected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
         self.map.remove_if_mut(&user, |_, gws| {
-            if let Some(i) = gws.iter().position(|(g, _)| g == gateway) {
-                gws[i].1 = gws[i].1.saturating_sub(1);
-                if gws[i].1 == 0 {
-                    gws.swap_remove(i);
-                }
-            }
+            gws.retain(|g| g != gateway);
             gws.is_empty()
         });
         Ok(())
@@ -83,12 +77,17 @@ impl Routes for InProcRoutes {
         let mut out: HashMap<GatewayId, Vec<UserId>> = HashMap::new();
         for u in users {
             if let Some(gws) = self.map.get(u) {
-                for (g, _) in gws.iter() {
+                for g in gws.iter() {
                     out.entry(g.clone()).or_default().push(*u);
                 }
             }
         }
         Ok(out)
+    }
+
+    async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {
+        // One process has one gateway: a lease would always name it, so only live routes count.
+        Ok(self.map.get(&user).and_then(|gws| gws.first().cloned()))
     }
 }
 
@@ -190,13 +189,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn routes_count_connections_per_gateway() {
+    async fn routes_are_per_user_and_gateway() {
         let r = InProcRoutes::default();
-        let a: GatewayId = "a".into();
+        let (a, b): (GatewayId, GatewayId) = ("a".into(), "b".into());
         r.connected(1, &a).await.expect("ok");
         r.connected(1, &a).await.expect("ok");
-        r.disconnected(1, &a).await.expect("ok");
+        r.connected(1, &b).await.expect("ok");
+        r.disconnected(1, &b).await.expect("ok");
         assert_eq!(r.locate(&[1, 2]).await.expect("ok").get(&a), Some(&vec![1]));
+        assert_eq!(r.last_gateway(1).await.expect("ok"), Some(a.clone()));
         r.disconnected(1, &a).await.expect("ok");
         assert!(r.locate(&[1]).await.expect("ok").is_empty());
     }

@@ -48,6 +48,8 @@ pub trait Routes: Send + Sync {
     /// The gateways holding connections of `users`, with the users on each. Users with no
     /// connection are left out (they catch up from the database when they return).
     async fn locate(&self, users: &[UserId]) -> Result<HashMap<GatewayId, Vec<UserId>>, BusError>;
+    /// The gateway `user` is connected to, or was until recently (the route lease), if any.
+    async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError>;
 }
 
 /// What a gateway registers.

@@ -10,8 +10,9 @@
 //! - `p:route:{<user>}` — hash gateway -> `c:<expiry ms>` (connected, refreshed while connected) or
 //!   `d:<expiry ms>` (disconnected: the route lease that sends the user back to the same gateway).
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use proto::UserId;
@@ -61,7 +62,15 @@ pub struct RedisBus {
     client: redis::Client,
     conn: ConnectionManager,
     s: RedisSettings,
+    /// Live gateway ids, re-read at most once per [`LIVE_CACHE_TTL`]: routes that point at a dead
+    /// gateway (it crashed, its routes have not expired yet) are not pushed to.
+    live: Arc<Mutex<Option<LiveIds>>>,
 }
+
+/// Live gateway ids and when they were read.
+type LiveIds = (Instant, HashSet<String>);
+
+const LIVE_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +94,7 @@ impl RedisBus {
             client,
             conn,
             s: settings,
+            live: Default::default(),
         })
     }
 
@@ -221,18 +231,31 @@ impl RedisBus {
         Ok(())
     }
 
-    /// The gateway `user` was last routed to, while its route or lease is alive.
-    pub async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {
-        let mut c = self.conn.clone();
-        let fields: HashMap<String, String> =
-            c.hgetall(self.route_key(user)).await.map_err(unavailable)?;
-        let now = now_ms();
-        Ok(fields
+    /// Ids of live gateways, cached for [`LIVE_CACHE_TTL`].
+    async fn live_ids(&self) -> Result<HashSet<String>, BusError> {
+        {
+            let cached = self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, ids)) = cached.as_ref()
+                && at.elapsed() < LIVE_CACHE_TTL
+            {
+                return Ok(ids.clone());
+            }
+        }
+        let ids: HashSet<String> = self
+            .live_gateways()
+            .await?
             .into_iter()
-            .filter_map(|(g, v)| Some((g, parse_route(&v)?)))
-            .filter(|(_, (_, exp))| *exp > now)
-            .max_by_key(|(_, (connected, exp))| (*connected, *exp))
-            .map(|(g, _)| g.into()))
+            .map(|g| g.gateway_id)
+            .collect();
+        *self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), ids.clone()));
+        Ok(ids)
     }
 
     /// Refreshes the routes of `users`, all connected to `gateway` (call every `route_ttl / 3`).
@@ -325,6 +348,7 @@ impl Routes for RedisBus {
     }
 
     async fn locate(&self, users: &[UserId]) -> Result<HashMap<GatewayId, Vec<UserId>>, BusError> {
+        let live = self.live_ids().await?;
         let mut out: HashMap<GatewayId, Vec<UserId>> = HashMap::new();
         let now = now_ms();
         let mut c = self.conn.clone();
@@ -339,6 +363,7 @@ impl Routes for RedisBus {
                 for (gateway, v) in fields {
                     if let Some((true, exp)) = parse_route(&v)
                         && exp > now
+                        && live.contains(&gateway)
                     {
                         out.entry(gateway.into()).or_default().push(*u);
                     }
@@ -346,6 +371,19 @@ impl Routes for RedisBus {
             }
         }
         Ok(out)
+    }
+
+    async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {
+        let mut c = self.conn.clone();
+        let fields: HashMap<String, String> =
+            c.hgetall(self.route_key(user)).await.map_err(unavailable)?;
+        let now = now_ms();
+        Ok(fields
+            .into_iter()
+            .filter_map(|(g, v)| Some((g, parse_route(&v)?)))
+            .filter(|(_, (_, exp))| *exp > now)
+            .max_by_key(|(_, (connected, exp))| (*connected, *exp))
+            .map(|(g, _)| g.into()))
     }
 }
 

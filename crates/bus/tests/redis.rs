@@ -94,6 +94,8 @@ async fn entries_arrive_in_order_and_stay_pending_until_acknowledged() {
 async fn routes_locate_connected_users_and_keep_a_lease_after_disconnect() {
     let b = bus().await;
     let (g1, g2): (GatewayId, GatewayId) = ("g1".into(), "g2".into());
+    b.register_gateway(reg("g1", 10)).await.expect("register");
+    b.register_gateway(reg("g2", 10)).await.expect("register");
     b.connected(1, &g1).await.expect("route");
     b.connected(2, &g2).await.expect("route");
     b.connected(3, &g1).await.expect("route");
@@ -105,6 +107,14 @@ async fn routes_locate_connected_users_and_keep_a_lease_after_disconnect() {
     assert!(located.is_empty(), "a disconnected user is not pushed to");
     assert_eq!(b.last_gateway(1).await.expect("lease"), Some(g1.clone()));
     assert_eq!(b.last_gateway(4).await.expect("lease"), None);
+}
+
+#[tokio::test]
+async fn routes_to_a_gateway_that_is_not_alive_are_not_used() {
+    let b = bus().await;
+    let g: GatewayId = "ghost".into();
+    b.connected(1, &g).await.expect("route");
+    assert!(b.locate(&[1]).await.expect("locate").is_empty());
 }
 
 #[tokio::test]
@@ -158,6 +168,7 @@ async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are
     let b = bus().await;
     let (dead, live): (GatewayId, GatewayId) = ("dead".into(), "live".into());
     b.register_gateway(reg("dead", 10)).await.expect("register");
+    b.register_gateway(reg("live", 10)).await.expect("register");
     let mut dead_stream = b.consume("dead").await.expect("consume");
     let mut live_stream = b.consume("live").await.expect("consume");
     b.publish("dead", chat(1, vec![1, 2]))

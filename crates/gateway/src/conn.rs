@@ -16,7 +16,7 @@ use proto::{RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 
 use crate::GatewayState;
-use crate::hub::{CLOSE_GOING_AWAY, ConnShared, Outbound};
+use crate::hub::{CLOSE_ABORT, CLOSE_GOING_AWAY, ConnShared, Outbound};
 
 /// Close codes this gateway uses (besides RFC 6455's 1001 at shutdown and 1009/1003/1007 for bad
 /// client frames).
@@ -275,8 +275,18 @@ pub(crate) async fn serve(state: GatewayState, user: UserId, ack_mode: bool, soc
     let writer = write_loop(state.clone(), user, ack_mode, sink, rx, shared.clone());
     tokio::join!(reader, writer);
     state.0.hub.remove(user, conn_id);
-    if let Err(e) = state.0.routes.disconnected(user, &state.0.id).await {
-        tracing::warn!(user_id = user, error = %e, "route not cleared");
+    if shared.close_code() == CLOSE_ABORT {
+        return;
+    }
+    // The route is per (user, gateway): only the user's last connection here ends it. A connection
+    // of the same user that arrived meanwhile re-asserts it.
+    if !state.0.hub.has(user) {
+        if let Err(e) = state.0.routes.disconnected(user, &state.0.id).await {
+            tracing::warn!(user_id = user, error = %e, "route not cleared");
+        }
+        if state.0.hub.has(user) {
+            let _ = state.0.routes.connected(user, &state.0.id).await;
+        }
     }
     tracing::debug!(user_id = user, conn = conn_id, "disconnected");
 }
@@ -307,7 +317,7 @@ async fn write_loop(
             true
         }
     };
-    if socket_ok {
+    if socket_ok && shared.close_code() != CLOSE_ABORT {
         let code = shared.close_code();
         let drained = if code == CLOSE_GOING_AWAY {
             w.drain(&mut rx).await.is_ok()
@@ -323,7 +333,9 @@ async fn write_loop(
         }
     }
     shared.kick.cancel();
-    let _ = w.sink.close().await;
+    if shared.close_code() != CLOSE_ABORT {
+        let _ = w.sink.close().await;
+    }
 }
 
 /// Which close code a read error deserves, if any.

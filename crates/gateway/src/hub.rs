@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code at shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Not a code sent on the wire: the gateway is simulating a crash (tests), so sockets are dropped
+/// without a close frame and nothing is cleaned up.
+pub const CLOSE_ABORT: u16 = 1006;
 
 /// A chat frame of `room` with `seq`, serialized once and shared by every recipient.
 #[derive(Debug)]
@@ -126,6 +129,11 @@ impl Hub {
         });
         metrics::gauge!("ruststacker_gateway_connections")
             .set(self.open().saturating_sub(1) as f64);
+    }
+
+    /// Users with a connection here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.conns.iter().map(|e| *e.key()).collect()
     }
 
     /// Whether `user` has a connection here.

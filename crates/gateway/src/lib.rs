@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod conn;
 pub mod cursor;
+mod distributed;
 pub mod hub;
 
 use hub::{CLOSE_GOING_AWAY, Hub, Outbound};
@@ -69,6 +70,13 @@ pub struct Config {
     pub resync_chunk: u32,
     /// Milliseconds between delivery-cursor writes.
     pub cursor_flush_ms: u64,
+    /// Distributed mode: seconds between looks for dead gateways whose pending entries to reclaim.
+    pub reclaim_interval_secs: u64,
+    /// Distributed mode: an entry a dead gateway read this many seconds ago without acknowledging it
+    /// is reclaimed.
+    pub reclaim_min_idle_secs: u64,
+    /// Distributed mode: seconds between refreshes of this gateway's users' routes.
+    pub route_refresh_secs: u64,
 }
 
 impl Default for Config {
@@ -88,6 +96,9 @@ impl Default for Config {
             heartbeat_interval_secs: 5,
             resync_chunk: 200,
             cursor_flush_ms: 500,
+            reclaim_interval_secs: 10,
+            reclaim_min_idle_secs: 30,
+            route_refresh_secs: 20,
         }
     }
 }
@@ -153,23 +164,42 @@ impl GatewayState {
 
     /// Registers with the registry and starts the stream consumer, heartbeats and the cursor
     /// flusher. `stream` is this gateway's push stream.
-    pub async fn start(
-        &self,
-        stream: mpsc::Receiver<PushEntry>,
-    ) -> Result<Background, bus::BusError> {
+    pub async fn start(&self, stream: Stream) -> Result<Background, bus::BusError> {
         self.register().await?;
         let stop = CancellationToken::new();
-        let consumer = tokio::spawn(consume(self.clone(), stream));
-        let heartbeat = tokio::spawn(heartbeat(self.clone(), stop.clone()));
-        let flusher = tokio::spawn(self.0.cursors.clone().run_flusher(
-            self.0.store.clone(),
-            Duration::from_millis(self.0.cfg.cursor_flush_ms.max(10)),
-            stop.clone(),
-        ));
+        let consumer_stop = CancellationToken::new();
+        let mut tasks = vec![
+            tokio::spawn(heartbeat(self.clone(), stop.clone())),
+            tokio::spawn(self.0.cursors.clone().run_flusher(
+                self.0.store.clone(),
+                Duration::from_millis(self.0.cfg.cursor_flush_ms.max(10)),
+                stop.clone(),
+            )),
+        ];
+        let consumer = match stream {
+            Stream::InProc(rx) => tokio::spawn(consume(self.clone(), rx)),
+            Stream::Redis { stream, bus } => {
+                tasks.push(tokio::spawn(distributed::reclaimer(
+                    self.clone(),
+                    bus.clone(),
+                    stop.clone(),
+                )));
+                tasks.push(tokio::spawn(distributed::route_refresher(
+                    self.clone(),
+                    bus,
+                    stop.clone(),
+                )));
+                tokio::spawn(distributed::consume(
+                    self.clone(),
+                    stream,
+                    consumer_stop.clone(),
+                ))
+            }
+        };
         Ok(Background {
             consumer,
-            heartbeat,
-            flusher,
+            consumer_stop,
+            tasks,
             stop,
         })
     }
@@ -237,11 +267,23 @@ impl GatewayState {
     }
 }
 
+/// Where a gateway's push entries come from.
+#[allow(clippy::large_enum_variant)] // built once per process; boxing buys nothing
+pub enum Stream {
+    /// `ruststacker all`: an in-process channel; it ends when the producer side closes it.
+    InProc(mpsc::Receiver<PushEntry>),
+    /// Distributed: this gateway's Redis Stream, plus the bus for reclaiming and route refresh.
+    Redis {
+        stream: bus::redis::RedisStream,
+        bus: bus::redis::RedisBus,
+    },
+}
+
 /// The gateway's background tasks, for an orderly [`GatewayState::shutdown`].
 pub struct Background {
     consumer: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
-    flusher: JoinHandle<()>,
+    consumer_stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 }
 
@@ -251,6 +293,9 @@ impl GatewayState {
     /// with 1001 after its queued frames are written, flushes cursors and deregisters.
     pub async fn shutdown(&self, bg: Background, deadline: Duration) {
         self.0.ready.set_not_ready();
+        // A Redis consumer stops reading now: what it has not read stays in the stream for the
+        // reclaimer, and its users resync from the database wherever they reconnect.
+        bg.consumer_stop.cancel();
         let consumer_done = tokio::time::timeout(deadline, bg.consumer).await;
         if consumer_done.is_err() {
             tracing::warn!("push stream not drained before the deadline");
@@ -265,11 +310,25 @@ impl GatewayState {
             tracing::warn!("connections still closing at the deadline");
         }
         bg.stop.cancel();
-        let _ = bg.heartbeat.await;
-        let _ = bg.flusher.await;
+        for t in bg.tasks {
+            let _ = t.await;
+        }
         if let Err(e) = self.0.instances.deregister_gateway(&self.0.id).await {
             tracing::warn!(error = %e, "deregistration failed; the registry will expire us");
         }
+    }
+}
+
+impl GatewayState {
+    /// Simulates a crash (kill -9) for tests: background tasks are aborted, sockets dropped without
+    /// close frames, cursors not flushed, nothing deregistered.
+    pub fn abort(&self, bg: Background) {
+        bg.consumer.abort();
+        for t in bg.tasks {
+            t.abort();
+        }
+        self.0.hub.close_all(hub::CLOSE_ABORT);
+        self.0.closing.cancel();
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Registry service: which gateways are alive and how loaded, and which one a client should
-//! connect to (`GET /registry/gateway/available`, the least loaded live gateway that is not full).
+//! connect to (`GET /registry/gateway/available`: the user's previous gateway while its route
+//! lease lives and it is alive and not full, else the least loaded live gateway that is not full).
 //! The instance table itself is a [`bus::Instances`]: in-process in `all`, Redis when distributed.
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use bus::Instances;
+use bus::{Instances, Routes};
 use kit::http::{Check, Ready};
 use kit::{ApiError, ApiResult, Query, ok};
 use proto::UserId;
@@ -24,6 +25,11 @@ pub struct Config {
     /// Seconds without a heartbeat after which a gateway is dead (the seed's
     /// `gateway_heartbeat_timeout`).
     pub gateway_heartbeat_timeout: u64,
+    /// Seconds a connected user's route lives without a refresh (gateways refresh it while the
+    /// user is connected).
+    pub user_route_ttl: u64,
+    /// Seconds a disconnected user's route keeps sending them back to the same gateway.
+    pub user_route_lease: u64,
 }
 
 impl Default for Config {
@@ -31,6 +37,8 @@ impl Default for Config {
         Self {
             port: 8084,
             gateway_heartbeat_timeout: 30,
+            user_route_ttl: 60,
+            user_route_lease: 120,
         }
     }
 }
@@ -39,12 +47,17 @@ impl Default for Config {
 #[derive(Clone)]
 pub struct RegistryState {
     instances: Arc<dyn Instances>,
+    routes: Arc<dyn Routes>,
     ready: Ready,
 }
 
 impl RegistryState {
-    pub fn new(instances: Arc<dyn Instances>, ready: Ready) -> Self {
-        Self { instances, ready }
+    pub fn new(instances: Arc<dyn Instances>, routes: Arc<dyn Routes>, ready: Ready) -> Self {
+        Self {
+            instances,
+            routes,
+            ready,
+        }
     }
 }
 
@@ -88,9 +101,18 @@ async fn available(
         ));
     }
     let live = s.instances.live_gateways().await.map_err(bus_err)?;
-    // Least loaded first; a full gateway would refuse the connection.
+    let has_room = |g: &GatewayView| g.connections < g.max_connections;
+    // The route lease: back to the previous gateway while it lives and has room.
+    if let Some(previous) = s.routes.last_gateway(q.user_id).await.map_err(bus_err)?
+        && let Some(g) = live
+            .iter()
+            .find(|g| *g.gateway_id == *previous && has_room(g))
+    {
+        return Ok(ok(g.clone()));
+    }
+    // Least loaded first.
     live.into_iter()
-        .find(|g| g.connections < g.max_connections)
+        .find(has_room)
         .map(ok)
         .ok_or_else(|| ApiError::unavailable("no_gateway", "no gateway is available; retry later"))
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Router;
 use bus::inproc::{InProcBus, InProcInstances, InProcRoutes};
+use bus::redis::{RedisBus, RedisSettings};
 use kit::auth::{Auth, MIN_SECRET_LEN};
 use kit::http::Ready;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,108 @@ pub struct AllConfig {
     pub send: send::Config,
     pub gateway: gateway::Config,
     pub registry: registry::Config,
+    /// MySQL (the seed's `mysql:` block). Unset: the embedded SQLite file (`all` only).
+    pub mysql: Option<MysqlConfig>,
+    /// Redis (the seed's `redis:` block). Unset: in-process streams and tables (`all` only).
+    pub redis: Option<RedisConfig>,
+    /// Seconds a room's member list may be served from the local cache without a change notice.
+    pub member_cache_ttl_secs: u64,
+}
+
+/// The seed's `mysql:` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MysqlConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 3306,
+            user: "root".into(),
+            password: String::new(),
+            dbname: "ruststacker".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl MysqlConfig {
+    pub fn url(&self) -> String {
+        let auth = if self.password.is_empty() {
+            enc(&self.user)
+        } else {
+            format!("{}:{}", enc(&self.user), enc(&self.password))
+        };
+        format!(
+            "mysql://{auth}@{}:{}/{}",
+            self.host,
+            self.port,
+            enc(&self.dbname)
+        )
+    }
+}
+
+/// Percent-encodes what may not appear raw in a URL's user info or path.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The seed's `redis:` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    pub db: u8,
+    /// Prefix of every key, so deployments can share a Redis.
+    pub prefix: String,
+    /// Approximate most entries kept in each gateway stream.
+    pub stream_maxlen: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            password: None,
+            db: 0,
+            prefix: "ruststacker".into(),
+            stream_maxlen: 100_000,
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!(
+                "redis://:{}@{}:{}/{}",
+                enc(p),
+                self.host,
+                self.port,
+                self.db
+            ),
+            None => format!("redis://{}:{}/{}", self.host, self.port, self.db),
+        }
+    }
 }
 
 impl Default for AllConfig {
@@ -88,6 +191,9 @@ impl Default for AllConfig {
             send: send::Config::default(),
             gateway: gateway::Config::default(),
             registry: registry::Config::default(),
+            mysql: None,
+            redis: None,
+            member_cache_ttl_secs: 300,
         }
     }
 }
@@ -114,13 +220,25 @@ impl AllConfig {
     }
 }
 
-/// Reads the JWT secret from config or from the data dir, generating it on first start.
-fn jwt_secret(cfg: &AllConfig) -> anyhow::Result<Vec<u8>> {
+/// The example secret shipped in `config/`: refused, so it never guards a real deployment.
+pub const EXAMPLE_SECRET: &str = "change-me-to-32-or-more-random-bytes-before-use";
+
+/// Reads the JWT secret from config; `all` (`generate`) falls back to the data dir, creating it on
+/// first start. Separate services share a configured secret and refuse to start without one.
+fn jwt_secret(cfg: &AllConfig, generate: bool) -> anyhow::Result<Vec<u8>> {
     if let Some(s) = &cfg.jwt.secret {
         if s.len() < MIN_SECRET_LEN {
             bail!("jwt.secret must be at least {MIN_SECRET_LEN} bytes");
         }
+        if s == EXAMPLE_SECRET {
+            bail!("jwt.secret is the example value from config/; set your own");
+        }
         return Ok(s.as_bytes().to_vec());
+    }
+    if !generate {
+        bail!(
+            "jwt.secret must be set (the same on every service, at least {MIN_SECRET_LEN} bytes)"
+        );
     }
     let path = cfg.data_dir.join("jwt_secret");
     if let Ok(existing) = std::fs::read_to_string(&path) {
@@ -173,121 +291,336 @@ fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> Join
     })
 }
 
-/// A running `all`.
+/// Creates or upgrades the configured database (MySQL when `mysql:` is set, else the SQLite file).
+pub async fn migrate(cfg: &AllConfig) -> anyhow::Result<()> {
+    open_db(cfg).await?.close().await;
+    Ok(())
+}
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub meta: bool,
+    pub send: bool,
+    pub gateway: bool,
+    pub registry: bool,
+}
+
+impl Roles {
+    /// `ruststacker all`.
+    pub const ALL: Self = Self {
+        meta: true,
+        send: true,
+        gateway: true,
+        registry: true,
+    };
+    const NONE: Self = Self {
+        meta: false,
+        send: false,
+        gateway: false,
+        registry: false,
+    };
+    pub const META: Self = Self {
+        meta: true,
+        ..Self::NONE
+    };
+    pub const SEND: Self = Self {
+        send: true,
+        ..Self::NONE
+    };
+    pub const GATEWAY: Self = Self {
+        gateway: true,
+        ..Self::NONE
+    };
+    pub const REGISTRY: Self = Self {
+        registry: true,
+        ..Self::NONE
+    };
+
+    fn needs_database(self) -> bool {
+        self.meta || self.send || self.gateway
+    }
+}
+
+/// The database a process uses.
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqliteStore),
+    MySql(store::mysql::MySqlStore),
+}
+
+impl Db {
+    fn shared(&self) -> Arc<dyn store::Store> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::MySql(s) => Arc::new(s.clone()),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::MySql(s) => s.close().await,
+        }
+    }
+}
+
+/// The push streams, routes and instance table a process uses.
+#[allow(clippy::large_enum_variant)] // one per process
+enum Shared {
+    InProc {
+        bus: Arc<InProcBus>,
+        routes: Arc<InProcRoutes>,
+        instances: Arc<InProcInstances>,
+    },
+    Redis(RedisBus),
+}
+
+impl Shared {
+    fn push(&self) -> Arc<dyn bus::PushBus> {
+        match self {
+            Self::InProc { bus, .. } => bus.clone(),
+            Self::Redis(r) => Arc::new(r.clone()),
+        }
+    }
+
+    fn routes(&self) -> Arc<dyn bus::Routes> {
+        match self {
+            Self::InProc { routes, .. } => routes.clone(),
+            Self::Redis(r) => Arc::new(r.clone()),
+        }
+    }
+
+    fn instances(&self) -> Arc<dyn bus::Instances> {
+        match self {
+            Self::InProc { instances, .. } => instances.clone(),
+            Self::Redis(r) => Arc::new(r.clone()),
+        }
+    }
+}
+
+async fn open_db(cfg: &AllConfig) -> anyhow::Result<Db> {
+    match &cfg.mysql {
+        Some(m) => Ok(Db::MySql(
+            store::mysql::MySqlStore::connect(&m.url(), m.max_connections)
+                .await
+                .with_context(|| {
+                    format!("connecting to MySQL at {}:{}/{}", m.host, m.port, m.dbname)
+                })?,
+        )),
+        None => Ok(Db::Sqlite(open_store(cfg).await?)),
+    }
+}
+
+async fn open_shared(cfg: &AllConfig) -> anyhow::Result<Shared> {
+    match &cfg.redis {
+        Some(r) => {
+            let settings = RedisSettings {
+                prefix: r.prefix.clone(),
+                gateway_ttl: Duration::from_secs(cfg.registry.gateway_heartbeat_timeout.max(1)),
+                route_ttl: Duration::from_secs(cfg.registry.user_route_ttl.max(1)),
+                lease_ttl: Duration::from_secs(cfg.registry.user_route_lease.max(1)),
+                stream_maxlen: r.stream_maxlen,
+            };
+            Ok(Shared::Redis(
+                RedisBus::connect(&r.url(), settings)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {}:{}", r.host, r.port))?,
+            ))
+        }
+        None => Ok(Shared::InProc {
+            bus: Arc::new(InProcBus::default()),
+            routes: Arc::new(InProcRoutes::default()),
+            instances: Arc::new(InProcInstances::new(Duration::from_secs(
+                cfg.registry.gateway_heartbeat_timeout.max(1),
+            ))),
+        }),
+    }
+}
+
+struct GatewayPart {
+    state: gateway::GatewayState,
+    bg: gateway::Background,
+    http: JoinHandle<()>,
+}
+
+/// A running process: `all` or one service.
 pub struct Running {
-    pub meta: SocketAddr,
-    pub send: SocketAddr,
-    pub gateway: SocketAddr,
-    pub registry: SocketAddr,
+    pub meta: Option<SocketAddr>,
+    pub send: Option<SocketAddr>,
+    pub gateway: Option<SocketAddr>,
+    pub registry: Option<SocketAddr>,
     stop: CancellationToken,
     ready: Ready,
     http: Vec<JoinHandle<()>>,
-    gateway_http: JoinHandle<()>,
-    commit: JoinHandle<()>,
-    fanout: JoinHandle<()>,
-    bus: Arc<InProcBus>,
-    gateway_state: gateway::GatewayState,
-    gateway_bg: gateway::Background,
-    store: SqliteStore,
+    pipeline: Vec<JoinHandle<()>>,
+    shared: Shared,
+    gateway_part: Option<GatewayPart>,
+    db: Option<Db>,
     deadline: Duration,
 }
 
-/// Starts every service in this process. Ports are bound before anything else starts, so a port
-/// in use fails fast.
+/// Starts every service in this process (`ruststacker all`).
 pub async fn start_all(cfg: AllConfig) -> anyhow::Result<Running> {
+    start(cfg, Roles::ALL).await
+}
+
+/// Starts the services of `roles`. Ports are bound before anything else starts, so a port in use
+/// fails fast. Without `mysql:`/`redis:` blocks the embedded backends are used, which only make
+/// sense when every service runs in this process.
+pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     kit::telemetry::init_metrics();
-    let meta_l = bind(cfg.bind, cfg.meta.port, "meta").await?;
-    let send_l = bind(cfg.bind, cfg.send.port, "send").await?;
-    let gateway_l = bind(cfg.bind, cfg.gateway.port, "gateway").await?;
-    let registry_l = bind(cfg.bind, cfg.registry.port, "registry").await?;
-    let store = open_store(&cfg).await?;
-    let secret = jwt_secret(&cfg)?;
-    let auth = Arc::new(Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs)));
-    let db: Arc<dyn store::Store> = Arc::new(store.clone());
-    let members = bus::MemberCache::new(100_000, Duration::from_secs(300));
-    let bus = Arc::new(InProcBus::default());
-    let routes = Arc::new(InProcRoutes::default());
-    let instances = Arc::new(InProcInstances::new(Duration::from_secs(
-        cfg.registry.gateway_heartbeat_timeout.max(1),
-    )));
-    let ready = Ready::default();
-
-    let gateway_addr = gateway_l.local_addr()?;
-    let gw = gateway::GatewayState::new(
-        cfg.gateway.clone(),
-        gateway_addr.ip().to_string(),
-        gateway_addr.port(),
-        gateway::Deps {
-            auth: auth.clone(),
-            store: db.clone(),
-            routes: routes.clone(),
-            instances: instances.clone(),
-            ready: ready.clone(),
-        },
-    );
-    let stream = bus.attach(gw.id(), cfg.gateway.stream_capacity);
-    let gateway_bg = gw.start(stream).await.context("registering the gateway")?;
-
-    let (fanout_tx, fanout) = send::fanout::Fanout {
-        store: db.clone(),
-        members: members.clone(),
-        routes: routes.clone(),
-        bus: bus.clone(),
+    if roles != Roles::ALL && (cfg.mysql.is_none() && roles.needs_database() || cfg.redis.is_none())
+    {
+        bail!("a single service needs the mysql: and redis: blocks (only `all` runs embedded)");
     }
-    .spawn(cfg.send.fanout_queue);
-    let (committer, commit) = send::commit::spawn(
-        db.clone(),
-        cfg.send.commit_batch,
-        cfg.send.commit_queue,
-        fanout_tx,
+    let listen = |on: bool, port: u16, name: &'static str| async move {
+        if on {
+            bind(cfg.bind, port, name).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let meta_l = listen(roles.meta, cfg.meta.port, "meta").await?;
+    let send_l = listen(roles.send, cfg.send.port, "send").await?;
+    let gateway_l = listen(roles.gateway, cfg.gateway.port, "gateway").await?;
+    let registry_l = listen(roles.registry, cfg.registry.port, "registry").await?;
+    let db = if roles.needs_database() {
+        Some(open_db(&cfg).await?)
+    } else {
+        None
+    };
+    let shared = open_shared(&cfg).await?;
+    let secret = jwt_secret(&cfg, roles == Roles::ALL)?;
+    let auth = Arc::new(Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs)));
+    let members = bus::MemberCache::new(
+        100_000,
+        Duration::from_secs(cfg.member_cache_ttl_secs.max(1)),
     );
-
-    let meta_state = meta::MetaState::new(
-        cfg.meta.clone(),
-        db.clone(),
-        auth.clone(),
-        members.clone(),
-        ready.clone(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let send_state = send::SendState::new(
-        cfg.send.clone(),
-        db.clone(),
-        auth.clone(),
-        committer,
-        ready.clone(),
-    )?;
-    let registry_state = registry::RegistryState::new(instances.clone(), ready.clone());
-
+    let ready = Ready::default();
     let stop = CancellationToken::new();
-    let running = Running {
-        meta: meta_l.local_addr()?,
-        send: send_l.local_addr()?,
-        gateway: gateway_addr,
-        registry: registry_l.local_addr()?,
-        http: vec![
-            serve(meta_l, meta::router(meta_state), stop.clone()),
-            serve(send_l, send::router(send_state), stop.clone()),
-            serve(registry_l, registry::router(registry_state), stop.clone()),
-        ],
-        gateway_http: serve(gateway_l, gateway::router(gw.clone()), stop.clone()),
-        stop,
-        ready,
-        commit,
-        fanout,
-        bus,
-        gateway_state: gw,
-        gateway_bg,
-        store,
+    let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let mut running = Running {
+        meta: addr(&meta_l),
+        send: addr(&send_l),
+        gateway: addr(&gateway_l),
+        registry: addr(&registry_l),
+        stop: stop.clone(),
+        ready: ready.clone(),
+        http: Vec::new(),
+        pipeline: Vec::new(),
+        shared,
+        gateway_part: None,
+        db: db.clone(),
         deadline: Duration::from_secs(cfg.shutdown_timeout_secs.max(1)),
     };
+    let store = db.as_ref().map(Db::shared);
+    let need = |what: &str| anyhow::anyhow!("internal: {what} missing for a service that needs it");
+
+    if let Some(l) = gateway_l {
+        let addr = l.local_addr()?;
+        let gw = gateway::GatewayState::new(
+            cfg.gateway.clone(),
+            addr.ip().to_string(),
+            addr.port(),
+            gateway::Deps {
+                auth: auth.clone(),
+                store: store.clone().ok_or_else(|| need("database"))?,
+                routes: running.shared.routes(),
+                instances: running.shared.instances(),
+                ready: ready.clone(),
+            },
+        );
+        let stream = match &running.shared {
+            Shared::InProc { bus, .. } => {
+                gateway::Stream::InProc(bus.attach(gw.id(), cfg.gateway.stream_capacity))
+            }
+            Shared::Redis(r) => gateway::Stream::Redis {
+                stream: r
+                    .consume(gw.id())
+                    .await
+                    .context("opening the gateway's stream")?,
+                bus: r.clone(),
+            },
+        };
+        let bg = gw.start(stream).await.context("registering the gateway")?;
+        let http = serve(l, gateway::router(gw.clone()), stop.clone());
+        running.gateway_part = Some(GatewayPart {
+            state: gw,
+            bg,
+            http,
+        });
+    }
+    if let Some(l) = send_l {
+        let store = store.clone().ok_or_else(|| need("database"))?;
+        let (fanout_tx, fanout) = send::fanout::Fanout {
+            store: store.clone(),
+            members: members.clone(),
+            routes: running.shared.routes(),
+            bus: running.shared.push(),
+        }
+        .spawn(cfg.send.fanout_queue);
+        let (committer, commit) = send::commit::spawn(
+            store.clone(),
+            cfg.send.commit_batch,
+            cfg.send.commit_queue,
+            fanout_tx,
+        );
+        running.pipeline = vec![commit, fanout];
+        let state = send::SendState::new(
+            cfg.send.clone(),
+            store,
+            auth.clone(),
+            committer,
+            ready.clone(),
+        )?;
+        running
+            .http
+            .push(serve(l, send::router(state), stop.clone()));
+    }
+    if let Some(l) = meta_l {
+        let state = meta::MetaState::new(
+            cfg.meta.clone(),
+            store.clone().ok_or_else(|| need("database"))?,
+            auth.clone(),
+            members.clone(),
+            ready.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        running
+            .http
+            .push(serve(l, meta::router(state), stop.clone()));
+    }
+    if let Some(l) = registry_l {
+        let state = registry::RegistryState::new(
+            running.shared.instances(),
+            running.shared.routes(),
+            ready.clone(),
+        );
+        running
+            .http
+            .push(serve(l, registry::router(state), stop.clone()));
+    }
     Ok(running)
 }
 
 impl Running {
+    /// Simulates `kill -9` for fault tests: every task is aborted, sockets drop without close
+    /// frames, nothing is flushed or deregistered. What a real crash leaves behind (pending stream
+    /// entries, a registration that only expires, unflushed cursors) is left behind.
+    pub fn abort(self) {
+        for h in self.http.iter().chain(&self.pipeline) {
+            h.abort();
+        }
+        if let Some(g) = self.gateway_part {
+            g.http.abort();
+            g.state.abort(g.bg);
+        }
+    }
+
     /// Graceful shutdown: not ready, stop accepting, finish in-flight requests, store and fan out
     /// every accepted message, write queued frames and close sockets with 1001, flush cursors,
-    /// close the database.
+    /// deregister, close the database. Every wait is bounded by `shutdown_timeout_secs`.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.ready.set_not_ready();
         self.stop.cancel();
@@ -295,14 +628,19 @@ impl Running {
             let _ = tokio::time::timeout(self.deadline, h).await;
         }
         // The send router is gone, so the committer drains and stops, then fan-out.
-        let _ = tokio::time::timeout(self.deadline, self.commit).await;
-        let _ = tokio::time::timeout(self.deadline, self.fanout).await;
-        self.bus.detach(self.gateway_state.id());
-        self.gateway_state
-            .shutdown(self.gateway_bg, self.deadline)
-            .await;
-        let _ = tokio::time::timeout(self.deadline, self.gateway_http).await;
-        self.store.close().await;
+        for h in self.pipeline {
+            let _ = tokio::time::timeout(self.deadline, h).await;
+        }
+        if let Some(g) = self.gateway_part {
+            if let Shared::InProc { bus, .. } = &self.shared {
+                bus.detach(g.state.id());
+            }
+            g.state.shutdown(g.bg, self.deadline).await;
+            let _ = tokio::time::timeout(self.deadline, g.http).await;
+        }
+        if let Some(db) = self.db {
+            db.close().await;
+        }
         Ok(())
     }
 }
@@ -334,5 +672,56 @@ mod tests {
 
     fn serde_json_like(cfg: &AllConfig) -> String {
         format!("{cfg:?}")
+    }
+
+    #[test]
+    fn every_shipped_example_config_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut loaded = 0;
+        for dir in [root.clone(), root.join("cluster")] {
+            for entry in std::fs::read_dir(&dir).expect("config dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    let cfg = AllConfig::load(Some(&path))
+                        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                    if path.parent() == Some(root.join("cluster").as_path()) {
+                        assert!(
+                            cfg.redis.is_some(),
+                            "{}: a cluster service needs redis:",
+                            path.display()
+                        );
+                    }
+                    loaded += 1;
+                }
+            }
+        }
+        assert!(
+            loaded >= 7,
+            "expected all.yaml and six cluster files, loaded {loaded}"
+        );
+    }
+
+    #[test]
+    fn urls_escape_credentials() {
+        let m = MysqlConfig {
+            password: "p@ss:w/rd".into(),
+            ..MysqlConfig::default()
+        };
+        assert_eq!(
+            m.url(),
+            "mysql://root:p%40ss%3Aw%2Frd@127.0.0.1:3306/ruststacker"
+        );
+    }
+
+    #[test]
+    fn separate_services_refuse_a_missing_or_example_secret() {
+        let mut cfg = AllConfig::default();
+        assert!(jwt_secret(&cfg, false).is_err());
+        cfg.jwt.secret = Some(EXAMPLE_SECRET.into());
+        assert!(jwt_secret(&cfg, false).is_err());
+        cfg.jwt.secret = Some("short".into());
+        assert!(jwt_secret(&cfg, false).is_err());
+        cfg.jwt.secret = Some("x".repeat(40));
+        assert!(jwt_secret(&cfg, false).is_ok());
     }
 }

@@ -27,6 +27,27 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run only the Meta service (users, groups, auth) against MySQL and Redis.
+    Meta {
+        /// YAML config with jwt:, mysql: and redis: blocks (see config/cluster/).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run only the Send service (message intake, history, fan-out) against MySQL and Redis.
+    Send {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run only a Gateway (WebSocket connections, push) against MySQL and Redis.
+    Gateway {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run only the Registry (live gateways, placement) against Redis.
+    Registry {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Create or upgrade the database schema, then exit.
     Migrate {
         #[arg(long)]
@@ -67,29 +88,54 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()> {
+    let running = server::start(cfg, roles).await?;
+    let show = |name: &str, scheme: &str, path: &str, addr: Option<std::net::SocketAddr>| {
+        if let Some(a) = addr {
+            println!("  {name:<9} {scheme}://{a}{path}");
+        }
+    };
+    show("meta", "http", "", running.meta);
+    show("send", "http", "", running.send);
+    show("gateway", "ws", "/api/ws", running.gateway);
+    show("registry", "http", "", running.registry);
+    println!("Ctrl-C stops it gracefully.");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    println!("stopped");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::All { config, data_dir } => {
             let cfg = load(config, data_dir)?;
             let data_dir = cfg.data_dir.clone();
-            let running = server::start_all(cfg).await?;
-            println!("ruststacker all: data in {}", data_dir.display());
-            println!("  meta      http://{}", running.meta);
-            println!("  send      http://{}", running.send);
-            println!("  gateway   ws://{}/api/ws", running.gateway);
-            println!("  registry  http://{}", running.registry);
-            println!("Ctrl-C stops it gracefully.");
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            running.shutdown().await?;
-            println!("stopped");
+            if cfg.mysql.is_none() {
+                println!("ruststacker all: data in {}", data_dir.display());
+            } else {
+                println!("ruststacker all: on MySQL and Redis");
+            }
+            run(cfg, server::Roles::ALL).await?;
+        }
+        Cmd::Meta { config } => run(load(Some(config), None)?, server::Roles::META).await?,
+        Cmd::Send { config } => run(load(Some(config), None)?, server::Roles::SEND).await?,
+        Cmd::Gateway { config } => run(load(Some(config), None)?, server::Roles::GATEWAY).await?,
+        Cmd::Registry { config } => {
+            run(load(Some(config), None)?, server::Roles::REGISTRY).await?;
         }
         Cmd::Migrate { config, data_dir } => {
             let cfg = load(config, data_dir)?;
-            let store = server::open_store(&cfg).await?;
-            store.close().await;
-            println!("database in {} is up to date", cfg.data_dir.display());
+            server::migrate(&cfg).await?;
+            match &cfg.mysql {
+                Some(m) => println!(
+                    "database {} on {}:{} is up to date",
+                    m.dbname, m.host, m.port
+                ),
+                None => println!("database in {} is up to date", cfg.data_dir.display()),
+            }
         }
     }
     Ok(())

@@ -1,11 +1,15 @@
 //! The behaviour every storage backend must have. Each check takes a fresh `&dyn Store`, so the
 //! MySQL backend runs the same functions against a real server.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use proto::api::{MessageType, Role};
+use sqlx::Connection;
+use store::mysql::MySqlStore;
 use store::sqlite::SqliteStore;
 use store::{Appended, MessageStore, NewMessage, NewUser, Rejected, RoomStore, Store, StoreError};
+use tokio::sync::Barrier;
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -13,6 +17,99 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
         .await
         .expect("open");
     (dir, Arc::new(s))
+}
+
+const MYSQL_URL_VAR: &str = "RUSTSTACKER_TEST_MYSQL_URL";
+
+/// A fresh database `rst_<hex>` on the test server, dropped (best effort) when this is dropped.
+/// Each test has its own, so tests run in parallel.
+struct MySqlDb {
+    /// The server URL the database was created through.
+    server: String,
+    name: String,
+    /// The URL of the database itself.
+    url: String,
+}
+
+impl MySqlDb {
+    async fn create() -> Self {
+        let server = std::env::var(MYSQL_URL_VAR).unwrap_or_else(|_| {
+            panic!(
+                "{MYSQL_URL_VAR} is not set: the MySQL conformance tests need a MariaDB/MySQL \
+                 server, e.g. {MYSQL_URL_VAR}=mysql://root@127.0.0.1:3306/test \
+                 (scripts/test.sh sets it and starts the server)"
+            )
+        });
+        let name = format!("rst_{:016x}", rand::random::<u64>());
+        let mut conn = sqlx::MySqlConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {server} ({MYSQL_URL_VAR}): {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+        let _ = conn.close().await;
+        let url = with_database(&server, &name);
+        Self { server, name, url }
+    }
+
+    async fn store(&self) -> MySqlStore {
+        MySqlStore::connect(&self.url, 8)
+            .await
+            .expect("connect MySqlStore")
+    }
+}
+
+impl Drop for MySqlDb {
+    fn drop(&mut self) {
+        // Drop cannot await: run the DROP on a thread with its own runtime, and wait for it.
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::MySqlConnection::connect(&server).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS `{name}`");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .ok()?;
+                conn.close().await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// `url` with its database replaced by `db` (query parameters kept).
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+async fn mysql() -> (MySqlDb, Arc<dyn Store>) {
+    let db = MySqlDb::create().await;
+    let s = db.store().await;
+    (db, Arc::new(s))
 }
 
 async fn user(s: &dyn Store, name: &str) -> i64 {
@@ -236,4 +333,333 @@ async fn sqlite_data_survives_reopening() {
         .await
         .expect("append");
     assert!(matches!(&out[0], Ok(Appended::Stored(m)) if m.seq == 2));
+}
+
+#[tokio::test]
+async fn mysql_usernames_are_unique() {
+    let (_db, s) = mysql().await;
+    usernames_are_unique(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_a_group_with_an_unknown_member_is_not_created() {
+    let (_db, s) = mysql().await;
+    a_group_with_an_unknown_member_is_not_created(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_groups_have_an_owner_and_deduplicated_members() {
+    let (_db, s) = mysql().await;
+    groups_have_an_owner_and_deduplicated_members(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_appends_are_sequenced_idempotent_and_checked() {
+    let (_db, s) = mysql().await;
+    appends_are_sequenced_idempotent_and_checked(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_cursors_only_move_forward() {
+    let (_db, s) = mysql().await;
+    cursors_only_move_forward(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_concurrent_batches_never_leave_gaps() {
+    let (_db, s) = mysql().await;
+    concurrent_batches_never_leave_gaps(s).await;
+}
+
+#[tokio::test]
+async fn mysql_data_survives_reconnecting() {
+    let db = MySqlDb::create().await;
+    let s = db.store().await;
+    let a = user(&s, "keeper").await;
+    let (room, _) = s.create_group("g", a, &[], 1).await.expect("create");
+    s.append_messages(&[msg(1, room.id, a, None)])
+        .await
+        .expect("append");
+    s.close().await;
+    // Connecting again runs the (already applied) migrations again.
+    let s = db.store().await;
+    let out = s
+        .append_messages(&[msg(2, room.id, a, None)])
+        .await
+        .expect("append");
+    assert!(matches!(&out[0], Ok(Appended::Stored(m)) if m.seq == 2));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn mysql_names_compare_byte_for_byte_like_sqlite() {
+    let (_db, s) = mysql().await;
+    let a = user(s.as_ref(), "Alice").await;
+    let b = user(s.as_ref(), "alice").await;
+    assert_ne!(a, b);
+    let (room, _) = s.create_group("g", a, &[], 1).await.expect("create");
+    let out = s
+        .append_messages(&[
+            msg(1, room.id, a, Some("Key")),
+            msg(2, room.id, a, Some("key")),
+        ])
+        .await
+        .expect("append");
+    assert!(
+        out.iter().all(|r| matches!(r, Ok(Appended::Stored(_)))),
+        "{out:?}"
+    );
+}
+
+/// Two pools on one database, like two Send instances: concurrent appenders to one room get
+/// seqs 1..=N with no gap and no repeat, and batches spanning two rooms in opposite orders do
+/// not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_two_instances_append_without_gaps() {
+    let db = MySqlDb::create().await;
+    // Both instances start (and migrate) at the same time.
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let instances = [Arc::new(one), Arc::new(two)];
+    let a = user(instances[0].as_ref(), "a5").await;
+    let (r1, _) = instances[0]
+        .create_group("g1", a, &[], 1)
+        .await
+        .expect("create");
+    let (r2, _) = instances[1]
+        .create_group("g2", a, &[], 1)
+        .await
+        .expect("create");
+    const TASKS: i64 = 8;
+    const ROUNDS: i64 = 25;
+    let start = Arc::new(Barrier::new(TASKS as usize));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let s = instances[(t % 2) as usize].clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            for i in 0..ROUNDS {
+                let id = 10_000 + t * 1_000 + i * 10;
+                // Alternate between a one-message batch and a two-room batch whose room order
+                // depends on the task.
+                let batch = if i % 2 == 0 {
+                    vec![msg(id, r1.id, a, None)]
+                } else if t % 2 == 0 {
+                    vec![msg(id, r1.id, a, None), msg(id + 1, r2.id, a, None)]
+                } else {
+                    vec![msg(id, r2.id, a, None), msg(id + 1, r1.id, a, None)]
+                };
+                let out = s.append_messages(&batch).await.expect("append");
+                assert!(
+                    out.iter().all(|r| matches!(r, Ok(Appended::Stored(_)))),
+                    "{out:?}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    // Every round stores one message in r1; odd rounds one more in r2.
+    let n1 = TASKS * ROUNDS;
+    let n2 = TASKS * (ROUNDS / 2);
+    for (room, n) in [(r1.id, n1), (r2.id, n2)] {
+        let all = instances[0]
+            .messages_after(room, 0, 10_000)
+            .await
+            .expect("read");
+        assert_eq!(
+            all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        let ids: HashSet<_> = all.iter().map(|m| m.id).collect();
+        assert_eq!(ids.len() as i64, n);
+        let last = instances[1]
+            .room(room)
+            .await
+            .expect("room")
+            .expect("exists")
+            .last_seq;
+        assert_eq!(last, n);
+    }
+    for s in &instances {
+        s.close().await;
+    }
+}
+
+/// Both instances receive the same (sender, client_msg_id) at the same moment, as when a client
+/// retries through another instance: exactly one message is stored and both answers name it.
+/// When the two copies go to different rooms, one is stored and the other is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_racing_duplicates_store_one_message() {
+    let db = MySqlDb::create().await;
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let instances = [Arc::new(one), Arc::new(two)];
+    let a = user(instances[0].as_ref(), "a6").await;
+    let (r1, _) = instances[0]
+        .create_group("g1", a, &[], 1)
+        .await
+        .expect("create");
+    let (r2, _) = instances[0]
+        .create_group("g2", a, &[], 1)
+        .await
+        .expect("create");
+    const KEYS: i64 = 40;
+    let start = Arc::new(Barrier::new(2));
+    let mut tasks = Vec::new();
+    for (side, s) in instances.iter().enumerate() {
+        let s = s.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            let side = side as i64;
+            let mut results = Vec::new();
+            for k in 0..KEYS {
+                // Even keys race into the same room, odd keys into different rooms.
+                let room = if k % 2 == 0 || side == 0 {
+                    r1.id
+                } else {
+                    r2.id
+                };
+                let cid = format!("key-{k}");
+                let m = msg(100_000 + k * 10 + side, room, a, Some(&cid));
+                start.wait().await;
+                let out = s.append_messages(&[m]).await.expect("append");
+                results.push(out.into_iter().next().expect("one result"));
+            }
+            results
+        }));
+    }
+    let mut sides = Vec::new();
+    for t in tasks {
+        sides.push(t.await.expect("join"));
+    }
+    let stored_r1 = instances[0]
+        .messages_after(r1.id, 0, 10_000)
+        .await
+        .expect("read");
+    let stored_r2 = instances[0]
+        .messages_after(r2.id, 0, 10_000)
+        .await
+        .expect("read");
+    assert_eq!(stored_r1.len() + stored_r2.len(), KEYS as usize);
+    let seqs: Vec<_> = stored_r1.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    assert!(sides.iter().all(|side| side.len() == KEYS as usize));
+    for (k, (first, second)) in sides[0].iter().zip(&sides[1]).enumerate() {
+        let cid = format!("key-{k}");
+        let winners: Vec<_> = stored_r1
+            .iter()
+            .chain(&stored_r2)
+            .filter(|m| m.client_msg_id.as_deref() == Some(cid.as_str()))
+            .collect();
+        assert_eq!(winners.len(), 1, "{cid}: {winners:?}");
+        let winner = winners[0];
+        let answers = [first, second];
+        let stored = answers
+            .iter()
+            .filter(|r| matches!(r, Ok(Appended::Stored(m)) if m == winner))
+            .count();
+        assert_eq!(stored, 1, "{cid}: {answers:?}");
+        let other = answers
+            .iter()
+            .find(|r| !matches!(r, Ok(Appended::Stored(_))))
+            .expect("the loser");
+        if k % 2 == 0 {
+            assert!(
+                matches!(other, Ok(Appended::Duplicate(m)) if m == winner),
+                "{cid}: {answers:?}"
+            );
+        } else {
+            assert_eq!(
+                **other,
+                Err(Rejected::ClientIdConflict),
+                "{cid}: {answers:?}"
+            );
+        }
+    }
+    for s in &instances {
+        s.close().await;
+    }
+}
+
+/// Two instances store batches whose client ids cross (`x, y` into one room, `y, x` into
+/// another) at the same moment: InnoDB may pick one as a deadlock victim, which is retried; each
+/// id ends up stored once and the other copy is a conflict, never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_crossing_client_ids_never_fail_a_batch() {
+    let db = MySqlDb::create().await;
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let instances = [Arc::new(one), Arc::new(two)];
+    let a = user(instances[0].as_ref(), "a7").await;
+    let (r1, _) = instances[0]
+        .create_group("g1", a, &[], 1)
+        .await
+        .expect("create");
+    let (r2, _) = instances[0]
+        .create_group("g2", a, &[], 1)
+        .await
+        .expect("create");
+    const ROUNDS: i64 = 30;
+    let start = Arc::new(Barrier::new(2));
+    let mut tasks = Vec::new();
+    for (side, s) in instances.iter().enumerate() {
+        let s = s.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            let side = side as i64;
+            let room = if side == 0 { r1.id } else { r2.id };
+            let mut results = Vec::new();
+            for k in 0..ROUNDS {
+                let (x, y) = (format!("x{k}"), format!("y{k}"));
+                let base = 200_000 + k * 10 + side * 2;
+                let batch = if side == 0 {
+                    vec![
+                        msg(base, room, a, Some(&x)),
+                        msg(base + 1, room, a, Some(&y)),
+                    ]
+                } else {
+                    vec![
+                        msg(base, room, a, Some(&y)),
+                        msg(base + 1, room, a, Some(&x)),
+                    ]
+                };
+                start.wait().await;
+                results.push(s.append_messages(&batch).await.expect("append"));
+            }
+            results
+        }));
+    }
+    let mut sides = Vec::new();
+    for t in tasks {
+        sides.push(t.await.expect("join"));
+    }
+    assert!(sides.iter().all(|side| side.len() == ROUNDS as usize));
+    for (k, (first, second)) in sides[0].iter().zip(&sides[1]).enumerate() {
+        let outcomes: Vec<_> = first.iter().chain(second).collect();
+        let stored = outcomes
+            .iter()
+            .filter(|r| matches!(r, Ok(Appended::Stored(_))))
+            .count();
+        let conflicts = outcomes
+            .iter()
+            .filter(|r| matches!(r, Err(Rejected::ClientIdConflict)))
+            .count();
+        assert_eq!((stored, conflicts), (2, 2), "round {k}: {outcomes:?}");
+    }
+    let mut total = 0;
+    for room in [r1.id, r2.id] {
+        let all = instances[1]
+            .messages_after(room, 0, 10_000)
+            .await
+            .expect("read");
+        assert_eq!(
+            all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=all.len() as i64).collect::<Vec<_>>()
+        );
+        total += all.len();
+    }
+    assert_eq!(total, 2 * ROUNDS as usize);
+    for s in &instances {
+        s.close().await;
+    }
 }

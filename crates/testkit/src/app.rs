@@ -129,9 +129,9 @@ async fn boot(data_dir: &Path, configure: &Configure) -> Running {
 
 fn addrs_of(running: &Running) -> Addrs {
     Addrs {
-        meta: running.meta,
-        send: running.send,
-        gateway: running.gateway,
-        registry: running.registry,
+        meta: running.meta.expect("all runs meta"),
+        send: running.send.expect("all runs send"),
+        gateway: running.gateway.expect("all runs gateway"),
+        registry: running.registry.expect("all runs registry"),
     }
 }

@@ -17,18 +17,21 @@
 //! events (a reply, a frame) with a generous timeout; nothing sleeps to synchronise.
 
 pub mod app;
+pub mod cluster;
 pub mod http;
 pub mod names;
 pub mod token;
 pub mod ws;
 
 pub use app::TestApp;
+pub use cluster::{Backends, Cluster};
 pub use http::{Addrs, Body, Client, Reply, Service, TestUser};
 pub use names::unique_username;
 pub use ws::{Ack, Chat, WsClient};
 
 /// Re-exported so test binaries need no dependency of their own to build requests and frames.
 pub use proto;
+pub use redis;
 pub use reqwest::Method;
 pub use serde_json::{self, Value, json};
 pub use tempfile::TempDir;

@@ -10,8 +10,10 @@
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
 //! - `restart`: a graceful restart on the same data keeps everything.
 //! - `ops`: health, ping, metrics and the registry.
+//! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
 
 mod accounts;
+mod cluster;
 mod delivery;
 mod errors;
 mod messages;

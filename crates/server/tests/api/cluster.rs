@@ -1,0 +1,230 @@
+//! The distributed mode: registry, meta, two Send instances and two gateways, each started alone
+//! (`server::start` with one role) and joined only by a real MariaDB and a real Redis.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use testkit::proto::api::{GatewayView, InstancesReply};
+use testkit::proto::stream::PushEntry;
+use testkit::redis::AsyncCommands;
+use testkit::{Chat, Cluster, TestUser, WAIT};
+
+/// Waits for `check` to hold, re-checking on every turn, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn seqs(chats: &[Chat]) -> Vec<i64> {
+    chats.iter().map(|c| c.seq).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_gateways_and_send_instances_in_order_and_offline_members_catch_up() {
+    let c = Cluster::spawn().await;
+    let (api1, api2) = (c.api(0, 0), c.api(1, 1));
+    let users = api1.register_users(&["alice", "bob", "carol"]).await;
+    let (alice, bob, carol) = (&users[0], &users[1], &users[2]);
+    let room = api1
+        .create_group_ok(alice, "across", &[bob, carol])
+        .await
+        .room_id;
+    let mut on_one = c.ws(0, alice).await;
+    let mut on_two = c.ws(1, bob).await;
+
+    for i in 1..=40 {
+        // Alternate the Send instances: the room's seq is one sequence whatever instance stores.
+        let api = if i % 2 == 0 { &api1 } else { &api2 };
+        let sent = api.send_ok(alice, room, &format!("m{i}")).await;
+        assert_eq!(sent.seq, i);
+    }
+    let expected: Vec<i64> = (1..=40).collect();
+    assert_eq!(
+        seqs(&on_one.new_chats(40).await.expect("gateway 1")),
+        expected
+    );
+    assert_eq!(
+        seqs(&on_two.new_chats(40).await.expect("gateway 2")),
+        expected
+    );
+
+    // Carol was never connected: she gets all of it, in order, on whichever gateway she picks.
+    let mut late = c.ws(1, carol).await;
+    let caught_up = late.new_chats(40).await.expect("carol's resync");
+    assert_eq!(seqs(&caught_up), expected);
+    assert_eq!(caught_up[0].content, "m1");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_places_users_on_the_least_loaded_gateway_and_honours_the_route_lease() {
+    let c = Cluster::spawn().await;
+    let api = c.api(0, 0);
+    let users = api.register_users(&["p1", "p2", "p3", "p4"]).await;
+    let name_of = |i: usize| Cluster::gateway_name(i);
+
+    let mut held = Vec::new();
+    for u in &users[..3] {
+        held.push(c.ws(0, u).await);
+    }
+    eventually(
+        WAIT,
+        "gateway-1's heartbeat reports 3 connections",
+        || async {
+            let live: InstancesReply = api.gateway_instances().await.data();
+            live.gateways
+                .iter()
+                .any(|g| g.gateway_id == name_of(0) && g.connections == 3)
+        },
+    )
+    .await;
+    let pick: GatewayView = api.gateway_available(users[3].id).await.data();
+    assert_eq!(
+        pick.gateway_id,
+        name_of(1),
+        "a new user goes to the least loaded gateway"
+    );
+    assert_eq!(pick.port, c.gateway_addrs[1].port());
+
+    // p1 leaves gateway-1; its lease sends p1 back there although gateway-2 is emptier.
+    let p1 = held.remove(0);
+    p1.close().await.expect("close");
+    eventually(WAIT, "gateway-1 reports 2 connections", || async {
+        let live: InstancesReply = api.gateway_instances().await.data();
+        live.gateways
+            .iter()
+            .any(|g| g.gateway_id == name_of(0) && g.connections == 2)
+    })
+    .await;
+    let back: GatewayView = api.gateway_available(users[0].id).await.data();
+    assert_eq!(
+        back.gateway_id,
+        name_of(0),
+        "the route lease wins over load"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_250_online_members_is_pushed_in_entries_of_at_most_100_targets() {
+    let c = Cluster::spawn().await;
+    let api = c.api(0, 0);
+    let prefixes: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    let members: Vec<TestUser> = api.register_users(&refs).await;
+    let owner = &members[0];
+    let others: Vec<&TestUser> = members[1..].iter().collect();
+    let room = api.create_group_ok(owner, "big", &others).await.room_id;
+    let mut sockets = Vec::new();
+    for u in &members {
+        sockets.push(c.ws(0, u).await);
+    }
+    let sent = api.send_ok(owner, room, "to everyone").await;
+    for ws in &mut sockets {
+        assert_eq!(ws.next_new_chat().await.expect("chat").id, sent.message_id);
+    }
+
+    let mut redis = c.backends.redis().await;
+    let key = format!(
+        "{}:stream:{{{}}}",
+        c.backends.redis.prefix,
+        Cluster::gateway_name(0)
+    );
+    let entries: testkit::redis::streams::StreamRangeReply =
+        redis.xrange_all(&key).await.expect("xrange");
+    let mut sizes = Vec::new();
+    let mut targeted = HashSet::new();
+    for e in &entries.ids {
+        let Some(testkit::redis::Value::BulkString(raw)) = e.map.get("e") else {
+            continue;
+        };
+        if let Ok(PushEntry::Chat { message, targets }) = serde_json::from_slice(raw)
+            && message.id == sent.message_id
+        {
+            sizes.push(targets.len());
+            targeted.extend(targets);
+        }
+    }
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        vec![50, 100, 100],
+        "250 targets in batches of at most 100"
+    );
+    assert_eq!(targeted.len(), 250);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_gateway_is_no_longer_offered_and_its_users_get_everything_on_the_other() {
+    let mut c = Cluster::spawn_with(|cfg| {
+        cfg.gateway.reclaim_interval_secs = 1;
+        cfg.gateway.reclaim_min_idle_secs = 0;
+    })
+    .await;
+    let api = c.api(0, 0);
+    let users = api.register_users(&["stays", "moves"]).await;
+    let (stays, moves) = (&users[0], &users[1]);
+    let room = api.create_group_ok(stays, "crash", &[moves]).await.room_id;
+    let mut on_one = c.ws(0, stays).await;
+    let mut on_two = c.ws(1, moves).await;
+    api.send_ok(stays, room, "before").await;
+    assert_eq!(on_two.next_new_chat().await.expect("chat").seq, 1);
+    on_one.next_new_chat().await.expect("chat");
+
+    c.crash_gateway(1);
+    for i in 2..=11 {
+        api.send_ok(stays, room, &format!("during {i}")).await;
+    }
+    let dead = Cluster::gateway_name(1);
+    eventually(
+        WAIT,
+        "the registry stops offering the crashed gateway",
+        || async {
+            let live: InstancesReply = api.gateway_instances().await.data();
+            live.gateways.iter().all(|g| g.gateway_id != dead)
+        },
+    )
+    .await;
+    let pick: GatewayView = api.gateway_available(moves.id).await.data();
+    assert_eq!(pick.gateway_id, Cluster::gateway_name(0));
+
+    let mut moved = c.ws(0, moves).await;
+    let got = moved.new_chats(10).await.expect("everything missed");
+    // Seq 1 may come again (its cursor was not flushed before the crash); dedupe by id and
+    // check that 2..=11 all arrive in order.
+    let after_crash: Vec<i64> = got.iter().map(|c| c.seq).filter(|s| *s >= 2).collect();
+    let mut all = after_crash.clone();
+    while all.len() < 10 {
+        all.push(moved.next_new_chat().await.expect("chat").seq);
+    }
+    assert_eq!(all, (2..=11).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&on_one.new_chats(10).await.expect("chats")),
+        (2..=11).collect::<Vec<_>>()
+    );
+
+    // The crashed gateway's stream is reclaimed by the live one and forgotten.
+    let mut redis = c.backends.redis().await;
+    let known = format!("{}:{{gw}}:known", c.backends.redis.prefix);
+    eventually(WAIT, "the dead gateway's stream is reclaimed", || {
+        let mut redis = redis.clone();
+        let known = known.clone();
+        let dead = dead.clone();
+        async move {
+            let members: Vec<String> = redis.smembers(&known).await.expect("smembers");
+            !members.contains(&dead)
+        }
+    })
+    .await;
+    let _: () = redis.del(&known).await.expect("tidy");
+    c.shutdown().await;
+}

@@ -1,0 +1,239 @@
+//! A distributed deployment in one test process: registry, meta, two Send instances and two
+//! gateways, each its own composition (`server::start` with one role) wired only through a real
+//! MariaDB (`RUSTSTACKER_TEST_MYSQL_URL`) and a real Redis (`RUSTSTACKER_TEST_REDIS_URL`), under a
+//! database and key prefix of their own so cluster tests run in parallel.
+
+use std::net::SocketAddr;
+
+use server::{AllConfig, MysqlConfig, RedisConfig, Roles, Running};
+use sqlx::Connection;
+
+use crate::http::{Addrs, Client, TestUser};
+use crate::ws::WsClient;
+
+/// Gateways and Send instances a [`Cluster`] starts.
+pub const INSTANCES: usize = 2;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} must be set for cluster tests (scripts/test.sh sets it)")
+    })
+}
+
+/// The MySQL and Redis a cluster runs on, parsed from the test environment.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub mysql: MysqlConfig,
+    pub redis: RedisConfig,
+    server_url: String,
+}
+
+impl Backends {
+    /// A fresh database and key prefix on the test servers.
+    pub async fn fresh() -> Self {
+        let mysql_url = env("RUSTSTACKER_TEST_MYSQL_URL");
+        let redis_url = env("RUSTSTACKER_TEST_REDIS_URL");
+        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let m = url::Url::parse(&mysql_url).expect("RUSTSTACKER_TEST_MYSQL_URL is a URL");
+        let mysql = MysqlConfig {
+            host: m.host_str().unwrap_or("127.0.0.1").to_owned(),
+            port: m.port().unwrap_or(3306),
+            user: m.username().to_owned(),
+            password: m.password().unwrap_or_default().to_owned(),
+            dbname: format!("rsc_{id}"),
+            max_connections: 8,
+        };
+        let r = url::Url::parse(&redis_url).expect("RUSTSTACKER_TEST_REDIS_URL is a URL");
+        let redis = RedisConfig {
+            host: r.host_str().unwrap_or("127.0.0.1").to_owned(),
+            port: r.port().unwrap_or(6379),
+            password: r.password().map(str::to_owned),
+            db: 0,
+            prefix: format!("rsc{id}"),
+            stream_maxlen: 10_000,
+        };
+        let mut conn = sqlx::MySqlConnection::connect(&mysql_url)
+            .await
+            .expect("the test MariaDB answers");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE `{}` CHARACTER SET utf8mb4",
+            mysql.dbname
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
+        Self {
+            mysql,
+            redis,
+            server_url: mysql_url,
+        }
+    }
+
+    /// Drops the test database (best effort).
+    pub async fn drop_database(&self) {
+        if let Ok(mut conn) = sqlx::MySqlConnection::connect(&self.server_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS `{}`",
+                self.mysql.dbname
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+
+    /// A Redis connection for inspecting the cluster's keys.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the test Redis answers")
+    }
+}
+
+type Configure = Box<dyn Fn(&mut AllConfig) + Send + Sync>;
+
+/// A running cluster. Use [`Cluster::shutdown`] at the end of a test to drop its database.
+pub struct Cluster {
+    pub backends: Backends,
+    configure: Configure,
+    registry: Option<Running>,
+    meta: Option<Running>,
+    sends: Vec<Option<Running>>,
+    gateways: Vec<Option<Running>>,
+    pub registry_addr: SocketAddr,
+    pub meta_addr: SocketAddr,
+    pub send_addrs: Vec<SocketAddr>,
+    pub gateway_addrs: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("db", &self.backends.mysql.dbname)
+            .field("gateways", &self.gateway_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_config(b: &Backends, configure: &Configure) -> AllConfig {
+    let mut cfg = AllConfig::for_tests(std::env::temp_dir());
+    cfg.mysql = Some(b.mysql.clone());
+    cfg.redis = Some(b.redis.clone());
+    cfg.jwt.secret = Some(format!("cluster-test-secret-{}", b.redis.prefix));
+    cfg.gateway.heartbeat_interval_secs = 1;
+    cfg.registry.gateway_heartbeat_timeout = 3;
+    cfg.shutdown_timeout_secs = 5;
+    configure(&mut cfg);
+    cfg
+}
+
+async fn boot(cfg: AllConfig, roles: Roles, what: &str) -> Running {
+    server::start(cfg, roles)
+        .await
+        .unwrap_or_else(|e| panic!("{what} starts: {e:#}"))
+}
+
+impl Cluster {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the cluster with `configure` applied to every instance's config.
+    pub async fn spawn_with(configure: impl Fn(&mut AllConfig) + Send + Sync + 'static) -> Self {
+        let backends = Backends::fresh().await;
+        let configure: Configure = Box::new(configure);
+        let base = base_config(&backends, &configure);
+        let registry = boot(base.clone(), Roles::REGISTRY, "registry").await;
+        let meta = boot(base.clone(), Roles::META, "meta").await;
+        let mut sends = Vec::new();
+        for i in 0..INSTANCES {
+            let mut cfg = base.clone();
+            cfg.send.machine_id = i as u64 + 1;
+            sends.push(Some(boot(cfg, Roles::SEND, "send").await));
+        }
+        let mut gateways = Vec::new();
+        for i in 0..INSTANCES {
+            gateways.push(Some(
+                boot(gateway_config(&base, i), Roles::GATEWAY, "gateway").await,
+            ));
+        }
+        Self {
+            registry_addr: registry.registry.expect("registry address"),
+            meta_addr: meta.meta.expect("meta address"),
+            send_addrs: sends
+                .iter()
+                .map(|s| s.as_ref().and_then(|r| r.send).expect("send address"))
+                .collect(),
+            gateway_addrs: gateways
+                .iter()
+                .map(|g| g.as_ref().and_then(|r| r.gateway).expect("gateway address"))
+                .collect(),
+            backends,
+            configure,
+            registry: Some(registry),
+            meta: Some(meta),
+            sends,
+            gateways,
+        }
+    }
+
+    /// A client that talks to meta, the registry, Send instance `send` and gateway `gateway`.
+    pub fn api(&self, send: usize, gateway: usize) -> Client {
+        Client::new(Addrs {
+            meta: self.meta_addr,
+            send: self.send_addrs[send],
+            gateway: self.gateway_addrs[gateway],
+            registry: self.registry_addr,
+        })
+    }
+
+    /// Connects `user` to gateway `i`.
+    pub async fn ws(&self, i: usize, user: &TestUser) -> WsClient {
+        WsClient::connect(self.gateway_addrs[i], &user.token)
+            .await
+            .unwrap_or_else(|e| panic!("{} connects to gateway {i}: {e:#}", user.username))
+    }
+
+    /// The name gateway `i` registers under.
+    pub fn gateway_name(i: usize) -> String {
+        format!("gateway-{}", i + 1)
+    }
+
+    /// Kills gateway `i` as `kill -9` would: no close frames, no deregistration, no flush.
+    pub fn crash_gateway(&mut self, i: usize) {
+        if let Some(g) = self.gateways[i].take() {
+            g.abort();
+        }
+    }
+
+    /// Starts gateway `i` again (same name; a new port).
+    pub async fn restart_gateway(&mut self, i: usize) {
+        if let Some(g) = self.gateways[i].take() {
+            g.shutdown().await.expect("gateway shuts down");
+        }
+        let base = base_config(&self.backends, &self.configure);
+        let g = boot(gateway_config(&base, i), Roles::GATEWAY, "gateway").await;
+        self.gateway_addrs[i] = g.gateway.expect("gateway address");
+        self.gateways[i] = Some(g);
+    }
+
+    /// Stops every instance gracefully and drops the database.
+    pub async fn shutdown(mut self) {
+        let mut all: Vec<Running> = Vec::new();
+        all.extend(self.gateways.iter_mut().filter_map(Option::take));
+        all.extend(self.sends.iter_mut().filter_map(Option::take));
+        all.extend(self.meta.take());
+        all.extend(self.registry.take());
+        for r in all {
+            r.shutdown().await.expect("instance shuts down gracefully");
+        }
+        self.backends.drop_database().await;
+    }
+}
+
+fn gateway_config(base: &AllConfig, i: usize) -> AllConfig {
+    let mut cfg = base.clone();
+    cfg.gateway.name = Cluster::gateway_name(i);
+    cfg
+}
