@@ -18,7 +18,13 @@ pub enum ConfigError {
 }
 
 /// Loads `T` from its defaults, the YAML file at `file` (if any) and the environment under `prefix`.
-pub fn load<T: DeserializeOwned>(file: Option<&Path>, prefix: &str) -> Result<T, ConfigError> {
+/// Variables `<prefix>_<R>...` for each `R` in `reserved` belong to tools (the test harness, the
+/// cluster script), not to the config, and are skipped.
+pub fn load<T: DeserializeOwned>(
+    file: Option<&Path>,
+    prefix: &str,
+    reserved: &[&str],
+) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
     if let Some(path) = file {
         if !path.exists() {
@@ -33,10 +39,9 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>, prefix: &str) -> Result<T,
                 .required(true),
         );
     }
-    // `<PREFIX>_TEST_*` variables belong to the test harness, not to the config.
-    let test_vars = format!("{prefix}_TEST_");
+    let skip: Vec<String> = reserved.iter().map(|r| format!("{prefix}_{r}")).collect();
     let env: config::Map<String, String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(prefix) && !k.starts_with(&test_vars))
+        .filter(|(k, _)| k.starts_with(prefix) && !skip.iter().any(|s| k.starts_with(s.as_str())))
         .collect();
     builder = builder.add_source(
         config::Environment::with_prefix(prefix)

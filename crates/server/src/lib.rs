@@ -20,6 +20,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// `RUSTSTACKER_*` variables that are not config: the test harness's and `scripts/cluster.sh`'s.
+pub const RESERVED_ENV: &[&str] = &["TEST_", "CLUSTER_", "BIN"];
+
 /// JWT settings (the `jwt:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,7 +219,7 @@ impl AllConfig {
 
     /// Loads defaults, then `file`, then `RUSTSTACKER_<SECTION>__<KEY>` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        Ok(kit::config::load(file, "RUSTSTACKER")?)
+        Ok(kit::config::load(file, "RUSTSTACKER", RESERVED_ENV)?)
     }
 }
 

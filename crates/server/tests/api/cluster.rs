@@ -228,3 +228,33 @@ async fn a_crashed_gateway_is_no_longer_offered_and_its_users_get_everything_on_
     let _: () = redis.del(&known).await.expect("tidy");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_runs_on_mysql_and_redis_when_configured() {
+    let backends = testkit::Backends::fresh().await;
+    let (mysql, redis) = (backends.mysql.clone(), backends.redis.clone());
+    let configure = move |cfg: &mut server::AllConfig| {
+        cfg.mysql = Some(mysql.clone());
+        cfg.redis = Some(redis.clone());
+        // Shared, so a token from the first process works on the second.
+        cfg.jwt.secret = Some(format!("all-on-mysql-and-redis-{}", redis.prefix));
+    };
+    let app = testkit::TestApp::spawn_with(configure.clone()).await;
+    let users = app.users(&["anna", "ben"]).await;
+    let room = app
+        .api
+        .create_group_ok(&users[0], "one process", &[&users[1]])
+        .await
+        .room_id;
+    let mut ben = app.ws(&users[1]).await;
+    let sent = app.api.send_ok(&users[0], room, "through redis").await;
+    assert_eq!(ben.next_new_chat().await.expect("chat").id, sent.message_id);
+    app.shutdown().await;
+
+    // The data lives in MySQL, not in the data dir: a fresh process with another dir sees it.
+    let again = testkit::TestApp::spawn_with(configure).await;
+    let history = again.api.history_all(&users[0], room, 0).await;
+    assert_eq!(history.len(), 1, "history comes from MySQL");
+    again.shutdown().await;
+    backends.drop_database().await;
+}
