@@ -15,7 +15,7 @@ pub mod cache;
 pub mod inproc;
 pub mod redis;
 
-pub use cache::MemberCache;
+pub use cache::{CachedRoutes, MemberCache};
 
 /// A gateway's id, as registered (`gateway-1`).
 pub type GatewayId = Arc<str>;

@@ -118,6 +118,10 @@ impl RedisBus {
         format!("{}:{{gw}}:known", self.s.prefix)
     }
 
+    fn events_channel(&self) -> String {
+        format!("{}:events", self.s.prefix)
+    }
+
     fn route_key(&self, user: UserId) -> String {
         format!("{}:route:{{{user}}}", self.s.prefix)
     }
@@ -289,6 +293,47 @@ impl RedisBus {
             .pexpire(&key, ms(self.s.route_ttl.max(self.s.lease_ttl)))
             .ignore();
     }
+
+    /// Announces that `user`'s routes changed, so Send instances drop their cached copy.
+    fn route_event(&self, pipe: &mut redis::Pipeline, user: UserId) {
+        pipe.publish(self.events_channel(), format!("r:{user}"))
+            .ignore();
+    }
+
+    /// Keeps `cache` in step with route events until the task is aborted: every connect or
+    /// disconnect drops that user's entry; a lost subscription clears the cache (events may have
+    /// been missed) and resubscribes.
+    pub fn watch_routes(&self, cache: crate::CachedRoutes) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let channel = self.events_channel();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&channel).await.is_ok() {
+                            backoff = Duration::from_millis(100);
+                            cache.clear();
+                            let mut messages = pubsub.on_message();
+                            while let Some(msg) = messages.next().await {
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                if let Some(user) =
+                                    payload.strip_prefix("r:").and_then(|u| u.parse().ok())
+                                {
+                                    cache.invalidate(user);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "route events subscription failed"),
+                }
+                cache.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
 }
 
 fn parse_route(v: &str) -> Option<(bool, i64)> {
@@ -336,6 +381,7 @@ impl Routes for RedisBus {
     async fn connected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
         self.route_write(&mut pipe, user, gateway, true);
+        self.route_event(&mut pipe, user);
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
@@ -343,6 +389,7 @@ impl Routes for RedisBus {
     async fn disconnected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
         self.route_write(&mut pipe, user, gateway, false);
+        self.route_event(&mut pipe, user);
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }

@@ -131,7 +131,8 @@ impl Writer {
         }
     }
 
-    /// Everything the user missed in every room, from their cursor.
+    /// Everything the user missed in every room: from their cursor on connect, from what this
+    /// connection already sent on the catch-up pass.
     async fn resync_all(&mut self) -> Result<(), WriteError> {
         let rooms = self.state.0.store.joined_rooms(self.user).await?;
         for r in rooms {
@@ -141,7 +142,8 @@ impl Writer {
                 .cursors
                 .pending(self.user, r.room.id)
                 .unwrap_or(0);
-            let cursor = r.delivered_seq.max(pending);
+            let sent = self.last_sent.get(&r.room.id).copied().unwrap_or(0);
+            let cursor = r.delivered_seq.max(pending).max(sent);
             self.last_sent.insert(r.room.id, cursor);
             if r.room.last_seq > cursor {
                 metrics::counter!("ruststacker_gateway_resyncs_total").increment(1);
@@ -209,10 +211,23 @@ impl Writer {
         self.flush().await?;
         let period = Duration::from_secs(self.state.0.cfg.ping_interval_secs.max(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // One more resync a little after connect: a message stored after the first resync but
+        // fanned out with a route cached before this connection existed (another Send instance's
+        // cache had not yet seen the connect event) reached the wrong gateway or none. A later
+        // message would reveal the gap; this pass does not wait for one.
+        let catch_up_after = self.state.0.cfg.catch_up_secs;
+        let catch_up = tokio::time::sleep(Duration::from_secs(catch_up_after));
+        tokio::pin!(catch_up);
+        let mut caught_up = catch_up_after == 0;
         loop {
             tokio::select! {
                 biased;
                 () = shared.kick.cancelled() => return Ok(()),
+                () = &mut catch_up, if !caught_up => {
+                    caught_up = true;
+                    Box::pin(self.resync_all()).await?;
+                    self.flush().await?;
+                }
                 _ = ping.tick() => {
                     self.sink.send(Message::Ping(Default::default())).await?;
                 }

@@ -70,6 +70,9 @@ pub struct Config {
     pub resync_chunk: u32,
     /// Milliseconds between delivery-cursor writes.
     pub cursor_flush_ms: u64,
+    /// Seconds after connect of a second resync pass that catches messages whose fan-out raced the
+    /// connection's route change (0: off).
+    pub catch_up_secs: u64,
     /// Distributed mode: seconds between looks for dead gateways whose pending entries to reclaim.
     pub reclaim_interval_secs: u64,
     /// Distributed mode: an entry a dead gateway read this many seconds ago without acknowledging it
@@ -96,6 +99,7 @@ impl Default for Config {
             heartbeat_interval_secs: 5,
             resync_chunk: 200,
             cursor_flush_ms: 500,
+            catch_up_secs: 3,
             reclaim_interval_secs: 10,
             reclaim_min_idle_secs: 30,
             route_refresh_secs: 20,

@@ -45,6 +45,9 @@ pub struct Config {
     pub fanout_queue: usize,
     /// Largest `limit` of a history page.
     pub history_max_limit: u32,
+    /// Distributed mode: seconds a user's route stays in the local cache; connect/disconnect
+    /// events drop it sooner.
+    pub route_cache_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             commit_queue: 4096,
             fanout_queue: 4096,
             history_max_limit: 200,
+            route_cache_ttl_secs: 10,
         }
     }
 }

@@ -457,6 +457,8 @@ pub struct Running {
     ready: Ready,
     http: Vec<JoinHandle<()>>,
     pipeline: Vec<JoinHandle<()>>,
+    /// Tasks with no state to drain (event watchers), aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
     shared: Shared,
     gateway_part: Option<GatewayPart>,
     db: Option<Db>,
@@ -512,6 +514,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         ready: ready.clone(),
         http: Vec::new(),
         pipeline: Vec::new(),
+        background: Vec::new(),
         shared,
         gateway_part: None,
         db: db.clone(),
@@ -556,10 +559,22 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     }
     if let Some(l) = send_l {
         let store = store.clone().ok_or_else(|| need("database"))?;
+        let routes: Arc<dyn bus::Routes> = match &running.shared {
+            Shared::Redis(r) => {
+                let cached = bus::CachedRoutes::new(
+                    Arc::new(r.clone()),
+                    1_000_000,
+                    Duration::from_secs(cfg.send.route_cache_ttl_secs.max(1)),
+                );
+                running.background.push(r.watch_routes(cached.clone()));
+                Arc::new(cached)
+            }
+            Shared::InProc { routes, .. } => routes.clone(),
+        };
         let (fanout_tx, fanout) = send::fanout::Fanout {
             store: store.clone(),
             members: members.clone(),
-            routes: running.shared.routes(),
+            routes,
             bus: running.shared.push(),
         }
         .spawn(cfg.send.fanout_queue);
@@ -612,7 +627,12 @@ impl Running {
     /// frames, nothing is flushed or deregistered. What a real crash leaves behind (pending stream
     /// entries, a registration that only expires, unflushed cursors) is left behind.
     pub fn abort(self) {
-        for h in self.http.iter().chain(&self.pipeline) {
+        for h in self
+            .http
+            .iter()
+            .chain(&self.pipeline)
+            .chain(&self.background)
+        {
             h.abort();
         }
         if let Some(g) = self.gateway_part {
@@ -640,6 +660,9 @@ impl Running {
             }
             g.state.shutdown(g.bg, self.deadline).await;
             let _ = tokio::time::timeout(self.deadline, g.http).await;
+        }
+        for h in self.background {
+            h.abort();
         }
         if let Some(db) = self.db {
             db.close().await;
