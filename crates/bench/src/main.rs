@@ -6,6 +6,13 @@
 //!
 //! `send`: one user sends to a room of their own from `--concurrency` request loops for
 //! `--seconds`; prints stored messages per second and the latency of a durable 200.
+//!
+//! `fanout`: `--users` members of one group, one WebSocket each, `--messages` sent by the owner;
+//! verifies every receiver got every message once and in order, and reports deliveries per
+//! second, delivery latency and (optionally) Redis calls and server CPU per delivery.
+
+mod fanout;
+mod resp;
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +60,8 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Group fan-out: deliveries per second, latency, and a check that nothing was lost.
+    Fanout(Box<fanout::FanoutArgs>),
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -211,5 +220,6 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             seconds,
         } => send_load(&meta, &send, concurrency, seconds).await,
+        Cmd::Fanout(args) => fanout::run(*args).await,
     }
 }

@@ -95,6 +95,8 @@ impl Routes for InProcRoutes {
 struct Live {
     reg: GatewayRegistration,
     connections: u64,
+    /// Clients placed here since the last heartbeat.
+    placed: u64,
     seen: Instant,
 }
 
@@ -126,7 +128,7 @@ fn view(l: &Live) -> GatewayView {
         gateway_id: l.reg.gateway_id.to_string(),
         address: l.reg.address.clone(),
         port: l.reg.port,
-        load: (l.connections as f64 / max as f64).min(1.0),
+        load: ((l.connections + l.placed) as f64 / max as f64).min(1.0),
         connections: l.connections,
         max_connections: l.reg.max_connections,
     }
@@ -140,6 +142,7 @@ impl Instances for InProcInstances {
             Live {
                 reg,
                 connections: 0,
+                placed: 0,
                 seen: Instant::now(),
             },
         );
@@ -152,12 +155,20 @@ impl Instances for InProcInstances {
             .get_mut(gateway)
             .ok_or_else(|| BusError::NoSuchGateway(gateway.to_owned()))?;
         live.connections = connections;
+        live.placed = 0;
         live.seen = Instant::now();
         Ok(())
     }
 
     async fn deregister_gateway(&self, gateway: &str) -> Result<(), BusError> {
         self.lock().remove(gateway);
+        Ok(())
+    }
+
+    async fn placed(&self, gateway: &str) -> Result<(), BusError> {
+        if let Some(l) = self.lock().get_mut(gateway) {
+            l.placed += 1;
+        }
         Ok(())
     }
 
@@ -212,6 +223,16 @@ mod tests {
         let live = i.live_gateways().await.expect("ok");
         assert_eq!(live[0].gateway_id, "b");
         assert!((live[1].load - 0.5).abs() < 1e-9);
+        i.placed("b").await.expect("ok");
+        i.placed("b").await.expect("ok");
+        let live = i.live_gateways().await.expect("ok");
+        assert_eq!(live[0].gateway_id, "b", "5 vs 2 + 2 placed");
+        i.placed("b").await.expect("ok");
+        let live = i.live_gateways().await.expect("ok");
+        assert_eq!(
+            live[0].gateway_id, "a",
+            "5 vs 2 + 3 placed: a tie goes by id"
+        );
         i.deregister_gateway("b").await.expect("ok");
         assert_eq!(i.live_gateways().await.expect("ok").len(), 1);
         assert!(i.heartbeat_gateway("b", 0).await.is_err());

@@ -68,6 +68,10 @@ pub trait Instances: Send + Sync {
     /// Refreshes `gateway`'s liveness with its current connection count.
     async fn heartbeat_gateway(&self, gateway: &str, connections: u64) -> Result<(), BusError>;
     async fn deregister_gateway(&self, gateway: &str) -> Result<(), BusError>;
-    /// Live gateways, least loaded first.
+    /// Live gateways, least loaded first. `load` counts the connections of the last heartbeat
+    /// plus the clients sent there since ([`Instances::placed`]).
     async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError>;
+    /// A client was just told to connect to `gateway`: count it in its load until the next
+    /// heartbeat, so a burst of clients spreads instead of all seeing the same stale ranking.
+    async fn placed(&self, gateway: &str) -> Result<(), BusError>;
 }

@@ -517,19 +517,24 @@ impl Instances for RedisBus {
 
     async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError> {
         let mut c = self.conn.clone();
-        let ids: Vec<String> = c
-            .zrange(self.ranking_key(), 0, -1)
+        let ranked: Vec<(String, f64)> = c
+            .zrange_withscores(self.ranking_key(), 0, -1)
             .await
             .map_err(unavailable)?;
-        if ids.is_empty() {
+        if ranked.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|g| self.info_key(g)).collect();
+        let keys: Vec<String> = ranked.iter().map(|(g, _)| self.info_key(g)).collect();
         let infos: Vec<Option<String>> = c.mget(&keys).await.map_err(unavailable)?;
         let mut live = Vec::new();
-        for (id, info) in ids.iter().zip(infos) {
+        for ((id, score), info) in ranked.iter().zip(infos) {
             match info.and_then(|i| serde_json::from_str::<Info>(&i).ok()) {
-                Some(info) => live.push(info.view(id)),
+                Some(info) => {
+                    let mut view = info.view(id);
+                    // The ranking's score is the heartbeat's load plus placements since.
+                    view.load = score.max(view.load);
+                    live.push(view);
+                }
                 None => {
                     // Expired: prune it from the ranking.
                     let _: i64 = c.zrem(self.ranking_key(), id).await.map_err(unavailable)?;
@@ -542,6 +547,20 @@ impl Instances for RedisBus {
                 .then(a.gateway_id.cmp(&b.gateway_id))
         });
         Ok(live)
+    }
+
+    async fn placed(&self, gateway: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let raw: Option<String> = c.get(self.info_key(gateway)).await.map_err(unavailable)?;
+        let Some(info) = raw.and_then(|r| serde_json::from_str::<Info>(&r).ok()) else {
+            return Ok(());
+        };
+        let step = 1.0 / info.max_connections.max(1) as f64;
+        let _: f64 = c
+            .zincr(self.ranking_key(), gateway, step)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 

@@ -227,3 +227,20 @@ async fn streams_are_trimmed_to_about_their_max_length() {
         .expect("xlen");
     assert!(len < 1500, "stream holds {len} entries");
 }
+
+#[tokio::test]
+async fn placements_count_in_the_load_until_the_next_heartbeat() {
+    let b = bus().await;
+    b.register_gateway(reg("a", 10)).await.expect("register");
+    b.register_gateway(reg("b", 10)).await.expect("register");
+    let first = |live: Vec<proto::api::GatewayView>| live[0].gateway_id.clone();
+    assert_eq!(first(b.live_gateways().await.expect("live")), "a");
+    b.placed("a").await.expect("placed");
+    assert_eq!(first(b.live_gateways().await.expect("live")), "b");
+    b.placed("b").await.expect("placed");
+    b.placed("b").await.expect("placed");
+    assert_eq!(first(b.live_gateways().await.expect("live")), "a");
+    // A heartbeat replaces the estimate with the real count.
+    b.heartbeat_gateway("b", 0).await.expect("heartbeat");
+    assert_eq!(first(b.live_gateways().await.expect("live")), "b");
+}

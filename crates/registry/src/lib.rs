@@ -111,10 +111,14 @@ async fn available(
         return Ok(ok(g.clone()));
     }
     // Least loaded first.
-    live.into_iter()
-        .find(has_room)
-        .map(ok)
-        .ok_or_else(|| ApiError::unavailable("no_gateway", "no gateway is available; retry later"))
+    let pick = live.into_iter().find(has_room).ok_or_else(|| {
+        ApiError::unavailable("no_gateway", "no gateway is available; retry later")
+    })?;
+    s.instances
+        .placed(&pick.gateway_id)
+        .await
+        .map_err(bus_err)?;
+    Ok(ok(pick))
 }
 
 async fn instances(State(s): State<RegistryState>) -> ApiResult<InstancesReply> {
