@@ -40,11 +40,15 @@ up() {
   for s in "${SERVICES[@]}"; do
     set -- $s
     if alive "$1"; then echo "$1 already running (pid $(cat "$DIR/$1.pid"))"; continue; fi
+    if healthy "$3"; then
+      echo "port $3 is already served by another process; stop it first (scripts/cluster.sh down?)" >&2
+      exit 1
+    fi
     # shellcheck disable=SC2046
     env $(env_for) nohup "$BIN" "$2" --config "config/cluster/$1.yaml" > "$DIR/$1.log" 2>&1 &
     echo $! > "$DIR/$1.pid"
     for _ in $(seq 1 100); do healthy "$3" && break; alive "$1" || break; sleep 0.1; done
-    if healthy "$3"; then echo "$1 up on :$3 (pid $(cat "$DIR/$1.pid"))"
+    if alive "$1" && healthy "$3"; then echo "$1 up on :$3 (pid $(cat "$DIR/$1.pid"))"
     else echo "$1 failed to start; see $DIR/$1.log" >&2; tail -5 "$DIR/$1.log" >&2; exit 1; fi
   done
 }

@@ -145,7 +145,8 @@ struct RecvStats {
 }
 
 fn open_files_limit() -> anyhow::Result<(Option<u64>, Option<u64>)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
+    let limits =
+        std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -220,14 +221,15 @@ async fn connect(
     );
     // Small read chunks: thousands of sockets in one process, small frames.
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-        .await
-        .with_context(|| {
-            format!(
-                "user {} connecting to {} ({}:{})",
-                user.id, gw.gateway_id, gw.address, gw.port
-            )
-        })?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
+            .await
+            .with_context(|| {
+                format!(
+                    "user {} connecting to {} ({}:{})",
+                    user.id, gw.gateway_id, gw.address, gw.port
+                )
+            })?;
     // Wait for the welcome frame: the server has registered the connection.
     let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
@@ -359,7 +361,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
     if a.users == 0 || a.messages == 0 || a.in_flight == 0 {
         bail!("--users, --messages and --in-flight must be at least 1");
     }
-    if a.rate.is_some_and(|r| !(r > 0.0)) {
+    if a.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
         bail!("--rate must be positive");
     }
     let send_urls: Vec<String> = a
@@ -678,7 +680,12 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
         let delta: BTreeMap<&str, u64> = after
             .iter()
             .filter(|(k, _)| k.as_str() != "info" && k.as_str() != "auth")
-            .map(|(k, &v)| (k.as_str(), v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+            .map(|(k, &v)| {
+                (
+                    k.as_str(),
+                    v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+                )
+            })
             .filter(|&(_, d)| d > 0)
             .collect();
         let calls: u64 = delta.values().sum();

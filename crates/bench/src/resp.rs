@@ -130,7 +130,10 @@ mod tests {
         assert_eq!(t.addr, "127.0.0.1:6379");
         assert!(t.password.is_none());
         let t = parse_url("redis://:pw@h:7000/2").unwrap();
-        assert_eq!((t.addr.as_str(), t.password.as_deref()), ("h:7000", Some("pw")));
+        assert_eq!(
+            (t.addr.as_str(), t.password.as_deref()),
+            ("h:7000", Some("pw"))
+        );
         let t = parse_url("redis://u:pw@h:7000").unwrap();
         assert_eq!(t.user.as_deref(), Some("u"));
         assert!(parse_url("http://h").is_err());

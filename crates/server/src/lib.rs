@@ -84,6 +84,23 @@ pub struct AllConfig {
     pub redis: Option<RedisConfig>,
     /// Seconds a room's member list may be served from the local cache without a change notice.
     pub member_cache_ttl_secs: u64,
+    /// The seed's per-service keys, for a file that configures one service (`config.gateway.yaml`
+    /// style): they apply to the service being started — see [`AllConfig::for_role`].
+    pub name: Option<String>,
+    pub port: Option<u16>,
+    pub address: Option<String>,
+    pub machine_id: Option<u64>,
+    pub dispatcher: Option<DispatcherConfig>,
+}
+
+/// The seed's `dispatcher:` block of a gateway file. Its other keys (`worker_count`,
+/// `stream_name`, `group_name`, `consumer_name`, `interval`) are not accepted: here the stream and
+/// group are named after the gateway and entries are consumed as they arrive.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    pub max_connections: Option<usize>,
+    pub send_channel_size: Option<usize>,
 }
 
 /// The seed's `mysql:` block.
@@ -197,6 +214,11 @@ impl Default for AllConfig {
             mysql: None,
             redis: None,
             member_cache_ttl_secs: 300,
+            name: None,
+            port: None,
+            address: None,
+            machine_id: None,
+            dispatcher: None,
         }
     }
 }
@@ -220,6 +242,80 @@ impl AllConfig {
     /// Loads defaults, then `file`, then `RUSTSTACKER_<SECTION>__<KEY>` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         Ok(kit::config::load(file, "RUSTSTACKER", RESERVED_ENV)?)
+    }
+
+    /// Applies the seed's top-level per-service keys (`name`, `port`, `address`, `machine_id`,
+    /// `dispatcher.*`) to the one service `roles` names. In `all` they are refused: four services
+    /// cannot share one port.
+    pub fn for_role(mut self, roles: Roles) -> anyhow::Result<Self> {
+        let seed_keys = self.name.is_some()
+            || self.port.is_some()
+            || self.address.is_some()
+            || self.machine_id.is_some()
+            || self.dispatcher.is_some();
+        if !seed_keys {
+            return Ok(self);
+        }
+        if roles == Roles::ALL {
+            bail!(
+                "top-level name/port/address/machine_id/dispatcher configure one service; in `all` use the meta:/send:/gateway:/registry: blocks"
+            );
+        }
+        let refuse = |key: &str, service: &str| {
+            anyhow::anyhow!("`{key}` does not apply to {service}; remove it from its config file")
+        };
+        if roles.gateway {
+            if let Some(n) = self.name.take() {
+                self.gateway.name = n;
+            }
+            if let Some(p) = self.port.take() {
+                self.gateway.port = p;
+            }
+            if let Some(a) = self.address.take() {
+                self.gateway.address = Some(a);
+            }
+            if let Some(d) = self.dispatcher.take() {
+                if let Some(m) = d.max_connections {
+                    self.gateway.max_connections = m;
+                }
+                if let Some(c) = d.send_channel_size {
+                    self.gateway.send_channel_size = c;
+                }
+            }
+            if self.machine_id.is_some() {
+                return Err(refuse("machine_id", "a gateway (it mints no ids)"));
+            }
+            return Ok(self);
+        }
+        let service = if roles.send {
+            "send"
+        } else if roles.meta {
+            "meta"
+        } else {
+            "registry"
+        };
+        if self.dispatcher.is_some() {
+            return Err(refuse("dispatcher", service));
+        }
+        if self.address.is_some() {
+            return Err(refuse("address", service));
+        }
+        if let Some(p) = self.port.take() {
+            match service {
+                "send" => self.send.port = p,
+                "meta" => self.meta.port = p,
+                _ => self.registry.port = p,
+            }
+        }
+        if let Some(m) = self.machine_id.take() {
+            if !roles.send {
+                return Err(refuse("machine_id", service));
+            }
+            self.send.machine_id = m;
+        }
+        // `name` names an instance in logs; only gateways use it as an identity.
+        self.name = None;
+        Ok(self)
     }
 }
 
@@ -475,6 +571,7 @@ pub async fn start_all(cfg: AllConfig) -> anyhow::Result<Running> {
 /// sense when every service runs in this process.
 pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     kit::telemetry::init_metrics();
+    let cfg = cfg.for_role(roles)?;
     if roles != Roles::ALL && (cfg.mysql.is_none() && roles.needs_database() || cfg.redis.is_none())
     {
         bail!("a single service needs the mysql: and redis: blocks (only `all` runs embedded)");
@@ -724,6 +821,36 @@ mod tests {
         assert!(
             loaded >= 7,
             "expected all.yaml and six cluster files, loaded {loaded}"
+        );
+    }
+
+    #[test]
+    fn the_seeds_gateway_keys_configure_the_gateway() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.gateway.yaml");
+        std::fs::write(
+            &path,
+            "name: gateway-7\nport: 9082\naddress: 10.0.0.7\ndispatcher:\n  max_connections: 500\n  send_channel_size: 64\nregistry:\n  gateway_heartbeat_timeout: 12\nredis:\n  host: 127.0.0.1\n  port: 6379\n",
+        )
+        .expect("write");
+        let cfg = AllConfig::load(Some(&path))
+            .expect("loads")
+            .for_role(Roles::GATEWAY)
+            .expect("applies");
+        assert_eq!(cfg.gateway.name, "gateway-7");
+        assert_eq!(cfg.gateway.port, 9082);
+        assert_eq!(cfg.gateway.address.as_deref(), Some("10.0.0.7"));
+        assert_eq!(cfg.gateway.max_connections, 500);
+        assert_eq!(cfg.gateway.send_channel_size, 64);
+        assert_eq!(cfg.registry.gateway_heartbeat_timeout, 12);
+        let seed_only = AllConfig::load(Some(&path)).expect("loads");
+        assert!(
+            seed_only.clone().for_role(Roles::ALL).is_err(),
+            "all has four ports"
+        );
+        assert!(
+            seed_only.for_role(Roles::SEND).is_err(),
+            "dispatcher is a gateway's"
         );
     }
 
