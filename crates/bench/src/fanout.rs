@@ -700,7 +700,13 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
             .map(|(a, b)| a.saturating_sub(*b))
             .sum();
         let cpu_secs = ticks as f64 / USER_HZ;
+        let by_pid: BTreeMap<&str, f64> = pid_names
+            .iter()
+            .zip(cpu_after.iter().zip(&cpu_before))
+            .map(|(p, (a, b))| (p.as_str(), a.saturating_sub(*b) as f64 / USER_HZ))
+            .collect();
         summary["server_cpu_secs"] = json!(cpu_secs);
+        summary["server_cpu_secs_by_pid"] = json!(by_pid);
         summary["server_cpu_us_per_delivery"] = json!(per_delivery(cpu_secs * 1e6));
     }
 

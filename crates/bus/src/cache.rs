@@ -204,4 +204,8 @@ impl crate::Routes for CachedRoutes {
     ) -> Result<Option<crate::GatewayId>, crate::BusError> {
         self.inner.last_gateway(user).await
     }
+
+    async fn ping(&self) -> Result<(), crate::BusError> {
+        self.inner.ping().await
+    }
 }

@@ -85,6 +85,10 @@ impl Routes for InProcRoutes {
         Ok(out)
     }
 
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {
         // One process has one gateway: a lease would always name it, so only live routes count.
         Ok(self.map.get(&user).and_then(|gws| gws.first().cloned()))

@@ -50,6 +50,8 @@ pub trait Routes: Send + Sync {
     async fn locate(&self, users: &[UserId]) -> Result<HashMap<GatewayId, Vec<UserId>>, BusError>;
     /// The gateway `user` is connected to, or was until recently (the route lease), if any.
     async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError>;
+    /// A round trip to the backend, for `/health`.
+    async fn ping(&self) -> Result<(), BusError>;
 }
 
 /// What a gateway registers.

@@ -83,9 +83,14 @@ impl std::fmt::Debug for RedisBus {
 impl RedisBus {
     pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
+        // While Redis is down a call must fail fast (callers answer 503 or retry on their own
+        // schedule) instead of waiting through the manager's default reconnect backoff (~10 s);
+        // the manager still reconnects on the next call once Redis is back.
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_connection_timeout(Some(Duration::from_secs(2)));
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
         let conn = client
             .get_connection_manager_with_config(cfg)
             .await
@@ -127,7 +132,7 @@ impl RedisBus {
     }
 
     /// A round trip, for `/health`.
-    pub async fn ping(&self) -> Result<(), BusError> {
+    pub async fn ping_redis(&self) -> Result<(), BusError> {
         let mut c = self.conn.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut c)
@@ -378,6 +383,10 @@ impl PushBus for RedisBus {
 
 #[async_trait]
 impl Routes for RedisBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        self.ping_redis().await
+    }
+
     async fn connected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
         self.route_write(&mut pipe, user, gateway, true);

@@ -446,9 +446,13 @@ async fn ws_handshake(
 
 async fn health(State(s): State<GatewayState>) -> Response {
     let db = s.0.store.ping().await;
+    let routes = s.0.routes.ping().await;
     kit::http::health_reply(
         "gateway",
         &s.0.ready,
-        vec![Check::from_result("database", &db)],
+        vec![
+            Check::from_result("database", &db),
+            Check::from_result("bus", &routes),
+        ],
     )
 }

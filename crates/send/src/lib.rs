@@ -72,6 +72,8 @@ struct Inner {
     auth: Arc<Auth>,
     ids: Snowflake,
     committer: commit::CommitHandle,
+    /// Only for `/health`: fan-out owns the push path.
+    routes: Arc<dyn bus::Routes>,
     ready: Ready,
 }
 
@@ -91,6 +93,7 @@ impl SendState {
         store: Arc<dyn Store>,
         auth: Arc<Auth>,
         committer: commit::CommitHandle,
+        routes: Arc<dyn bus::Routes>,
         ready: Ready,
     ) -> Result<Self, proto::ids::InvalidNode> {
         let ids = Snowflake::new(cfg.machine_id)?;
@@ -100,6 +103,7 @@ impl SendState {
             auth,
             ids,
             committer,
+            routes,
             ready,
         })))
     }
@@ -260,9 +264,13 @@ async fn history(
 
 async fn health(State(s): State<SendState>) -> Response {
     let db = s.0.store.ping().await;
+    let bus = s.0.routes.ping().await;
     kit::http::health_reply(
         "send",
         &s.0.ready,
-        vec![Check::from_result("database", &db)],
+        vec![
+            Check::from_result("database", &db),
+            Check::from_result("bus", &bus),
+        ],
     )
 }

@@ -671,7 +671,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         let (fanout_tx, fanout) = send::fanout::Fanout {
             store: store.clone(),
             members: members.clone(),
-            routes,
+            routes: routes.clone(),
             bus: running.shared.push(),
         }
         .spawn(cfg.send.fanout_queue);
@@ -687,6 +687,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             store,
             auth.clone(),
             committer,
+            routes,
             ready.clone(),
         )?;
         running

@@ -237,3 +237,72 @@ fn gateway_config(base: &AllConfig, i: usize) -> AllConfig {
     cfg.gateway.name = Cluster::gateway_name(i);
     cfg
 }
+
+/// A private `redis-server` on a free port, for tests that stop and restart Redis without
+/// disturbing other tests.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Self {
+            port,
+            child: None,
+            dir,
+        };
+        r.start_again();
+        r
+    }
+
+    /// Starts the server (again) on the same port; returns once it answers.
+    pub fn start_again(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + crate::WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Kills the server (it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn config(&self, prefix: &str) -> RedisConfig {
+        RedisConfig {
+            port: self.port,
+            prefix: prefix.to_owned(),
+            ..RedisConfig::default()
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -24,7 +24,7 @@ pub mod token;
 pub mod ws;
 
 pub use app::TestApp;
-pub use cluster::{Backends, Cluster};
+pub use cluster::{Backends, Cluster, PrivateRedis};
 pub use http::{Addrs, Body, Client, Reply, Service, TestUser};
 pub use names::unique_username;
 pub use ws::{Ack, Chat, WsClient};

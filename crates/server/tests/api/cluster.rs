@@ -297,3 +297,40 @@ async fn a_user_who_moves_to_the_other_gateway_gets_the_next_message_there() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_503_while_redis_is_down_and_recovers_by_itself() {
+    let mut redis = testkit::PrivateRedis::start();
+    let backends = testkit::Backends::fresh().await;
+    let (mysql, rcfg) = (backends.mysql.clone(), redis.config("down"));
+    let app = testkit::TestApp::spawn_with(move |cfg| {
+        cfg.mysql = Some(mysql.clone());
+        cfg.redis = Some(rcfg.clone());
+    })
+    .await;
+    let status = |service| {
+        let api = &app.api;
+        async move { api.get(service, "/health", None).await.status }
+    };
+    use testkit::Service::{Gateway, Registry, Send};
+    for s in [Send, Gateway, Registry] {
+        assert_eq!(status(s).await, 200, "{s:?} healthy with Redis up");
+    }
+    redis.stop();
+    for s in [Send, Gateway, Registry] {
+        assert_eq!(
+            status(s).await,
+            503,
+            "{s:?} reports Redis down, and answers"
+        );
+    }
+    redis.start_again();
+    for s in [Send, Gateway, Registry] {
+        eventually(WAIT, "health recovers after Redis returns", || async {
+            status(s).await == 200
+        })
+        .await;
+    }
+    app.shutdown().await;
+    backends.drop_database().await;
+}
