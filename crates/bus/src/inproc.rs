@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so tests can pause and advance time through heartbeat timeouts.
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -240,6 +243,29 @@ mod tests {
         i.deregister_gateway("b").await.expect("ok");
         assert_eq!(i.live_gateways().await.expect("ok").len(), 1);
         assert!(i.heartbeat_gateway("b", 0).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_that_stops_heartbeating_expires_after_the_timeout() {
+        let i = InProcInstances::new(Duration::from_secs(30));
+        i.register_gateway(gw("a")).await.expect("ok");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        i.heartbeat_gateway("a", 1).await.expect("alive at 20 s");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(
+            i.live_gateways().await.expect("ok").len(),
+            1,
+            "29 s after a heartbeat"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            i.live_gateways().await.expect("ok").is_empty(),
+            "31 s after a heartbeat"
+        );
+        assert!(
+            i.heartbeat_gateway("a", 1).await.is_err(),
+            "must register again"
+        );
     }
 
     #[tokio::test]
