@@ -36,6 +36,17 @@ pub enum BusError {
 pub trait PushBus: Send + Sync {
     /// Appends `entry` to `gateway`'s stream; waits while the stream is full (backpressure).
     async fn publish(&self, gateway: &str, entry: PushEntry) -> Result<(), BusError>;
+
+    /// Appends every entry to its gateway's stream, in order (one round trip on Redis).
+    async fn publish_many(&self, entries: Vec<(GatewayId, PushEntry)>) -> Result<(), BusError> {
+        for (gateway, entry) in entries {
+            // A gateway that went away loses only its own entries (its users resync).
+            if let Err(e) = self.publish(&gateway, entry).await {
+                tracing::debug!(%gateway, error = %e, "entry not appended");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where users are connected.

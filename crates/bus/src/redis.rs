@@ -363,6 +363,25 @@ fn decode(map: &HashMap<String, redis::Value>) -> Option<PushEntry> {
 
 #[async_trait]
 impl PushBus for RedisBus {
+    async fn publish_many(&self, entries: Vec<(GatewayId, PushEntry)>) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        for (gateway, entry) in &entries {
+            let json =
+                serde_json::to_vec(entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
+            pipe.cmd("XADD")
+                .arg(self.stream_key(gateway))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.s.stream_maxlen)
+                .arg("*")
+                .arg(FIELD)
+                .arg(json)
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
     async fn publish(&self, gateway: &str, entry: PushEntry) -> Result<(), BusError> {
         let json = serde_json::to_vec(&entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
         let mut c = self.conn.clone();

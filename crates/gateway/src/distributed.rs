@@ -7,13 +7,22 @@ use std::time::Duration;
 use bus::redis::{RedisBus, RedisStream};
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
 use crate::GatewayState;
+use crate::reorder::{Released, Reorder};
+use proto::UserId;
+use proto::stream::{PushEntry, PushMessage};
+use std::sync::Arc;
 
 /// Most entries read per call.
 const READ_COUNT: usize = 128;
 /// How long one blocking read waits.
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// Reads the stream and dispatches; entries are acknowledged once handed to the connections'
+/// queues (or held by the reorder window: if this gateway dies while holding them, its connections
+/// die with it and their users resync from the database).
 pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: CancellationToken) {
     match stream.discard_own_pending().await {
         Ok(0) => {}
@@ -24,18 +33,33 @@ pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: 
         Err(e) => tracing::warn!(error = %e, "could not discard old pending entries"),
     }
     let mut backoff = Duration::from_millis(100);
+    let mut reorder = Reorder::new(Duration::from_millis(state.0.cfg.reorder_window_ms));
     loop {
+        // Wake in time to release what the reorder window holds.
+        let block = reorder.next_deadline().map_or(BLOCK, |d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
         let read = tokio::select! {
             () = stop.cancelled() => return,
-            r = stream.read(READ_COUNT, BLOCK) => r,
+            r = stream.read(READ_COUNT, block) => r,
         };
+        for released in reorder.expire(Instant::now()) {
+            fill_hole(&state, &released).await;
+            for entry in released.entries {
+                state.dispatch(entry);
+            }
+        }
         match read {
             Ok(batch) => {
                 backoff = Duration::from_millis(100);
                 let mut ids = Vec::with_capacity(batch.len());
+                let now = Instant::now();
                 for (id, entry) in batch {
                     if let Some(entry) = entry {
-                        state.dispatch(entry);
+                        for ready in reorder.accept(entry, now) {
+                            state.dispatch(ready);
+                        }
                     }
                     ids.push(id);
                 }
@@ -55,6 +79,53 @@ pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: 
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Fetches a room's missing seqs once and hands them to every local recipient of the entries
+/// that waited for them, so the connections do not each fill the gap from the database.
+async fn fill_hole(state: &GatewayState, released: &Released) {
+    let Some((after, until)) = released.hole else {
+        return;
+    };
+    let mut targets: Vec<UserId> = released
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            PushEntry::Chat { targets, .. } => Some(targets.iter().copied()),
+            PushEntry::Ack { .. } => None,
+        })
+        .flatten()
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let limit = u32::try_from(until - after).unwrap_or(u32::MAX).min(1000);
+    match state
+        .0
+        .store
+        .messages_after(released.room, after, limit)
+        .await
+    {
+        Ok(missing) => {
+            metrics::counter!("ruststacker_gateway_hole_fills_total").increment(1);
+            for m in missing.into_iter().filter(|m| m.seq <= until) {
+                state.dispatch(PushEntry::Chat {
+                    message: Arc::new(PushMessage {
+                        id: m.id,
+                        room_id: m.room_id,
+                        seq: m.seq,
+                        sender_id: m.sender_id,
+                        msg_type: m.msg_type,
+                        content: m.content,
+                        client_msg_id: m.client_msg_id,
+                        created_at_ms: m.created_at_ms,
+                    }),
+                    targets: targets.clone(),
+                });
+            }
+        }
+        // The connections fill the gap themselves.
+        Err(e) => tracing::debug!(error = %e, "hole fill failed"),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod conn;
 pub mod cursor;
 mod distributed;
 pub mod hub;
+pub mod reorder;
 
 use hub::{CLOSE_GOING_AWAY, Hub, Outbound};
 
@@ -70,6 +71,10 @@ pub struct Config {
     pub resync_chunk: u32,
     /// Milliseconds between delivery-cursor writes.
     pub cursor_flush_ms: u64,
+    /// Distributed mode: milliseconds an entry that arrived ahead of its room's next `seq` waits
+    /// for the missing one (Send instances fan out independently), so connections do not each
+    /// fill the gap from the database (0: off).
+    pub reorder_window_ms: u64,
     /// Seconds after connect of a second resync pass that catches messages whose fan-out raced the
     /// connection's route change (0: off).
     pub catch_up_secs: u64,
@@ -100,6 +105,7 @@ impl Default for Config {
             resync_chunk: 200,
             cursor_flush_ms: 500,
             catch_up_secs: 3,
+            reorder_window_ms: 20,
             reclaim_interval_secs: 10,
             reclaim_min_idle_secs: 30,
             route_refresh_secs: 20,

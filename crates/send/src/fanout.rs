@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use bus::{MemberCache, PushBus, Routes};
+use bus::{GatewayId, MemberCache, PushBus, Routes};
 use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry, PushMessage};
 use store::Store;
 use tokio::sync::mpsc;
@@ -20,19 +20,29 @@ pub struct Fanout {
     pub bus: Arc<dyn PushBus>,
 }
 
+/// Most stored messages fanned out together (their entries go to Redis in one pipeline).
+const BATCH: usize = 64;
+
 impl Fanout {
     /// Starts the fan-out task; it ends when the committer drops its sender and the queue is empty.
     pub fn spawn(self, queue: usize) -> (mpsc::Sender<Arc<PushMessage>>, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Arc<PushMessage>>(queue.max(1));
         let task = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                self.deliver(m).await;
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let mut entries = Vec::new();
+                for m in batch.drain(..) {
+                    self.entries_for(m, &mut entries).await;
+                }
+                self.publish(entries).await;
             }
         });
         (tx, task)
     }
 
-    async fn deliver(&self, m: Arc<PushMessage>) {
+    /// Appends, in order, the stream entries of `m`: its chat entries (at most 100 targets each)
+    /// for every gateway holding members, then the sender's ACK.
+    async fn entries_for(&self, m: Arc<PushMessage>, out: &mut Vec<(GatewayId, PushEntry)>) {
         let room = m.room_id;
         let store = self.store.clone();
         let members = match self
@@ -62,18 +72,16 @@ impl Fanout {
             if users.contains(&m.sender_id) {
                 sender_gateways.push(gateway.clone());
             }
+            // Sorted, so every Send instance cuts a room's members into the same chunks and a
+            // gateway can keep each chunk's entries in order (see gateway::reorder).
+            let mut users = users.clone();
+            users.sort_unstable();
             for chunk in users.chunks(MAX_TARGETS_PER_ENTRY) {
                 let entry = PushEntry::Chat {
                     message: m.clone(),
                     targets: chunk.to_vec(),
                 };
-                if let Err(e) = self.bus.publish(gateway, entry).await {
-                    tracing::warn!(%gateway, error = %e, "push entry not appended; targets will resync");
-                    metrics::counter!("ruststacker_fanout_failures_total", "stage" => "publish")
-                        .increment(1);
-                } else {
-                    metrics::counter!("ruststacker_push_entries_total").increment(1);
-                }
+                out.push((gateway.clone(), entry));
             }
         }
         for gateway in sender_gateways {
@@ -84,8 +92,21 @@ impl Fanout {
                 seq: m.seq,
                 client_msg_id: m.client_msg_id.clone(),
             };
-            if let Err(e) = self.bus.publish(&gateway, ack).await {
-                tracing::debug!(%gateway, error = %e, "sender ack not appended");
+            out.push((gateway, ack));
+        }
+    }
+
+    async fn publish(&self, entries: Vec<(GatewayId, PushEntry)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let n = entries.len() as u64;
+        match self.bus.publish_many(entries).await {
+            Ok(()) => metrics::counter!("ruststacker_push_entries_total").increment(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "push entries not appended; targets will resync");
+                metrics::counter!("ruststacker_fanout_failures_total", "stage" => "publish")
+                    .increment(1);
             }
         }
     }

@@ -1,0 +1,289 @@
+//! A short reorder window per room and chunk, in front of dispatch.
+//!
+//! Several Send instances fan out independently, so a room's messages can reach a gateway's stream
+//! out of `seq` order (5 before 4), and a room's members are split into entries of at most 100
+//! targets whose entries interleave (5 for the first chunk, then 6 for the first chunk, then 5 for
+//! the second...). Order is kept per (room, chunk): Send sorts targets before cutting chunks, so a
+//! chunk is known by its first target. Every connection would otherwise see a gap and fill it from the
+//! database on its own — one query per recipient. Instead the gateway holds an entry that is ahead
+//! of its room's next `seq` for a few milliseconds; when the missing one arrives, both go out in
+//! order. Whatever is still held when the window closes goes out anyway: the connections' own gap
+//! fill stays the backstop, so this only saves work, it never decides correctness.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use proto::stream::PushEntry;
+use proto::{RoomId, Seq, UserId};
+use tokio::time::Instant;
+
+/// Most entries held for one room; more release the room at once.
+const MAX_HELD: usize = 1024;
+/// A room not seen for this long starts over (its members may have left and come back, so the
+/// next entry is not necessarily the successor of the last one seen).
+const IDLE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct RoomOrder {
+    head: Seq,
+    seen: Instant,
+    held: BTreeMap<Seq, Vec<PushEntry>>,
+    held_since: Option<Instant>,
+}
+
+/// Entries of one room released at the end of the window.
+#[derive(Debug)]
+pub struct Released {
+    pub room: RoomId,
+    /// The seqs still missing before `entries`: `(after, until)` means `after + 1 ..= until`.
+    pub hole: Option<(Seq, Seq)>,
+    pub entries: Vec<PushEntry>,
+}
+
+/// Reorders chat entries per room within `window`.
+#[derive(Debug)]
+pub struct Reorder {
+    window: Duration,
+    rooms: HashMap<Key, RoomOrder>,
+}
+
+/// A room and the first target of a chunk of its members.
+type Key = (RoomId, UserId);
+
+fn key_seq(e: &PushEntry) -> Option<(Key, Seq)> {
+    match e {
+        PushEntry::Chat { message, targets } => Some((
+            (
+                message.room_id,
+                targets.first().copied().unwrap_or_default(),
+            ),
+            message.seq,
+        )),
+        PushEntry::Ack { .. } => None,
+    }
+}
+
+impl Reorder {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            rooms: HashMap::new(),
+        }
+    }
+
+    /// Takes an entry; returns what may be dispatched now, in order.
+    pub fn accept(&mut self, entry: PushEntry, now: Instant) -> Vec<PushEntry> {
+        let Some((key, seq)) = key_seq(&entry) else {
+            return vec![entry];
+        };
+        if self.window.is_zero() {
+            return vec![entry];
+        }
+        let r = self.rooms.entry(key).or_insert(RoomOrder {
+            head: seq - 1,
+            seen: now,
+            held: BTreeMap::new(),
+            held_since: None,
+        });
+        if r.held.is_empty() && now.duration_since(r.seen) > IDLE {
+            r.head = seq - 1;
+        }
+        r.seen = now;
+        if seq <= r.head + 1 {
+            // The next one (or a repeat, or another chunk of one already out: connections dedupe).
+            r.head = r.head.max(seq);
+            let mut out = vec![entry];
+            release_ready(r, &mut out);
+            return out;
+        }
+        r.held.entry(seq).or_default().push(entry);
+        r.held_since.get_or_insert(now);
+        metrics::counter!("ruststacker_gateway_reorder_held_total").increment(1);
+        if r.held.len() > MAX_HELD {
+            return release_all(r);
+        }
+        Vec::new()
+    }
+
+    /// Releases rooms whose oldest held entry waited `window`, each with the hole before its
+    /// first held entry (`after`, `until`: the missing seqs are `after + 1 ..= until`), so the
+    /// caller can fetch the hole from the database once for every local recipient.
+    pub fn expire(&mut self, now: Instant) -> Vec<Released> {
+        let mut out = Vec::new();
+        for (room, r) in &mut self.rooms {
+            if r.held_since
+                .is_some_and(|t| now.duration_since(t) >= self.window)
+            {
+                let after = r.head;
+                let until = r.held.first_key_value().map_or(after, |(s, _)| s - 1);
+                let entries = release_all(r);
+                metrics::counter!("ruststacker_gateway_reorder_timeouts_total")
+                    .increment(entries.len() as u64);
+                out.push(Released {
+                    room: room.0,
+                    hole: (until > after).then_some((after, until)),
+                    entries,
+                });
+            }
+        }
+        self.rooms
+            .retain(|_, r| !r.held.is_empty() || now.duration_since(r.seen) <= IDLE);
+        out
+    }
+
+    /// When the next [`Reorder::expire`] has something to do, if anything is held.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.rooms
+            .values()
+            .filter_map(|r| r.held_since)
+            .min()
+            .map(|t| t + self.window)
+    }
+}
+
+fn release_ready(r: &mut RoomOrder, out: &mut Vec<PushEntry>) {
+    while let Some(entry) = r.held.first_entry() {
+        if *entry.key() > r.head + 1 {
+            break;
+        }
+        r.head = r.head.max(*entry.key());
+        out.extend(entry.remove());
+    }
+    if r.held.is_empty() {
+        r.held_since = None;
+    }
+}
+
+fn release_all(r: &mut RoomOrder) -> Vec<PushEntry> {
+    let mut out = Vec::new();
+    while let Some((seq, entries)) = r.held.pop_first() {
+        r.head = r.head.max(seq);
+        out.extend(entries);
+    }
+    r.held_since = None;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proto::api::MessageType;
+    use proto::stream::PushMessage;
+
+    use super::*;
+
+    fn chat(room: RoomId, seq: Seq) -> PushEntry {
+        PushEntry::Chat {
+            message: Arc::new(PushMessage {
+                id: seq,
+                room_id: room,
+                seq,
+                sender_id: 1,
+                msg_type: MessageType::Text,
+                content: String::new(),
+                client_msg_id: None,
+                created_at_ms: 0,
+            }),
+            targets: vec![1],
+        }
+    }
+
+    fn room_seq(e: &PushEntry) -> Option<(RoomId, Seq)> {
+        match e {
+            PushEntry::Chat { message, .. } => Some((message.room_id, message.seq)),
+            PushEntry::Ack { .. } => None,
+        }
+    }
+
+    fn chunk(room: RoomId, seq: Seq, first_target: UserId) -> PushEntry {
+        match chat(room, seq) {
+            PushEntry::Chat { message, .. } => PushEntry::Chat {
+                message,
+                targets: vec![first_target, first_target + 1],
+            },
+            ack => ack,
+        }
+    }
+
+    #[test]
+    fn chunks_of_one_room_are_ordered_separately() {
+        let mut r = Reorder::new(Duration::from_millis(20));
+        let t = Instant::now();
+        // Two Send instances interleave: chunk A gets 5 and 6, chunk B gets 6 before 5.
+        assert_eq!(seqs(&r.accept(chunk(1, 5, 1), t)), vec![5]);
+        assert_eq!(seqs(&r.accept(chunk(1, 6, 1), t)), vec![6]);
+        assert_eq!(seqs(&r.accept(chunk(1, 4, 101), t)), vec![4]);
+        assert!(
+            r.accept(chunk(1, 6, 101), t).is_empty(),
+            "chunk B waits for its 5"
+        );
+        assert_eq!(seqs(&r.accept(chunk(1, 5, 101), t)), vec![5, 6]);
+    }
+
+    fn seqs(v: &[PushEntry]) -> Vec<Seq> {
+        v.iter().filter_map(room_seq).map(|(_, s)| s).collect()
+    }
+
+    #[test]
+    fn an_early_entry_waits_for_its_predecessor() {
+        let mut r = Reorder::new(Duration::from_millis(20));
+        let t = Instant::now();
+        assert_eq!(seqs(&r.accept(chat(1, 4), t)), vec![4]);
+        assert!(r.accept(chat(1, 6), t).is_empty());
+        assert!(r.accept(chat(1, 7), t).is_empty());
+        assert_eq!(seqs(&r.accept(chat(1, 5), t)), vec![5, 6, 7]);
+        assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_predecessor_that_never_comes_releases_at_the_window() {
+        let mut r = Reorder::new(Duration::from_millis(20));
+        let t = Instant::now();
+        r.accept(chat(1, 1), t);
+        assert!(r.accept(chat(1, 3), t).is_empty());
+        assert_eq!(r.next_deadline(), Some(t + Duration::from_millis(20)));
+        assert!(r.expire(t + Duration::from_millis(19)).is_empty());
+        let released = r.expire(t + Duration::from_millis(20));
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].hole, Some((1, 2)));
+        assert_eq!(seqs(&released[0].entries), vec![3]);
+        // 2 shows up late: it goes out (the connections drop it if they filled it already).
+        assert_eq!(seqs(&r.accept(chat(1, 2), t)), vec![2]);
+        assert_eq!(seqs(&r.accept(chat(1, 4), t)), vec![4]);
+    }
+
+    #[test]
+    fn rooms_are_independent_and_acks_pass_straight_through() {
+        let mut r = Reorder::new(Duration::from_millis(20));
+        let t = Instant::now();
+        r.accept(chat(1, 1), t);
+        assert!(r.accept(chat(1, 3), t).is_empty());
+        assert_eq!(seqs(&r.accept(chat(2, 9), t)), vec![9]);
+        let ack = PushEntry::Ack {
+            sender_id: 1,
+            message_id: 3,
+            room_id: 1,
+            seq: 3,
+            client_msg_id: None,
+        };
+        assert_eq!(r.accept(ack, t).len(), 1);
+    }
+
+    #[test]
+    fn a_room_idle_for_long_starts_over() {
+        let mut r = Reorder::new(Duration::from_millis(20));
+        let t = Instant::now();
+        r.accept(chat(1, 1), t);
+        let later = t + IDLE + Duration::from_secs(1);
+        assert_eq!(seqs(&r.accept(chat(1, 50), later)), vec![50]);
+    }
+
+    #[test]
+    fn a_zero_window_changes_nothing() {
+        let mut r = Reorder::new(Duration::ZERO);
+        let t = Instant::now();
+        r.accept(chat(1, 1), t);
+        assert_eq!(seqs(&r.accept(chat(1, 3), t)), vec![3]);
+    }
+}
