@@ -12,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use proto::frame::{ChatPayload, ClientFrame, ServerFrame};
+use proto::stream::PushMessage;
 use proto::{RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 
@@ -30,8 +31,8 @@ const CLOSE_NORMAL: u16 = 1000;
 /// Most queue items handled per flush.
 const COALESCE: usize = 64;
 
-/// Serializes a stored message as a chat frame.
-pub fn chat_text(m: &store::Message) -> Utf8Bytes {
+/// Serializes a message as a chat frame (once per gateway entry; the bytes are shared).
+pub fn chat_text(m: &PushMessage) -> Utf8Bytes {
     ServerFrame::Chat {
         id: m.id,
         room_id: m.room_id,
@@ -117,12 +118,14 @@ impl Writer {
         loop {
             let msgs = self.state.0.store.messages_after(room, from, chunk).await?;
             let done = msgs.len() < chunk as usize;
-            for m in &msgs {
+            for m in msgs {
                 if until.is_some_and(|u| m.seq > u) {
                     return self.flush().await;
                 }
-                self.feed_chat(room, m.seq, chat_text(m)).await?;
-                from = m.seq;
+                let seq = m.seq;
+                self.feed_chat(room, seq, chat_text(&PushMessage::from(m)))
+                    .await?;
+                from = seq;
             }
             self.flush().await?;
             if done {

@@ -110,16 +110,7 @@ async fn fill_hole(state: &GatewayState, released: &Released) {
             metrics::counter!("ruststacker_gateway_hole_fills_total").increment(1);
             for m in missing.into_iter().filter(|m| m.seq <= until) {
                 state.dispatch(PushEntry::Chat {
-                    message: Arc::new(PushMessage {
-                        id: m.id,
-                        room_id: m.room_id,
-                        seq: m.seq,
-                        sender_id: m.sender_id,
-                        msg_type: m.msg_type,
-                        content: m.content,
-                        client_msg_id: m.client_msg_id,
-                        created_at_ms: m.created_at_ms,
-                    }),
+                    message: Arc::new(PushMessage::from(m)),
                     targets: targets.clone(),
                 });
             }

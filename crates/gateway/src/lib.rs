@@ -21,7 +21,7 @@ use bus::{GatewayId, GatewayRegistration, Instances, Routes};
 use kit::auth::Auth;
 use kit::http::{Check, Ready};
 use kit::{ApiError, Query};
-use proto::frame::{ChatPayload, ServerFrame};
+use proto::frame::ServerFrame;
 use proto::stream::PushEntry;
 use serde::{Deserialize, Serialize};
 use store::Store;
@@ -233,20 +233,7 @@ impl GatewayState {
                 message: m,
                 targets,
             } => {
-                let text: Utf8Bytes = ServerFrame::Chat {
-                    id: m.id,
-                    room_id: m.room_id,
-                    sender_id: m.sender_id,
-                    seq: m.seq,
-                    payload: ChatPayload {
-                        content: m.content.clone(),
-                        timestamp: kit::rfc3339_ms(m.created_at_ms),
-                        msg_type: m.msg_type,
-                    },
-                    client_msg_id: m.client_msg_id.clone(),
-                }
-                .to_json()
-                .into();
+                let text = conn::chat_text(&m);
                 let item = Outbound::Chat(Arc::new(hub::ChatOut {
                     room: m.room_id,
                     seq: m.seq,

@@ -41,16 +41,7 @@ fn shutting_down() -> ApiError {
 }
 
 fn push_message(m: &store::Message) -> Arc<PushMessage> {
-    Arc::new(PushMessage {
-        id: m.id,
-        room_id: m.room_id,
-        seq: m.seq,
-        sender_id: m.sender_id,
-        msg_type: m.msg_type,
-        content: m.content.clone(),
-        client_msg_id: m.client_msg_id.clone(),
-        created_at_ms: m.created_at_ms,
-    })
+    Arc::new(m.clone().into())
 }
 
 /// Starts the committer. It stops once every [`CommitHandle`] is dropped and its queue is drained;

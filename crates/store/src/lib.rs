@@ -102,6 +102,21 @@ pub struct Message {
     pub created_at_ms: i64,
 }
 
+impl From<Message> for proto::stream::PushMessage {
+    fn from(m: Message) -> Self {
+        Self {
+            id: m.id,
+            room_id: m.room_id,
+            seq: m.seq,
+            sender_id: m.sender_id,
+            msg_type: m.msg_type,
+            content: m.content,
+            client_msg_id: m.client_msg_id,
+            created_at_ms: m.created_at_ms,
+        }
+    }
+}
+
 /// What became of one message of an appended batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
