@@ -15,7 +15,9 @@ use proto::api::GatewayView;
 use proto::stream::PushEntry;
 use tokio::sync::mpsc;
 
-use crate::{BusError, GatewayId, GatewayRegistration, Instances, PushBus, Routes};
+use crate::{
+    BusError, GatewayId, GatewayRegistration, Instances, PushBus, Routes, SendRegistration,
+};
 
 /// Gateway streams as bounded channels.
 #[derive(Debug, Default)]
@@ -107,11 +109,12 @@ struct Live {
     seen: Instant,
 }
 
-/// Registered gateways; an instance that misses heartbeats for `ttl` is dropped.
+/// Registered gateways and Send instances; one that misses heartbeats for `ttl` is dropped.
 #[derive(Debug)]
 pub struct InProcInstances {
     ttl: Duration,
     gateways: Mutex<HashMap<GatewayId, Live>>,
+    sends: Mutex<HashMap<String, (SendRegistration, Instant)>>,
 }
 
 impl InProcInstances {
@@ -119,6 +122,7 @@ impl InProcInstances {
         Self {
             ttl,
             gateways: Mutex::new(HashMap::new()),
+            sends: Mutex::new(HashMap::new()),
         }
     }
 
@@ -141,8 +145,57 @@ fn view(l: &Live) -> GatewayView {
     }
 }
 
+fn send_view(r: &SendRegistration) -> proto::api::SendView {
+    proto::api::SendView {
+        instance_id: r.instance_id.clone(),
+        address: r.address.clone(),
+        port: r.port,
+        url: format!("http://{}:{}", r.address, r.port),
+    }
+}
+
+impl InProcInstances {
+    fn sends(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SendRegistration, Instant)>> {
+        self.sends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[async_trait]
 impl Instances for InProcInstances {
+    async fn register_send(&self, reg: SendRegistration) -> Result<(), BusError> {
+        self.sends()
+            .insert(reg.instance_id.clone(), (reg, Instant::now()));
+        Ok(())
+    }
+
+    async fn heartbeat_send(&self, instance: &str) -> Result<(), BusError> {
+        let ttl = self.ttl;
+        let mut sends = self.sends();
+        match sends.get_mut(instance) {
+            Some((_, seen)) if seen.elapsed() <= ttl => {
+                *seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(BusError::NotRegistered(instance.to_owned())),
+        }
+    }
+
+    async fn deregister_send(&self, instance: &str) -> Result<(), BusError> {
+        self.sends().remove(instance);
+        Ok(())
+    }
+
+    async fn live_sends(&self) -> Result<Vec<proto::api::SendView>, BusError> {
+        let ttl = self.ttl;
+        let mut sends = self.sends();
+        sends.retain(|_, (_, seen)| seen.elapsed() <= ttl);
+        let mut out: Vec<_> = sends.values().map(|(r, _)| send_view(r)).collect();
+        out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        Ok(out)
+    }
+
     async fn register_gateway(&self, reg: GatewayRegistration) -> Result<(), BusError> {
         self.lock().insert(
             reg.gateway_id.clone(),

@@ -26,6 +26,9 @@ pub enum BusError {
     /// No live stream for that gateway (it stopped or never existed).
     #[error("gateway {0} has no stream")]
     NoSuchGateway(String),
+    /// The instance is not registered (it expired): register again.
+    #[error("{0} is not registered")]
+    NotRegistered(String),
     /// The backend (Redis) cannot be reached.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
@@ -74,9 +77,25 @@ pub struct GatewayRegistration {
     pub max_connections: u64,
 }
 
+/// What a Send instance registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRegistration {
+    pub instance_id: String,
+    pub address: String,
+    pub port: u16,
+}
+
 /// Live service instances and their load.
 #[async_trait]
 pub trait Instances: Send + Sync {
+    async fn register_send(&self, reg: SendRegistration) -> Result<(), BusError>;
+    /// Refreshes a Send instance's liveness; fails with [`BusError::NotRegistered`] when it
+    /// expired (register again).
+    async fn heartbeat_send(&self, instance: &str) -> Result<(), BusError>;
+    async fn deregister_send(&self, instance: &str) -> Result<(), BusError>;
+    /// Live Send instances, by id.
+    async fn live_sends(&self) -> Result<Vec<proto::api::SendView>, BusError>;
+
     async fn register_gateway(&self, reg: GatewayRegistration) -> Result<(), BusError>;
     /// Refreshes `gateway`'s liveness with its current connection count.
     async fn heartbeat_gateway(&self, gateway: &str, connections: u64) -> Result<(), BusError>;

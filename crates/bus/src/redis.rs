@@ -119,6 +119,14 @@ impl RedisBus {
         format!("{}:{{gw}}:ranking", self.s.prefix)
     }
 
+    fn send_info_key(&self, instance: &str) -> String {
+        format!("{}:{{send}}:info:{instance}", self.s.prefix)
+    }
+
+    fn sends_key(&self) -> String {
+        format!("{}:{{send}}:instances", self.s.prefix)
+    }
+
     fn known_key(&self) -> String {
         format!("{}:{{gw}}:known", self.s.prefix)
     }
@@ -483,8 +491,88 @@ impl Info {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SendInfo {
+    address: String,
+    port: u16,
+}
+
 #[async_trait]
 impl Instances for RedisBus {
+    async fn register_send(&self, reg: crate::SendRegistration) -> Result<(), BusError> {
+        let info = SendInfo {
+            address: reg.address,
+            port: reg.port,
+        };
+        let json =
+            serde_json::to_string(&info).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .pset_ex(
+                self.send_info_key(&reg.instance_id),
+                json,
+                ms(self.s.gateway_ttl) as u64,
+            )
+            .ignore()
+            .sadd(self.sends_key(), &reg.instance_id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn heartbeat_send(&self, instance: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        let refreshed: bool = c
+            .pexpire(self.send_info_key(instance), ms(self.s.gateway_ttl))
+            .await
+            .map_err(unavailable)?;
+        if refreshed {
+            Ok(())
+        } else {
+            Err(BusError::NotRegistered(instance.to_owned()))
+        }
+    }
+
+    async fn deregister_send(&self, instance: &str) -> Result<(), BusError> {
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .del(self.send_info_key(instance))
+            .ignore()
+            .srem(self.sends_key(), instance)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn live_sends(&self) -> Result<Vec<proto::api::SendView>, BusError> {
+        let mut c = self.conn.clone();
+        let mut ids: Vec<String> = c.smembers(self.sends_key()).await.map_err(unavailable)?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|i| self.send_info_key(i)).collect();
+        let infos: Vec<Option<String>> = c.mget(&keys).await.map_err(unavailable)?;
+        let mut live = Vec::new();
+        for (id, info) in ids.iter().zip(infos) {
+            match info.and_then(|i| serde_json::from_str::<SendInfo>(&i).ok()) {
+                Some(i) => live.push(proto::api::SendView {
+                    instance_id: id.clone(),
+                    url: format!("http://{}:{}", i.address, i.port),
+                    address: i.address,
+                    port: i.port,
+                }),
+                None => {
+                    // Expired: prune it.
+                    let _: i64 = c.srem(self.sends_key(), id).await.map_err(unavailable)?;
+                }
+            }
+        }
+        Ok(live)
+    }
+
     async fn register_gateway(&self, reg: GatewayRegistration) -> Result<(), BusError> {
         let info = Info {
             address: reg.address,

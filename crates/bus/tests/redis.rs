@@ -244,3 +244,36 @@ async fn placements_count_in_the_load_until_the_next_heartbeat() {
     b.heartbeat_gateway("b", 0).await.expect("heartbeat");
     assert_eq!(first(b.live_gateways().await.expect("live")), "b");
 }
+
+#[tokio::test]
+async fn send_instances_register_heartbeat_and_expire() {
+    let b = bus_with(Duration::from_millis(300), Duration::from_secs(60)).await;
+    let reg = |id: &str, port| bus::SendRegistration {
+        instance_id: id.into(),
+        address: "127.0.0.1".into(),
+        port,
+    };
+    b.register_send(reg("send-1", 8081))
+        .await
+        .expect("register");
+    b.register_send(reg("send-2", 8181))
+        .await
+        .expect("register");
+    let live = b.live_sends().await.expect("live");
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[1].url, "http://127.0.0.1:8181");
+    b.deregister_send("send-2").await.expect("deregister");
+    assert_eq!(b.live_sends().await.expect("live").len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.live_sends().await.expect("live").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "send instance never expired"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        b.heartbeat_send("send-1").await.is_err(),
+        "expired: register again"
+    );
+}

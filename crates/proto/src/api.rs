@@ -217,6 +217,23 @@ pub struct GatewayView {
     pub max_connections: u64,
 }
 
+/// A live Send instance (`GET /registry/send/instances`, `GET /registry/send/available`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendView {
+    pub instance_id: String,
+    pub address: String,
+    pub port: u16,
+    /// `http://address:port`.
+    pub url: String,
+}
+
+/// Reply of `GET /registry/send/instances`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendInstancesReply {
+    pub instances: Vec<SendView>,
+    pub count: usize,
+}
+
 /// Reply of `GET /registry/gateway/instances`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstancesReply {

@@ -13,7 +13,7 @@ use bus::{Instances, Routes};
 use kit::http::{Check, Ready};
 use kit::{ApiError, ApiResult, Query, ok};
 use proto::UserId;
-use proto::api::{GatewayView, InstancesReply};
+use proto::api::{GatewayView, InstancesReply, SendInstancesReply, SendView};
 use serde::{Deserialize, Serialize};
 
 /// Registry's settings (the `registry:` block).
@@ -66,6 +66,8 @@ pub fn router(state: RegistryState) -> Router {
     let api = Router::new()
         .route("/registry/gateway/available", get(available))
         .route("/registry/gateway/instances", get(instances))
+        .route("/registry/send/instances", get(send_instances))
+        .route("/registry/send/available", get(send_available))
         .route("/health", get(health))
         .with_state(state);
     kit::http::finish(
@@ -127,6 +129,27 @@ async fn instances(State(s): State<RegistryState>) -> ApiResult<InstancesReply> 
         count: gateways.len(),
         gateways,
     }))
+}
+
+async fn send_instances(State(s): State<RegistryState>) -> ApiResult<SendInstancesReply> {
+    let instances = s.instances.live_sends().await.map_err(bus_err)?;
+    Ok(ok(SendInstancesReply {
+        count: instances.len(),
+        instances,
+    }))
+}
+
+/// A live Send instance, spreading callers over them.
+async fn send_available(State(s): State<RegistryState>) -> ApiResult<SendView> {
+    let mut live = s.instances.live_sends().await.map_err(bus_err)?;
+    if live.is_empty() {
+        return Err(ApiError::unavailable(
+            "no_send_instance",
+            "no send instance is available; retry later",
+        ));
+    }
+    let pick = rand::random_range(0..live.len());
+    Ok(ok(live.swap_remove(pick)))
 }
 
 async fn health(State(s): State<RegistryState>) -> Response {

@@ -25,6 +25,28 @@ use store::{Appended, Rejected, Store, StoreError};
 pub mod commit;
 pub mod fanout;
 
+/// Keeps this Send instance registered: a heartbeat every `interval` (registering again when
+/// it expired, e.g. after a registry or Redis restart) until `stop`.
+pub async fn heartbeat(
+    instances: Arc<dyn bus::Instances>,
+    reg: bus::SendRegistration,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if instances.heartbeat_send(&reg.instance_id).await.is_err()
+            && let Err(e) = instances.register_send(reg.clone()).await
+        {
+            tracing::warn!(error = %e, "send heartbeat and re-registration failed");
+        }
+    }
+}
+
 /// Send's settings (the `send:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +70,12 @@ pub struct Config {
     /// Distributed mode: seconds a user's route stays in the local cache; connect/disconnect
     /// events drop it sooner.
     pub route_cache_ttl_secs: u64,
+    /// Instance id in the registry (default `send-<machine_id>`).
+    pub name: Option<String>,
+    /// Address the registry advertises (default: the bind address).
+    pub address: Option<String>,
+    /// Seconds between heartbeats to the registry.
+    pub heartbeat_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -62,6 +90,9 @@ impl Default for Config {
             fanout_queue: 4096,
             history_max_limit: 200,
             route_cache_ttl_secs: 10,
+            name: None,
+            address: None,
+            heartbeat_interval_secs: 5,
         }
     }
 }

@@ -297,6 +297,14 @@ impl AllConfig {
         if self.dispatcher.is_some() {
             return Err(refuse("dispatcher", service));
         }
+        if roles.send {
+            if let Some(n) = self.name.take() {
+                self.send.name = Some(n);
+            }
+            if let Some(a) = self.address.take() {
+                self.send.address = Some(a);
+            }
+        }
         if self.address.is_some() {
             return Err(refuse("address", service));
         }
@@ -555,6 +563,8 @@ pub struct Running {
     pipeline: Vec<JoinHandle<()>>,
     /// Tasks with no state to drain (event watchers), aborted at shutdown.
     background: Vec<JoinHandle<()>>,
+    /// This process's Send instance, deregistered at the end of shutdown.
+    send_registration: Option<String>,
     shared: Shared,
     gateway_part: Option<GatewayPart>,
     db: Option<Db>,
@@ -612,6 +622,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         http: Vec::new(),
         pipeline: Vec::new(),
         background: Vec::new(),
+        send_registration: None,
         shared,
         gateway_part: None,
         db: db.clone(),
@@ -656,6 +667,32 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     }
     if let Some(l) = send_l {
         let store = store.clone().ok_or_else(|| need("database"))?;
+        let addr = l.local_addr()?;
+        let reg = bus::SendRegistration {
+            instance_id: cfg
+                .send
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("send-{}", cfg.send.machine_id)),
+            address: cfg
+                .send
+                .address
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string()),
+            port: addr.port(),
+        };
+        let instances = running.shared.instances();
+        instances
+            .register_send(reg.clone())
+            .await
+            .context("registering the send instance")?;
+        running.send_registration = Some(reg.instance_id.clone());
+        running.background.push(tokio::spawn(send::heartbeat(
+            instances,
+            reg,
+            Duration::from_secs(cfg.send.heartbeat_interval_secs.max(1)),
+            stop.clone(),
+        )));
         let routes: Arc<dyn bus::Routes> = match &running.shared {
             Shared::Redis(r) => {
                 let cached = bus::CachedRoutes::new(
@@ -761,6 +798,11 @@ impl Running {
         }
         for h in self.background {
             h.abort();
+        }
+        if let Some(id) = &self.send_registration
+            && let Err(e) = self.shared.instances().deregister_send(id).await
+        {
+            tracing::warn!(error = %e, "send deregistration failed; the registry will expire it");
         }
         if let Some(db) = self.db {
             db.close().await;

@@ -334,3 +334,24 @@ async fn health_turns_503_while_redis_is_down_and_recovers_by_itself() {
     app.shutdown().await;
     backends.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_lists_live_send_instances() {
+    let c = Cluster::spawn().await;
+    let api = c.api(0, 0);
+    let listed: testkit::proto::api::SendInstancesReply = api
+        .get(testkit::Service::Registry, "/registry/send/instances", None)
+        .await
+        .data();
+    let ports: Vec<u16> = listed.instances.iter().map(|i| i.port).collect();
+    assert_eq!(listed.count, 2);
+    for addr in &c.send_addrs {
+        assert!(ports.contains(&addr.port()), "{ports:?} lists {addr}");
+    }
+    let pick: testkit::proto::api::SendView = api
+        .get(testkit::Service::Registry, "/registry/send/available", None)
+        .await
+        .data();
+    assert!(c.send_addrs.iter().any(|a| a.port() == pick.port));
+    c.shutdown().await;
+}
