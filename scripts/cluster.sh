@@ -24,6 +24,7 @@ SERVICES=("registry registry 8084" "meta meta 8080" "send-1 send 8081" "send-2 s
 
 env_for() {
   echo "RUSTSTACKER_JWT__SECRET=$(cat "$DIR/jwt_secret")" \
+       "RUSTSTACKER_INTERNAL_TOKEN=$(cat "$DIR/internal_token")" \
        "RUSTSTACKER_MYSQL__DBNAME=$DB" "RUSTSTACKER_REDIS__PREFIX=$PREFIX"
 }
 
@@ -35,6 +36,7 @@ up() {
   [ -x "$BIN" ] || cargo build --release -p server --bin ruststacker
   mkdir -p "$DIR"
   [ -s "$DIR/jwt_secret" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/jwt_secret")
+  [ -s "$DIR/internal_token" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/internal_token")
   # shellcheck disable=SC2046
   env $(env_for) "$BIN" migrate --config config/cluster/meta.yaml
   for s in "${SERVICES[@]}"; do

@@ -118,6 +118,31 @@ fn invalid_token() -> ApiError {
     ApiError::unauthorized("invalid_token", "the token is invalid")
 }
 
+/// The header that carries the internal token between services.
+pub const INTERNAL_TOKEN_HEADER: &str = "x-internal-token";
+
+/// Checks the internal token of a service-to-service call: 401 unless `X-Internal-Token` equals
+/// `expected` (compared in constant time). With no token configured every call is refused.
+pub fn check_internal(headers: &HeaderMap, expected: Option<&str>) -> Result<(), ApiError> {
+    let refuse = || {
+        ApiError::unauthorized(
+            "invalid_internal_token",
+            "this internal endpoint needs the X-Internal-Token header from the configuration",
+        )
+    };
+    let expected = expected.ok_or_else(refuse)?;
+    let given = headers
+        .get(INTERNAL_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(refuse)?;
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+    if diff == 0 { Ok(()) } else { Err(refuse()) }
+}
+
 /// The token of an `Authorization: Bearer <token>` header, `None` when there is no header.
 pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
@@ -207,6 +232,25 @@ mod tests {
         )
         .expect("encode");
         assert_eq!(auth().verify(&t).unwrap_err().error, "invalid_token");
+    }
+
+    #[test]
+    fn internal_tokens_must_match_exactly() {
+        let mut h = HeaderMap::new();
+        let token = "t".repeat(40);
+        assert!(check_internal(&h, Some(&token)).is_err());
+        h.insert(INTERNAL_TOKEN_HEADER, token.parse().expect("header"));
+        assert!(check_internal(&h, Some(&token)).is_ok());
+        assert!(
+            check_internal(&h, None).is_err(),
+            "no configured token refuses all"
+        );
+        assert!(check_internal(&h, Some(&"t".repeat(41))).is_err());
+        h.insert(
+            INTERNAL_TOKEN_HEADER,
+            "t".repeat(39).parse().expect("header"),
+        );
+        assert!(check_internal(&h, Some(&token)).is_err());
     }
 
     #[test]

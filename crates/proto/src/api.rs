@@ -217,6 +217,62 @@ pub struct GatewayView {
     pub max_connections: u64,
 }
 
+/// `POST /registry/gateway/register` (internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterGatewayRequest {
+    pub gateway_id: String,
+    pub address: String,
+    pub port: u16,
+    pub max_connections: u64,
+}
+
+/// `POST /registry/gateway/heartbeat` (internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayHeartbeatRequest {
+    pub gateway_id: String,
+    pub connections: u64,
+}
+
+/// `POST /registry/send/register` (internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterSendRequest {
+    pub instance_id: String,
+    pub address: String,
+    pub port: u16,
+}
+
+/// `POST /registry/send/heartbeat` (internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendHeartbeatRequest {
+    pub instance_id: String,
+}
+
+/// `POST /registry/user/connect` and `/registry/user/disconnect` (internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRouteRequest {
+    pub user_id: UserId,
+    pub gateway_id: String,
+}
+
+/// `POST /registry/user/routes/batch` (internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutesBatchRequest {
+    pub user_ids: Vec<UserId>,
+}
+
+/// Where one user is connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRoute {
+    pub user_id: UserId,
+    pub gateway_ids: Vec<String>,
+}
+
+/// Reply of `POST /registry/user/routes/batch`: users with no live route are left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutesBatchReply {
+    pub routes: Vec<UserRoute>,
+}
+
 /// A live Send instance (`GET /registry/send/instances`, `GET /registry/send/available`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendView {

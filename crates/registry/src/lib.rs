@@ -7,13 +7,21 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
+use axum::routing::{delete, post};
+use bus::{GatewayRegistration, SendRegistration};
 use bus::{Instances, Routes};
 use kit::http::{Check, Ready};
 use kit::{ApiError, ApiResult, Query, ok};
+use kit::{Json, Path};
 use proto::UserId;
-use proto::api::{GatewayView, InstancesReply, SendInstancesReply, SendView};
+use proto::api::{
+    GatewayHeartbeatRequest, GatewayView, InstancesReply, RegisterGatewayRequest,
+    RegisterSendRequest, RoutesBatchReply, RoutesBatchRequest, SendHeartbeatRequest,
+    SendInstancesReply, SendView, UserRoute, UserRouteRequest,
+};
 use serde::{Deserialize, Serialize};
 
 /// Registry's settings (the `registry:` block).
@@ -48,16 +56,28 @@ impl Default for Config {
 pub struct RegistryState {
     instances: Arc<dyn Instances>,
     routes: Arc<dyn Routes>,
+    internal_token: Option<Arc<str>>,
     ready: Ready,
 }
 
 impl RegistryState {
-    pub fn new(instances: Arc<dyn Instances>, routes: Arc<dyn Routes>, ready: Ready) -> Self {
+    /// `internal_token` guards the write and route endpoints; without one they refuse every call.
+    pub fn new(
+        instances: Arc<dyn Instances>,
+        routes: Arc<dyn Routes>,
+        internal_token: Option<String>,
+        ready: Ready,
+    ) -> Self {
         Self {
             instances,
             routes,
+            internal_token: internal_token.map(Into::into),
             ready,
         }
+    }
+
+    fn internal(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        kit::auth::check_internal(headers, self.internal_token.as_deref())
     }
 }
 
@@ -68,6 +88,16 @@ pub fn router(state: RegistryState) -> Router {
         .route("/registry/gateway/instances", get(instances))
         .route("/registry/send/instances", get(send_instances))
         .route("/registry/send/available", get(send_available))
+        // Internal: writes and route lookups, for services and tools that speak HTTP.
+        .route("/registry/gateway/register", post(register_gateway))
+        .route("/registry/gateway/heartbeat", post(heartbeat_gateway))
+        .route("/registry/gateway/{gateway_id}", delete(deregister_gateway))
+        .route("/registry/send/register", post(register_send))
+        .route("/registry/send/heartbeat", post(heartbeat_send))
+        .route("/registry/send/{instance_id}", delete(deregister_send))
+        .route("/registry/user/connect", post(user_connect))
+        .route("/registry/user/disconnect", post(user_disconnect))
+        .route("/registry/user/routes/batch", post(routes_batch))
         .route("/health", get(health))
         .with_state(state);
     kit::http::finish(
@@ -150,6 +180,197 @@ async fn send_available(State(s): State<RegistryState>) -> ApiResult<SendView> {
     }
     let pick = rand::random_range(0..live.len());
     Ok(ok(live.swap_remove(pick)))
+}
+
+fn not_registered(e: bus::BusError) -> ApiError {
+    match e {
+        bus::BusError::NoSuchGateway(_) | bus::BusError::NotRegistered(_) => ApiError::not_found(
+            "not_registered",
+            "not registered (or expired): register again",
+        ),
+        other => bus_err(other),
+    }
+}
+
+fn valid_id(id: &str, what: &'static str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_instance_id",
+            format!("{what} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+async fn register_gateway(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<RegisterGatewayRequest>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    valid_id(&r.gateway_id, "gateway_id")?;
+    if r.port == 0 || r.max_connections == 0 || r.address.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "address, port and max_connections must be set",
+        ));
+    }
+    s.instances
+        .register_gateway(GatewayRegistration {
+            gateway_id: r.gateway_id.into(),
+            address: r.address,
+            port: r.port,
+            max_connections: r.max_connections,
+        })
+        .await
+        .map_err(bus_err)?;
+    Ok(ok(()))
+}
+
+async fn heartbeat_gateway(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<GatewayHeartbeatRequest>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    s.instances
+        .heartbeat_gateway(&r.gateway_id, r.connections)
+        .await
+        .map_err(not_registered)?;
+    Ok(ok(()))
+}
+
+async fn deregister_gateway(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    s.instances.deregister_gateway(&id).await.map_err(bus_err)?;
+    Ok(ok(()))
+}
+
+async fn register_send(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<RegisterSendRequest>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    valid_id(&r.instance_id, "instance_id")?;
+    if r.port == 0 || r.address.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "address and port must be set",
+        ));
+    }
+    s.instances
+        .register_send(SendRegistration {
+            instance_id: r.instance_id,
+            address: r.address,
+            port: r.port,
+        })
+        .await
+        .map_err(bus_err)?;
+    Ok(ok(()))
+}
+
+async fn heartbeat_send(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<SendHeartbeatRequest>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    s.instances
+        .heartbeat_send(&r.instance_id)
+        .await
+        .map_err(not_registered)?;
+    Ok(ok(()))
+}
+
+async fn deregister_send(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    s.instances.deregister_send(&id).await.map_err(bus_err)?;
+    Ok(ok(()))
+}
+
+async fn user_route(
+    s: &RegistryState,
+    headers: &HeaderMap,
+    r: UserRouteRequest,
+    connected: bool,
+) -> ApiResult<()> {
+    s.internal(headers)?;
+    valid_id(&r.gateway_id, "gateway_id")?;
+    let gateway: bus::GatewayId = r.gateway_id.into();
+    let done = if connected {
+        s.routes.connected(r.user_id, &gateway).await
+    } else {
+        s.routes.disconnected(r.user_id, &gateway).await
+    };
+    done.map_err(bus_err)?;
+    Ok(ok(()))
+}
+
+async fn user_connect(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<UserRouteRequest>,
+) -> ApiResult<()> {
+    user_route(&s, &headers, r, true).await
+}
+
+async fn user_disconnect(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<UserRouteRequest>,
+) -> ApiResult<()> {
+    user_route(&s, &headers, r, false).await
+}
+
+/// Most users one batch may ask about.
+const MAX_BATCH: usize = 1000;
+
+async fn routes_batch(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<RoutesBatchRequest>,
+) -> ApiResult<RoutesBatchReply> {
+    s.internal(&headers)?;
+    if r.user_ids.is_empty() || r.user_ids.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            format!("user_ids must hold 1-{MAX_BATCH} ids"),
+        ));
+    }
+    let located = s.routes.locate(&r.user_ids).await.map_err(bus_err)?;
+    let mut by_user: std::collections::BTreeMap<UserId, Vec<String>> = Default::default();
+    for (gateway, users) in located {
+        for u in users {
+            by_user.entry(u).or_default().push(gateway.to_string());
+        }
+    }
+    Ok(ok(RoutesBatchReply {
+        routes: by_user
+            .into_iter()
+            .map(|(user_id, mut gateway_ids)| {
+                gateway_ids.sort();
+                UserRoute {
+                    user_id,
+                    gateway_ids,
+                }
+            })
+            .collect(),
+    }))
 }
 
 async fn health(State(s): State<RegistryState>) -> Response {

@@ -84,6 +84,10 @@ pub struct AllConfig {
     pub redis: Option<RedisConfig>,
     /// Seconds a room's member list may be served from the local cache without a change notice.
     pub member_cache_ttl_secs: u64,
+    /// Shared secret (at least 32 bytes) of the internal endpoints between services (the
+    /// registry's writes and route lookups), sent as `X-Internal-Token`. Unset: those endpoints
+    /// refuse every call.
+    pub internal_token: Option<String>,
     /// The seed's per-service keys, for a file that configures one service (`config.gateway.yaml`
     /// style): they apply to the service being started — see [`AllConfig::for_role`].
     pub name: Option<String>,
@@ -214,6 +218,7 @@ impl Default for AllConfig {
             mysql: None,
             redis: None,
             member_cache_ttl_secs: 300,
+            internal_token: None,
             name: None,
             port: None,
             address: None,
@@ -582,6 +587,11 @@ pub async fn start_all(cfg: AllConfig) -> anyhow::Result<Running> {
 pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     kit::telemetry::init_metrics();
     let cfg = cfg.for_role(roles)?;
+    if let Some(t) = &cfg.internal_token
+        && (t.len() < MIN_SECRET_LEN || t == EXAMPLE_SECRET)
+    {
+        bail!("internal_token must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    }
     if roles != Roles::ALL && (cfg.mysql.is_none() && roles.needs_database() || cfg.redis.is_none())
     {
         bail!("a single service needs the mysql: and redis: blocks (only `all` runs embedded)");
@@ -748,6 +758,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         let state = registry::RegistryState::new(
             running.shared.instances(),
             running.shared.routes(),
+            cfg.internal_token.clone(),
             ready.clone(),
         );
         running

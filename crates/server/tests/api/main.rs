@@ -10,12 +10,14 @@
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
 //! - `restart`: a graceful restart on the same data keeps everything.
 //! - `ops`: health, ping, metrics and the registry.
+//! - `internal`: the registry's internal endpoints and the internal token.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
 
 mod accounts;
 mod cluster;
 mod delivery;
 mod errors;
+mod internal;
 mod messages;
 mod ops;
 mod restart;
