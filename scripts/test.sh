@@ -29,3 +29,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# The distributed deployment as separate processes (scripts/cluster.sh), checked end to end.
+scripts/cluster-smoke.sh

@@ -142,10 +142,20 @@ async fn available(
     {
         return Ok(ok(g.clone()));
     }
-    // Least loaded first.
-    let pick = live.into_iter().find(has_room).ok_or_else(|| {
-        ApiError::unavailable("no_gateway", "no gateway is available; retry later")
-    })?;
+    // The least loaded; among equally loaded ones a random one, so concurrent requests that all
+    // read the same ranking (before any of their placements counted) still spread.
+    let mut open: Vec<GatewayView> = live.into_iter().filter(has_room).collect();
+    let Some(least) = open.first().map(|g| g.load) else {
+        return Err(ApiError::unavailable(
+            "no_gateway",
+            "no gateway is available; retry later",
+        ));
+    };
+    let tied = open
+        .iter()
+        .take_while(|g| g.load - least <= f64::EPSILON)
+        .count();
+    let pick = open.swap_remove(rand::random_range(0..tied));
     s.instances
         .placed(&pick.gateway_id)
         .await

@@ -355,3 +355,23 @@ async fn the_registry_lists_live_send_instances() {
     assert!(c.send_addrs.iter().any(|a| a.port() == pick.port));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_placed_between_heartbeats_spread_evenly() {
+    // No heartbeat during the test: it would reset the placements mid-way.
+    let c = Cluster::spawn_with(|cfg| {
+        cfg.gateway.heartbeat_interval_secs = 600;
+        cfg.registry.gateway_heartbeat_timeout = 1200;
+    })
+    .await;
+    let api = c.api(0, 0);
+    let mut count = std::collections::HashMap::<String, usize>::new();
+    // No one connects; only the placements tell the gateways apart.
+    for user_id in 1_000..1_010 {
+        let pick: GatewayView = api.gateway_available(user_id).await.data();
+        *count.entry(pick.gateway_id).or_default() += 1;
+    }
+    assert_eq!(count.len(), 2, "{count:?}");
+    assert!(count.values().all(|n| *n == 5), "{count:?}");
+    c.shutdown().await;
+}
