@@ -161,11 +161,12 @@ impl RedisBus {
             .await
             .map_err(unavailable)?;
         let mut stream = RedisStream {
+            client: self.client.clone(),
             conn,
             key: self.stream_key(gateway),
             consumer: gateway.to_owned(),
         };
-        stream.create_group().await?;
+        stream.create_group("$").await?;
         Ok(stream)
     }
 
@@ -682,6 +683,7 @@ impl Instances for RedisBus {
 
 /// A gateway's end of its push stream.
 pub struct RedisStream {
+    client: redis::Client,
     conn: MultiplexedConnection,
     key: String,
     consumer: String,
@@ -696,12 +698,15 @@ impl std::fmt::Debug for RedisStream {
 }
 
 impl RedisStream {
-    async fn create_group(&mut self) -> Result<(), BusError> {
+    /// Creates the consumer group, starting at new entries (`$`) on first start, or at the
+    /// beginning (`0`) when Redis lost it (a restart keeps nothing here): everything in the stream
+    /// then was appended after the restart and is still to be delivered.
+    async fn create_group(&mut self, from: &str) -> Result<(), BusError> {
         let created: redis::RedisResult<String> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.key)
             .arg(GROUP)
-            .arg("$")
+            .arg(from)
             .arg("MKSTREAM")
             .query_async(&mut self.conn)
             .await;
@@ -748,11 +753,14 @@ impl RedisStream {
         if let Some(b) = block {
             opts = opts.block(ms(b) as usize);
         }
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[&self.key], &[from], &opts)
-            .await
-            .map_err(unavailable)?;
+        let reply: Option<StreamReadReply> =
+            match self.conn.xread_options(&[&self.key], &[from], &opts).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.recover(&e).await;
+                    return Err(unavailable(e));
+                }
+            };
         Ok(reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -762,6 +770,40 @@ impl RedisStream {
                 (id.id, entry)
             })
             .collect())
+    }
+
+    /// After a failed read: a lost group (Redis restarted) is created again, and a dead
+    /// connection replaced (a multiplexed connection does not reconnect by itself). The caller
+    /// retries the read.
+    async fn recover(&mut self, e: &redis::RedisError) {
+        if e.code() == Some("NOGROUP") {
+            if let Err(e) = self.create_group("0").await {
+                tracing::warn!(error = %e, "could not recreate the consumer group");
+            }
+            return;
+        }
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(None)
+                .set_connection_timeout(Some(Duration::from_secs(1)));
+            match self
+                .client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+            {
+                Ok(conn) => {
+                    self.conn = conn;
+                    if let Err(e) = self.create_group("0").await {
+                        tracing::warn!(error = %e, "could not recreate the consumer group");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "stream reconnect failed; will retry"),
+            }
+        }
     }
 
     /// Marks entries handled.

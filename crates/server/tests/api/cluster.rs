@@ -298,6 +298,8 @@ async fn a_user_who_moves_to_the_other_gateway_gets_the_next_message_there() {
     c.shutdown().await;
 }
 
+const INTERNAL: &str = "internal-token-for-the-outage-test-0123456789";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_turns_503_while_redis_is_down_and_recovers_by_itself() {
     let mut redis = testkit::PrivateRedis::start();
@@ -306,8 +308,20 @@ async fn health_turns_503_while_redis_is_down_and_recovers_by_itself() {
     let app = testkit::TestApp::spawn_with(move |cfg| {
         cfg.mysql = Some(mysql.clone());
         cfg.redis = Some(rcfg.clone());
+        cfg.gateway.heartbeat_interval_secs = 1;
+        cfg.gateway.route_refresh_secs = 1;
+        // Only the live path may deliver the message sent after the outage.
+        cfg.gateway.catch_up_secs = 0;
+        cfg.internal_token = Some(INTERNAL.into());
     })
     .await;
+    let users = app.users(&["before", "during"]).await;
+    let room = app
+        .api
+        .create_group_ok(&users[0], "outage", &[&users[1]])
+        .await
+        .room_id;
+    let mut listener = app.ws(&users[1]).await;
     let status = |service| {
         let api = &app.api;
         async move { api.get(service, "/health", None).await.status }
@@ -330,6 +344,34 @@ async fn health_turns_503_while_redis_is_down_and_recovers_by_itself() {
             status(s).await == 200
         })
         .await;
+    }
+    // Redis came back empty: the gateway registers again, its users' routes are written again and
+    // its consumer group is recreated, so a connection that lived through the outage gets new
+    // messages live again.
+    eventually(WAIT, "the listener's route is back", || async {
+        let reply = app
+            .api
+            .request_with_header(
+                testkit::Method::POST,
+                Registry,
+                "/registry/user/routes/batch",
+                ("x-internal-token", INTERNAL),
+                testkit::Body::Json(testkit::json!({"user_ids": [users[1].id]})),
+            )
+            .await;
+        let routes: testkit::proto::api::RoutesBatchReply = reply.data();
+        !routes.routes.is_empty()
+    })
+    .await;
+    let sent = app.api.send_ok(&users[0], room, "after the outage").await;
+    loop {
+        let got = listener
+            .next_new_chat()
+            .await
+            .expect("delivered after Redis returned");
+        if got.id == sent.message_id {
+            break;
+        }
     }
     app.shutdown().await;
     backends.drop_database().await;
