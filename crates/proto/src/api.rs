@@ -167,6 +167,13 @@ pub struct SendMessageRequest {
     pub client_msg_id: Option<String>,
 }
 
+/// `POST /api/chat/resend_message`: push a stored message again (same id and `seq`; recipients
+/// that have it drop the repeat). For a sender that never got the ACK frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResendMessageRequest {
+    pub message_id: MessageId,
+}
+
 /// Reply of `POST /api/chat/send_message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendMessageReply {

@@ -22,6 +22,7 @@ struct Job {
 #[derive(Clone)]
 pub struct CommitHandle {
     tx: mpsc::Sender<Job>,
+    fanout: mpsc::Sender<Arc<PushMessage>>,
 }
 
 impl CommitHandle {
@@ -33,6 +34,11 @@ impl CommitHandle {
             .await
             .map_err(|_| shutting_down())?;
         rx.await.map_err(|_| shutting_down())?
+    }
+
+    /// Fans an already stored message out again (it keeps its id and `seq`).
+    pub async fn resend(&self, message: Arc<PushMessage>) -> Result<(), ApiError> {
+        self.fanout.send(message).await.map_err(|_| shutting_down())
     }
 }
 
@@ -53,6 +59,7 @@ pub fn spawn(
     fanout: mpsc::Sender<Arc<PushMessage>>,
 ) -> (CommitHandle, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
+    let resend = fanout.clone();
     let batch = batch.max(1);
     let task = tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(batch);
@@ -93,5 +100,5 @@ pub fn spawn(
             }
         }
     });
-    (CommitHandle { tx }, task)
+    (CommitHandle { tx, fanout: resend }, task)
 }

@@ -14,7 +14,9 @@ use axum::routing::{get, post};
 use kit::auth::{Auth, AuthUser};
 use kit::http::{Check, Ready};
 use kit::{ApiError, ApiResult, Json, Query, ok};
-use proto::api::{HistoryReply, MessageView, SendMessageReply, SendMessageRequest};
+use proto::api::{
+    HistoryReply, MessageView, ResendMessageRequest, SendMessageReply, SendMessageRequest,
+};
 use proto::error::ErrorKind;
 use proto::ids::Snowflake;
 use proto::validate::{self, ContentError};
@@ -147,6 +149,7 @@ pub fn router(state: SendState) -> Router {
     };
     let api = Router::new()
         .route("/api/chat/send_message", post(send_message))
+        .route("/api/chat/resend_message", post(resend_message))
         .route("/api/chat/history", get(history))
         .route("/health", get(health))
         .with_state(state);
@@ -244,6 +247,44 @@ async fn send_message(
         client_msg_id: m.client_msg_id,
         duplicate,
     }))
+}
+
+async fn resend_message(
+    State(s): State<SendState>,
+    me: AuthUser,
+    Json(req): Json<ResendMessageRequest>,
+) -> ApiResult<SendMessageReply> {
+    let m =
+        s.0.store
+            .message_by_id(req.message_id)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| ApiError::not_found("message_not_found", "no such message"))?;
+    if m.sender_id != me.user_id {
+        return Err(ApiError::forbidden(
+            "not_the_sender",
+            "only the message's sender may resend it",
+        ));
+    }
+    if s.0
+        .store
+        .member_role(m.room_id, me.user_id)
+        .await
+        .map_err(db)?
+        .is_none()
+    {
+        return Err(not_member());
+    }
+    let reply = SendMessageReply {
+        message_id: m.id,
+        room_id: m.room_id,
+        seq: m.seq,
+        timestamp: kit::rfc3339_ms(m.created_at_ms),
+        client_msg_id: m.client_msg_id.clone(),
+        duplicate: true,
+    };
+    s.0.committer.resend(Arc::new(m.into())).await?;
+    Ok(ok(reply))
 }
 
 #[derive(Debug, Deserialize)]

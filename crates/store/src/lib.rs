@@ -176,6 +176,8 @@ pub trait MessageStore: Send + Sync {
         after_seq: Seq,
         limit: u32,
     ) -> Result<Vec<Message>>;
+    /// One stored message by id.
+    async fn message_by_id(&self, id: MessageId) -> Result<Option<Message>>;
     /// Moves delivery cursors forward (never back): `(user, room, seq)`.
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()>;
 }

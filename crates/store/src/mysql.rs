@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use proto::api::{MessageType, Role};
-use proto::{RoomId, Seq, UserId};
+use proto::{MessageId, RoomId, Seq, UserId};
 use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Row, Transaction};
 
@@ -608,6 +608,18 @@ impl MessageStore for MySqlStore {
         rows.iter()
             .map(message_from)
             .collect::<std::result::Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn message_by_id(&self, id: MessageId) -> Result<Option<Message>> {
+        let row = sqlx::query("SELECT * FROM messages WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate)?;
+        row.as_ref()
+            .map(message_from)
+            .transpose()
             .map_err(translate)
     }
 

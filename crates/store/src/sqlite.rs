@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use proto::api::{MessageType, Role};
-use proto::{RoomId, Seq, UserId};
+use proto::{MessageId, RoomId, Seq, UserId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -416,6 +416,17 @@ impl MessageStore for SqliteStore {
         .await
         .map_err(translate)?;
         rows.iter().map(message_from).collect()
+    }
+
+    async fn message_by_id(&self, id: MessageId) -> Result<Option<Message>> {
+        sqlx::query("SELECT * FROM messages WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(translate)?
+            .as_ref()
+            .map(message_from)
+            .transpose()
     }
 
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()> {

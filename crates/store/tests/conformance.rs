@@ -240,6 +240,12 @@ async fn appends_are_sequenced_idempotent_and_checked(s: &dyn Store) {
             .last_seq,
         3
     );
+    let by_id = s.message_by_id(11).await.expect("read").expect("stored");
+    assert_eq!((by_id.seq, by_id.sender_id, by_id.room_id), (2, b, room.id));
+    assert!(
+        s.message_by_id(16).await.expect("read").is_none(),
+        "rejected, not stored"
+    );
 }
 
 async fn cursors_only_move_forward(s: &dyn Store) {

@@ -252,3 +252,57 @@ async fn content_limit_counts_bytes_and_allows_exactly_the_limit() {
     assert_eq!(history[0].id, sent.message_id);
     assert_eq!(history[0].content, at_limit);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_may_resend_and_gets_a_fresh_ack_while_recipients_see_no_repeat() {
+    let app = TestApp::spawn().await;
+    let users = app.users(&["author", "reader"]).await;
+    let (author, reader) = (&users[0], &users[1]);
+    let room = app
+        .api
+        .create_group_ok(author, "resend", &[reader])
+        .await
+        .room_id;
+    let mut author_ws = app.ws(author).await;
+    let mut reader_ws = app.ws(reader).await;
+    let sent = app.api.send_ok(author, room, "once").await;
+    assert_eq!(author_ws.next_ack().await.expect("ack").id, sent.message_id);
+    assert_eq!(
+        reader_ws.next_new_chat().await.expect("chat").id,
+        sent.message_id
+    );
+
+    let resend = |who: &testkit::TestUser, id: i64| {
+        let token = who.token.clone();
+        let api = &app.api;
+        async move {
+            api.post_json(
+                testkit::Service::Send,
+                "/api/chat/resend_message",
+                Some(&token),
+                json!({"message_id": id}),
+            )
+            .await
+        }
+    };
+    let again: SendMessageReply = resend(author, sent.message_id).await.data();
+    assert_eq!((again.message_id, again.seq), (sent.message_id, sent.seq));
+    assert!(again.duplicate, "a resend stores nothing new");
+    assert_eq!(
+        author_ws.next_ack().await.expect("a fresh ack").id,
+        sent.message_id
+    );
+    reader_ws
+        .expect_no_chat_within(std::time::Duration::from_millis(300))
+        .await
+        .expect("the reader already has it: no repeat");
+
+    resend(reader, sent.message_id)
+        .await
+        .assert_error(403, "not_the_sender");
+    resend(author, sent.message_id + 12_345)
+        .await
+        .assert_error(404, "message_not_found");
+    let history = app.api.history_all(reader, room, 0).await;
+    assert_eq!(history.len(), 1, "still one message");
+}
