@@ -2,7 +2,7 @@
 # The distributed deployment as real processes: scripts/cluster.sh up, then a fan-out through
 # both gateways and both Send instances checked by ruststacker-bench (nothing lost, duplicated
 # or reordered), then scripts/cluster.sh down. Uses a database and key prefix of its own.
-# Run by scripts/test.sh; needs ports 8080-8084, 8181, 8182 free.
+# Run by scripts/test.sh. It moves every port by an offset at which all six are free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +22,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+offset=""
+for candidate in 20000 21000 22000 23000 24000 25000; do
+  ok=1
+  for p in 8080 8081 8082 8084 8181 8182; do port_free $((p + candidate)) || ok=0; done
+  if [ $ok = 1 ]; then offset=$candidate; break; fi
+done
+[ -n "$offset" ] || { echo "no free port range for the cluster smoke" >&2; exit 1; }
+export RUSTSTACKER_CLUSTER_PORT_OFFSET=$offset
+
 scripts/cluster.sh up
 target/$profile/ruststacker-bench fanout --users 40 --messages 30 --timeout 20 \
-  --send http://127.0.0.1:8081,http://127.0.0.1:8181 --json "$RUSTSTACKER_CLUSTER_DIR/fanout.json" \
-  2>/dev/null
+  --meta http://127.0.0.1:$((8080 + offset)) --registry http://127.0.0.1:$((8084 + offset)) \
+  --send http://127.0.0.1:$((8081 + offset)),http://127.0.0.1:$((8181 + offset)) \
+  --json "$RUSTSTACKER_CLUSTER_DIR/fanout.json" 2>/dev/null
 python3 - "$RUSTSTACKER_CLUSTER_DIR/fanout.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

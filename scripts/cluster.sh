@@ -9,8 +9,9 @@
 #
 # Environment: RUSTSTACKER_CLUSTER_DIR (logs, pid files, the generated JWT secret; default
 # ./cluster), RUSTSTACKER_CLUSTER_DB (MySQL database, default ruststacker),
-# RUSTSTACKER_CLUSTER_PREFIX (Redis key prefix, default ruststacker), RUSTSTACKER_BIN (the binary;
-# default target/release/ruststacker, built when missing).
+# RUSTSTACKER_CLUSTER_PREFIX (Redis key prefix, default ruststacker), RUSTSTACKER_CLUSTER_PORT_OFFSET
+# (added to every port, default 0), RUSTSTACKER_BIN (the binary; default
+# target/release/ruststacker, built when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ DIR=${RUSTSTACKER_CLUSTER_DIR:-./cluster}
 DB=${RUSTSTACKER_CLUSTER_DB:-ruststacker}
 PREFIX=${RUSTSTACKER_CLUSTER_PREFIX:-ruststacker}
 BIN=${RUSTSTACKER_BIN:-target/release/ruststacker}
+OFFSET=${RUSTSTACKER_CLUSTER_PORT_OFFSET:-0}
 # name kind port, in start order (the registry first, as the seed says)
 SERVICES=("registry registry 8084" "meta meta 8080" "send-1 send 8081" "send-2 send 8181"
           "gateway-1 gateway 8082" "gateway-2 gateway 8182")
@@ -32,6 +34,9 @@ alive() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 
 healthy() { curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1; }
 
+# Every service is told where the registry is not by URL but through Redis; only ports move.
+port_of() { echo $(( $1 + OFFSET )); }
+
 up() {
   [ -x "$BIN" ] || cargo build --release -p server --bin ruststacker
   mkdir -p "$DIR"
@@ -41,13 +46,14 @@ up() {
   env $(env_for) "$BIN" migrate --config config/cluster/meta.yaml
   for s in "${SERVICES[@]}"; do
     set -- $s
+    set -- "$1" "$2" "$(port_of "$3")"
     if alive "$1"; then echo "$1 already running (pid $(cat "$DIR/$1.pid"))"; continue; fi
     if healthy "$3"; then
       echo "port $3 is already served by another process; stop it first (scripts/cluster.sh down?)" >&2
       exit 1
     fi
     # shellcheck disable=SC2046
-    env $(env_for) nohup "$BIN" "$2" --config "config/cluster/$1.yaml" > "$DIR/$1.log" 2>&1 &
+    env $(env_for) RUSTSTACKER_PORT="$3" nohup "$BIN" "$2" --config "config/cluster/$1.yaml" > "$DIR/$1.log" 2>&1 &
     echo $! > "$DIR/$1.pid"
     for _ in $(seq 1 100); do healthy "$3" && break; alive "$1" || break; sleep 0.1; done
     if alive "$1" && healthy "$3"; then echo "$1 up on :$3 (pid $(cat "$DIR/$1.pid"))"
@@ -72,6 +78,7 @@ down() {
 status() {
   for s in "${SERVICES[@]}"; do
     set -- $s
+    set -- "$1" "$2" "$(port_of "$3")"
     if alive "$1"; then
       if healthy "$3"; then h=healthy; else h=unhealthy; fi
       echo "$1 pid $(cat "$DIR/$1.pid") :$3 $h"
