@@ -337,7 +337,8 @@ async fn consume(state: GatewayState, mut stream: mpsc::Receiver<PushEntry>) {
 
 async fn heartbeat(state: GatewayState, stop: CancellationToken) {
     let period = Duration::from_secs(state.0.cfg.heartbeat_interval_secs.max(1));
-    let mut tick = tokio::time::interval(period);
+    // The registration just reported this gateway; the first heartbeat is one period later.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

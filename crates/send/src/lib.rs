@@ -35,7 +35,7 @@ pub async fn heartbeat(
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
