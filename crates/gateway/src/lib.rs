@@ -75,8 +75,8 @@ pub struct Config {
     /// for the missing one (Send instances fan out independently), so connections do not each
     /// fill the gap from the database (0: off).
     pub reorder_window_ms: u64,
-    /// Seconds after connect of a second resync pass that catches messages whose fan-out raced the
-    /// connection's route change (0: off).
+    /// Distributed mode: seconds after connect of a second resync pass that catches messages
+    /// whose fan-out raced the connection's route change (0: off).
     pub catch_up_secs: u64,
     /// Distributed mode: seconds between looks for dead gateways whose pending entries to reclaim.
     pub reclaim_interval_secs: u64,
@@ -135,6 +135,9 @@ pub(crate) struct Inner {
     pub(crate) cursors: Arc<cursor::CursorBook>,
     pub(crate) closing: CancellationToken,
     conns: TaskTracker,
+    /// Routes are distributed (Send instances cache them), so a connection's fan-out can race its
+    /// connect: run the catch-up resync. In one process routes change synchronously: no need.
+    pub(crate) catch_up: std::sync::atomic::AtomicBool,
     ready: Ready,
 }
 
@@ -159,6 +162,7 @@ impl GatewayState {
             cursors: Arc::default(),
             closing: CancellationToken::new(),
             conns: TaskTracker::new(),
+            catch_up: std::sync::atomic::AtomicBool::new(false),
             ready: deps.ready,
         }))
     }
@@ -189,6 +193,9 @@ impl GatewayState {
         let consumer = match stream {
             Stream::InProc(rx) => tokio::spawn(consume(self.clone(), rx)),
             Stream::Redis { stream, bus } => {
+                self.0
+                    .catch_up
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 tasks.push(tokio::spawn(distributed::reclaimer(
                     self.clone(),
                     bus.clone(),
