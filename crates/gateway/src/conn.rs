@@ -173,7 +173,8 @@ impl Writer {
                 }
             }
             Outbound::Frame(text) => Ok(self.sink.feed(Message::Text((*text).clone())).await?),
-            Outbound::ClientAck { room, seq } => {
+            Outbound::ClientAck(ack) => {
+                let (room, seq) = *ack;
                 // Only what this connection was sent can be acknowledged.
                 if let Some(last) = self.last_sent.get(&room) {
                     self.state
@@ -183,7 +184,8 @@ impl Writer {
                 }
                 Ok(())
             }
-            Outbound::Sync { room, after } => {
+            Outbound::Sync(sync) => {
+                let (room, after) = *sync;
                 if self
                     .state
                     .0
@@ -398,11 +400,12 @@ async fn read_loop(
         };
         let item = match msg {
             Message::Text(text) => match serde_json::from_str::<ClientFrame>(text.as_str()) {
-                Ok(ClientFrame::Ack { room_id, seq }) => Outbound::ClientAck { room: room_id, seq },
-                Ok(ClientFrame::Sync { room_id, after_seq }) => Outbound::Sync {
-                    room: room_id,
-                    after: after_seq,
-                },
+                Ok(ClientFrame::Ack { room_id, seq }) => {
+                    Outbound::ClientAck(Box::new((room_id, seq)))
+                }
+                Ok(ClientFrame::Sync { room_id, after_seq }) => {
+                    Outbound::Sync(Box::new((room_id, after_seq)))
+                }
                 Ok(ClientFrame::Ping {}) => Outbound::Frame(pong.clone()),
                 Err(_) => return shared.close(CLOSE_INVALID),
             },

@@ -97,7 +97,7 @@ impl Default for Config {
             send_channel_size: 1024,
             stream_capacity: 8192,
             max_frame_bytes: 64 * 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 8 * 1024,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,
