@@ -83,6 +83,39 @@ impl ApiError {
         Self::new(ErrorKind::Unavailable, error, message)
     }
 
+    /// A failed database call: 503 `database_unavailable` when the database cannot be reached
+    /// (retrying makes sense), else a 500 whose cause is logged.
+    pub fn database(unavailable: bool, cause: &dyn std::fmt::Display) -> Self {
+        if unavailable {
+            tracing::warn!(%cause, "database unavailable");
+            Self::unavailable(
+                "database_unavailable",
+                "the database is unavailable; retry later",
+            )
+        } else {
+            Self::internal(cause)
+        }
+    }
+
+    /// 404 `room_not_found` or 403 `not_a_member` unless `access` is a membership.
+    pub fn require_member(access: proto::api::Access) -> Result<proto::api::Role, Self> {
+        match access {
+            proto::api::Access::Member(role) => Ok(role),
+            proto::api::Access::NoRoom => Err(Self::room_not_found()),
+            proto::api::Access::NotMember => Err(Self::not_a_member()),
+        }
+    }
+
+    /// 404 `room_not_found`.
+    pub fn room_not_found() -> Self {
+        Self::not_found("room_not_found", "no such room")
+    }
+
+    /// 403 `not_a_member`.
+    pub fn not_a_member() -> Self {
+        Self::forbidden("not_a_member", "only members of this room may do that")
+    }
+
     /// A 500 whose cause goes to the log (inside the request span) and never to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");

@@ -108,16 +108,7 @@ pub fn router(state: MetaState) -> Router {
 }
 
 fn db(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Unavailable(_) => {
-            tracing::warn!(error = %e, "database unavailable");
-            ApiError::unavailable(
-                "database_unavailable",
-                "the database is unavailable; retry later",
-            )
-        }
-        other => ApiError::internal(&other),
-    }
+    ApiError::database(e.is_unavailable(), &e)
 }
 
 fn user_view(u: &store::User) -> UserView {
@@ -245,22 +236,7 @@ async fn create_group(
 
 /// 404 when the room does not exist, 403 when `user` is not in it.
 async fn require_member(s: &MetaState, room: RoomId, user: proto::UserId) -> Result<(), ApiError> {
-    if s.0
-        .store
-        .member_role(room, user)
-        .await
-        .map_err(db)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    if s.0.store.room(room).await.map_err(db)?.is_none() {
-        return Err(ApiError::not_found("room_not_found", "no such room"));
-    }
-    Err(ApiError::forbidden(
-        "not_a_member",
-        "only members of this room may do that",
-    ))
+    ApiError::require_member(s.0.store.access(room, user).await.map_err(db)?).map(|_| ())
 }
 
 async fn members(

@@ -98,6 +98,17 @@ impl Role {
     }
 }
 
+/// What a user is to a room, for the checks every room operation starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The room does not exist.
+    NoRoom,
+    /// The room exists and the user is not in it.
+    NotMember,
+    /// The user is in the room with this role.
+    Member(Role),
+}
+
 /// One member of a room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {

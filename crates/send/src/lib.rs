@@ -157,24 +157,7 @@ pub fn router(state: SendState) -> Router {
 }
 
 pub(crate) fn db(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Unavailable(_) => {
-            tracing::warn!(error = %e, "database unavailable");
-            ApiError::unavailable(
-                "database_unavailable",
-                "the database is unavailable; retry later",
-            )
-        }
-        other => ApiError::internal(&other),
-    }
-}
-
-fn not_found() -> ApiError {
-    ApiError::not_found("room_not_found", "no such room")
-}
-
-fn not_member() -> ApiError {
-    ApiError::forbidden("not_a_member", "only members of this room may do that")
+    ApiError::database(e.is_unavailable(), &e)
 }
 
 fn view(m: store::Message) -> MessageView {
@@ -229,8 +212,8 @@ async fn send_message(
     let (m, duplicate) = match s.0.committer.append(new).await? {
         Ok(Appended::Stored(m)) => (m, false),
         Ok(Appended::Duplicate(m)) => (m, true),
-        Err(Rejected::RoomNotFound) => return Err(not_found()),
-        Err(Rejected::NotMember) => return Err(not_member()),
+        Err(Rejected::RoomNotFound) => return Err(ApiError::room_not_found()),
+        Err(Rejected::NotMember) => return Err(ApiError::not_a_member()),
         Err(Rejected::ClientIdConflict) => {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -266,15 +249,7 @@ async fn resend_message(
             "only the message's sender may resend it",
         ));
     }
-    if s.0
-        .store
-        .member_role(m.room_id, me.user_id)
-        .await
-        .map_err(db)?
-        .is_none()
-    {
-        return Err(not_member());
-    }
+    ApiError::require_member(s.0.store.access(m.room_id, me.user_id).await.map_err(db)?)?;
     let reply = SendMessageReply {
         message_id: m.id,
         room_id: m.room_id,
@@ -308,18 +283,7 @@ async fn history(
             format!("after_seq must be >= 0 and limit between 1 and {max}"),
         ));
     }
-    if s.0
-        .store
-        .member_role(q.room_id, me.user_id)
-        .await
-        .map_err(db)?
-        .is_none()
-    {
-        return Err(match s.0.store.room(q.room_id).await.map_err(db)? {
-            None => not_found(),
-            Some(_) => not_member(),
-        });
-    }
+    ApiError::require_member(s.0.store.access(q.room_id, me.user_id).await.map_err(db)?)?;
     let mut messages =
         s.0.store
             .messages_after(q.room_id, q.after_seq, limit + 1)

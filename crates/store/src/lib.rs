@@ -7,7 +7,7 @@
 //! the batch commit together (group commit), which is what keeps a durable 200 cheap.
 
 use async_trait::async_trait;
-use proto::api::{MessageType, Role};
+use proto::api::{Access, MessageType, Role};
 use proto::{MessageId, RoomId, Seq, UserId};
 
 pub mod mysql;
@@ -28,6 +28,13 @@ pub enum StoreError {
     /// Anything else: a bug or a corrupt database.
     #[error("database error: {0}")]
     Internal(String),
+}
+
+impl StoreError {
+    /// The database could not be reached: retrying later may work.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -157,6 +164,16 @@ pub trait RoomStore: Send + Sync {
     ) -> Result<(Room, Vec<UserId>)>;
     async fn room(&self, id: RoomId) -> Result<Option<Room>>;
     async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>>;
+    /// What `user` is to `room`: a member (with the role), an outsider, or the room is unknown.
+    async fn access(&self, room: RoomId, user: UserId) -> Result<Access> {
+        if let Some(role) = self.member_role(room, user).await? {
+            return Ok(Access::Member(role));
+        }
+        Ok(match self.room(room).await? {
+            Some(_) => Access::NotMember,
+            None => Access::NoRoom,
+        })
+    }
     async fn members(&self, room: RoomId) -> Result<Vec<Member>>;
     async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>>;
     async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>>;
