@@ -419,8 +419,8 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
     )
     .await
     .context(
-        "creating the group (the server caps member_ids at meta.max_group_members, 1000 by \
-         default, so --users may be at most one more than that)",
+        "creating the group (the server caps a group at meta.max_group_members members, the \
+         owner included, 1000 by default, so --users may be at most that)",
     )?;
     let room_id = group.room_id;
 

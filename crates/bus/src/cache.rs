@@ -1,101 +1,16 @@
-//! The local (first-level) cache of room member lists, in front of the database.
-//!
-//! Membership changes call [`MemberCache::invalidate`] before they answer, so a removed member stops
-//! receiving at once. A load that raced with an invalidation is not cached: every invalidation
-//! bumps an epoch, and a loader only inserts when the epoch it started under is still current.
+//! Send's local cache of user routes.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use proto::{RoomId, UserId};
-
-/// Room -> member ids, bounded, with a TTL as a backstop.
-#[derive(Debug, Clone)]
-pub struct MemberCache {
-    cache: moka::sync::Cache<RoomId, Arc<[UserId]>>,
-    epoch: Arc<AtomicU64>,
-}
-
-impl MemberCache {
-    pub fn new(max_rooms: u64, ttl: Duration) -> Self {
-        Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_rooms)
-                .time_to_live(ttl)
-                .build(),
-            epoch: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// The members of `room`, loading them with `load` on a miss.
-    pub async fn get_or_load<F, Fut, E>(&self, room: RoomId, load: F) -> Result<Arc<[UserId]>, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<UserId>, E>>,
-    {
-        if let Some(hit) = self.cache.get(&room) {
-            metrics_hit(true);
-            return Ok(hit);
-        }
-        metrics_hit(false);
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let members: Arc<[UserId]> = load().await?.into();
-        if self.epoch.load(Ordering::Acquire) == epoch {
-            self.cache.insert(room, members.clone());
-        }
-        Ok(members)
-    }
-
-    /// Forgets `room`'s members (call after any membership change, before answering).
-    pub fn invalidate(&self, room: RoomId) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate(&room);
-    }
-}
-
-fn metrics_hit(hit: bool) {
-    let result = if hit { "hit" } else { "miss" };
-    metrics::counter!("ruststacker_member_cache_requests_total", "result" => result).increment(1);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_hit_does_not_reload_and_invalidation_does() {
-        let c = MemberCache::new(10, Duration::from_secs(60));
-        let a: Result<_, ()> = c.get_or_load(1, || async { Ok(vec![1, 2]) }).await;
-        assert_eq!(&*a.expect("load"), &[1, 2]);
-        let b: Result<_, ()> = c.get_or_load(1, || async { Ok(vec![9]) }).await;
-        assert_eq!(&*b.expect("hit"), &[1, 2]);
-        c.invalidate(1);
-        let d: Result<_, ()> = c.get_or_load(1, || async { Ok(vec![1]) }).await;
-        assert_eq!(&*d.expect("reload"), &[1]);
-    }
-
-    #[tokio::test]
-    async fn a_load_racing_an_invalidation_is_not_cached() {
-        let c = MemberCache::new(10, Duration::from_secs(60));
-        let c2 = c.clone();
-        let stale: Result<_, ()> = c
-            .get_or_load(1, || async move {
-                c2.invalidate(1);
-                Ok(vec![1, 2])
-            })
-            .await;
-        assert_eq!(&*stale.expect("load"), &[1, 2]);
-        let fresh: Result<_, ()> = c.get_or_load(1, || async { Ok(vec![1]) }).await;
-        assert_eq!(&*fresh.expect("reload"), &[1]);
-    }
-}
+use proto::UserId;
 
 /// Send's local cache of user routes, in front of the route table (Redis). Entries live a short
 /// TTL and are dropped at once on a connect/disconnect event of that user, so a user who moves to
 /// another gateway is found there immediately. A lookup that raced with an event is not cached
-/// (the same epoch rule as [`MemberCache`]).
+/// (an epoch bumped by every event; a loader only inserts when the epoch it started under is
+/// still current).
 #[derive(Clone)]
 pub struct CachedRoutes {
     inner: Arc<dyn crate::Routes>,

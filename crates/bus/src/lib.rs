@@ -1,6 +1,6 @@
 //! The seams between services that are not the database: the push path ([`PushBus`]), the
-//! user -> gateway route table ([`Routes`]), the instance registry ([`Instances`]) and the local
-//! member cache ([`MemberCache`]). [`inproc`] implements them inside one process for
+//! user -> gateway route table ([`Routes`]) with Send's local cache of it ([`CachedRoutes`]), and
+//! the instance registry ([`Instances`]). [`inproc`] implements them inside one process for
 //! `ruststacker all`; the Redis implementations sit behind the same traits.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ pub mod cache;
 pub mod inproc;
 pub mod redis;
 
-pub use cache::{CachedRoutes, MemberCache};
+pub use cache::CachedRoutes;
 
 /// A gateway's id, as registered (`gateway-1`).
 pub type GatewayId = Arc<str>;

@@ -103,6 +103,11 @@ impl RedisBus {
         })
     }
 
+    /// The shared request/response connection, for other Redis-backed parts (group data).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     pub fn settings(&self) -> &RedisSettings {
         &self.s
     }

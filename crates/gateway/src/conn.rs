@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use groups::Groups;
 use proto::frame::{ChatPayload, ClientFrame, ServerFrame};
 use proto::stream::PushMessage;
 use proto::{RoomId, Seq, UserId};
@@ -137,7 +138,7 @@ impl Writer {
     /// Everything the user missed in every room: from their cursor on connect, from what this
     /// connection already sent on the catch-up pass.
     async fn resync_all(&mut self) -> Result<(), WriteError> {
-        let rooms = self.state.0.store.joined_rooms(self.user).await?;
+        let rooms = self.state.0.groups.joined_rooms(self.user).await?;
         for r in rooms {
             let pending = self
                 .state
@@ -156,6 +157,21 @@ impl Writer {
         Ok(())
     }
 
+    /// Where a gap in `room` after `last` is filled from: never before the user joined, so a
+    /// member removed and added back while connected gets nothing from while they were out
+    /// (it is in the history for them to read).
+    async fn fill_from(&self, room: RoomId, last: Seq) -> Result<Seq, WriteError> {
+        let joined = self
+            .state
+            .0
+            .groups
+            .current_room(room)
+            .await?
+            .and_then(|r| r.get(self.user).map(|m| m.joined_seq))
+            .unwrap_or(0);
+        Ok(last.max(joined))
+    }
+
     /// Rare, large futures (replays hit the database) are boxed where they are awaited, so the
     /// future every idle connection keeps resident stays small.
     async fn handle(&mut self, item: Outbound) -> Result<(), WriteError> {
@@ -165,8 +181,11 @@ impl Writer {
                 match self.last_sent.get(&room).copied() {
                     Some(last) if seq <= last => Ok(()),
                     Some(last) if seq > last + 1 => {
-                        metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
-                        Box::pin(self.replay(room, last, Some(seq - 1))).await?;
+                        let from = Box::pin(self.fill_from(room, last)).await?;
+                        if seq > from + 1 {
+                            metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
+                            Box::pin(self.replay(room, from, Some(seq - 1))).await?;
+                        }
                         self.feed_chat(room, seq, chat.text.clone()).await
                     }
                     _ => self.feed_chat(room, seq, chat.text.clone()).await,
@@ -186,13 +205,8 @@ impl Writer {
             }
             Outbound::Sync(sync) => {
                 let (room, after) = *sync;
-                if self
-                    .state
-                    .0
-                    .store
-                    .member_role(room, self.user)
-                    .await?
-                    .is_some()
+                if let proto::api::Access::Member(_) =
+                    self.state.0.groups.access(room, self.user).await?
                 {
                     let before = self.last_sent.get(&room).copied().unwrap_or(0);
                     Box::pin(self.replay(room, after.max(0), None)).await?;

@@ -117,6 +117,8 @@ impl Default for Config {
 pub struct Deps {
     pub auth: Arc<Auth>,
     pub store: Arc<dyn Store>,
+    /// Group data (a user's rooms, membership checks), which may be ahead of the database.
+    pub groups: groups::CachedGroups,
     pub routes: Arc<dyn Routes>,
     pub instances: Arc<dyn Instances>,
     pub ready: Ready,
@@ -129,6 +131,7 @@ pub(crate) struct Inner {
     port: u16,
     auth: Arc<Auth>,
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) groups: groups::CachedGroups,
     pub(crate) routes: Arc<dyn Routes>,
     instances: Arc<dyn Instances>,
     pub(crate) hub: Hub,
@@ -156,6 +159,7 @@ impl GatewayState {
             port,
             auth: deps.auth,
             store: deps.store,
+            groups: deps.groups,
             routes: deps.routes,
             instances: deps.instances,
             hub: Hub::default(),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
+use groups::Groups;
 use kit::auth::{Auth, AuthUser};
 use kit::http::{Check, Ready};
 use kit::{ApiError, ApiResult, Json, Path, ok};
@@ -22,6 +23,7 @@ use proto::{RoomId, validate};
 use serde::{Deserialize, Serialize};
 use store::{Store, StoreError};
 
+mod group;
 pub mod password;
 
 /// Meta's settings (the `meta:` block).
@@ -32,7 +34,7 @@ pub struct Config {
     pub port: u16,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// Most members a group may be created with.
+    /// Most members a group may have, its owner included.
     pub max_group_members: usize,
     /// argon2id memory cost in KiB (19456 = OWASP's minimum for argon2id).
     pub argon2_memory_kib: u32,
@@ -55,8 +57,8 @@ impl Default for Config {
 struct Inner {
     cfg: Config,
     store: Arc<dyn Store>,
+    groups: groups::CachedGroups,
     auth: Arc<Auth>,
-    members: bus::MemberCache,
     hasher: password::Hasher,
     ready: Ready,
 }
@@ -69,16 +71,16 @@ impl MetaState {
     pub fn new(
         cfg: Config,
         store: Arc<dyn Store>,
+        groups: groups::CachedGroups,
         auth: Arc<Auth>,
-        members: bus::MemberCache,
         ready: Ready,
     ) -> Result<Self, String> {
         let hasher = password::Hasher::new(cfg.argon2_memory_kib, cfg.argon2_iterations)?;
         Ok(Self(Arc::new(Inner {
             cfg,
             store,
+            groups,
             auth,
-            members,
             hasher,
             ready,
         })))
@@ -100,14 +102,27 @@ pub fn router(state: MetaState) -> Router {
         .route("/api/user/register", post(register))
         .route("/api/user/login", post(login))
         .route("/api/group/create", post(create_group))
-        .route("/api/group/{room_id}/members", get(members))
+        .route(
+            "/api/group/{room_id}/members",
+            get(members).post(group::add_members),
+        )
+        .route(
+            "/api/group/{room_id}/members/{user_id}",
+            delete(group::remove_member),
+        )
+        .route(
+            "/api/group/{room_id}/members/{user_id}/role",
+            put(group::change_role),
+        )
+        .route("/api/group/{room_id}/nickname", put(group::set_nickname))
+        .route("/api/group/{room_id}/leave", post(group::leave))
         .route("/api/joined_rooms", get(joined_rooms))
         .route("/health", get(health))
         .with_state(state);
     kit::http::finish(api, "meta", limits)
 }
 
-fn db(e: StoreError) -> ApiError {
+pub(crate) fn db(e: StoreError) -> ApiError {
     ApiError::database(e.is_unavailable(), &e)
 }
 
@@ -201,11 +216,14 @@ async fn create_group(
     Json(req): Json<CreateGroupRequest>,
 ) -> ApiResult<CreateGroupReply> {
     validate::room_name(&req.name)?;
-    if req.member_ids.len() > s.0.cfg.max_group_members {
+    let mut everyone: Vec<_> = req.member_ids.iter().copied().chain([me.user_id]).collect();
+    everyone.sort_unstable();
+    everyone.dedup();
+    if everyone.len() > s.0.cfg.max_group_members {
         return Err(ApiError::invalid(
             "too_many_members",
             format!(
-                "a group may be created with at most {} members",
+                "a group has at most {} members, its owner included",
                 s.0.cfg.max_group_members
             ),
         ));
@@ -216,7 +234,7 @@ async fn create_group(
             .await;
     match created {
         Ok((room, member_ids)) => {
-            s.0.members.invalidate(room.id);
+            s.0.groups.invalidate(room.id);
             tracing::info!(room_id = room.id, owner = me.user_id, "group created");
             Ok(ok(CreateGroupReply {
                 room_id: room.id,
@@ -234,36 +252,38 @@ async fn create_group(
     }
 }
 
-/// 404 when the room does not exist, 403 when `user` is not in it.
-async fn require_member(s: &MetaState, room: RoomId, user: proto::UserId) -> Result<(), ApiError> {
-    ApiError::require_member(s.0.store.access(room, user).await.map_err(db)?).map(|_| ())
-}
-
 async fn members(
     State(s): State<MetaState>,
     me: AuthUser,
     Path(room_id): Path<RoomId>,
 ) -> ApiResult<MembersReply> {
-    require_member(&s, room_id, me.user_id).await?;
-    let members = s.0.store.members(room_id).await.map_err(db)?;
+    let room = s.0.groups.room(room_id).await.map_err(db)?;
+    let room = room.ok_or_else(ApiError::room_not_found)?;
+    ApiError::require_member(room.access(me.user_id))?;
+    let users = s.0.store.users_by_ids(room.ids()).await.map_err(db)?;
+    let mut members: Vec<_> = room.members().iter().collect();
+    members.sort_by_key(|m| (m.joined_at_ms, m.user_id));
     Ok(ok(MembersReply {
         room_id,
         members: members
             .into_iter()
-            .map(|m| MemberView {
-                user_id: m.user_id,
-                username: m.username,
-                nickname: m.nickname,
-                role: m.role,
-                group_nickname: m.group_nickname,
-                joined_at: kit::rfc3339_ms(m.joined_at_ms),
+            .filter_map(|m| {
+                let u = users.binary_search_by_key(&m.user_id, |u| u.id).ok()?;
+                Some(MemberView {
+                    user_id: m.user_id,
+                    username: users[u].username.clone(),
+                    nickname: users[u].nickname.clone(),
+                    role: m.role,
+                    group_nickname: m.group_nickname.clone(),
+                    joined_at: kit::rfc3339_ms(m.joined_at_ms),
+                })
             })
             .collect(),
     }))
 }
 
 async fn joined_rooms(State(s): State<MetaState>, me: AuthUser) -> ApiResult<JoinedRoomsReply> {
-    let rooms = s.0.store.joined_rooms(me.user_id).await.map_err(db)?;
+    let rooms = s.0.groups.joined_rooms(me.user_id).await.map_err(db)?;
     Ok(ok(JoinedRoomsReply {
         room_ids: rooms.iter().map(|r| r.room.id).collect(),
         rooms: rooms.iter().map(|r| room_view(&r.room)).collect(),
@@ -272,9 +292,13 @@ async fn joined_rooms(State(s): State<MetaState>, me: AuthUser) -> ApiResult<Joi
 
 async fn health(State(s): State<MetaState>) -> Response {
     let db = s.0.store.ping().await;
+    let groups = s.0.groups.ping().await;
     kit::http::health_reply(
         "meta",
         &s.0.ready,
-        vec![Check::from_result("database", &db)],
+        vec![
+            Check::from_result("database", &db),
+            Check::from_result("group_data", &groups),
+        ],
     )
 }

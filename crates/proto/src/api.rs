@@ -127,6 +127,49 @@ pub struct MembersReply {
     pub members: Vec<MemberView>,
 }
 
+/// `POST /api/group/{room_id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddMembersRequest {
+    pub member_ids: Vec<UserId>,
+}
+
+/// Reply of `POST /api/group/{room_id}/members`: who was added (ids already in the room are not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddMembersReply {
+    pub room_id: RoomId,
+    pub added: Vec<UserId>,
+    pub member_count: i64,
+}
+
+/// Reply of removing a member (`DELETE /api/group/{room_id}/members/{user_id}`) or leaving
+/// (`POST /api/group/{room_id}/leave`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRemovedReply {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+}
+
+/// `PUT /api/group/{room_id}/members/{user_id}/role`: `admin` or `member`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeRoleRequest {
+    pub role: Role,
+}
+
+/// `PUT /api/group/{room_id}/nickname`: the caller's nickname in the group (`null` clears it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupNicknameRequest {
+    pub nickname: Option<String>,
+}
+
+/// Reply of a role or group-nickname change: the membership as it is now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipReply {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub group_nickname: Option<String>,
+}
+
 /// Reply of `GET /api/joined_rooms`: `room_ids` is the GoStacker shape, `rooms` the detail.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinedRoomsReply {

@@ -2,12 +2,18 @@
 //! in one transaction, answers each handler, then passes the stored messages to fan-out in commit
 //! order. One fsync serves the whole batch, so durability costs little under load, and per-room
 //! order on the push path follows `seq`.
+//!
+//! Where group changes may not be in the database yet (the write-back cache), the committer checks
+//! each sender's membership against the current group data first (one version round trip per
+//! batch) and the transaction skips its own check.
 
 use std::sync::Arc;
 
+use groups::CachedGroups;
 use kit::ApiError;
+use proto::api::Access;
 use proto::stream::PushMessage;
-use store::{Appended, NewMessage, Rejected, Store};
+use store::{Appended, MemberCheck, NewMessage, Rejected, Store};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -54,6 +60,7 @@ fn push_message(m: &store::Message) -> Arc<PushMessage> {
 /// the returned task ends after the last batch was stored and handed to `fanout`.
 pub fn spawn(
     store: Arc<dyn Store>,
+    groups: CachedGroups,
     batch: usize,
     queue: usize,
     fanout: mpsc::Sender<Arc<PushMessage>>,
@@ -68,7 +75,7 @@ pub fn spawn(
                 jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
             metrics::histogram!("ruststacker_send_commit_batch_size").record(messages.len() as f64);
             let started = std::time::Instant::now();
-            match store.append_messages(&messages).await {
+            match append(&*store, &groups, &messages).await {
                 Ok(results) => {
                     metrics::histogram!("ruststacker_send_commit_duration_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -101,4 +108,46 @@ pub fn spawn(
         }
     });
     (CommitHandle { tx, fanout: resend }, task)
+}
+
+/// Appends `batch`, checking membership where the group data says it must be checked.
+async fn append(
+    store: &dyn Store,
+    groups: &CachedGroups,
+    batch: &[NewMessage],
+) -> store::Result<Vec<Result<Appended, Rejected>>> {
+    use groups::Groups;
+    if groups.member_check() == MemberCheck::InTransaction {
+        return store.append(batch, MemberCheck::InTransaction).await;
+    }
+    let rooms: Vec<_> = batch.iter().map(|m| m.room_id).collect();
+    let current = groups.current(&rooms).await?;
+    let mut out: Vec<Option<Result<Appended, Rejected>>> = Vec::with_capacity(batch.len());
+    let mut allowed = Vec::with_capacity(batch.len());
+    for m in batch {
+        let room = current.get(&m.room_id).and_then(|r| r.as_deref());
+        match groups::access(room, m.sender_id) {
+            Access::NoRoom => out.push(Some(Err(Rejected::RoomNotFound))),
+            Access::NotMember => out.push(Some(Err(Rejected::NotMember))),
+            Access::Member(_) => {
+                out.push(None);
+                allowed.push(m.clone());
+            }
+        }
+    }
+    let mut stored = if allowed.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        store
+            .append(&allowed, MemberCheck::ByCaller)
+            .await?
+            .into_iter()
+    };
+    Ok(out
+        .into_iter()
+        .map(|r| match r {
+            Some(rejected) => rejected,
+            None => stored.next().unwrap_or(Err(Rejected::RoomNotFound)),
+        })
+        .collect())
 }

@@ -1,21 +1,21 @@
 //! Fan-out: for each stored message, in commit order, find the room's members (local cache in
-//! front of the database), group the online ones by gateway, append one stream entry per gateway
+//! front of the group data, checked for changes once per batch), group the online ones by gateway, append one stream entry per gateway
 //! per 100 targets, then append the sender's ACK to the sender's gateways. A failed append is
 //! logged and counted; the message is already stored, so recipients get it from their cursor.
 
 use std::sync::Arc;
 
-use bus::{GatewayId, MemberCache, PushBus, Routes};
+use bus::{GatewayId, PushBus, Routes};
+use groups::CachedGroups;
+use proto::UserId;
 use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry, PushMessage};
-use store::Store;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// What fan-out needs.
 #[derive(Clone)]
 pub struct Fanout {
-    pub store: Arc<dyn Store>,
-    pub members: MemberCache,
+    pub groups: CachedGroups,
     pub routes: Arc<dyn Routes>,
     pub bus: Arc<dyn PushBus>,
 }
@@ -30,9 +30,23 @@ impl Fanout {
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let rooms: Vec<_> = batch.iter().map(|m| m.room_id).collect();
+                let members = match self.groups.current(&rooms).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "members unavailable; recipients will resync");
+                        metrics::counter!("ruststacker_fanout_failures_total", "stage" => "members")
+                            .increment(1);
+                        batch.clear();
+                        continue;
+                    }
+                };
                 let mut entries = Vec::new();
                 for m in batch.drain(..) {
-                    self.entries_for(m, &mut entries).await;
+                    // A room that is gone has nobody to deliver to.
+                    if let Some(Some(room)) = members.get(&m.room_id) {
+                        self.entries_for(m, room.ids(), &mut entries).await;
+                    }
                 }
                 self.publish(entries).await;
             }
@@ -42,23 +56,14 @@ impl Fanout {
 
     /// Appends, in order, the stream entries of `m`: its chat entries (at most 100 targets each)
     /// for every gateway holding members, then the sender's ACK.
-    async fn entries_for(&self, m: Arc<PushMessage>, out: &mut Vec<(GatewayId, PushEntry)>) {
+    async fn entries_for(
+        &self,
+        m: Arc<PushMessage>,
+        members: &[UserId],
+        out: &mut Vec<(GatewayId, PushEntry)>,
+    ) {
         let room = m.room_id;
-        let store = self.store.clone();
-        let members = match self
-            .members
-            .get_or_load(room, || async move { store.member_ids(room).await })
-            .await
-        {
-            Ok(ms) => ms,
-            Err(e) => {
-                tracing::warn!(room_id = room, error = %e, "members unavailable; recipients will resync");
-                metrics::counter!("ruststacker_fanout_failures_total", "stage" => "members")
-                    .increment(1);
-                return;
-            }
-        };
-        let located = match self.routes.locate(&members).await {
+        let located = match self.routes.locate(members).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(room_id = room, error = %e, "routes unavailable; recipients will resync");

@@ -102,6 +102,7 @@ impl Default for Config {
 struct Inner {
     cfg: Config,
     store: Arc<dyn Store>,
+    groups: groups::CachedGroups,
     auth: Arc<Auth>,
     ids: Snowflake,
     committer: commit::CommitHandle,
@@ -124,6 +125,7 @@ impl SendState {
     pub fn new(
         cfg: Config,
         store: Arc<dyn Store>,
+        groups: groups::CachedGroups,
         auth: Arc<Auth>,
         committer: commit::CommitHandle,
         routes: Arc<dyn bus::Routes>,
@@ -133,6 +135,7 @@ impl SendState {
         Ok(Self(Arc::new(Inner {
             cfg,
             store,
+            groups,
             auth,
             ids,
             committer,
@@ -249,7 +252,7 @@ async fn resend_message(
             "only the message's sender may resend it",
         ));
     }
-    ApiError::require_member(s.0.store.access(m.room_id, me.user_id).await.map_err(db)?)?;
+    ApiError::require_member(s.0.groups.access(m.room_id, me.user_id).await.map_err(db)?)?;
     let reply = SendMessageReply {
         message_id: m.id,
         room_id: m.room_id,
@@ -283,7 +286,7 @@ async fn history(
             format!("after_seq must be >= 0 and limit between 1 and {max}"),
         ));
     }
-    ApiError::require_member(s.0.store.access(q.room_id, me.user_id).await.map_err(db)?)?;
+    ApiError::require_member(s.0.groups.access(q.room_id, me.user_id).await.map_err(db)?)?;
     let mut messages =
         s.0.store
             .messages_after(q.room_id, q.after_seq, limit + 1)

@@ -82,8 +82,11 @@ pub struct AllConfig {
     pub mysql: Option<MysqlConfig>,
     /// Redis (the seed's `redis:` block). Unset: in-process streams and tables (`all` only).
     pub redis: Option<RedisConfig>,
-    /// Seconds a room's member list may be served from the local cache without a change notice.
+    /// Seconds a room's member list may stay in a process's local cache (a backstop: changes
+    /// drop it at once, in every process).
     pub member_cache_ttl_secs: u64,
+    /// The write-back cache of group data (the seed's `group_cache:` block; used with Redis).
+    pub group_cache: GroupCacheConfig,
     /// Shared secret (at least 32 bytes) of the internal endpoints between services (the
     /// registry's writes and route lookups), sent as `X-Internal-Token`. Unset: those endpoints
     /// refuse every call.
@@ -105,6 +108,27 @@ pub struct AllConfig {
 pub struct DispatcherConfig {
     pub max_connections: Option<usize>,
     pub send_channel_size: Option<usize>,
+}
+
+/// The seed's `group_cache:` block: group changes are kept in Redis and written to the database
+/// by a flusher in every Meta instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupCacheConfig {
+    /// How often the flusher writes changed rooms to the database, in milliseconds. A Redis
+    /// that keeps nothing on disk loses at most this much of group changes when it restarts.
+    pub flush_interval_ms: u64,
+    /// Most rooms written per flush round (the seed's `batch_size`).
+    pub batch_size: usize,
+}
+
+impl Default for GroupCacheConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 500,
+            batch_size: 100,
+        }
+    }
 }
 
 /// The seed's `mysql:` block.
@@ -218,6 +242,7 @@ impl Default for AllConfig {
             mysql: None,
             redis: None,
             member_cache_ttl_secs: 300,
+            group_cache: GroupCacheConfig::default(),
             internal_token: None,
             name: None,
             port: None,
@@ -570,6 +595,10 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
     /// This process's Send instance, deregistered at the end of shutdown.
     send_registration: Option<String>,
+    /// The write-back flusher (Meta with Redis): stopped after the HTTP servers, it flushes
+    /// every pending group change before the database closes.
+    flusher: Option<(JoinHandle<()>, groups::writeback::WriteBack)>,
+    flusher_stop: CancellationToken,
     shared: Shared,
     gateway_part: Option<GatewayPart>,
     db: Option<Db>,
@@ -615,10 +644,6 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     let shared = open_shared(&cfg).await?;
     let secret = jwt_secret(&cfg, roles == Roles::ALL)?;
     let auth = Arc::new(Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs)));
-    let members = bus::MemberCache::new(
-        100_000,
-        Duration::from_secs(cfg.member_cache_ttl_secs.max(1)),
-    );
     let ready = Ready::default();
     let stop = CancellationToken::new();
     let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
@@ -633,6 +658,8 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         pipeline: Vec::new(),
         background: Vec::new(),
         send_registration: None,
+        flusher: None,
+        flusher_stop: CancellationToken::new(),
         shared,
         gateway_part: None,
         db: db.clone(),
@@ -640,6 +667,30 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     };
     let store = db.as_ref().map(Db::shared);
     let need = |what: &str| anyhow::anyhow!("internal: {what} missing for a service that needs it");
+    let mut writeback = None;
+    let groups = store.as_ref().map(|store| {
+        let backend: Arc<dyn groups::Groups> = match &running.shared {
+            Shared::Redis(r) => {
+                let wb = groups::writeback::WriteBack::new(
+                    r.connection(),
+                    store.clone(),
+                    groups::writeback::WriteBackSettings {
+                        prefix: r.settings().prefix.clone(),
+                        flush_interval: Duration::from_millis(cfg.group_cache.flush_interval_ms),
+                        batch_size: cfg.group_cache.batch_size,
+                    },
+                );
+                writeback = Some(wb.clone());
+                Arc::new(wb)
+            }
+            Shared::InProc { .. } => Arc::new(groups::DirectGroups::new(store.clone())),
+        };
+        groups::CachedGroups::new(
+            backend,
+            100_000,
+            Duration::from_secs(cfg.member_cache_ttl_secs.max(1)),
+        )
+    });
 
     if let Some(l) = gateway_l {
         let addr = l.local_addr()?;
@@ -650,6 +701,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             gateway::Deps {
                 auth: auth.clone(),
                 store: store.clone().ok_or_else(|| need("database"))?,
+                groups: groups.clone().ok_or_else(|| need("group data"))?,
                 routes: running.shared.routes(),
                 instances: running.shared.instances(),
                 ready: ready.clone(),
@@ -715,15 +767,16 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             }
             Shared::InProc { routes, .. } => routes.clone(),
         };
+        let groups = groups.clone().ok_or_else(|| need("group data"))?;
         let (fanout_tx, fanout) = send::fanout::Fanout {
-            store: store.clone(),
-            members: members.clone(),
+            groups: groups.clone(),
             routes: routes.clone(),
             bus: running.shared.push(),
         }
         .spawn(cfg.send.fanout_queue);
         let (committer, commit) = send::commit::spawn(
             store.clone(),
+            groups.clone(),
             cfg.send.commit_batch,
             cfg.send.commit_queue,
             fanout_tx,
@@ -732,6 +785,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         let state = send::SendState::new(
             cfg.send.clone(),
             store,
+            groups,
             auth.clone(),
             committer,
             routes,
@@ -745,11 +799,14 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         let state = meta::MetaState::new(
             cfg.meta.clone(),
             store.clone().ok_or_else(|| need("database"))?,
+            groups.clone().ok_or_else(|| need("group data"))?,
             auth.clone(),
-            members.clone(),
             ready.clone(),
         )
         .map_err(anyhow::Error::msg)?;
+        if let Some(wb) = &writeback {
+            running.flusher = Some((wb.spawn_flusher(running.flusher_stop.clone()), wb.clone()));
+        }
         running
             .http
             .push(serve(l, meta::router(state), stop.clone()));
@@ -781,6 +838,9 @@ impl Running {
         {
             h.abort();
         }
+        if let Some((h, _)) = self.flusher {
+            h.abort();
+        }
         if let Some(g) = self.gateway_part {
             g.http.abort();
             g.state.abort(g.bg);
@@ -809,6 +869,12 @@ impl Running {
         }
         for h in self.background {
             h.abort();
+        }
+        self.flusher_stop.cancel();
+        if let Some((h, _)) = self.flusher
+            && tokio::time::timeout(self.deadline, h).await.is_err()
+        {
+            tracing::error!("group changes not all flushed within the shutdown deadline");
         }
         if let Some(id) = &self.send_registration
             && let Err(e) = self.shared.instances().deregister_send(id).await

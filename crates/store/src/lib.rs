@@ -76,6 +76,8 @@ pub struct Member {
     pub role: Role,
     pub group_nickname: Option<String>,
     pub joined_at_ms: i64,
+    /// The room's `seq` when the user joined (0: since the room was created).
+    pub joined_seq: Seq,
 }
 
 /// A room of a user's, with the user's role and delivery cursor.
@@ -133,6 +135,38 @@ pub enum Appended {
     Duplicate(Message),
 }
 
+/// The wanted state of one membership (room, user), as group changes write it. A state is
+/// complete (not a delta), so writing the same state twice is harmless and the newest write wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberState {
+    Member {
+        role: Role,
+        group_nickname: Option<String>,
+        joined_at_ms: i64,
+        /// The room's `seq` when the user joined: their delivery starts after it (the cursor is
+        /// moved up to it, never back).
+        joined_seq: Seq,
+    },
+    Removed,
+}
+
+/// Memberships of one room to write, by user.
+pub type MemberChanges = Vec<(UserId, MemberState)>;
+
+/// A future yielding the changes to write, awaited only once the room is locked, so what it
+/// reads (a write-back cache) is at least as new as anything an earlier writer stored.
+pub type ChangesFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<MemberChanges>> + Send + 'a>>;
+
+/// Who checks that each sender is a member of the room when messages are appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberCheck {
+    /// The append transaction reads the membership rows (the database is the whole truth).
+    InTransaction,
+    /// The caller checked against newer data than the rows (group changes not flushed yet).
+    ByCaller,
+}
+
 /// Why one message of a batch was not stored (the rest of the batch is unaffected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
@@ -148,6 +182,8 @@ pub trait UserStore: Send + Sync {
     async fn create_user(&self, new: NewUser) -> Result<User>;
     async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
+    /// The users among `ids` that exist, in id order.
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>>;
 }
 
 #[async_trait]
@@ -177,15 +213,31 @@ pub trait RoomStore: Send + Sync {
     async fn members(&self, room: RoomId) -> Result<Vec<Member>>;
     async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>>;
     async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>>;
+    /// Locks `room`, then awaits `changes` and writes them in one transaction (upsert for a
+    /// member, delete for a removal; a cursor never moves back). Returns what was written.
+    /// Concurrent calls for one room run one after the other.
+    async fn write_members(
+        &self,
+        room: RoomId,
+        changes: ChangesFuture<'_>,
+    ) -> Result<MemberChanges>;
 }
 
 #[async_trait]
 pub trait MessageStore: Send + Sync {
     /// Stores a batch in one transaction, in order. The outer error means nothing was stored.
+    async fn append(
+        &self,
+        batch: &[NewMessage],
+        members: MemberCheck,
+    ) -> Result<Vec<std::result::Result<Appended, Rejected>>>;
+    /// [`MessageStore::append`] with the membership checked in the transaction.
     async fn append_messages(
         &self,
         batch: &[NewMessage],
-    ) -> Result<Vec<std::result::Result<Appended, Rejected>>>;
+    ) -> Result<Vec<std::result::Result<Appended, Rejected>>> {
+        self.append(batch, MemberCheck::InTransaction).await
+    }
     /// Messages of `room` with `seq > after_seq`, in `seq` order, at most `limit`.
     async fn messages_after(
         &self,

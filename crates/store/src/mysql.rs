@@ -27,8 +27,9 @@ use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlR
 use sqlx::{Row, Transaction};
 
 use crate::{
-    Appended, JoinedRoom, Member, Message, MessageStore, NewMessage, NewUser, Rejected, Result,
-    Room, RoomStore, Store, StoreError, User, UserStore,
+    Appended, ChangesFuture, JoinedRoom, Member, MemberChanges, MemberCheck, MemberState, Message,
+    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Store, StoreError, User,
+    UserStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
@@ -240,6 +241,26 @@ impl UserStore for MySqlStore {
             .transpose()
             .map_err(translate)
     }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LOCK_CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT * FROM users WHERE id IN ({marks}) ORDER BY id"
+            ));
+            let mut q = sqlx::query(sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await.map_err(translate)? {
+                out.push(user_from(&row).map_err(translate)?);
+            }
+        }
+        out.sort_unstable_by_key(|u| u.id);
+        out.dedup_by_key(|u| u.id);
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -326,7 +347,8 @@ impl RoomStore for MySqlStore {
 
     async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
         let rows = sqlx::query(
-            "SELECT m.user_id, u.username, u.nickname, m.role, m.group_nickname, m.joined_at \
+            "SELECT m.user_id, u.username, u.nickname, m.role, m.group_nickname, m.joined_at, \
+             m.joined_seq \
              FROM room_members m JOIN users u ON u.id = m.user_id \
              WHERE m.room_id = ? ORDER BY m.joined_at, m.user_id",
         )
@@ -344,6 +366,7 @@ impl RoomStore for MySqlStore {
                     role: role_of(&role)?,
                     group_nickname: row.try_get("group_nickname")?,
                     joined_at_ms: row.try_get("joined_at")?,
+                    joined_seq: row.try_get("joined_seq")?,
                 })
             })
             .collect::<std::result::Result<_, sqlx::Error>>()
@@ -379,6 +402,62 @@ impl RoomStore for MySqlStore {
             })
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(translate)
+    }
+
+    async fn write_members(
+        &self,
+        room: RoomId,
+        changes: ChangesFuture<'_>,
+    ) -> Result<MemberChanges> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        // The room row lock orders this against every other writer of the room's members.
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM rooms WHERE id = ? FOR UPDATE")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(translate)?;
+        if exists.is_none() {
+            return Err(StoreError::Internal(format!("room {room} does not exist")));
+        }
+        let mut changes = changes.await?;
+        // Rows in (room, user) order, the order cursor batches lock them in: no deadlock.
+        changes.sort_unstable_by_key(|(user, _)| *user);
+        for (user, state) in &changes {
+            match state {
+                MemberState::Member {
+                    role,
+                    group_nickname,
+                    joined_at_ms,
+                    joined_seq,
+                } => sqlx::query(
+                    "INSERT INTO room_members \
+                     (room_id, user_id, role, group_nickname, joined_at, joined_seq, delivered_seq) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?) \
+                     ON DUPLICATE KEY UPDATE role = VALUES(role), \
+                     group_nickname = VALUES(group_nickname), joined_at = VALUES(joined_at), \
+                     joined_seq = VALUES(joined_seq), \
+                     delivered_seq = GREATEST(delivered_seq, VALUES(delivered_seq))",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(role.as_str())
+                .bind(group_nickname)
+                .bind(joined_at_ms)
+                .bind(joined_seq)
+                .bind(joined_seq),
+                MemberState::Removed => {
+                    sqlx::query("DELETE FROM room_members WHERE room_id = ? AND user_id = ?")
+                        .bind(room)
+                        .bind(user)
+                }
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+        }
+        tx.commit().await.map_err(translate)?;
+        Ok(changes)
     }
 }
 
@@ -460,6 +539,7 @@ async fn append_one(
     seqs: &mut Seqs,
     is_member: &mut HashMap<(RoomId, UserId), bool>,
     m: &NewMessage,
+    members: MemberCheck,
 ) -> std::result::Result<std::result::Result<Appended, Rejected>, sqlx::Error> {
     if let Some(cid) = &m.client_msg_id
         && let Some(prior) = by_client_id(tx, m.sender_id, cid, false).await?
@@ -470,6 +550,7 @@ async fn append_one(
         return Ok(Err(Rejected::RoomNotFound));
     };
     let member = match is_member.get(&(m.room_id, m.sender_id)) {
+        _ if members == MemberCheck::ByCaller => true,
         Some(&known) => known,
         None => {
             let found: Option<i64> =
@@ -532,13 +613,14 @@ async fn append_one(
 async fn append_batch(
     pool: &MySqlPool,
     batch: &[NewMessage],
+    members: MemberCheck,
 ) -> std::result::Result<Vec<std::result::Result<Appended, Rejected>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut seqs = lock_rooms(&mut tx, batch).await?;
     let mut is_member = HashMap::new();
     let mut out = Vec::with_capacity(batch.len());
     for m in batch {
-        out.push(append_one(&mut tx, &mut seqs, &mut is_member, m).await?);
+        out.push(append_one(&mut tx, &mut seqs, &mut is_member, m, members).await?);
     }
     for (room, (before, after)) in &seqs {
         if after != before {
@@ -574,13 +656,14 @@ async fn advance_batch(
 
 #[async_trait]
 impl MessageStore for MySqlStore {
-    async fn append_messages(
+    async fn append(
         &self,
         batch: &[NewMessage],
+        members: MemberCheck,
     ) -> Result<Vec<std::result::Result<Appended, Rejected>>> {
         let mut attempt = 0;
         loop {
-            match append_batch(&self.pool, batch).await {
+            match append_batch(&self.pool, batch, members).await {
                 Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, "append batch was a deadlock victim; retrying");

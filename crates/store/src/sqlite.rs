@@ -17,8 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    Appended, JoinedRoom, Member, Message, MessageStore, NewMessage, NewUser, Rejected, Result,
-    Room, RoomStore, Store, StoreError, User, UserStore,
+    Appended, ChangesFuture, JoinedRoom, Member, MemberChanges, MemberCheck, MemberState, Message,
+    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Store, StoreError, User,
+    UserStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -162,7 +163,30 @@ impl UserStore for SqliteStore {
             .map(user_from)
             .transpose()
     }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ID_CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT * FROM users WHERE id IN ({marks}) ORDER BY id"
+            ));
+            let mut q = sqlx::query(sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.reader).await.map_err(translate)? {
+                out.push(user_from(&row)?);
+            }
+        }
+        out.sort_unstable_by_key(|u| u.id);
+        out.dedup_by_key(|u| u.id);
+        Ok(out)
+    }
 }
+
+/// Most ids bound in one `IN (...)`.
+const ID_CHUNK: usize = 500;
 
 #[async_trait]
 impl RoomStore for SqliteStore {
@@ -247,7 +271,8 @@ impl RoomStore for SqliteStore {
 
     async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
         let rows = sqlx::query(
-            "SELECT m.user_id, u.username, u.nickname, m.role, m.group_nickname, m.joined_at \
+            "SELECT m.user_id, u.username, u.nickname, m.role, m.group_nickname, m.joined_at, \
+             m.joined_seq \
              FROM room_members m JOIN users u ON u.id = m.user_id \
              WHERE m.room_id = ? ORDER BY m.joined_at, m.user_id",
         )
@@ -265,6 +290,7 @@ impl RoomStore for SqliteStore {
                     role: role_of(&role)?,
                     group_nickname: row.try_get("group_nickname").map_err(translate)?,
                     joined_at_ms: row.try_get("joined_at").map_err(translate)?,
+                    joined_seq: row.try_get("joined_seq").map_err(translate)?,
                 })
             })
             .collect()
@@ -299,6 +325,60 @@ impl RoomStore for SqliteStore {
             })
             .collect()
     }
+
+    async fn write_members(
+        &self,
+        room: RoomId,
+        changes: ChangesFuture<'_>,
+    ) -> Result<MemberChanges> {
+        // The single writer connection serializes this with every other write.
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM rooms WHERE id = ?")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(translate)?;
+        if exists.is_none() {
+            return Err(StoreError::Internal(format!("room {room} does not exist")));
+        }
+        let mut changes = changes.await?;
+        changes.sort_unstable_by_key(|(user, _)| *user);
+        for (user, state) in &changes {
+            match state {
+                MemberState::Member {
+                    role,
+                    group_nickname,
+                    joined_at_ms,
+                    joined_seq,
+                } => sqlx::query(
+                    "INSERT INTO room_members \
+                     (room_id, user_id, role, group_nickname, joined_at, joined_seq, delivered_seq) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role, \
+                     group_nickname = excluded.group_nickname, joined_at = excluded.joined_at, \
+                     joined_seq = excluded.joined_seq, \
+                     delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(role.as_str())
+                .bind(group_nickname)
+                .bind(joined_at_ms)
+                .bind(joined_seq)
+                .bind(joined_seq),
+                MemberState::Removed => {
+                    sqlx::query("DELETE FROM room_members WHERE room_id = ? AND user_id = ?")
+                        .bind(room)
+                        .bind(user)
+                }
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+        }
+        tx.commit().await.map_err(translate)?;
+        Ok(changes)
+    }
 }
 
 async fn fetch_room(tx: &mut Transaction<'_, Sqlite>, id: RoomId) -> Result<Option<Room>> {
@@ -316,6 +396,7 @@ async fn fetch_room(tx: &mut Transaction<'_, Sqlite>, id: RoomId) -> Result<Opti
 async fn append_one(
     tx: &mut Transaction<'_, Sqlite>,
     m: &NewMessage,
+    members: MemberCheck,
 ) -> Result<std::result::Result<Appended, Rejected>> {
     if let Some(cid) = &m.client_msg_id {
         let prior = sqlx::query("SELECT * FROM messages WHERE sender_id = ? AND client_msg_id = ?")
@@ -341,15 +422,17 @@ async fn append_one(
     let Some(last) = last else {
         return Ok(Err(Rejected::RoomNotFound));
     };
-    let member: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?")
-            .bind(m.room_id)
-            .bind(m.sender_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(translate)?;
-    if member.is_none() {
-        return Ok(Err(Rejected::NotMember));
+    if members == MemberCheck::InTransaction {
+        let member: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?")
+                .bind(m.room_id)
+                .bind(m.sender_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(translate)?;
+        if member.is_none() {
+            return Ok(Err(Rejected::NotMember));
+        }
     }
     let seq = last + 1;
     sqlx::query("UPDATE rooms SET last_seq = ? WHERE id = ?")
@@ -387,14 +470,15 @@ async fn append_one(
 
 #[async_trait]
 impl MessageStore for SqliteStore {
-    async fn append_messages(
+    async fn append(
         &self,
         batch: &[NewMessage],
+        members: MemberCheck,
     ) -> Result<Vec<std::result::Result<Appended, Rejected>>> {
         let mut tx = self.writer.begin().await.map_err(translate)?;
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
-            out.push(append_one(&mut tx, m).await?);
+            out.push(append_one(&mut tx, m, members).await?);
         }
         tx.commit().await.map_err(translate)?;
         Ok(out)

@@ -2,14 +2,19 @@
 //! MySQL backend runs the same functions against a real server.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use proto::api::{MessageType, Role};
+use proto::api::{Access, MessageType, Role};
+use proto::{RoomId, Seq, UserId};
 use sqlx::Connection;
 use store::mysql::MySqlStore;
 use store::sqlite::SqliteStore;
-use store::{Appended, MessageStore, NewMessage, NewUser, Rejected, RoomStore, Store, StoreError};
-use tokio::sync::Barrier;
+use store::{
+    Appended, ChangesFuture, MemberChanges, MemberCheck, MemberState, MessageStore, NewMessage,
+    NewUser, Rejected, RoomStore, Store, StoreError,
+};
+use tokio::sync::{Barrier, oneshot};
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -286,6 +291,416 @@ async fn concurrent_batches_never_leave_gaps(s: Arc<dyn Store>) {
     );
 }
 
+/// A [`ChangesFuture`] that is ready at once.
+fn ready(changes: MemberChanges) -> ChangesFuture<'static> {
+    Box::pin(async move { Ok(changes) })
+}
+
+fn member_state(
+    role: Role,
+    nickname: Option<&str>,
+    joined_at_ms: i64,
+    joined_seq: Seq,
+) -> MemberState {
+    MemberState::Member {
+        role,
+        group_nickname: nickname.map(Into::into),
+        joined_at_ms,
+        joined_seq,
+    }
+}
+
+/// `(role, delivered_seq)` of `user` in `room`, as `joined_rooms` shows it.
+async fn joined(s: &dyn Store, user: UserId, room: RoomId) -> Option<(Role, Seq)> {
+    s.joined_rooms(user)
+        .await
+        .expect("joined rooms")
+        .into_iter()
+        .find(|j| j.room.id == room)
+        .map(|j| (j.role, j.delivered_seq))
+}
+
+async fn users_by_ids_returns_existing_users_sorted_and_deduplicated(s: &dyn Store) {
+    let a = user(s, "u1").await;
+    let b = user(s, "u2").await;
+    let c = user(s, "u3").await;
+    let found = s
+        .users_by_ids(&[c, 999_999, a, c, a, -1])
+        .await
+        .expect("users");
+    assert_eq!(
+        found
+            .iter()
+            .map(|u| (u.id, u.username.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(a, "u1"), (c, "u3")]
+    );
+    let by_id = s.user_by_id(c).await.expect("user").expect("exists");
+    assert_eq!(found[1], by_id, "the same rows as user_by_id");
+    assert!(s.users_by_ids(&[]).await.expect("users").is_empty());
+    assert!(s.users_by_ids(&[999_999]).await.expect("users").is_empty());
+    let all = s.users_by_ids(&[b, a, c]).await.expect("users");
+    assert_eq!(all.iter().map(|u| u.id).collect::<Vec<_>>(), vec![a, b, c]);
+    // More ids than one statement binds, with repeats in different chunks: still sorted, once.
+    let mut many = vec![c, b];
+    many.extend(1_000_000..1_001_200);
+    many.extend([a, c, b, a]);
+    let all = s.users_by_ids(&many).await.expect("users");
+    assert_eq!(all.iter().map(|u| u.id).collect::<Vec<_>>(), vec![a, b, c]);
+}
+
+async fn write_members_upserts_and_removes_memberships(s: &dyn Store) {
+    let a = user(s, "wm_owner").await;
+    let b = user(s, "wm_member").await;
+    let n = user(s, "wm_new").await;
+    let outsider = user(s, "wm_outsider").await;
+    let (room, _) = s.create_group("g", a, &[b], 1).await.expect("create");
+    let out = s
+        .append_messages(&[
+            msg(1, room.id, a, None),
+            msg(2, room.id, b, None),
+            msg(3, room.id, a, None),
+        ])
+        .await
+        .expect("append");
+    assert!(
+        out.iter().all(|r| matches!(r, Ok(Appended::Stored(_)))),
+        "{out:?}"
+    );
+    let last_seq = s
+        .room(room.id)
+        .await
+        .expect("room")
+        .expect("exists")
+        .last_seq;
+    assert_eq!(last_seq, 3);
+
+    // A new member: their cursor starts at the room's seq when they joined.
+    let joined_state = member_state(Role::Admin, Some("newbie"), 50, last_seq);
+    let written = s
+        .write_members(room.id, ready(vec![(n, joined_state.clone())]))
+        .await
+        .expect("add member");
+    assert_eq!(written, vec![(n, joined_state)]);
+    let members = s.members(room.id).await.expect("members");
+    assert_eq!(members.len(), 3, "{members:?}");
+    let added = members
+        .iter()
+        .find(|m| m.user_id == n)
+        .expect("new member listed");
+    assert_eq!(
+        (
+            added.username.as_str(),
+            added.role,
+            added.group_nickname.as_deref(),
+            added.joined_at_ms
+        ),
+        ("wm_new", Role::Admin, Some("newbie"), 50)
+    );
+    assert_eq!(joined(s, n, room.id).await, Some((Role::Admin, last_seq)));
+    assert_eq!(
+        s.member_role(room.id, n).await.expect("role"),
+        Some(Role::Admin)
+    );
+    assert_eq!(
+        s.room(room.id)
+            .await
+            .expect("room")
+            .expect("exists")
+            .member_count,
+        3
+    );
+
+    // Changing role and nickname with joined_seq 0 does not move the cursor back.
+    s.write_members(
+        room.id,
+        ready(vec![(
+            n,
+            member_state(Role::Member, Some("renamed"), 60, 0),
+        )]),
+    )
+    .await
+    .expect("change member");
+    let changed = s
+        .members(room.id)
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.user_id == n)
+        .expect("still a member");
+    assert_eq!(
+        (
+            changed.role,
+            changed.group_nickname.as_deref(),
+            changed.joined_at_ms
+        ),
+        (Role::Member, Some("renamed"), 60)
+    );
+    assert_eq!(joined(s, n, room.id).await, Some((Role::Member, last_seq)));
+
+    // A cursor advanced by delivery is kept when the state is written again.
+    s.advance_cursors(&[(n, room.id, 7)])
+        .await
+        .expect("advance");
+    s.write_members(
+        room.id,
+        ready(vec![(n, member_state(Role::Member, None, 60, last_seq))]),
+    )
+    .await
+    .expect("rewrite member");
+    assert_eq!(joined(s, n, room.id).await, Some((Role::Member, 7)));
+    let rewritten = s
+        .members(room.id)
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.user_id == n)
+        .expect("still a member");
+    assert_eq!(rewritten.group_nickname, None, "the nickname is replaced");
+
+    // Several changes at once come back sorted by user id; removing a non-member is harmless.
+    let written = s
+        .write_members(
+            room.id,
+            ready(vec![
+                (outsider, MemberState::Removed),
+                (n, MemberState::Removed),
+            ]),
+        )
+        .await
+        .expect("remove");
+    assert_eq!(
+        written,
+        vec![(n, MemberState::Removed), (outsider, MemberState::Removed)]
+    );
+    let ids: HashSet<_> = s
+        .members(room.id)
+        .await
+        .expect("members")
+        .iter()
+        .map(|m| m.user_id)
+        .collect();
+    assert_eq!(ids, HashSet::from([a, b]));
+    assert_eq!(joined(s, n, room.id).await, None);
+    assert!(s.joined_rooms(n).await.expect("rooms").is_empty());
+    assert_eq!(s.member_role(room.id, n).await.expect("role"), None);
+    assert_eq!(
+        s.access(room.id, n).await.expect("access"),
+        Access::NotMember
+    );
+    assert_eq!(s.member_role(room.id, outsider).await.expect("role"), None);
+    s.write_members(room.id, ready(vec![(outsider, MemberState::Removed)]))
+        .await
+        .expect("removing a non-member again");
+    assert_eq!(
+        s.room(room.id)
+            .await
+            .expect("room")
+            .expect("exists")
+            .member_count,
+        2
+    );
+
+    // A room that does not exist is an error, and nothing is written.
+    let missing = s
+        .write_members(
+            424_242,
+            ready(vec![(n, member_state(Role::Member, None, 70, 0))]),
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::Internal(_))),
+        "{missing:?}"
+    );
+    assert!(s.joined_rooms(n).await.expect("rooms").is_empty());
+
+    // A failing future writes nothing and leaves the room unlocked for the next writer.
+    let failed = s
+        .write_members(
+            room.id,
+            Box::pin(async { Err(StoreError::Unavailable("cache down".into())) }),
+        )
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    let again = tokio::time::timeout(
+        Duration::from_secs(20),
+        s.write_members(
+            room.id,
+            ready(vec![(n, member_state(Role::Member, None, 80, 3))]),
+        ),
+    )
+    .await
+    .expect("the room is not left locked");
+    again.expect("write after a failed write");
+    assert_eq!(joined(s, n, room.id).await, Some((Role::Member, 3)));
+}
+
+/// The changes future of a second writer of the same room starts only once the first writer's
+/// future finished, and sees what the first one wrote. `one` and `two` may be one store or two
+/// instances on one database.
+async fn write_members_awaits_changes_under_the_room_lock(
+    one: Arc<dyn Store>,
+    two: Arc<dyn Store>,
+) {
+    let a = user(one.as_ref(), "lock_owner").await;
+    let b = user(one.as_ref(), "lock_member").await;
+    let (room, _) = one.create_group("g", a, &[], 1).await.expect("create");
+    let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+
+    let (started_tx, started_rx) = oneshot::channel();
+    let first = {
+        let s = one.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            let changes: ChangesFuture<'static> = Box::pin(async move {
+                log.lock().expect("log").push("first start");
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                log.lock().expect("log").push("first end");
+                Ok(vec![(b, member_state(Role::Admin, Some("first"), 10, 0))])
+            });
+            s.write_members(room.id, changes).await
+        })
+    };
+    // The first writer holds the room now; the second must wait for it.
+    started_rx.await.expect("first future started");
+    let second = {
+        let s = two.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            let reader = s.clone();
+            let changes: ChangesFuture<'static> = Box::pin(async move {
+                log.lock().expect("log").push("second start");
+                // Under the lock, the first writer's rows are committed.
+                let seen = reader.member_role(room.id, b).await?;
+                log.lock().expect("log").push("second end");
+                let nickname = if seen == Some(Role::Admin) {
+                    "second saw first"
+                } else {
+                    "second ran early"
+                };
+                Ok(vec![(b, member_state(Role::Member, Some(nickname), 20, 0))])
+            });
+            s.write_members(room.id, changes).await
+        })
+    };
+    let limit = Duration::from_secs(30);
+    let first = tokio::time::timeout(limit, first)
+        .await
+        .expect("first writer finishes")
+        .expect("join");
+    let second = tokio::time::timeout(limit, second)
+        .await
+        .expect("second writer finishes (no deadlock)")
+        .expect("join");
+    first.expect("first write");
+    second.expect("second write");
+    assert_eq!(
+        *log.lock().expect("log"),
+        vec!["first start", "first end", "second start", "second end"],
+        "the second changes future ran while the first writer held the room"
+    );
+    let member = one
+        .members(room.id)
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.user_id == b)
+        .expect("member written");
+    assert_eq!(
+        (member.role, member.group_nickname.as_deref()),
+        (Role::Member, Some("second saw first")),
+        "the last writer wins, having read the first writer's rows"
+    );
+}
+
+async fn append_by_caller_skips_only_the_member_check(s: &dyn Store) {
+    let a = user(s, "bc_owner").await;
+    let outsider = user(s, "bc_outsider").await;
+    let (room, _) = s.create_group("g", a, &[], 1).await.expect("create");
+    assert_eq!(s.member_role(room.id, outsider).await.expect("role"), None);
+
+    // The transaction checks the membership: the outsider is rejected.
+    let checked = s
+        .append_messages(&[msg(1, room.id, outsider, Some("bc1"))])
+        .await
+        .expect("append");
+    assert_eq!(checked, vec![Err(Rejected::NotMember)]);
+    assert!(s.message_by_id(1).await.expect("read").is_none());
+
+    // The caller checked (newer data than the rows): stored.
+    let by_caller = s
+        .append(
+            &[
+                msg(2, room.id, outsider, Some("bc1")),
+                msg(3, 424_242, outsider, None),
+                msg(4, room.id, outsider, Some("bc1")),
+                msg(5, room.id, a, None),
+            ],
+            MemberCheck::ByCaller,
+        )
+        .await
+        .expect("append");
+    let summary: Vec<_> = by_caller
+        .iter()
+        .map(|r| match r {
+            Ok(Appended::Stored(m)) => Ok((m.id, m.seq, m.sender_id, false)),
+            Ok(Appended::Duplicate(m)) => Ok((m.id, m.seq, m.sender_id, true)),
+            Err(e) => Err(*e),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            Ok((2, 1, outsider, false)),
+            Err(Rejected::RoomNotFound),
+            Ok((2, 1, outsider, true)),
+            Ok((5, 2, a, false)),
+        ]
+    );
+    // Still deduplicated across calls, and still rejected after: the rows did not change.
+    let retry = s
+        .append(
+            &[msg(6, room.id, outsider, Some("bc1"))],
+            MemberCheck::ByCaller,
+        )
+        .await
+        .expect("append");
+    assert!(
+        matches!(&retry[..], [Ok(Appended::Duplicate(m))] if m.id == 2),
+        "{retry:?}"
+    );
+    let unknown = s
+        .append(&[msg(7, 424_242, outsider, None)], MemberCheck::ByCaller)
+        .await
+        .expect("append");
+    assert_eq!(unknown, vec![Err(Rejected::RoomNotFound)]);
+    let checked = s
+        .append_messages(&[msg(8, room.id, outsider, None)])
+        .await
+        .expect("append");
+    assert_eq!(checked, vec![Err(Rejected::NotMember)]);
+
+    let all = s.messages_after(room.id, 0, 100).await.expect("read");
+    assert_eq!(
+        all.iter()
+            .map(|m| (m.id, m.seq, m.sender_id))
+            .collect::<Vec<_>>(),
+        vec![(2, 1, outsider), (5, 2, a)]
+    );
+    assert_eq!(
+        s.room(room.id)
+            .await
+            .expect("room")
+            .expect("exists")
+            .last_seq,
+        2
+    );
+}
+
 #[tokio::test]
 async fn sqlite_usernames_are_unique() {
     let (_d, s) = sqlite().await;
@@ -320,6 +735,30 @@ async fn sqlite_cursors_only_move_forward() {
 async fn sqlite_concurrent_batches_never_leave_gaps() {
     let (_d, s) = sqlite().await;
     concurrent_batches_never_leave_gaps(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_users_by_ids_returns_existing_users_sorted_and_deduplicated() {
+    let (_d, s) = sqlite().await;
+    users_by_ids_returns_existing_users_sorted_and_deduplicated(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_write_members_upserts_and_removes_memberships() {
+    let (_d, s) = sqlite().await;
+    write_members_upserts_and_removes_memberships(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_write_members_awaits_changes_under_the_room_lock() {
+    let (_d, s) = sqlite().await;
+    write_members_awaits_changes_under_the_room_lock(s.clone(), s).await;
+}
+
+#[tokio::test]
+async fn sqlite_append_by_caller_skips_only_the_member_check() {
+    let (_d, s) = sqlite().await;
+    append_by_caller_skips_only_the_member_check(s.as_ref()).await;
 }
 
 #[tokio::test]
@@ -375,6 +814,42 @@ async fn mysql_cursors_only_move_forward() {
 async fn mysql_concurrent_batches_never_leave_gaps() {
     let (_db, s) = mysql().await;
     concurrent_batches_never_leave_gaps(s).await;
+}
+
+#[tokio::test]
+async fn mysql_users_by_ids_returns_existing_users_sorted_and_deduplicated() {
+    let (_db, s) = mysql().await;
+    users_by_ids_returns_existing_users_sorted_and_deduplicated(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_write_members_upserts_and_removes_memberships() {
+    let (_db, s) = mysql().await;
+    write_members_upserts_and_removes_memberships(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_write_members_awaits_changes_under_the_room_lock() {
+    let (_db, s) = mysql().await;
+    write_members_awaits_changes_under_the_room_lock(s.clone(), s).await;
+}
+
+#[tokio::test]
+async fn mysql_append_by_caller_skips_only_the_member_check() {
+    let (_db, s) = mysql().await;
+    append_by_caller_skips_only_the_member_check(s.as_ref()).await;
+}
+
+/// Two pools on one database, like two instances writing one group's members: the room lock
+/// is the database's, not the process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_two_instances_serialize_member_writes() {
+    let db = MySqlDb::create().await;
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let (one, two) = (Arc::new(one), Arc::new(two));
+    write_members_awaits_changes_under_the_room_lock(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
 }
 
 #[tokio::test]

@@ -81,6 +81,13 @@ impl Backends {
         }
     }
 
+    /// The cluster's database, for inspecting what reached it.
+    pub async fn store(&self) -> store::mysql::MySqlStore {
+        store::mysql::MySqlStore::connect(&self.mysql.url(), 2)
+            .await
+            .expect("the test database answers")
+    }
+
     /// A Redis connection for inspecting the cluster's keys.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis.url())
@@ -216,6 +223,17 @@ impl Cluster {
         let g = boot(gateway_config(&base, i), Roles::GATEWAY, "gateway").await;
         self.gateway_addrs[i] = g.gateway.expect("gateway address");
         self.gateways[i] = Some(g);
+    }
+
+    /// Stops meta gracefully (its flusher writes every pending group change) and starts it again.
+    pub async fn restart_meta(&mut self) {
+        if let Some(m) = self.meta.take() {
+            m.shutdown().await.expect("meta shuts down");
+        }
+        let base = base_config(&self.backends, &self.configure);
+        let m = boot(base, Roles::META, "meta").await;
+        self.meta_addr = m.meta.expect("meta address");
+        self.meta = Some(m);
     }
 
     /// Stops every instance gracefully and drops the database.

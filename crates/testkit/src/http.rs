@@ -328,6 +328,76 @@ impl Client {
         .await
     }
 
+    /// `POST /api/group/{room_id}/members`.
+    pub async fn add_members(&self, token: &str, room_id: RoomId, member_ids: &[UserId]) -> Reply {
+        self.post_json(
+            Service::Meta,
+            &format!("/api/group/{room_id}/members"),
+            Some(token),
+            json!({ "member_ids": member_ids }),
+        )
+        .await
+    }
+
+    /// `DELETE /api/group/{room_id}/members/{user_id}`.
+    pub async fn remove_member(&self, token: &str, room_id: RoomId, user_id: UserId) -> Reply {
+        self.request(
+            Method::DELETE,
+            Service::Meta,
+            &format!("/api/group/{room_id}/members/{user_id}"),
+            Some(token),
+            Body::None,
+        )
+        .await
+    }
+
+    /// `POST /api/group/{room_id}/leave`.
+    pub async fn leave(&self, token: &str, room_id: RoomId) -> Reply {
+        self.request(
+            Method::POST,
+            Service::Meta,
+            &format!("/api/group/{room_id}/leave"),
+            Some(token),
+            Body::None,
+        )
+        .await
+    }
+
+    /// `PUT /api/group/{room_id}/members/{user_id}/role` with `role` as given.
+    pub async fn change_role(
+        &self,
+        token: &str,
+        room_id: RoomId,
+        user_id: UserId,
+        role: &str,
+    ) -> Reply {
+        self.request(
+            Method::PUT,
+            Service::Meta,
+            &format!("/api/group/{room_id}/members/{user_id}/role"),
+            Some(token),
+            Body::Json(json!({ "role": role })),
+        )
+        .await
+    }
+
+    /// `PUT /api/group/{room_id}/nickname`.
+    pub async fn set_group_nickname(
+        &self,
+        token: &str,
+        room_id: RoomId,
+        nickname: Option<&str>,
+    ) -> Reply {
+        self.request(
+            Method::PUT,
+            Service::Meta,
+            &format!("/api/group/{room_id}/nickname"),
+            Some(token),
+            Body::Json(json!({ "nickname": nickname })),
+        )
+        .await
+    }
+
     pub async fn joined_rooms(&self, token: &str) -> Reply {
         self.get(Service::Meta, "/api/joined_rooms", Some(token))
             .await

@@ -417,3 +417,187 @@ async fn clients_placed_between_heartbeats_spread_evenly() {
     assert!(count.values().all(|n| *n == 5), "{count:?}");
     c.shutdown().await;
 }
+
+/// Members of `room` as the database holds them: `(user, role, group nickname)`, by user id.
+async fn stored_members(c: &Cluster, room: i64) -> Vec<(i64, String, Option<String>)> {
+    use store::RoomStore;
+    let store = c.backends.store().await;
+    let mut out: Vec<_> = store
+        .members(room)
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| (m.user_id, m.role.as_str().to_owned(), m.group_nickname))
+        .collect();
+    out.sort();
+    store.close().await;
+    out
+}
+
+/// Members of `room` as the API shows them, in the same shape.
+async fn api_members(
+    api: &testkit::Client,
+    who: &TestUser,
+    room: i64,
+) -> Vec<(i64, String, Option<String>)> {
+    let reply = api.members(&who.token, room).await;
+    let mut out: Vec<_> = reply.assert_success()["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["user_id"].as_i64().expect("id"),
+                m["role"].as_str().expect("role").to_owned(),
+                m["group_nickname"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn dirty_rooms(c: &Cluster) -> usize {
+    let mut redis = c.backends.redis().await;
+    let key = format!("{}:{{grp}}:dirty", c.backends.redis.prefix);
+    redis.zcard(&key).await.expect("zcard")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_changes_hold_everywhere_at_once_and_reach_mysql_at_the_flush() {
+    // The flusher only runs at start and at shutdown: everything between is write-back state.
+    let mut c = Cluster::spawn_with(|cfg| cfg.group_cache.flush_interval_ms = 3_600_000).await;
+    let (api1, api2) = (c.api(0, 0), c.api(1, 1));
+    let users = api1.register_users(&["owner", "bob", "carol"]).await;
+    let (owner, bob, carol) = (&users[0], &users[1], &users[2]);
+    let room = api1.create_group_ok(owner, "wb", &[bob]).await.room_id;
+    let mut bob_ws = c.ws(0, bob).await;
+    let first = api1.send_ok(owner, room, "before carol").await;
+    assert_eq!(
+        bob_ws.next_new_chat().await.expect("bob").id,
+        first.message_id
+    );
+
+    // Carol is added through meta; both Send instances and her gateway know at once.
+    api1.add_members(&owner.token, room, &[carol.id])
+        .await
+        .assert_success();
+    // Her cursor starts where she joined: no flood of what was said before (history has it).
+    let mut carol_ws = c.ws(1, carol).await;
+    let hers = api2.send_ok(carol, room, "hi from carol").await;
+    assert_eq!(
+        bob_ws.next_new_chat().await.expect("bob gets carol").id,
+        hers.message_id
+    );
+    assert_eq!(
+        carol_ws.next_new_chat().await.expect("echo").id,
+        hers.message_id
+    );
+    assert_eq!(
+        api1.history_all(carol, room, 0).await.len(),
+        2,
+        "carol reads history before any flush"
+    );
+
+    // Bob is removed: from the answer on, no Send instance accepts or delivers for him.
+    api2.remove_member(&owner.token, room, bob.id)
+        .await
+        .assert_success();
+    api1.send(&bob.token, room, "still here?")
+        .await
+        .assert_error(403, "not_a_member");
+    api2.send(&bob.token, room, "still here?")
+        .await
+        .assert_error(403, "not_a_member");
+    let after = api1.send_ok(owner, room, "after bob").await;
+    assert_eq!(
+        carol_ws.next_new_chat().await.expect("carol").id,
+        after.message_id
+    );
+    bob_ws
+        .expect_no_chat_within(Duration::from_millis(500))
+        .await
+        .expect("bob receives nothing after his removal");
+
+    api1.change_role(&owner.token, room, carol.id, "admin")
+        .await
+        .assert_success();
+    api1.set_group_nickname(&carol.token, room, Some("cc"))
+        .await
+        .assert_success();
+    let mut expected = vec![
+        (owner.id, "owner".to_owned(), None),
+        (carol.id, "admin".to_owned(), Some("cc".to_owned())),
+    ];
+    expected.sort();
+    assert_eq!(api_members(&api1, owner, room).await, expected);
+    // Not flushed yet: the database still has the room as it was created.
+    let mut created = vec![
+        (owner.id, "owner".to_owned(), None),
+        (bob.id, "member".to_owned(), None),
+    ];
+    created.sort();
+    assert_eq!(stored_members(&c, room).await, created);
+    assert_eq!(dirty_rooms(&c).await, 1);
+
+    // A graceful stop of meta flushes; what reaches MySQL is exactly what the API showed.
+    c.restart_meta().await;
+    assert_eq!(dirty_rooms(&c).await, 0);
+    assert_eq!(stored_members(&c, room).await, expected);
+    let api1 = c.api(0, 0);
+    assert_eq!(api_members(&api1, owner, room).await, expected);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flusher_never_loses_or_resets_a_change_made_while_it_runs() {
+    let c = Cluster::spawn_with(|cfg| cfg.group_cache.flush_interval_ms = 5).await;
+    let api = c.api(0, 0);
+    let users = api
+        .register_users(&["o", "m1", "m2", "m3", "m4", "m5", "m6"])
+        .await;
+    let owner = &users[0];
+    let members: Vec<&TestUser> = users[1..].iter().collect();
+    let room = api.create_group_ok(owner, "race", &members).await.room_id;
+    // Every member renames themselves many times while the flusher runs every 5 ms; half of
+    // them are promoted and demoted by the owner in between.
+    let mut tasks = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let (api, token, id, owner_token) =
+            (c.api(0, 0), m.token.clone(), m.id, owner.token.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..15 {
+                api.set_group_nickname(&token, room, Some(&format!("n{i}-{round}")))
+                    .await
+                    .assert_success();
+                if i % 2 == 0 {
+                    let role = if round % 2 == 0 { "admin" } else { "member" };
+                    api.change_role(&owner_token, room, id, role)
+                        .await
+                        .assert_success();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("changer");
+    }
+    let shown = api_members(&api, owner, room).await;
+    assert_eq!(shown.len(), 7, "nobody lost: {shown:?}");
+    eventually(WAIT, "the flusher catches up", || async {
+        dirty_rooms(&c).await == 0
+    })
+    .await;
+    assert_eq!(
+        stored_members(&c, room).await,
+        shown,
+        "MySQL holds the last change of each"
+    );
+    for (i, m) in members.iter().enumerate() {
+        let (_, role, nick) = shown.iter().find(|s| s.0 == m.id).expect("member shown");
+        assert_eq!(nick.as_deref(), Some(format!("n{i}-14").as_str()));
+        let want = if i % 2 == 0 { "admin" } else { "member" };
+        assert_eq!(role, want);
+    }
+    c.shutdown().await;
+}

@@ -17,6 +17,7 @@ mod accounts;
 mod cluster;
 mod delivery;
 mod errors;
+mod groups;
 mod internal;
 mod messages;
 mod ops;

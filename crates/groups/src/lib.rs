@@ -1,0 +1,352 @@
+//! Group data as every service reads it: a room's members with their roles and group nicknames,
+//! and a user's rooms.
+//!
+//! Two backends sit behind [`Groups`]:
+//! - [`DirectGroups`] reads and writes the database (the embedded mode, one process);
+//! - [`writeback::WriteBack`] is the seed's write-back cache: a change is stored in Redis (with
+//!   the room in a dirty set) and answered; a flusher writes dirty rooms to the database in
+//!   batches. Reads overlay the changes not flushed yet on the database, so every service sees a
+//!   change as soon as it was answered.
+//!
+//! [`CachedGroups`] is the local first-level cache in front of either, used on the hot paths
+//! (send's membership check and fan-out). With the write-back backend every use first reads the
+//! rooms' version tokens (one round trip for a whole batch), so a removed member stops receiving
+//! the moment the removal was answered, whichever process made it.
+//!
+//! Changes of one room are made one at a time under [`Groups::lock`], so a change is computed
+//! from the current state (read-modify-write) and never lost or mixed with another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proto::api::{Access, Role};
+use proto::{RoomId, Seq, UserId};
+pub use store::{JoinedRoom, MemberChanges, MemberCheck, MemberState, Room, StoreError};
+use store::{Result, Store};
+
+pub mod writeback;
+
+/// One membership of a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub user_id: UserId,
+    pub role: Role,
+    pub group_nickname: Option<String>,
+    pub joined_at_ms: i64,
+    /// The room's `seq` when the user joined: their delivery starts after it.
+    pub joined_seq: Seq,
+}
+
+impl Membership {
+    /// The state to write for this membership.
+    pub fn state(&self) -> MemberState {
+        MemberState::Member {
+            role: self.role,
+            group_nickname: self.group_nickname.clone(),
+            joined_at_ms: self.joined_at_ms,
+            joined_seq: self.joined_seq,
+        }
+    }
+}
+
+/// A room and its members as of now.
+#[derive(Debug, Clone)]
+pub struct RoomMembers {
+    pub room: Room,
+    /// Sorted by user id.
+    members: Vec<Membership>,
+    ids: Arc<[UserId]>,
+}
+
+impl RoomMembers {
+    /// Builds the view from memberships in any order.
+    pub fn new(room: Room, mut members: Vec<Membership>) -> Self {
+        members.sort_unstable_by_key(|m| m.user_id);
+        members.dedup_by_key(|m| m.user_id);
+        let ids = members.iter().map(|m| m.user_id).collect();
+        Self { room, members, ids }
+    }
+
+    pub fn members(&self) -> &[Membership] {
+        &self.members
+    }
+
+    /// Member ids, sorted (shared, for fan-out).
+    pub fn ids(&self) -> &Arc<[UserId]> {
+        &self.ids
+    }
+
+    pub fn get(&self, user: UserId) -> Option<&Membership> {
+        self.members
+            .binary_search_by_key(&user, |m| m.user_id)
+            .ok()
+            .map(|i| &self.members[i])
+    }
+
+    pub fn role(&self, user: UserId) -> Option<Role> {
+        self.get(user).map(|m| m.role)
+    }
+
+    pub fn access(&self, user: UserId) -> Access {
+        self.role(user).map_or(Access::NotMember, Access::Member)
+    }
+}
+
+/// What `user` is to a room that may not exist.
+pub fn access(room: Option<&RoomMembers>, user: UserId) -> Access {
+    room.map_or(Access::NoRoom, |r| r.access(user))
+}
+
+/// Held while changing one room; give it back with [`Groups::unlock`].
+#[derive(Debug)]
+pub struct RoomLock {
+    room: RoomId,
+    token: u64,
+    _local: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl RoomLock {
+    pub fn room(&self) -> RoomId {
+        self.room
+    }
+}
+
+/// Group data, read and changed.
+#[async_trait]
+pub trait Groups: Send + Sync {
+    /// The room with its current members, or `None` when it does not exist. Fresh (uncached).
+    async fn room(&self, room: RoomId) -> Result<Option<RoomMembers>>;
+    /// `user`'s rooms with their role and delivery cursor, in room id order.
+    async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>>;
+    /// Takes `room`'s change lock (waiting a bounded time; `Unavailable` when it cannot).
+    async fn lock(&self, room: RoomId) -> Result<RoomLock>;
+    /// Gives the lock back.
+    async fn unlock(&self, lock: RoomLock);
+    /// Writes changes of the locked room. Every reader sees them once this returns.
+    async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()>;
+    /// Tokens that differ whenever a room's members changed, for caches in other processes;
+    /// `None` when every change happens in this process (the cache is told directly).
+    async fn versions(&self, rooms: &[RoomId]) -> Result<Option<Vec<u64>>>;
+    /// Who checks membership when messages are appended.
+    fn member_check(&self) -> MemberCheck;
+    /// A round trip to every backend, for `/health`.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Reads a room and its members from the database alone.
+async fn room_from_db(store: &dyn Store, room: RoomId) -> Result<Option<RoomMembers>> {
+    let Some(r) = store.room(room).await? else {
+        return Ok(None);
+    };
+    let members = store
+        .members(room)
+        .await?
+        .into_iter()
+        .map(|m| Membership {
+            user_id: m.user_id,
+            role: m.role,
+            group_nickname: m.group_nickname,
+            joined_at_ms: m.joined_at_ms,
+            joined_seq: m.joined_seq,
+        })
+        .collect();
+    Ok(Some(RoomMembers::new(r, members)))
+}
+
+/// Group data straight from the database: the embedded mode, where every change is made in this
+/// process (locks are in-process, and the append transaction checks membership itself).
+#[derive(Clone)]
+pub struct DirectGroups {
+    store: Arc<dyn Store>,
+    locks: Arc<[Arc<tokio::sync::Mutex<()>>]>,
+}
+
+impl std::fmt::Debug for DirectGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectGroups").finish_non_exhaustive()
+    }
+}
+
+/// Striped in-process room locks: rooms sharing a stripe wait for each other, which is harmless.
+const LOCK_STRIPES: usize = 64;
+
+impl DirectGroups {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            locks: (0..LOCK_STRIPES).map(|_| Arc::default()).collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl Groups for DirectGroups {
+    async fn room(&self, room: RoomId) -> Result<Option<RoomMembers>> {
+        room_from_db(&*self.store, room).await
+    }
+
+    async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
+        self.store.joined_rooms(user).await
+    }
+
+    async fn lock(&self, room: RoomId) -> Result<RoomLock> {
+        let stripe = self.locks[room.unsigned_abs() as usize % LOCK_STRIPES].clone();
+        Ok(RoomLock {
+            room,
+            token: 0,
+            _local: Some(stripe.lock_owned().await),
+        })
+    }
+
+    async fn unlock(&self, lock: RoomLock) {
+        drop(lock);
+    }
+
+    async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()> {
+        self.store
+            .write_members(lock.room, Box::pin(async move { Ok(changes) }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn versions(&self, _rooms: &[RoomId]) -> Result<Option<Vec<u64>>> {
+        Ok(None)
+    }
+
+    fn member_check(&self) -> MemberCheck {
+        MemberCheck::InTransaction
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.store.ping().await
+    }
+}
+
+/// The local cache of rooms' members in front of a [`Groups`] backend, bounded, with a TTL as a
+/// backstop. Changes made through it drop the room at once; changes made elsewhere are caught by
+/// the version tokens (write-back backend). A load that raced with a change is not cached: every
+/// change bumps an epoch, and a loader only inserts when the epoch it started under is current.
+/// Rooms that do not exist are never cached (their id may be created next).
+#[derive(Clone)]
+pub struct CachedGroups {
+    inner: Arc<dyn Groups>,
+    cache: moka::sync::Cache<RoomId, (u64, Arc<RoomMembers>)>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for CachedGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedGroups")
+            .field("rooms", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedGroups {
+    pub fn new(inner: Arc<dyn Groups>, max_rooms: u64, ttl: Duration) -> Self {
+        Self {
+            inner,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_rooms)
+                .time_to_live(ttl)
+                .build(),
+            epoch: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Forgets `room` (its members changed).
+    pub fn invalidate(&self, room: RoomId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(&room);
+    }
+
+    /// The current members of each of `rooms` (`None`: no such room), from the cache where it
+    /// is still current. One version round trip for the whole set, one load per stale room.
+    pub async fn current(
+        &self,
+        rooms: &[RoomId],
+    ) -> Result<HashMap<RoomId, Option<Arc<RoomMembers>>>> {
+        let mut wanted = rooms.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let versions = self.inner.versions(&wanted).await?;
+        let mut out = HashMap::with_capacity(wanted.len());
+        for (i, room) in wanted.iter().copied().enumerate() {
+            let version = versions.as_ref().map_or(0, |v| v[i]);
+            if let Some((v, hit)) = self.cache.get(&room)
+                && v == version
+            {
+                metrics_hit(true);
+                out.insert(room, Some(hit));
+                continue;
+            }
+            metrics_hit(false);
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let loaded = self.inner.room(room).await?.map(Arc::new);
+            if let Some(members) = &loaded
+                && self.epoch.load(Ordering::Acquire) == epoch
+            {
+                self.cache.insert(room, (version, members.clone()));
+            }
+            out.insert(room, loaded);
+        }
+        Ok(out)
+    }
+
+    /// The current members of one room.
+    pub async fn current_room(&self, room: RoomId) -> Result<Option<Arc<RoomMembers>>> {
+        Ok(self.current(&[room]).await?.remove(&room).flatten())
+    }
+
+    /// What `user` is to `room`, now.
+    pub async fn access(&self, room: RoomId, user: UserId) -> Result<Access> {
+        Ok(access(self.current_room(room).await?.as_deref(), user))
+    }
+}
+
+fn metrics_hit(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!("ruststacker_member_cache_requests_total", "result" => result).increment(1);
+}
+
+#[async_trait]
+impl Groups for CachedGroups {
+    async fn room(&self, room: RoomId) -> Result<Option<RoomMembers>> {
+        self.inner.room(room).await
+    }
+
+    async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
+        self.inner.joined_rooms(user).await
+    }
+
+    async fn lock(&self, room: RoomId) -> Result<RoomLock> {
+        self.inner.lock(room).await
+    }
+
+    async fn unlock(&self, lock: RoomLock) {
+        self.inner.unlock(lock).await;
+    }
+
+    async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()> {
+        // Before and after: a load that started before the write cannot be cached after it.
+        self.invalidate(lock.room);
+        let done = self.inner.write(lock, changes).await;
+        self.invalidate(lock.room);
+        done
+    }
+
+    async fn versions(&self, rooms: &[RoomId]) -> Result<Option<Vec<u64>>> {
+        self.inner.versions(rooms).await
+    }
+
+    fn member_check(&self) -> MemberCheck {
+        self.inner.member_check()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
