@@ -34,8 +34,13 @@ alive() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 
 healthy() { curl -fsS "http://127.0.0.1:$1/health" >/dev/null 2>&1; }
 
-# Every service is told where the registry is not by URL but through Redis; only ports move.
 port_of() { echo $(( $1 + OFFSET )); }
+
+# Gateways talk to the registry over HTTP (registry.url, the seed's model); its URL moves with the
+# port offset. The other services find each other through Redis.
+env_for_kind() {
+  if [ "$1" = gateway ]; then echo "RUSTSTACKER_REGISTRY__URL=http://127.0.0.1:$(port_of 8084)"; fi
+}
 
 up() {
   [ -x "$BIN" ] || cargo build --release -p server --bin ruststacker
@@ -53,7 +58,7 @@ up() {
       exit 1
     fi
     # shellcheck disable=SC2046
-    env $(env_for) RUSTSTACKER_PORT="$3" nohup "$BIN" "$2" --config "config/cluster/$1.yaml" > "$DIR/$1.log" 2>&1 &
+    env $(env_for) $(env_for_kind "$2") RUSTSTACKER_PORT="$3" nohup "$BIN" "$2" --config "config/cluster/$1.yaml" > "$DIR/$1.log" 2>&1 &
     echo $! > "$DIR/$1.pid"
     for _ in $(seq 1 100); do healthy "$3" && break; alive "$1" || break; sleep 0.1; done
     if alive "$1" && healthy "$3"; then echo "$1 up on :$3 (pid $(cat "$DIR/$1.pid"))"

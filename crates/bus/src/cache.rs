@@ -120,6 +120,15 @@ impl crate::Routes for CachedRoutes {
         self.inner.last_gateway(user).await
     }
 
+    async fn refresh(
+        &self,
+        users: &[UserId],
+        gateway: &crate::GatewayId,
+    ) -> Result<(), crate::BusError> {
+        // Where the users are does not change: the cached entries stay right.
+        self.inner.refresh(users, gateway).await
+    }
+
     async fn ping(&self) -> Result<(), crate::BusError> {
         self.inner.ping().await
     }

@@ -94,6 +94,12 @@ impl Routes for InProcRoutes {
         Ok(())
     }
 
+    async fn refresh(&self, _users: &[UserId], _gateway: &GatewayId) -> Result<(), BusError> {
+        // A route here lives until its disconnect (it dies with the process, and so do the
+        // connections): there is no expiry to push back.
+        Ok(())
+    }
+
     async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {
         // One process has one gateway: a lease would always name it, so only live routes count.
         Ok(self.map.get(&user).and_then(|gws| gws.first().cloned()))

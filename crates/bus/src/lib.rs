@@ -1,7 +1,9 @@
 //! The seams between services that are not the database: the push path ([`PushBus`]), the
 //! user -> gateway route table ([`Routes`]) with Send's local cache of it ([`CachedRoutes`]), and
 //! the instance registry ([`Instances`]). [`inproc`] implements them inside one process for
-//! `ruststacker all`; the Redis implementations sit behind the same traits.
+//! `ruststacker all`; [`redis`] implements them over Redis for the distributed mode, and
+//! [`http::RegistryClient`] over the registry's HTTP API, for a gateway or Send instance configured
+//! with the seed's `registry.url`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use proto::api::GatewayView;
 use proto::stream::PushEntry;
 
 pub mod cache;
+pub mod http;
 pub mod inproc;
 pub mod redis;
 
@@ -29,9 +32,13 @@ pub enum BusError {
     /// The instance is not registered (it expired): register again.
     #[error("{0} is not registered")]
     NotRegistered(String),
-    /// The backend (Redis) cannot be reached.
+    /// The backend (Redis, the registry) cannot be reached or failed; retrying may help.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered but refused the call (the registry's 4xx: a wrong internal token, an
+    /// invalid id); retrying the same call will not help.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Appends entries to gateways' push streams.
@@ -64,6 +71,10 @@ pub trait Routes: Send + Sync {
     async fn locate(&self, users: &[UserId]) -> Result<HashMap<GatewayId, Vec<UserId>>, BusError>;
     /// The gateway `user` is connected to, or was until recently (the route lease), if any.
     async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError>;
+    /// Keeps the routes of these users, all connected to `gateway`, alive: a gateway calls it
+    /// periodically (`gateway.route_refresh_secs`) so that connected routes, which expire after
+    /// `registry.user_route_ttl`, outlive the connections and not the gateway.
+    async fn refresh(&self, users: &[UserId], gateway: &GatewayId) -> Result<(), BusError>;
     /// A round trip to the backend, for `/health`.
     async fn ping(&self) -> Result<(), BusError>;
 }

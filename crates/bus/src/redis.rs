@@ -245,6 +245,18 @@ impl RedisBus {
                     .await?;
                 }
             }
+            PushEntry::Notice { notice, targets } => {
+                for (gateway, users) in self.locate(&targets).await? {
+                    self.publish(
+                        &gateway,
+                        PushEntry::Notice {
+                            notice: notice.clone(),
+                            targets: users,
+                        },
+                    )
+                    .await?;
+                }
+            }
             PushEntry::Ack { sender_id, .. } => {
                 for gateway in self.locate(&[sender_id]).await?.into_keys() {
                     self.publish(&gateway, entry.clone()).await?;
@@ -460,6 +472,10 @@ impl Routes for RedisBus {
             }
         }
         Ok(out)
+    }
+
+    async fn refresh(&self, users: &[UserId], gateway: &GatewayId) -> Result<(), BusError> {
+        self.refresh_routes(users, gateway).await
     }
 
     async fn last_gateway(&self, user: UserId) -> Result<Option<GatewayId>, BusError> {

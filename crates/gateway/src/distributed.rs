@@ -93,7 +93,7 @@ async fn fill_hole(state: &GatewayState, released: &Released) {
         .iter()
         .filter_map(|e| match e {
             PushEntry::Chat { targets, .. } => Some(targets.iter().copied()),
-            PushEntry::Ack { .. } => None,
+            PushEntry::Ack { .. } | PushEntry::Notice { .. } => None,
         })
         .flatten()
         .collect();
@@ -150,7 +150,8 @@ pub(crate) async fn reclaimer(state: GatewayState, bus: RedisBus, stop: Cancella
     }
 }
 
-pub(crate) async fn route_refresher(state: GatewayState, bus: RedisBus, stop: CancellationToken) {
+/// Keeps this gateway's users' routes alive wherever routes live (Redis, or the registry over HTTP).
+pub(crate) async fn route_refresher(state: GatewayState, stop: CancellationToken) {
     let period = Duration::from_secs(state.0.cfg.route_refresh_secs.max(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
@@ -159,7 +160,7 @@ pub(crate) async fn route_refresher(state: GatewayState, bus: RedisBus, stop: Ca
             _ = tick.tick() => {}
         }
         let users = state.0.hub.users();
-        if let Err(e) = bus.refresh_routes(&users, &state.0.id).await {
+        if let Err(e) = state.0.routes.refresh(&users, &state.0.id).await {
             tracing::warn!(error = %e, "route refresh failed");
         }
     }

@@ -121,6 +121,9 @@ pub struct Deps {
     pub groups: groups::CachedGroups,
     pub routes: Arc<dyn Routes>,
     pub instances: Arc<dyn Instances>,
+    /// `routes` and `instances` are the registry's HTTP API (`registry.url`), not the bus:
+    /// `/health` reports the registry and, separately, the Redis of the push stream.
+    pub registry_http: bool,
     pub ready: Ready,
 }
 
@@ -141,6 +144,9 @@ pub(crate) struct Inner {
     /// Routes are distributed (Send instances cache them), so a connection's fan-out can race its
     /// connect: run the catch-up resync. In one process routes change synchronously: no need.
     pub(crate) catch_up: std::sync::atomic::AtomicBool,
+    registry_http: bool,
+    /// The push stream's Redis, for `/health` when routes do not go there (`registry_http`).
+    stream_bus: std::sync::OnceLock<bus::redis::RedisBus>,
     ready: Ready,
 }
 
@@ -167,6 +173,8 @@ impl GatewayState {
             closing: CancellationToken::new(),
             conns: TaskTracker::new(),
             catch_up: std::sync::atomic::AtomicBool::new(false),
+            registry_http: deps.registry_http,
+            stream_bus: std::sync::OnceLock::new(),
             ready: deps.ready,
         }))
     }
@@ -207,9 +215,10 @@ impl GatewayState {
                 )));
                 tasks.push(tokio::spawn(distributed::route_refresher(
                     self.clone(),
-                    bus,
                     stop.clone(),
                 )));
+                // Started once per state: the cell is empty.
+                let _ = self.0.stream_bus.set(bus);
                 tokio::spawn(distributed::consume(
                     self.clone(),
                     stream,
@@ -271,6 +280,12 @@ impl GatewayState {
                     .hub
                     .deliver(&[sender_id], &Outbound::Frame(Arc::new(text)));
             }
+            PushEntry::Notice { notice, targets } => {
+                let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
+                self.0
+                    .hub
+                    .deliver(&targets, &Outbound::Frame(Arc::new(text)));
+            }
         }
     }
 }
@@ -280,7 +295,7 @@ impl GatewayState {
 pub enum Stream {
     /// `ruststacker all`: an in-process channel; it ends when the producer side closes it.
     InProc(mpsc::Receiver<PushEntry>),
-    /// Distributed: this gateway's Redis Stream, plus the bus for reclaiming and route refresh.
+    /// Distributed: this gateway's Redis Stream, plus the bus for reclaiming (and `/health`).
     Redis {
         stream: bus::redis::RedisStream,
         bus: bus::redis::RedisBus,
@@ -409,8 +424,8 @@ async fn ws_handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let user = match q.token.as_deref() {
-        Some(token) => s.0.auth.verify(token)?,
-        None => s.0.auth.verify_headers(&headers)?,
+        Some(token) => s.0.auth.authenticate(token).await?,
+        None => s.0.auth.authenticate_headers(&headers).await?,
     };
     let upgrade = upgrade.map_err(|_| {
         ApiError::invalid("not_websocket", "this endpoint takes a WebSocket upgrade")
@@ -452,12 +467,14 @@ async fn ws_handshake(
 async fn health(State(s): State<GatewayState>) -> Response {
     let db = s.0.store.ping().await;
     let routes = s.0.routes.ping().await;
-    kit::http::health_reply(
-        "gateway",
-        &s.0.ready,
-        vec![
-            Check::from_result("database", &db),
-            Check::from_result("bus", &routes),
-        ],
-    )
+    let mut checks = vec![Check::from_result("database", &db)];
+    if s.0.registry_http {
+        checks.push(Check::from_result("registry", &routes));
+        if let Some(bus) = s.0.stream_bus.get() {
+            checks.push(Check::from_result("bus", &bus.ping_redis().await));
+        }
+    } else {
+        checks.push(Check::from_result("bus", &routes));
+    }
+    kit::http::health_reply("gateway", &s.0.ready, checks)
 }

@@ -1,6 +1,7 @@
 //! HS256 JWTs. Meta issues them at login; every service verifies them with the shared secret.
 //! The algorithm is pinned (GoStacker accepted any HMAC variant) and `exp`/`nbf` are checked
-//! without leeway.
+//! without leeway. A token carries the user's token version (`ver`); with [`TokenVersions`]
+//! plugged in, a token issued before the user's last password change is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,18 @@ struct Claims {
     exp: i64,
     iat: i64,
     nbf: i64,
+    /// The user's token version when issued (absent in tokens of older releases: 0).
+    #[serde(default)]
+    ver: i64,
+}
+
+/// Where a service learns a user's current token version (a password change bumps it).
+#[async_trait::async_trait]
+pub trait TokenVersions: Send + Sync {
+    /// The user's current version, `None` when the user does not exist.
+    async fn current(&self, user: UserId) -> Result<Option<i64>, ApiError>;
+    /// Forgets what is known of `user` (their password just changed in this process).
+    fn forget(&self, user: UserId);
 }
 
 /// Issues and verifies tokens.
@@ -33,6 +46,7 @@ pub struct Auth {
     dec: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    versions: Option<Arc<dyn TokenVersions>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -68,10 +82,24 @@ impl Auth {
             dec: DecodingKey::from_secret(secret),
             validation,
             ttl,
+            versions: None,
         }
     }
 
-    pub fn issue(&self, user_id: UserId, username: &str) -> Result<Issued, ApiError> {
+    /// Refuses tokens older than the user's current token version, as `versions` tells.
+    #[must_use]
+    pub fn with_versions(mut self, versions: Arc<dyn TokenVersions>) -> Self {
+        self.versions = Some(versions);
+        self
+    }
+
+    /// The token versions this `Auth` checks, if any.
+    pub fn versions(&self) -> Option<&Arc<dyn TokenVersions>> {
+        self.versions.as_ref()
+    }
+
+    /// A token for `user_id` under token version `version`.
+    pub fn issue(&self, user_id: UserId, username: &str, version: i64) -> Result<Issued, ApiError> {
         let now = chrono::Utc::now().timestamp();
         let exp = now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = Claims {
@@ -80,6 +108,7 @@ impl Auth {
             exp,
             iat: now,
             nbf: now,
+            ver: version,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::internal(&e))?;
@@ -89,12 +118,10 @@ impl Auth {
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
+    /// Checks the signature and times of `token` (not its version; see [`Auth::authenticate`]).
+    fn decode(&self, token: &str) -> Result<Claims, ApiError> {
         match jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation) {
-            Ok(data) => Ok(AuthUser {
-                user_id: data.claims.user_id,
-                username: data.claims.username,
-            }),
+            Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), JwtErrorKind::ExpiredSignature) => Err(
                 ApiError::unauthorized("token_expired", "the token has expired; log in again"),
             ),
@@ -102,15 +129,37 @@ impl Auth {
         }
     }
 
-    /// Verifies the `Authorization: Bearer` header.
-    pub fn verify_headers(&self, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+    /// The caller `token` stands for: signature, times and (with [`TokenVersions`]) that no
+    /// password change happened since it was issued.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthUser, ApiError> {
+        let claims = self.decode(token)?;
+        if let Some(versions) = &self.versions {
+            match versions.current(claims.user_id).await? {
+                None => return Err(invalid_token()),
+                Some(current) if claims.ver < current => {
+                    return Err(ApiError::unauthorized(
+                        "token_revoked",
+                        "the password changed after this token was issued; log in again",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(AuthUser {
+            user_id: claims.user_id,
+            username: claims.username,
+        })
+    }
+
+    /// [`Auth::authenticate`] with the `Authorization: Bearer` header.
+    pub async fn authenticate_headers(&self, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
         let token = bearer(headers)?.ok_or_else(|| {
             ApiError::unauthorized(
                 "missing_token",
                 "this endpoint needs an Authorization: Bearer <token> header",
             )
         })?;
-        self.verify(token)
+        self.authenticate(token).await
     }
 }
 
@@ -164,7 +213,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Arc::<Auth>::from_ref(state).verify_headers(&parts.headers)
+        Arc::<Auth>::from_ref(state)
+            .authenticate_headers(&parts.headers)
+            .await
     }
 }
 
@@ -176,12 +227,12 @@ mod tests {
         Auth::new(&[7u8; 32], Duration::from_secs(60))
     }
 
-    #[test]
-    fn issued_tokens_verify() {
+    #[tokio::test]
+    async fn issued_tokens_verify() {
         let a = auth();
-        let t = a.issue(42, "alice").expect("issue");
+        let t = a.issue(42, "alice", 0).expect("issue");
         assert_eq!(
-            a.verify(&t.token).expect("verify"),
+            a.authenticate(&t.token).await.expect("verify"),
             AuthUser {
                 user_id: 42,
                 username: "alice".into()
@@ -189,11 +240,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_token_from_another_secret_is_refused() {
+    #[tokio::test]
+    async fn a_token_from_another_secret_is_refused() {
         let other = Auth::new(&[8u8; 32], Duration::from_secs(60));
-        let t = other.issue(42, "alice").expect("issue");
-        assert_eq!(auth().verify(&t.token).unwrap_err().error, "invalid_token");
+        let t = other.issue(42, "alice", 0).expect("issue");
+        let refused = auth().authenticate(&t.token).await.unwrap_err();
+        assert_eq!(refused.error, "invalid_token");
+    }
+
+    struct Fixed(std::sync::Mutex<std::collections::HashMap<UserId, i64>>);
+
+    #[async_trait::async_trait]
+    impl TokenVersions for Fixed {
+        async fn current(&self, user: UserId) -> Result<Option<i64>, ApiError> {
+            Ok(self.0.lock().expect("lock").get(&user).copied())
+        }
+        fn forget(&self, _user: UserId) {}
+    }
+
+    #[tokio::test]
+    async fn a_token_older_than_the_users_version_is_revoked() {
+        let versions = Arc::new(Fixed(Default::default()));
+        versions.0.lock().expect("lock").insert(42, 3);
+        let a = auth().with_versions(versions.clone());
+        let old = a.issue(42, "alice", 2).expect("issue");
+        let current = a.issue(42, "alice", 3).expect("issue");
+        let refused = a.authenticate(&old.token).await.unwrap_err();
+        assert_eq!(refused.error, "token_revoked");
+        assert!(a.authenticate(&current.token).await.is_ok());
+        let gone = a.issue(7, "nobody", 0).expect("issue");
+        let refused = a.authenticate(&gone.token).await.unwrap_err();
+        assert_eq!(refused.error, "invalid_token");
     }
 
     #[test]
@@ -205,6 +282,7 @@ mod tests {
             exp: now - 10,
             iat: now - 100,
             nbf: now - 100,
+            ver: 0,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -212,7 +290,7 @@ mod tests {
             &EncodingKey::from_secret(&[7u8; 32]),
         )
         .expect("encode");
-        assert_eq!(auth().verify(&t).unwrap_err().error, "token_expired");
+        assert_eq!(auth().decode(&t).unwrap_err().error, "token_expired");
     }
 
     #[test]
@@ -224,6 +302,7 @@ mod tests {
             exp: now + 100,
             iat: now,
             nbf: now,
+            ver: 0,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -231,7 +310,7 @@ mod tests {
             &EncodingKey::from_secret(&[7u8; 32]),
         )
         .expect("encode");
-        assert_eq!(auth().verify(&t).unwrap_err().error, "invalid_token");
+        assert_eq!(auth().decode(&t).unwrap_err().error, "invalid_token");
     }
 
     #[test]

@@ -1,20 +1,24 @@
-//! Group membership changes: add members, remove a member, leave, change a role, set one's group
-//! nickname. Each runs under the room's change lock on the room's current state (which may be
-//! ahead of the database with the write-back cache) and writes complete membership states.
+//! Group management: add members, remove a member, leave, change a role, set one's group
+//! nickname, transfer ownership, rename, search; and one-to-one rooms. Membership changes run
+//! under the room's change lock on the room's current state (which may be ahead of the database
+//! with the write-back cache) and write complete membership states.
 //!
-//! Who may do what (docs/authorization.md): the owner adds, removes anyone but themselves and
-//! changes roles; an admin adds and removes plain members; every member leaves (but the owner)
-//! and sets their own group nickname.
+//! Who may do what is written in docs/authorization.md: the owner adds, removes anyone but
+//! themselves, changes roles and transfers the group; an admin adds, removes plain members and
+//! renames; every member leaves (but the owner) and sets their own group nickname.
 
 use axum::extract::State;
 use groups::{Groups, MemberChanges, MemberState, RoomMembers};
 use kit::auth::AuthUser;
-use kit::{ApiError, ApiResult, Json, Path, ok};
+use kit::{ApiError, ApiResult, Json, Path, Query, ok};
 use proto::api::{
-    AddMembersReply, AddMembersRequest, ChangeRoleRequest, GroupNicknameRequest,
-    MemberRemovedReply, MembershipReply, Role,
+    AddMembersReply, AddMembersRequest, ChangeRoleRequest, DecideRequest, DecisionReply,
+    DirectRoomReply, DirectRoomRequest, GroupNicknameRequest, JoinRequestBody, JoinRequestView,
+    JoinRequestsReply, MemberRemovedReply, MembershipReply, RenameGroupRequest, Role, RoomView,
+    SearchGroupsReply, SetOpenRequest, TransferRequest,
 };
 use proto::error::ErrorKind;
+use proto::frame::{Notice, NoticeEvent};
 use proto::{RoomId, UserId, validate};
 
 use crate::{MetaState, db};
@@ -56,13 +60,31 @@ fn group_role(room: &RoomMembers, me: UserId) -> Result<Role, ApiError> {
 
 /// 403 unless `me` is the room's owner or an admin.
 fn may_add(room: &RoomMembers, me: UserId) -> Result<(), ApiError> {
-    if group_role(room, me)? == Role::Member {
-        return Err(ApiError::forbidden(
-            "not_an_admin",
-            "only the owner and admins may add members",
-        ));
+    admin_only(room, me, "add members")
+}
+
+fn notice(room_id: RoomId, event: NoticeEvent, user_ids: Vec<UserId>, by: UserId) -> Notice {
+    Notice {
+        room_id,
+        event,
+        user_ids,
+        by: Some(by),
+        detail: None,
+        request_id: None,
     }
-    Ok(())
+}
+
+/// Everyone in `room` plus `also` (who is not in it yet, or no longer, but should hear of it).
+fn everyone_and(room: &RoomMembers, also: &[UserId]) -> Vec<UserId> {
+    union(room.ids(), also)
+}
+
+/// `a` and `b` together, sorted, each id once.
+fn union(a: &[UserId], b: &[UserId]) -> Vec<UserId> {
+    let mut all: Vec<UserId> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 fn too_many(max: usize) -> ApiError {
@@ -133,15 +155,26 @@ pub(crate) async fn add_members(
                 (*u, state)
             })
             .collect();
+        let targets = everyone_and(room, &added);
         let reply = AddMembersReply {
             room_id,
             added,
             member_count: count as i64,
         };
-        Ok((changes, reply))
+        Ok((changes, (reply, targets)))
     })
     .await?;
+    let (reply, targets) = reply;
     tracing::info!(room_id, by = me.user_id, added = ?reply.added, "members added");
+    if !reply.added.is_empty() {
+        let n = notice(
+            room_id,
+            NoticeEvent::MemberAdded,
+            reply.added.clone(),
+            me.user_id,
+        );
+        s.0.notifier.send(&targets, n).await;
+    }
     Ok(ok(reply))
 }
 
@@ -150,7 +183,8 @@ pub(crate) async fn remove_member(
     me: AuthUser,
     Path((room_id, target)): Path<(RoomId, UserId)>,
 ) -> ApiResult<MemberRemovedReply> {
-    change(&s, room_id, |room| {
+    // The removed member hears of it too (their other devices drop the room).
+    let targets = change(&s, room_id, |room| {
         let role = group_role(room, me.user_id)?;
         if target == me.user_id {
             return Err(ApiError::invalid(
@@ -174,10 +208,20 @@ pub(crate) async fn remove_member(
                 "the owner may remove anyone; admins may remove plain members",
             ));
         }
-        Ok((vec![(target, MemberState::Removed)], ()))
+        Ok((
+            vec![(target, MemberState::Removed)],
+            everyone_and(room, &[]),
+        ))
     })
     .await?;
     tracing::info!(room_id, by = me.user_id, user_id = target, "member removed");
+    let n = notice(
+        room_id,
+        NoticeEvent::MemberRemoved,
+        vec![target],
+        me.user_id,
+    );
+    s.0.notifier.send(&targets, n).await;
     Ok(ok(MemberRemovedReply {
         room_id,
         user_id: target,
@@ -189,7 +233,7 @@ pub(crate) async fn leave(
     me: AuthUser,
     Path(room_id): Path<RoomId>,
 ) -> ApiResult<MemberRemovedReply> {
-    change(&s, room_id, |room| {
+    let targets = change(&s, room_id, |room| {
         if group_role(room, me.user_id)? == Role::Owner {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -197,10 +241,21 @@ pub(crate) async fn leave(
                 "the owner cannot leave; transfer ownership first",
             ));
         }
-        Ok((vec![(me.user_id, MemberState::Removed)], ()))
+        Ok((
+            vec![(me.user_id, MemberState::Removed)],
+            everyone_and(room, &[]),
+        ))
     })
     .await?;
     tracing::info!(room_id, user_id = me.user_id, "member left");
+    let mut n = notice(
+        room_id,
+        NoticeEvent::MemberLeft,
+        vec![me.user_id],
+        me.user_id,
+    );
+    n.by = None;
+    s.0.notifier.send(&targets, n).await;
     Ok(ok(MemberRemovedReply {
         room_id,
         user_id: me.user_id,
@@ -246,9 +301,13 @@ pub(crate) async fn change_role(
             role: next.role,
             group_nickname: next.group_nickname.clone(),
         };
-        Ok((vec![(target, next.state())], reply))
+        Ok((
+            vec![(target, next.state())],
+            (reply, everyone_and(room, &[])),
+        ))
     })
     .await?;
+    let (reply, targets) = reply;
     tracing::info!(
         room_id,
         by = me.user_id,
@@ -256,6 +315,9 @@ pub(crate) async fn change_role(
         role = reply.role.as_str(),
         "role changed"
     );
+    let mut n = notice(room_id, NoticeEvent::RoleChanged, vec![target], me.user_id);
+    n.detail = Some(reply.role.as_str().to_owned());
+    s.0.notifier.send(&targets, n).await;
     Ok(ok(reply))
 }
 
@@ -274,7 +336,7 @@ pub(crate) async fn set_nickname(
         None => None,
     };
     let reply = change(&s, room_id, |room| {
-        ApiError::require_member(room.access(me.user_id))?;
+        group_role(room, me.user_id)?;
         let Some(mine) = room.get(me.user_id) else {
             return Err(ApiError::not_a_member());
         };
@@ -290,4 +352,423 @@ pub(crate) async fn set_nickname(
     })
     .await?;
     Ok(ok(reply))
+}
+
+pub(crate) async fn transfer(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+    Json(req): Json<TransferRequest>,
+) -> ApiResult<RoomView> {
+    let target = req.user_id;
+    let groups = &s.0.groups;
+    let lock = groups.lock(room_id).await.map_err(db)?;
+    let done = async {
+        let room = groups
+            .room(room_id)
+            .await
+            .map_err(db)?
+            .ok_or_else(ApiError::room_not_found)?;
+        if group_role(&room, me.user_id)? != Role::Owner {
+            return Err(ApiError::forbidden(
+                "not_the_owner",
+                "only the owner may transfer the group",
+            ));
+        }
+        if target == me.user_id {
+            return Err(ApiError::invalid(
+                "already_the_owner",
+                "you own this group already",
+            ));
+        }
+        let (Some(mine), Some(theirs)) = (room.get(me.user_id), room.get(target)) else {
+            return Err(ApiError::not_found(
+                "member_not_found",
+                "ownership goes to a member of the group",
+            ));
+        };
+        let (mut old_owner, mut new_owner) = (mine.clone(), theirs.clone());
+        old_owner.role = Role::Admin;
+        new_owner.role = Role::Owner;
+        // The owner column first, then the roles, which are what authorizes: if the roles fail,
+        // the old owner still holds the owner role and a retry of the request repairs both.
+        s.0.store
+            .update_room(room_id, None, Some(target))
+            .await
+            .map_err(db)?;
+        groups
+            .write(
+                &lock,
+                vec![(me.user_id, old_owner.state()), (target, new_owner.state())],
+            )
+            .await
+            .map_err(db)?;
+        Ok(everyone_and(&room, &[]))
+    }
+    .await;
+    groups.unlock(lock).await;
+    let targets = done?;
+    tracing::info!(
+        room_id,
+        from = me.user_id,
+        to = target,
+        "ownership transferred"
+    );
+    let n = notice(room_id, NoticeEvent::OwnerChanged, vec![target], me.user_id);
+    s.0.notifier.send(&targets, n).await;
+    fresh_view(&s, room_id).await
+}
+
+pub(crate) async fn rename(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+    Json(req): Json<RenameGroupRequest>,
+) -> ApiResult<RoomView> {
+    validate::room_name(&req.name)?;
+    let room = s.0.groups.room(room_id).await.map_err(db)?;
+    let room = room.ok_or_else(ApiError::room_not_found)?;
+    admin_only(&room, me.user_id, "rename the group")?;
+    let name = req.name.trim();
+    s.0.store
+        .update_room(room_id, Some(name), None)
+        .await
+        .map_err(db)?;
+    let mut n = notice(room_id, NoticeEvent::GroupRenamed, Vec::new(), me.user_id);
+    n.detail = Some(name.to_owned());
+    s.0.notifier.send(&everyone_and(&room, &[]), n).await;
+    fresh_view(&s, room_id).await
+}
+
+async fn fresh_view(s: &MetaState, room_id: RoomId) -> ApiResult<RoomView> {
+    let room = s.0.groups.room(room_id).await.map_err(db)?;
+    let room = room.ok_or_else(ApiError::room_not_found)?;
+    let mut view = crate::room_view(&room.room);
+    view.member_count = room.members().len() as i64;
+    Ok(ok(view))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct SearchQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    after_id: RoomId,
+    limit: Option<u32>,
+}
+
+/// Most groups on one page of a search.
+const SEARCH_MAX_LIMIT: u32 = 100;
+
+pub(crate) async fn search(
+    State(s): State<MetaState>,
+    _me: AuthUser,
+    Query(q): Query<SearchQuery>,
+) -> ApiResult<SearchGroupsReply> {
+    let limit = q.limit.unwrap_or(20);
+    if limit == 0 || limit > SEARCH_MAX_LIMIT || q.after_id < 0 {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            format!("limit must be 1-{SEARCH_MAX_LIMIT} and after_id >= 0"),
+        ));
+    }
+    if q.q.chars().count() > 64 || q.q.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "q must be at most 64 characters without control characters",
+        ));
+    }
+    let mut rooms =
+        s.0.store
+            .search_groups(q.q.trim(), q.after_id, limit + 1)
+            .await
+            .map_err(db)?;
+    let more = rooms.len() > limit as usize;
+    rooms.truncate(limit as usize);
+    Ok(ok(SearchGroupsReply {
+        next_after_id: more.then(|| rooms.last().map(|r| r.id)).flatten(),
+        groups: rooms.iter().map(crate::room_view).collect(),
+    }))
+}
+
+pub(crate) async fn direct_room(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Json(req): Json<DirectRoomRequest>,
+) -> ApiResult<DirectRoomReply> {
+    if req.user_id == me.user_id {
+        return Err(ApiError::invalid(
+            "cannot_chat_with_self",
+            "a one-to-one room needs another user",
+        ));
+    }
+    let made =
+        s.0.store
+            .direct_room(me.user_id, req.user_id, kit::now_ms())
+            .await;
+    let (room, created) = match made {
+        Ok(done) => done,
+        Err(store::StoreError::UnknownUsers(_)) => {
+            return Err(ApiError::not_found("user_not_found", "no such user"));
+        }
+        Err(e) => return Err(db(e)),
+    };
+    if created {
+        tracing::info!(
+            room_id = room.id,
+            a = me.user_id,
+            b = req.user_id,
+            "direct room created"
+        );
+    }
+    Ok(ok(DirectRoomReply {
+        room: crate::room_view(&room),
+        peer_id: req.user_id,
+        created,
+    }))
+}
+
+/// The longest note of a join request, in characters.
+const REQUEST_MESSAGE_MAX: usize = 500;
+
+fn request_view(r: &store::JoinRequest) -> JoinRequestView {
+    JoinRequestView {
+        request_id: r.id,
+        room_id: r.room_id,
+        user_id: r.user_id,
+        message: r.message.clone(),
+        created_at: kit::rfc3339_ms(r.created_at_ms),
+    }
+}
+
+/// 403 unless `me` is the room's owner or an admin, for `what`.
+fn admin_only(room: &RoomMembers, me: UserId, what: &str) -> Result<(), ApiError> {
+    if group_role(room, me)? == Role::Member {
+        return Err(ApiError::forbidden(
+            "not_an_admin",
+            format!("only the owner and admins may {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The membership of someone joining `room` now.
+fn newcomer(room: &RoomMembers, now: i64) -> MemberState {
+    MemberState::Member {
+        role: Role::Member,
+        group_nickname: None,
+        joined_at_ms: now,
+        joined_seq: room.room.last_seq,
+    }
+}
+
+pub(crate) async fn set_open(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+    Json(req): Json<SetOpenRequest>,
+) -> ApiResult<RoomView> {
+    let room = s.0.groups.room(room_id).await.map_err(db)?;
+    let room = room.ok_or_else(ApiError::room_not_found)?;
+    admin_only(&room, me.user_id, "open or close the group")?;
+    s.0.store
+        .set_room_open(room_id, req.open)
+        .await
+        .map_err(db)?;
+    fresh_view(&s, room_id).await
+}
+
+pub(crate) async fn join(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+) -> ApiResult<MembershipReply> {
+    let max = s.0.cfg.max_group_members;
+    let now = kit::now_ms();
+    let reply = change(&s, room_id, |room| {
+        if !room.room.is_group {
+            return Err(ApiError::room_not_found());
+        }
+        if room.get(me.user_id).is_some() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                "already_a_member",
+                "you are in this group already",
+            ));
+        }
+        if !room.room.is_open {
+            return Err(ApiError::forbidden(
+                "approval_required",
+                "this group is not open: ask to join with POST /api/group/{room_id}/requests",
+            ));
+        }
+        if room.members().len() >= max {
+            return Err(too_many(max));
+        }
+        let reply = MembershipReply {
+            room_id,
+            user_id: me.user_id,
+            role: Role::Member,
+            group_nickname: None,
+        };
+        let targets = everyone_and(room, &[me.user_id]);
+        Ok((vec![(me.user_id, newcomer(room, now))], (reply, targets)))
+    })
+    .await?;
+    let (reply, targets) = reply;
+    let mut n = notice(
+        room_id,
+        NoticeEvent::MemberJoined,
+        vec![me.user_id],
+        me.user_id,
+    );
+    n.by = None;
+    s.0.notifier.send(&targets, n).await;
+    s.0.store
+        .drop_join_request(room_id, me.user_id)
+        .await
+        .map_err(db)?;
+    tracing::info!(room_id, user_id = me.user_id, "joined an open group");
+    Ok(ok(reply))
+}
+
+pub(crate) async fn request_to_join(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+    Json(req): Json<JoinRequestBody>,
+) -> ApiResult<JoinRequestView> {
+    let message = req.message.trim();
+    if message.chars().count() > REQUEST_MESSAGE_MAX
+        || message.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ApiError::invalid(
+            "invalid_message",
+            format!("message must be at most {REQUEST_MESSAGE_MAX} characters"),
+        ));
+    }
+    let room = s.0.groups.room(room_id).await.map_err(db)?;
+    let room = room
+        .filter(|r| r.room.is_group)
+        .ok_or_else(ApiError::room_not_found)?;
+    if room.get(me.user_id).is_some() {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "already_a_member",
+            "you are in this group already",
+        ));
+    }
+    let made =
+        s.0.store
+            .create_join_request(room_id, me.user_id, message, kit::now_ms())
+            .await;
+    match made {
+        Ok(r) => {
+            tracing::info!(
+                room_id,
+                user_id = me.user_id,
+                request_id = r.id,
+                "join requested"
+            );
+            let admins: Vec<UserId> = room
+                .members()
+                .iter()
+                .filter(|m| m.role != Role::Member)
+                .map(|m| m.user_id)
+                .collect();
+            let n = Notice {
+                room_id,
+                event: NoticeEvent::JoinRequested,
+                user_ids: vec![me.user_id],
+                by: None,
+                detail: (!r.message.is_empty()).then(|| r.message.clone()),
+                request_id: Some(r.id),
+            };
+            s.0.notifier.send(&admins, n).await;
+            Ok(ok(request_view(&r)))
+        }
+        Err(store::StoreError::Conflict) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "request_pending",
+            "your request to join this group is waiting for an answer",
+        )),
+        Err(e) => Err(db(e)),
+    }
+}
+
+pub(crate) async fn list_requests(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+) -> ApiResult<JoinRequestsReply> {
+    let room = s.0.groups.room(room_id).await.map_err(db)?;
+    let room = room.ok_or_else(ApiError::room_not_found)?;
+    admin_only(&room, me.user_id, "see join requests")?;
+    let requests = s.0.store.join_requests(room_id).await.map_err(db)?;
+    Ok(ok(JoinRequestsReply {
+        room_id,
+        requests: requests.iter().map(request_view).collect(),
+    }))
+}
+
+pub(crate) async fn decide(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path((room_id, request_id)): Path<(RoomId, i64)>,
+    Json(req): Json<DecideRequest>,
+) -> ApiResult<DecisionReply> {
+    let max = s.0.cfg.max_group_members;
+    let groups = &s.0.groups;
+    let lock = groups.lock(room_id).await.map_err(db)?;
+    let done = async {
+        let room = groups
+            .room(room_id)
+            .await
+            .map_err(db)?
+            .ok_or_else(ApiError::room_not_found)?;
+        admin_only(&room, me.user_id, "answer join requests")?;
+        // Under the room's lock nobody else adds members: the room has space or the request
+        // stays for later.
+        if req.approve && room.members().len() >= max {
+            return Err(too_many(max));
+        }
+        let taken = s.0.store.take_join_request(room_id, request_id).await;
+        let request = taken.map_err(db)?.ok_or_else(|| {
+            ApiError::not_found("request_not_found", "no such pending request in this group")
+        })?;
+        let joins = req.approve && room.get(request.user_id).is_none();
+        if joins {
+            let state = newcomer(&room, kit::now_ms());
+            groups
+                .write(&lock, vec![(request.user_id, state)])
+                .await
+                .map_err(db)?;
+        }
+        Ok((request, joins, everyone_and(&room, &[])))
+    }
+    .await;
+    groups.unlock(lock).await;
+    let (request, joined, members) = done?;
+    let who = request.user_id;
+    if joined {
+        let n = notice(room_id, NoticeEvent::MemberJoined, vec![who], me.user_id);
+        s.0.notifier.send(&union(&members, &[who]), n).await;
+    } else if !req.approve {
+        let mut n = notice(room_id, NoticeEvent::JoinRejected, vec![who], me.user_id);
+        n.request_id = Some(request_id);
+        s.0.notifier.send(&[who], n).await;
+    }
+    tracing::info!(
+        room_id,
+        request_id,
+        by = me.user_id,
+        approved = req.approve,
+        "join request decided"
+    );
+    Ok(ok(DecisionReply {
+        request_id,
+        room_id,
+        user_id: request.user_id,
+        approved: req.approve,
+    }))
 }

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use store::{Store, StoreError};
 
 mod group;
+pub mod notify;
 pub mod password;
+mod user;
 
 /// Meta's settings (the `meta:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +60,7 @@ struct Inner {
     cfg: Config,
     store: Arc<dyn Store>,
     groups: groups::CachedGroups,
+    notifier: notify::Notifier,
     auth: Arc<Auth>,
     hasher: password::Hasher,
     ready: Ready,
@@ -72,6 +75,7 @@ impl MetaState {
         cfg: Config,
         store: Arc<dyn Store>,
         groups: groups::CachedGroups,
+        notifier: notify::Notifier,
         auth: Arc<Auth>,
         ready: Ready,
     ) -> Result<Self, String> {
@@ -80,6 +84,7 @@ impl MetaState {
             cfg,
             store,
             groups,
+            notifier,
             auth,
             hasher,
             ready,
@@ -101,6 +106,9 @@ pub fn router(state: MetaState) -> Router {
     let api = Router::new()
         .route("/api/user/register", post(register))
         .route("/api/user/login", post(login))
+        .route("/api/user/me", get(user::me).put(user::update_profile))
+        .route("/api/user/password", put(user::change_password))
+        .route("/api/user/{user_id}", get(user::profile))
         .route("/api/group/create", post(create_group))
         .route(
             "/api/group/{room_id}/members",
@@ -116,6 +124,20 @@ pub fn router(state: MetaState) -> Router {
         )
         .route("/api/group/{room_id}/nickname", put(group::set_nickname))
         .route("/api/group/{room_id}/leave", post(group::leave))
+        .route("/api/group/{room_id}/transfer", post(group::transfer))
+        .route("/api/group/{room_id}/name", put(group::rename))
+        .route("/api/group/{room_id}/open", put(group::set_open))
+        .route("/api/group/{room_id}/join", post(group::join))
+        .route(
+            "/api/group/{room_id}/requests",
+            get(group::list_requests).post(group::request_to_join),
+        )
+        .route(
+            "/api/group/{room_id}/requests/{request_id}",
+            post(group::decide),
+        )
+        .route("/api/group/search", get(group::search))
+        .route("/api/room/direct", post(group::direct_room))
         .route("/api/joined_rooms", get(joined_rooms))
         .route("/health", get(health))
         .with_state(state);
@@ -126,20 +148,22 @@ pub(crate) fn db(e: StoreError) -> ApiError {
     ApiError::database(e.is_unavailable(), &e)
 }
 
-fn user_view(u: &store::User) -> UserView {
+pub(crate) fn user_view(u: &store::User) -> UserView {
     UserView {
         user_id: u.id,
         username: u.username.clone(),
         nickname: u.nickname.clone(),
+        avatar: u.avatar.clone(),
         created_at: kit::rfc3339_ms(u.created_at_ms),
     }
 }
 
-fn room_view(r: &store::Room) -> RoomView {
+pub(crate) fn room_view(r: &store::Room) -> RoomView {
     RoomView {
         room_id: r.id,
         name: r.name.clone(),
         is_group: r.is_group,
+        is_open: r.is_open,
         owner_id: r.owner_id,
         member_count: r.member_count,
         last_seq: r.last_seq,
@@ -202,7 +226,9 @@ async fn login(State(s): State<MetaState>, Json(req): Json<LoginRequest>) -> Api
             "wrong username or password",
         ));
     };
-    let issued = s.0.auth.issue(user.id, &user.username)?;
+    let issued =
+        s.0.auth
+            .issue(user.id, &user.username, user.token_version)?;
     Ok(ok(LoginReply {
         token: issued.token,
         user_id: user.id,
@@ -234,6 +260,9 @@ async fn create_group(
             .await;
     match created {
         Ok((room, member_ids)) => {
+            if req.open {
+                s.0.store.set_room_open(room.id, true).await.map_err(db)?;
+            }
             s.0.groups.invalidate(room.id);
             tracing::info!(room_id = room.id, owner = me.user_id, "group created");
             Ok(ok(CreateGroupReply {
@@ -241,6 +270,7 @@ async fn create_group(
                 name: room.name,
                 owner_id: room.owner_id,
                 member_ids,
+                is_open: req.open,
                 created_at: kit::rfc3339_ms(room.created_at_ms),
             }))
         }

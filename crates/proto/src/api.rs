@@ -20,7 +20,24 @@ pub struct UserView {
     pub user_id: UserId,
     pub username: String,
     pub nickname: String,
+    /// An http(s) URL, or empty.
+    pub avatar: String,
     pub created_at: String,
+}
+
+/// `PUT /api/user/me`: fields left out are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateProfileRequest {
+    pub nickname: Option<String>,
+    pub avatar: Option<String>,
+}
+
+/// `PUT /api/user/password`: the reply is a fresh token (a [`LoginReply`]); every token issued
+/// before is refused from then on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangePasswordRequest {
+    pub old_password: String,
+    pub new_password: String,
 }
 
 /// `POST /api/user/login`.
@@ -45,6 +62,9 @@ pub struct CreateGroupRequest {
     pub name: String,
     #[serde(default)]
     pub member_ids: Vec<UserId>,
+    /// Anyone may join without asking (default: joining takes an approved request).
+    #[serde(default)]
+    pub open: bool,
 }
 
 /// A room as its members see it.
@@ -53,6 +73,8 @@ pub struct RoomView {
     pub room_id: RoomId,
     pub name: String,
     pub is_group: bool,
+    /// Anyone may join without asking.
+    pub is_open: bool,
     pub owner_id: UserId,
     pub member_count: i64,
     /// The room's latest `seq` (0 when empty).
@@ -67,6 +89,7 @@ pub struct CreateGroupReply {
     pub name: String,
     pub owner_id: UserId,
     pub member_ids: Vec<UserId>,
+    pub is_open: bool,
     pub created_at: String,
 }
 
@@ -168,6 +191,88 @@ pub struct MembershipReply {
     pub user_id: UserId,
     pub role: Role,
     pub group_nickname: Option<String>,
+}
+
+/// `PUT /api/group/{room_id}/open`: whether anyone may join without asking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetOpenRequest {
+    pub open: bool,
+}
+
+/// `POST /api/group/{room_id}/requests`: ask to join, with an optional note to the admins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JoinRequestBody {
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A pending request to join a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequestView {
+    pub request_id: i64,
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub message: String,
+    pub created_at: String,
+}
+
+/// Reply of `GET /api/group/{room_id}/requests`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequestsReply {
+    pub room_id: RoomId,
+    pub requests: Vec<JoinRequestView>,
+}
+
+/// `POST /api/group/{room_id}/requests/{request_id}`: approve (the requester becomes a member)
+/// or reject; either way the request is gone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecideRequest {
+    pub approve: bool,
+}
+
+/// Reply of deciding a join request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionReply {
+    pub request_id: i64,
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub approved: bool,
+}
+
+/// `POST /api/group/{room_id}/transfer`: the owner hands the group to another member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub user_id: UserId,
+}
+
+/// `PUT /api/group/{room_id}/name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenameGroupRequest {
+    pub name: String,
+}
+
+/// Reply of `GET /api/group/search`: a page of groups; ask for the next one with
+/// `after_id=next_after_id` while it is present.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchGroupsReply {
+    pub groups: Vec<RoomView>,
+    pub next_after_id: Option<RoomId>,
+}
+
+/// `POST /api/room/direct`: the one-to-one room with `user_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectRoomRequest {
+    pub user_id: UserId,
+}
+
+/// Reply of `POST /api/room/direct`: the room (the same one every time) and whether this call
+/// created it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectRoomReply {
+    #[serde(flatten)]
+    pub room: RoomView,
+    pub peer_id: UserId,
+    pub created: bool,
 }
 
 /// Reply of `GET /api/joined_rooms`: `room_ids` is the GoStacker shape, `rooms` the detail.
@@ -313,6 +418,14 @@ pub struct SendHeartbeatRequest {
 pub struct UserRouteRequest {
     pub user_id: UserId,
     pub gateway_id: String,
+}
+
+/// `POST /registry/user/routes/refresh` (internal): a gateway keeps the routes of the users
+/// connected to it alive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshRoutesRequest {
+    pub gateway_id: String,
+    pub user_ids: Vec<UserId>,
 }
 
 /// `POST /registry/user/routes/batch` (internal).

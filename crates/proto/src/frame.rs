@@ -16,6 +16,47 @@ pub struct ChatPayload {
     pub msg_type: MessageType,
 }
 
+/// What a [`Notice`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeEvent {
+    /// `user_ids` were added by `by`.
+    MemberAdded,
+    /// `user_ids` joined (an open group, or their request was approved by `by`).
+    MemberJoined,
+    /// `user_ids` left.
+    MemberLeft,
+    /// `user_ids` were removed by `by`.
+    MemberRemoved,
+    /// `by` made `user_ids` `detail` (`admin` or `member`).
+    RoleChanged,
+    /// `by` handed the group to `user_ids`.
+    OwnerChanged,
+    /// `by` renamed the group to `detail`.
+    GroupRenamed,
+    /// To the owner and admins: `user_ids` asks to join (`request_id`, note in `detail`).
+    JoinRequested,
+    /// To the requester: `by` rejected request `request_id`.
+    JoinRejected,
+}
+
+/// A live notice of a change in a group, to the members it concerns. Notices are not stored:
+/// the group's state is, and a client that was away reads it again (members, joined rooms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub room_id: RoomId,
+    pub event: NoticeEvent,
+    /// Whom the event is about.
+    pub user_ids: Vec<UserId>,
+    /// Who did it, when someone did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<i64>,
+}
+
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -46,6 +87,8 @@ pub enum ServerFrame {
         sender_id: i64,
         payload: String,
     },
+    /// A change in a group (see [`Notice`]).
+    Notice(Notice),
     /// The reply to a client `ping` frame.
     Pong {},
 }
@@ -105,6 +148,26 @@ mod tests {
             serde_json::json!({"id": 123456, "type": "chat", "room_id": 1001, "sender_id": 10001, "seq": 7,
                 "payload": {"content": "Hello!", "timestamp": "2026-01-07T10:00:00Z", "type": "text"}})
         );
+    }
+
+    #[test]
+    fn a_notice_frame_is_flat() {
+        let f = ServerFrame::Notice(Notice {
+            room_id: 5,
+            event: NoticeEvent::MemberRemoved,
+            user_ids: vec![7],
+            by: Some(1),
+            detail: None,
+            request_id: None,
+        });
+        let v: serde_json::Value = serde_json::from_str(&f.to_json()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "notice", "room_id": 5, "event": "member_removed",
+                "user_ids": [7], "by": 1})
+        );
+        let back: ServerFrame = serde_json::from_value(v).expect("parse");
+        assert_eq!(back, f);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::api::MessageType;
+use crate::frame::Notice;
 use crate::{MessageId, RoomId, Seq, UserId};
 
 /// A stored message as the push path carries it.
@@ -31,6 +32,11 @@ pub enum PushEntry {
     /// Deliver `message` to every connection of each of `targets` on this gateway.
     Chat {
         message: Arc<PushMessage>,
+        targets: Vec<UserId>,
+    },
+    /// Deliver a group notice to every connection of each of `targets` on this gateway.
+    Notice {
+        notice: Arc<Notice>,
         targets: Vec<UserId>,
     },
     /// Tell the sender's connections that `message_id` was handed off to every recipient.

@@ -31,6 +31,7 @@ pub const PASSWORD_MAX: usize = 128;
 pub const NICKNAME_MAX: usize = 50;
 pub const ROOM_NAME_MAX: usize = 64;
 pub const CLIENT_MSG_ID_MAX: usize = 64;
+pub const AVATAR_MAX: usize = 1024;
 
 /// 3–32 characters of `[A-Za-z0-9_.-]`.
 pub fn username(s: &str) -> Result<(), Invalid> {
@@ -108,6 +109,23 @@ pub fn content(s: &str, max_bytes: usize) -> Result<(), ContentError> {
     }
 }
 
+/// Empty (no avatar) or an `http://` / `https://` URL of at most 1024 printable ASCII
+/// characters.
+pub fn avatar(s: &str) -> Result<(), Invalid> {
+    let url_like = (s.starts_with("https://") || s.starts_with("http://"))
+        && s.len() <= AVATAR_MAX
+        && s.bytes().all(|b| b.is_ascii_graphic());
+    if !s.is_empty() && !url_like {
+        return Err(invalid(
+            "invalid_avatar",
+            format!(
+                "avatar must be empty or an http(s) URL of at most {AVATAR_MAX} characters without spaces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// 1–64 printable ASCII characters.
 pub fn client_msg_id(s: &str) -> Result<(), Invalid> {
     if s.is_empty() || s.len() > CLIENT_MSG_ID_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
@@ -123,6 +141,23 @@ pub fn client_msg_id(s: &str) -> Result<(), Invalid> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn avatars() {
+        for ok in ["", "https://example.com/a.png", "http://x/y?z=1"] {
+            assert!(avatar(ok).is_ok(), "{ok}");
+        }
+        let long = format!("https://{}", "x".repeat(AVATAR_MAX));
+        for bad in [
+            "ftp://x",
+            "javascript:alert(1)",
+            "https://a b",
+            "x",
+            long.as_str(),
+        ] {
+            assert!(avatar(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn usernames() {

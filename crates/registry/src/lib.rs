@@ -2,6 +2,9 @@
 //! connect to (`GET /registry/gateway/available`: the user's previous gateway while its route
 //! lease lives and it is alive and not full, else the least loaded live gateway that is not full).
 //! The instance table itself is a [`bus::Instances`]: in-process in `all`, Redis when distributed.
+//! Gateways and Send instances write it either directly (the same Redis keys this service reads)
+//! or, with `registry.url` set, through this service's internal endpoints
+//! ([`bus::http::RegistryClient`]).
 
 use std::sync::Arc;
 
@@ -18,9 +21,9 @@ use kit::{ApiError, ApiResult, Query, ok};
 use kit::{Json, Path};
 use proto::UserId;
 use proto::api::{
-    GatewayHeartbeatRequest, GatewayView, InstancesReply, RegisterGatewayRequest,
-    RegisterSendRequest, RoutesBatchReply, RoutesBatchRequest, SendHeartbeatRequest,
-    SendInstancesReply, SendView, UserRoute, UserRouteRequest,
+    GatewayHeartbeatRequest, GatewayView, InstancesReply, RefreshRoutesRequest,
+    RegisterGatewayRequest, RegisterSendRequest, RoutesBatchReply, RoutesBatchRequest,
+    SendHeartbeatRequest, SendInstancesReply, SendView, UserRoute, UserRouteRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +41,13 @@ pub struct Config {
     pub user_route_ttl: u64,
     /// Seconds a disconnected user's route keeps sending them back to the same gateway.
     pub user_route_lease: u64,
+    /// The registry's address (the seed's `registry.url`, `http://host:port`). When set, a gateway
+    /// or Send instance registers, heartbeats, deregisters and (a gateway) reports its users'
+    /// routes through this service's HTTP API, with `internal_token` (required then). Unset, they
+    /// write those straight to Redis, where the registry reads them. The push streams stay on
+    /// Redis either way, and so do Send's route lookups for fan-out (its hot path). A process
+    /// that runs the registry itself (`all`) does not use it.
+    pub url: Option<String>,
 }
 
 impl Default for Config {
@@ -47,6 +57,7 @@ impl Default for Config {
             gateway_heartbeat_timeout: 30,
             user_route_ttl: 60,
             user_route_lease: 120,
+            url: None,
         }
     }
 }
@@ -98,6 +109,7 @@ pub fn router(state: RegistryState) -> Router {
         .route("/registry/user/connect", post(user_connect))
         .route("/registry/user/disconnect", post(user_disconnect))
         .route("/registry/user/routes/batch", post(routes_batch))
+        .route("/registry/user/routes/refresh", post(routes_refresh))
         .route("/health", get(health))
         .with_state(state);
     kit::http::finish(
@@ -381,6 +393,39 @@ async fn routes_batch(
             })
             .collect(),
     }))
+}
+
+/// Keeps the routes of users connected to a gateway alive (that gateway calls it periodically).
+async fn routes_refresh(
+    State(s): State<RegistryState>,
+    headers: HeaderMap,
+    Json(r): Json<RefreshRoutesRequest>,
+) -> ApiResult<()> {
+    s.internal(&headers)?;
+    if r.user_ids.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            format!("user_ids must hold at most {MAX_BATCH} ids"),
+        ));
+    }
+    if valid_id(&r.gateway_id, "gateway_id").is_err() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "gateway_id must be 1-64 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if r.user_ids.iter().any(|u| *u <= 0) {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "user_ids must be positive integers",
+        ));
+    }
+    let gateway: bus::GatewayId = r.gateway_id.into();
+    s.routes
+        .refresh(&r.user_ids, &gateway)
+        .await
+        .map_err(bus_err)?;
+    Ok(ok(()))
 }
 
 async fn health(State(s): State<RegistryState>) -> Response {

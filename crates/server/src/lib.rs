@@ -3,6 +3,8 @@
 //! instance table. `main.rs` only parses the command line and calls in here, so tests start
 //! exactly what users run.
 
+mod tokens;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
+use bus::http::RegistryClient;
 use bus::inproc::{InProcBus, InProcInstances, InProcRoutes};
 use bus::redis::{RedisBus, RedisSettings};
 use kit::auth::{Auth, MIN_SECRET_LEN};
@@ -32,6 +35,10 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     /// Token lifetime in seconds.
     pub expire_secs: u64,
+    /// Seconds a service may keep trusting a user's token version: after a password change,
+    /// older tokens are refused at once by the Meta that made it and within this time by every
+    /// other process.
+    pub revocation_check_secs: u64,
 }
 
 impl Default for JwtConfig {
@@ -39,6 +46,7 @@ impl Default for JwtConfig {
         Self {
             secret: None,
             expire_secs: 7200,
+            revocation_check_secs: 10,
         }
     }
 }
@@ -434,6 +442,31 @@ pub async fn migrate(cfg: &AllConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registry's HTTP API for this process's gateway or Send instance, when `registry.url` is
+/// set (checked here, before any port is bound). A process that runs the registry itself (`all`)
+/// keeps using its instance table directly.
+fn registry_client(cfg: &AllConfig, roles: Roles) -> anyhow::Result<Option<RegistryClient>> {
+    let Some(url) = &cfg.registry.url else {
+        return Ok(None);
+    };
+    let base = bus::http::parse_registry_url(url)?;
+    let Some(token) = &cfg.internal_token else {
+        bail!(
+            "registry.url is set but internal_token is not: the registry's internal endpoints (register, heartbeat, routes) refuse calls without it; set internal_token to the registry's"
+        );
+    };
+    if roles.registry {
+        tracing::warn!("registry.url is not used: this process runs the registry itself");
+        return Ok(None);
+    }
+    if !(roles.gateway || roles.send) {
+        return Ok(None);
+    }
+    Ok(Some(
+        RegistryClient::new(base, token).context("creating the registry's HTTP client")?,
+    ))
+}
+
 /// Which services a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
@@ -593,8 +626,9 @@ pub struct Running {
     pipeline: Vec<JoinHandle<()>>,
     /// Tasks with no state to drain (event watchers), aborted at shutdown.
     background: Vec<JoinHandle<()>>,
-    /// This process's Send instance, deregistered at the end of shutdown.
-    send_registration: Option<String>,
+    /// This process's Send instance and where it is registered, deregistered at the end of
+    /// shutdown.
+    send_registration: Option<(String, Arc<dyn bus::Instances>)>,
     /// The write-back flusher (Meta with Redis): stopped after the HTTP servers, it flushes
     /// every pending group change before the database closes.
     flusher: Option<(JoinHandle<()>, groups::writeback::WriteBack)>,
@@ -625,6 +659,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     {
         bail!("a single service needs the mysql: and redis: blocks (only `all` runs embedded)");
     }
+    let registry_http = registry_client(&cfg, roles)?;
     let listen = |on: bool, port: u16, name: &'static str| async move {
         if on {
             bind(cfg.bind, port, name).await.map(Some)
@@ -643,7 +678,14 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     };
     let shared = open_shared(&cfg).await?;
     let secret = jwt_secret(&cfg, roles == Roles::ALL)?;
-    let auth = Arc::new(Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs)));
+    let mut auth = Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs));
+    if let Some(store) = db.as_ref().map(Db::shared) {
+        auth = auth.with_versions(Arc::new(tokens::CachedTokenVersions::new(
+            store,
+            Duration::from_secs(cfg.jwt.revocation_check_secs.max(1)),
+        )));
+    }
+    let auth = Arc::new(auth);
     let ready = Ready::default();
     let stop = CancellationToken::new();
     let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
@@ -702,8 +744,15 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                 auth: auth.clone(),
                 store: store.clone().ok_or_else(|| need("database"))?,
                 groups: groups.clone().ok_or_else(|| need("group data"))?,
-                routes: running.shared.routes(),
-                instances: running.shared.instances(),
+                routes: match &registry_http {
+                    Some(r) => Arc::new(r.clone()),
+                    None => running.shared.routes(),
+                },
+                instances: match &registry_http {
+                    Some(r) => Arc::new(r.clone()),
+                    None => running.shared.instances(),
+                },
+                registry_http: registry_http.is_some(),
                 ready: ready.clone(),
             },
         );
@@ -743,18 +792,23 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                 .unwrap_or_else(|| addr.ip().to_string()),
             port: addr.port(),
         };
-        let instances = running.shared.instances();
+        let instances: Arc<dyn bus::Instances> = match &registry_http {
+            Some(r) => Arc::new(r.clone()),
+            None => running.shared.instances(),
+        };
         instances
             .register_send(reg.clone())
             .await
             .context("registering the send instance")?;
-        running.send_registration = Some(reg.instance_id.clone());
+        running.send_registration = Some((reg.instance_id.clone(), instances.clone()));
         running.background.push(tokio::spawn(send::heartbeat(
             instances,
             reg,
             Duration::from_secs(cfg.send.heartbeat_interval_secs.max(1)),
             stop.clone(),
         )));
+        // Fan-out's route lookups are its hot path: from Redis (behind the local cache) even when
+        // registrations go through the registry's HTTP API.
         let routes: Arc<dyn bus::Routes> = match &running.shared {
             Shared::Redis(r) => {
                 let cached = bus::CachedRoutes::new(
@@ -800,6 +854,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             cfg.meta.clone(),
             store.clone().ok_or_else(|| need("database"))?,
             groups.clone().ok_or_else(|| need("group data"))?,
+            meta::notify::Notifier::new(running.shared.routes(), running.shared.push()),
             auth.clone(),
             ready.clone(),
         )
@@ -876,8 +931,8 @@ impl Running {
         {
             tracing::error!("group changes not all flushed within the shutdown deadline");
         }
-        if let Some(id) = &self.send_registration
-            && let Err(e) = self.shared.instances().deregister_send(id).await
+        if let Some((id, instances)) = &self.send_registration
+            && let Err(e) = instances.deregister_send(id).await
         {
             tracing::warn!(error = %e, "send deregistration failed; the registry will expire it");
         }
@@ -984,6 +1039,45 @@ mod tests {
             m.url(),
             "mysql://root:p%40ss%3Aw%2Frd@127.0.0.1:3306/ruststacker"
         );
+    }
+
+    #[test]
+    fn the_registry_url_must_be_an_http_url_and_needs_the_internal_token() {
+        let mut cfg = AllConfig::default();
+        assert!(
+            registry_client(&cfg, Roles::GATEWAY)
+                .expect("unset is fine")
+                .is_none()
+        );
+        cfg.internal_token = Some("t".repeat(40));
+        for bad in ["localhost:8084", "ftp://registry:8084", "http://"] {
+            cfg.registry.url = Some(bad.into());
+            let err = registry_client(&cfg, Roles::GATEWAY).expect_err(bad);
+            assert!(format!("{err:#}").contains("registry.url"), "{err:#}");
+        }
+        cfg.registry.url = Some("http://127.0.0.1:8084".into());
+        for roles in [Roles::GATEWAY, Roles::SEND] {
+            assert!(registry_client(&cfg, roles).expect("valid").is_some());
+        }
+        for roles in [Roles::ALL, Roles::META, Roles::REGISTRY] {
+            assert!(
+                registry_client(&cfg, roles).expect("valid").is_none(),
+                "{roles:?} does not talk to the registry over HTTP"
+            );
+        }
+        cfg.internal_token = None;
+        let err = registry_client(&cfg, Roles::GATEWAY).expect_err("no token");
+        assert!(format!("{err:#}").contains("internal_token"), "{err:#}");
+    }
+
+    #[test]
+    fn the_cluster_gateways_use_the_registry_url() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cluster");
+        for name in ["gateway-1.yaml", "gateway-2.yaml"] {
+            let cfg = AllConfig::load(Some(&root.join(name))).expect("loads");
+            let url = cfg.registry.url.as_deref().expect("registry.url is set");
+            bus::http::parse_registry_url(url).expect("a valid registry.url");
+        }
     }
 
     #[test]

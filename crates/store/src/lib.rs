@@ -55,6 +55,8 @@ pub struct User {
     pub nickname: String,
     pub avatar: String,
     pub created_at_ms: i64,
+    /// Bumped by every password change; tokens issued under an older version are refused.
+    pub token_version: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,9 +64,21 @@ pub struct Room {
     pub id: RoomId,
     pub name: String,
     pub is_group: bool,
+    /// Anyone may join without asking.
+    pub is_open: bool,
     pub owner_id: UserId,
     pub last_seq: Seq,
     pub member_count: i64,
+    pub created_at_ms: i64,
+}
+
+/// A pending request to join a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub id: i64,
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub message: String,
     pub created_at_ms: i64,
 }
 
@@ -184,6 +198,24 @@ pub trait UserStore: Send + Sync {
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
     /// The users among `ids` that exist, in id order.
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>>;
+    /// Sets the nickname and/or the avatar; `None` keeps a field. Returns the user as stored.
+    async fn update_profile(
+        &self,
+        id: UserId,
+        nickname: Option<&str>,
+        avatar: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<User>>;
+    /// Replaces the password hash and bumps the token version, but only if the stored hash is
+    /// still `old_hash` (a concurrent change wins once). Returns the new token version, or
+    /// `None` when the hash changed meanwhile or the user does not exist.
+    async fn change_password(
+        &self,
+        id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>>;
 }
 
 #[async_trait]
@@ -199,6 +231,39 @@ pub trait RoomStore: Send + Sync {
         now_ms: i64,
     ) -> Result<(Room, Vec<UserId>)>;
     async fn room(&self, id: RoomId) -> Result<Option<Room>>;
+    /// Renames `room` and/or records its new owner (the members' roles are group data, written
+    /// through [`RoomStore::write_members`]).
+    async fn update_room(
+        &self,
+        room: RoomId,
+        name: Option<&str>,
+        owner: Option<UserId>,
+    ) -> Result<()>;
+    /// Opens the group to anyone (or closes it: joining then takes an approved request).
+    async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()>;
+    /// Records `user`'s request to join `room`. Fails with [`StoreError::Conflict`] when one is
+    /// pending already.
+    async fn create_join_request(
+        &self,
+        room: RoomId,
+        user: UserId,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<JoinRequest>;
+    /// Pending requests to join `room`, oldest first.
+    async fn join_requests(&self, room: RoomId) -> Result<Vec<JoinRequest>>;
+    /// Removes and returns request `id` of `room` (`None`: no such pending request). Whoever
+    /// takes it decides it, so two admins never both handle one request.
+    async fn take_join_request(&self, room: RoomId, id: i64) -> Result<Option<JoinRequest>>;
+    /// Drops `user`'s pending request to join `room`, if any (they joined another way).
+    async fn drop_join_request(&self, room: RoomId, user: UserId) -> Result<()>;
+    /// Groups whose name contains `query` (ASCII letters in any case), with ids above `after`,
+    /// in id order, at most `limit`.
+    async fn search_groups(&self, query: &str, after: RoomId, limit: u32) -> Result<Vec<Room>>;
+    /// The one-to-one room of `a` and `b` (`a` != `b`), created with both as members when it does
+    /// not exist yet; `true` when it was created now. Concurrent calls yield the same room. Fails
+    /// with [`StoreError::UnknownUsers`] when `b` does not exist.
+    async fn direct_room(&self, a: UserId, b: UserId, now_ms: i64) -> Result<(Room, bool)>;
     async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>>;
     /// What `user` is to `room`: a member (with the role), an outsider, or the room is unknown.
     async fn access(&self, room: RoomId, user: UserId) -> Result<Access> {
@@ -256,4 +321,24 @@ pub trait MessageStore: Send + Sync {
 pub trait Store: UserStore + RoomStore + MessageStore {
     /// A cheap round trip, for `/health`.
     async fn ping(&self) -> Result<()>;
+}
+
+/// The key that makes a one-to-one room unique: the two user ids, lower first.
+pub fn direct_key(a: UserId, b: UserId) -> String {
+    format!("{}:{}", a.min(b), a.max(b))
+}
+
+/// `query` as a LIKE pattern matching names that contain it (a backslash escapes `%`, `_` and
+/// itself).
+pub fn contains_pattern(query: &str) -> String {
+    let mut p = String::with_capacity(query.len() + 2);
+    p.push('%');
+    for c in query.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }

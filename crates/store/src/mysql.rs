@@ -27,9 +27,9 @@ use sqlx::mysql::{MySql, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlR
 use sqlx::{Row, Transaction};
 
 use crate::{
-    Appended, ChangesFuture, JoinedRoom, Member, MemberChanges, MemberCheck, MemberState, Message,
-    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Store, StoreError, User,
-    UserStore,
+    Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges, MemberCheck,
+    MemberState, Message, MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore,
+    Store, StoreError, User, UserStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
@@ -112,6 +112,21 @@ impl MySqlStore {
         Ok(Self { pool })
     }
 
+    async fn direct_by_key(&self, key: &str) -> Result<Option<Room>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.direct_key = ?"
+        ));
+        sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate)?
+            .as_ref()
+            .map(room_from)
+            .transpose()
+            .map_err(translate)
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -159,6 +174,7 @@ fn user_from(row: &MySqlRow) -> std::result::Result<User, sqlx::Error> {
         nickname: row.try_get("nickname")?,
         avatar: row.try_get("avatar")?,
         created_at_ms: row.try_get("created_at")?,
+        token_version: row.try_get("token_version")?,
     })
 }
 
@@ -167,9 +183,20 @@ fn room_from(row: &MySqlRow) -> std::result::Result<Room, sqlx::Error> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         is_group: row.try_get("is_group")?,
+        is_open: row.try_get("is_open")?,
         owner_id: row.try_get("owner_id")?,
         last_seq: row.try_get("last_seq")?,
         member_count: row.try_get("member_count")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+fn request_from(row: &MySqlRow) -> std::result::Result<JoinRequest, sqlx::Error> {
+    Ok(JoinRequest {
+        id: row.try_get("id")?,
+        room_id: row.try_get("room_id")?,
+        user_id: row.try_get("user_id")?,
+        message: row.try_get("message")?,
         created_at_ms: row.try_get("created_at")?,
     })
 }
@@ -189,7 +216,7 @@ fn message_from(row: &MySqlRow) -> std::result::Result<Message, sqlx::Error> {
     })
 }
 
-const ROOM_COLUMNS: &str = "r.id, r.name, r.is_group, r.owner_id, r.last_seq, r.created_at, \
+const ROOM_COLUMNS: &str = "r.id, r.name, r.is_group, r.is_open, r.owner_id, r.last_seq, r.created_at, \
      (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id) AS member_count";
 
 #[async_trait]
@@ -207,7 +234,8 @@ impl UserStore for MySqlStore {
         .execute(&self.pool)
         .await
         .map_err(translate)?;
-        // What `RETURNING *` gives in SQLite (MySQL has no RETURNING): the avatar defaults to ''.
+        // What `RETURNING *` gives in SQLite (MySQL has no RETURNING): the avatar defaults to '',
+        // the token version to 0.
         Ok(User {
             id: id_from(done.last_insert_id()).map_err(translate)?,
             username: new.username,
@@ -215,6 +243,7 @@ impl UserStore for MySqlStore {
             nickname: new.nickname,
             avatar: String::new(),
             created_at_ms: new.now_ms,
+            token_version: 0,
         })
     }
 
@@ -261,6 +290,66 @@ impl UserStore for MySqlStore {
         out.dedup_by_key(|u| u.id);
         Ok(out)
     }
+
+    async fn update_profile(
+        &self,
+        id: UserId,
+        nickname: Option<&str>,
+        avatar: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<User>> {
+        sqlx::query(
+            "UPDATE users SET nickname = COALESCE(?, nickname), avatar = COALESCE(?, avatar), \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(nickname)
+        .bind(avatar)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(translate)?;
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(translate)?;
+        row.as_ref().map(user_from).transpose().map_err(translate)
+    }
+
+    async fn change_password(
+        &self,
+        id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = ?, token_version = token_version + 1, \
+             updated_at = ? WHERE id = ? AND password_hash = ?",
+        )
+        .bind(new_hash)
+        .bind(now_ms)
+        .bind(id)
+        .bind(old_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        if done.rows_affected() == 0 {
+            // Explicitly: a dropped transaction is only rolled back when its connection is used
+            // again, and until then MySQL keeps its table locks.
+            tx.rollback().await.map_err(translate)?;
+            return Ok(None);
+        }
+        let version: i64 = sqlx::query_scalar("SELECT token_version FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        Ok(Some(version))
+    }
 }
 
 #[async_trait]
@@ -274,10 +363,11 @@ impl RoomStore for MySqlStore {
     ) -> Result<(Room, Vec<UserId>)> {
         let mut tx = self.pool.begin().await.map_err(translate)?;
         let done = sqlx::query(
-            "INSERT INTO rooms (name, is_group, creator_id, owner_id, created_at) \
-             VALUES (?, TRUE, ?, ?, ?)",
+            "INSERT INTO rooms (name, search_name, is_group, creator_id, owner_id, created_at) \
+             VALUES (?, ?, TRUE, ?, ?, ?)",
         )
         .bind(name)
+        .bind(name.to_ascii_lowercase())
         .bind(owner)
         .bind(owner)
         .bind(now_ms)
@@ -332,6 +422,190 @@ impl RoomStore for MySqlStore {
             .map(room_from)
             .transpose()
             .map_err(translate)
+    }
+
+    async fn update_room(
+        &self,
+        room: RoomId,
+        name: Option<&str>,
+        owner: Option<UserId>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE rooms SET name = COALESCE(?, name), \
+             search_name = COALESCE(?, search_name), owner_id = COALESCE(?, owner_id) \
+             WHERE id = ?",
+        )
+        .bind(name)
+        .bind(name.map(str::to_ascii_lowercase))
+        .bind(owner)
+        .bind(room)
+        .execute(&self.pool)
+        .await
+        .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn search_groups(&self, query: &str, after: RoomId, limit: u32) -> Result<Vec<Room>> {
+        // The backslash is LIKE's default escape character in MySQL and MariaDB; the binary
+        // collation leaves every character but the lowered ASCII letters exact, as in SQLite.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.is_group = TRUE AND r.id > ? \
+             AND r.search_name LIKE ? COLLATE utf8mb4_bin ORDER BY r.id LIMIT ?"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(crate::contains_pattern(&query.to_ascii_lowercase()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate)?;
+        rows.iter()
+            .map(room_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn direct_room(&self, a: UserId, b: UserId, now_ms: i64) -> Result<(Room, bool)> {
+        let key = crate::direct_key(a, b);
+        if let Some(room) = self.direct_by_key(&key).await? {
+            return Ok((room, false));
+        }
+        // Checked before inserting: a room row rolled back because the peer is unknown makes
+        // the requests queued on its unique key deadlock each other (InnoDB).
+        let known = self.users_by_ids(&[a, b]).await?;
+        if let Some(unknown) = [a, b]
+            .into_iter()
+            .find(|u| !known.iter().any(|k| k.id == *u))
+        {
+            return Err(StoreError::UnknownUsers(vec![unknown]));
+        }
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let inserted = sqlx::query(
+            "INSERT INTO rooms (name, is_group, creator_id, owner_id, created_at, direct_key) \
+             VALUES ('', FALSE, ?, ?, ?, ?)",
+        )
+        .bind(a)
+        .bind(a)
+        .bind(now_ms)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await;
+        let done = match inserted {
+            Ok(done) => done,
+            // Another request created it first: that one is the room.
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await.map_err(translate)?;
+                let room = self.direct_by_key(&key).await?.ok_or_else(|| {
+                    StoreError::Internal("direct room vanished after a conflict".into())
+                })?;
+                return Ok((room, false));
+            }
+            Err(e) => return Err(translate(e)),
+        };
+        let room_id = id_from(done.last_insert_id()).map_err(translate)?;
+        for user in [a, b] {
+            let added = sqlx::query(
+                "INSERT INTO room_members (room_id, user_id, role, joined_at) \
+                 SELECT ?, id, 'member', ? FROM users WHERE id = ?",
+            )
+            .bind(room_id)
+            .bind(now_ms)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+            if added.rows_affected() == 0 {
+                tx.rollback().await.map_err(translate)?;
+                return Err(StoreError::UnknownUsers(vec![user]));
+            }
+        }
+        let room = fetch_room(&mut tx, room_id)
+            .await
+            .map_err(translate)?
+            .ok_or_else(|| StoreError::Internal("room vanished inside its transaction".into()))?;
+        tx.commit().await.map_err(translate)?;
+        Ok((room, true))
+    }
+
+    async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET is_open = ? WHERE id = ?")
+            .bind(open)
+            .bind(room)
+            .execute(&self.pool)
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn create_join_request(
+        &self,
+        room: RoomId,
+        user: UserId,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<JoinRequest> {
+        let done = sqlx::query(
+            "INSERT INTO join_requests (room_id, user_id, message, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(message)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(translate)?;
+        Ok(JoinRequest {
+            id: id_from(done.last_insert_id()).map_err(translate)?,
+            room_id: room,
+            user_id: user,
+            message: message.to_owned(),
+            created_at_ms: now_ms,
+        })
+    }
+
+    async fn join_requests(&self, room: RoomId) -> Result<Vec<JoinRequest>> {
+        let rows = sqlx::query("SELECT * FROM join_requests WHERE room_id = ? ORDER BY id")
+            .bind(room)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate)?;
+        rows.iter()
+            .map(request_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(translate)
+    }
+
+    async fn take_join_request(&self, room: RoomId, id: i64) -> Result<Option<JoinRequest>> {
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        let row =
+            sqlx::query("SELECT * FROM join_requests WHERE id = ? AND room_id = ? FOR UPDATE")
+                .bind(id)
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(translate)?;
+        let Some(row) = row else {
+            tx.rollback().await.map_err(translate)?;
+            return Ok(None);
+        };
+        let request = request_from(&row).map_err(translate)?;
+        let done = sqlx::query("DELETE FROM join_requests WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        Ok((done.rows_affected() == 1).then_some(request))
+    }
+
+    async fn drop_join_request(&self, room: RoomId, user: UserId) -> Result<()> {
+        sqlx::query("DELETE FROM join_requests WHERE room_id = ? AND user_id = ?")
+            .bind(room)
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map_err(translate)?;
+        Ok(())
     }
 
     async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>> {
@@ -418,9 +692,16 @@ impl RoomStore for MySqlStore {
                 .await
                 .map_err(translate)?;
         if exists.is_none() {
+            tx.rollback().await.map_err(translate)?;
             return Err(StoreError::Internal(format!("room {room} does not exist")));
         }
-        let mut changes = changes.await?;
+        let mut changes = match changes.await {
+            Ok(c) => c,
+            Err(e) => {
+                tx.rollback().await.map_err(translate)?;
+                return Err(e);
+            }
+        };
         // Rows in (room, user) order, the order cursor batches lock them in: no deadlock.
         changes.sort_unstable_by_key(|(user, _)| *user);
         for (user, state) in &changes {

@@ -17,9 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    Appended, ChangesFuture, JoinedRoom, Member, MemberChanges, MemberCheck, MemberState, Message,
-    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Store, StoreError, User,
-    UserStore,
+    Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges, MemberCheck,
+    MemberState, Message, MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore,
+    Store, StoreError, User, UserStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -90,6 +90,7 @@ fn user_from(row: &SqliteRow) -> Result<User> {
         nickname: row.try_get("nickname").map_err(translate)?,
         avatar: row.try_get("avatar").map_err(translate)?,
         created_at_ms: row.try_get("created_at").map_err(translate)?,
+        token_version: row.try_get("token_version").map_err(translate)?,
     })
 }
 
@@ -98,9 +99,20 @@ fn room_from(row: &SqliteRow) -> Result<Room> {
         id: row.try_get("id").map_err(translate)?,
         name: row.try_get("name").map_err(translate)?,
         is_group: row.try_get::<i64, _>("is_group").map_err(translate)? != 0,
+        is_open: row.try_get::<i64, _>("is_open").map_err(translate)? != 0,
         owner_id: row.try_get("owner_id").map_err(translate)?,
         last_seq: row.try_get("last_seq").map_err(translate)?,
         member_count: row.try_get("member_count").map_err(translate)?,
+        created_at_ms: row.try_get("created_at").map_err(translate)?,
+    })
+}
+
+fn request_from(row: &SqliteRow) -> Result<JoinRequest> {
+    Ok(JoinRequest {
+        id: row.try_get("id").map_err(translate)?,
+        room_id: row.try_get("room_id").map_err(translate)?,
+        user_id: row.try_get("user_id").map_err(translate)?,
+        message: row.try_get("message").map_err(translate)?,
         created_at_ms: row.try_get("created_at").map_err(translate)?,
     })
 }
@@ -121,7 +133,7 @@ fn message_from(row: &SqliteRow) -> Result<Message> {
     })
 }
 
-const ROOM_COLUMNS: &str = "r.id, r.name, r.is_group, r.owner_id, r.last_seq, r.created_at, \
+const ROOM_COLUMNS: &str = "r.id, r.name, r.is_group, r.is_open, r.owner_id, r.last_seq, r.created_at, \
      (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id) AS member_count";
 
 #[async_trait]
@@ -183,6 +195,66 @@ impl UserStore for SqliteStore {
         out.dedup_by_key(|u| u.id);
         Ok(out)
     }
+
+    async fn update_profile(
+        &self,
+        id: UserId,
+        nickname: Option<&str>,
+        avatar: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<User>> {
+        sqlx::query(
+            "UPDATE users SET nickname = COALESCE(?, nickname), avatar = COALESCE(?, avatar), \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(nickname)
+        .bind(avatar)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(translate)?;
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(translate)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn change_password(
+        &self,
+        id: UserId,
+        old_hash: &str,
+        new_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = ?, token_version = token_version + 1, \
+             updated_at = ? WHERE id = ? AND password_hash = ?",
+        )
+        .bind(new_hash)
+        .bind(now_ms)
+        .bind(id)
+        .bind(old_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        if done.rows_affected() == 0 {
+            // Explicitly: a dropped transaction is only rolled back when its connection is used
+            // again, and until then MySQL keeps its table locks.
+            tx.rollback().await.map_err(translate)?;
+            return Ok(None);
+        }
+        let version: i64 = sqlx::query_scalar("SELECT token_version FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        Ok(Some(version))
+    }
 }
 
 /// Most ids bound in one `IN (...)`.
@@ -199,10 +271,11 @@ impl RoomStore for SqliteStore {
     ) -> Result<(Room, Vec<UserId>)> {
         let mut tx = self.writer.begin().await.map_err(translate)?;
         let room_id: RoomId = sqlx::query(
-            "INSERT INTO rooms (name, is_group, creator_id, owner_id, created_at) \
-             VALUES (?, 1, ?, ?, ?) RETURNING id",
+            "INSERT INTO rooms (name, search_name, is_group, creator_id, owner_id, created_at) \
+             VALUES (?, ?, 1, ?, ?, ?) RETURNING id",
         )
         .bind(name)
+        .bind(name.to_ascii_lowercase())
         .bind(owner)
         .bind(owner)
         .bind(now_ms)
@@ -256,6 +329,170 @@ impl RoomStore for SqliteStore {
             .as_ref()
             .map(room_from)
             .transpose()
+    }
+
+    async fn update_room(
+        &self,
+        room: RoomId,
+        name: Option<&str>,
+        owner: Option<UserId>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE rooms SET name = COALESCE(?, name), \
+             search_name = COALESCE(?, search_name), owner_id = COALESCE(?, owner_id) \
+             WHERE id = ?",
+        )
+        .bind(name)
+        .bind(name.map(str::to_ascii_lowercase))
+        .bind(owner)
+        .bind(room)
+        .execute(&self.writer)
+        .await
+        .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn search_groups(&self, query: &str, after: RoomId, limit: u32) -> Result<Vec<Room>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.is_group = 1 AND r.id > ? \
+             AND r.search_name LIKE ? ESCAPE '\\' ORDER BY r.id LIMIT ?"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(crate::contains_pattern(&query.to_ascii_lowercase()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(translate)?;
+        rows.iter().map(room_from).collect()
+    }
+
+    async fn direct_room(&self, a: UserId, b: UserId, now_ms: i64) -> Result<(Room, bool)> {
+        let key = crate::direct_key(a, b);
+        let by_key = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.direct_key = ?"
+        ));
+        // The single writer serializes creators: whoever comes second finds the room.
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        if let Some(row) = sqlx::query(by_key)
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(translate)?
+        {
+            tx.rollback().await.map_err(translate)?;
+            return Ok((room_from(&row)?, false));
+        }
+        let done = sqlx::query(
+            "INSERT INTO rooms (name, is_group, creator_id, owner_id, created_at, direct_key) \
+             VALUES ('', 0, ?, ?, ?, ?)",
+        )
+        .bind(a)
+        .bind(a)
+        .bind(now_ms)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        let room_id = done.last_insert_rowid();
+        for user in [a, b] {
+            let added = sqlx::query(
+                "INSERT INTO room_members (room_id, user_id, role, joined_at) \
+                 SELECT ?, id, 'member', ? FROM users WHERE id = ?",
+            )
+            .bind(room_id)
+            .bind(now_ms)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+            if added.rows_affected() == 0 {
+                tx.rollback().await.map_err(translate)?;
+                return Err(StoreError::UnknownUsers(vec![user]));
+            }
+        }
+        let room = fetch_room(&mut tx, room_id)
+            .await?
+            .ok_or_else(|| StoreError::Internal("room vanished inside its transaction".into()))?;
+        tx.commit().await.map_err(translate)?;
+        Ok((room, true))
+    }
+
+    async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET is_open = ? WHERE id = ?")
+            .bind(open)
+            .bind(room)
+            .execute(&self.writer)
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn create_join_request(
+        &self,
+        room: RoomId,
+        user: UserId,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<JoinRequest> {
+        let done = sqlx::query(
+            "INSERT INTO join_requests (room_id, user_id, message, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(message)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(translate)?;
+        Ok(JoinRequest {
+            id: done.last_insert_rowid(),
+            room_id: room,
+            user_id: user,
+            message: message.to_owned(),
+            created_at_ms: now_ms,
+        })
+    }
+
+    async fn join_requests(&self, room: RoomId) -> Result<Vec<JoinRequest>> {
+        let rows = sqlx::query("SELECT * FROM join_requests WHERE room_id = ? ORDER BY id")
+            .bind(room)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(translate)?;
+        rows.iter().map(request_from).collect()
+    }
+
+    async fn take_join_request(&self, room: RoomId, id: i64) -> Result<Option<JoinRequest>> {
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let row = sqlx::query("SELECT * FROM join_requests WHERE id = ? AND room_id = ?")
+            .bind(id)
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(translate)?;
+        let Some(row) = row else {
+            tx.rollback().await.map_err(translate)?;
+            return Ok(None);
+        };
+        let request = request_from(&row)?;
+        let done = sqlx::query("DELETE FROM join_requests WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        Ok((done.rows_affected() == 1).then_some(request))
+    }
+
+    async fn drop_join_request(&self, room: RoomId, user: UserId) -> Result<()> {
+        sqlx::query("DELETE FROM join_requests WHERE room_id = ? AND user_id = ?")
+            .bind(room)
+            .bind(user)
+            .execute(&self.writer)
+            .await
+            .map_err(translate)?;
+        Ok(())
     }
 
     async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>> {
@@ -339,9 +576,16 @@ impl RoomStore for SqliteStore {
             .await
             .map_err(translate)?;
         if exists.is_none() {
+            tx.rollback().await.map_err(translate)?;
             return Err(StoreError::Internal(format!("room {room} does not exist")));
         }
-        let mut changes = changes.await?;
+        let mut changes = match changes.await {
+            Ok(c) => c,
+            Err(e) => {
+                tx.rollback().await.map_err(translate)?;
+                return Err(e);
+            }
+        };
         changes.sort_unstable_by_key(|(user, _)| *user);
         for (user, state) in &changes {
             match state {

@@ -1144,3 +1144,663 @@ async fn mysql_crossing_client_ids_never_fail_a_batch() {
         s.close().await;
     }
 }
+
+// ---- rooms: update_room, search_groups, direct_room ----
+
+/// `room` as the store has it now (it must exist).
+async fn room_now(s: &dyn Store, room: RoomId) -> store::Room {
+    s.room(room).await.expect("room").expect("the room exists")
+}
+
+/// The ids of `rooms`, in order.
+fn ids_of(rooms: &[store::Room]) -> Vec<RoomId> {
+    rooms.iter().map(|r| r.id).collect()
+}
+
+/// Every role of `room`, by user id.
+async fn roles(s: &dyn Store, room: RoomId) -> Vec<(UserId, Role)> {
+    let mut all: Vec<_> = s
+        .members(room)
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| (m.user_id, m.role))
+        .collect();
+    all.sort_unstable_by_key(|(id, _)| *id);
+    all
+}
+
+async fn update_room_renames_and_changes_the_owner_alone_or_together(s: &dyn Store) {
+    let a = user(s, "ur_a").await;
+    let b = user(s, "ur_b").await;
+    let (room, _) = s.create_group("before", a, &[b], 1).await.expect("create");
+    let (other, _) = s.create_group("other", a, &[b], 1).await.expect("create");
+    let out = s
+        .append_messages(&[msg(1, room.id, a, None)])
+        .await
+        .expect("append");
+    assert!(matches!(&out[0], Ok(Appended::Stored(_))), "{out:?}");
+    let start = room_now(s, room.id).await;
+    assert_eq!((start.name.as_str(), start.owner_id), ("before", a));
+    let start_roles = roles(s, room.id).await;
+
+    // The name alone.
+    s.update_room(room.id, Some("after"), None)
+        .await
+        .expect("rename");
+    let renamed = room_now(s, room.id).await;
+    assert_eq!(
+        renamed,
+        store::Room {
+            name: "after".into(),
+            ..start.clone()
+        },
+        "only the name changed"
+    );
+
+    // The owner alone: the name stays, and the roles are not the store's business here.
+    s.update_room(room.id, None, Some(b))
+        .await
+        .expect("new owner");
+    let owned = room_now(s, room.id).await;
+    assert_eq!(
+        owned,
+        store::Room {
+            name: "after".into(),
+            owner_id: b,
+            ..start.clone()
+        }
+    );
+    assert_eq!(
+        roles(s, room.id).await,
+        start_roles,
+        "update_room leaves the memberships alone"
+    );
+
+    // Both at once.
+    s.update_room(room.id, Some("both"), Some(a))
+        .await
+        .expect("both");
+    let both = room_now(s, room.id).await;
+    assert_eq!(
+        both,
+        store::Room {
+            name: "both".into(),
+            owner_id: a,
+            ..start.clone()
+        }
+    );
+
+    // Neither: nothing changes.
+    s.update_room(room.id, None, None).await.expect("neither");
+    assert_eq!(room_now(s, room.id).await, both);
+
+    // Every view of the room agrees; the other room is untouched.
+    let joined = s.joined_rooms(b).await.expect("rooms");
+    let seen = joined
+        .iter()
+        .find(|j| j.room.id == room.id)
+        .expect("b is in the room");
+    assert_eq!(seen.room, both);
+    assert_eq!(room_now(s, other.id).await, other);
+
+    // An unknown room: harmless, and nothing appears.
+    s.update_room(999_999, Some("ghost"), Some(a))
+        .await
+        .expect("an unknown room is no error");
+    assert!(s.room(999_999).await.expect("room").is_none());
+    assert_eq!(room_now(s, room.id).await, both);
+    assert_eq!(room_now(s, other.id).await, other);
+}
+
+async fn search_groups_matches_literally_in_any_ascii_case_and_pages(s: &dyn Store) {
+    let a = user(s, "sg_a").await;
+    let b = user(s, "sg_b").await;
+    let c = user(s, "sg_c").await;
+    let mut names = Vec::new();
+    let mut groups = Vec::new();
+    for name in [
+        "Rust Lovers",
+        "rustaceans",
+        "100% real",
+        "a_b",
+        "axb",
+        "back\\slash",
+        "Go fans",
+        "TRUST me",
+    ] {
+        // Direct rooms in between, so group ids are not consecutive.
+        let (g, _) = s.create_group(name, a, &[b], 1).await.expect("create");
+        names.push(name);
+        groups.push(g);
+        if groups.len() == 3 {
+            s.direct_room(a, b, 1).await.expect("direct");
+        }
+        if groups.len() == 6 {
+            s.direct_room(c, a, 1).await.expect("direct");
+        }
+    }
+    let id = |name: &str| groups[names.iter().position(|n| *n == name).expect("a name")].id;
+    let search = |q: &'static str, after: RoomId, limit: u32| async move {
+        ids_of(&s.search_groups(q, after, limit).await.expect("search"))
+    };
+
+    let rust = vec![id("Rust Lovers"), id("rustaceans"), id("TRUST me")];
+    assert_eq!(search("rust", 0, 100).await, rust, "lower case");
+    assert_eq!(search("RUST", 0, 100).await, rust, "upper case");
+    assert_eq!(search("rUsT", 0, 100).await, rust, "mixed case");
+    assert_eq!(search("Rust Lovers", 0, 100).await, vec![id("Rust Lovers")]);
+    assert_eq!(search("Go fans", 0, 100).await, vec![id("Go fans")]);
+
+    // `%`, `_` and `\` are themselves, not wildcards or escapes.
+    assert_eq!(search("0%", 0, 100).await, vec![id("100% real")]);
+    assert_eq!(search("%", 0, 100).await, vec![id("100% real")]);
+    assert_eq!(search("% r", 0, 100).await, vec![id("100% real")]);
+    assert_eq!(search("1%l", 0, 100).await, Vec::<RoomId>::new());
+    assert_eq!(search("a_b", 0, 100).await, vec![id("a_b")], "not axb");
+    assert_eq!(search("_", 0, 100).await, vec![id("a_b")]);
+    assert_eq!(search("x", 0, 100).await, vec![id("axb")]);
+    assert_eq!(search("\\", 0, 100).await, vec![id("back\\slash")]);
+    assert_eq!(search("k\\s", 0, 100).await, vec![id("back\\slash")]);
+    assert_eq!(search("k\\\\s", 0, 100).await, Vec::<RoomId>::new());
+    assert_eq!(search("\\%", 0, 100).await, Vec::<RoomId>::new());
+    assert_eq!(
+        search("nothing like it", 0, 100).await,
+        Vec::<RoomId>::new()
+    );
+
+    // The empty query matches every group and no direct room.
+    let all = ids_of(&s.search_groups("", 0, 100).await.expect("search"));
+    assert_eq!(all, ids_of(&groups), "every group, in id order, once");
+    let found = s.search_groups("", 0, 100).await.expect("search");
+    assert!(found.iter().all(|r| r.is_group), "{found:?}");
+    for (r, g) in found.iter().zip(&groups) {
+        assert_eq!(r, &room_now(s, g.id).await, "a found room is the room");
+    }
+
+    // Paging by `after`: every match once, in order, `limit` at most.
+    for limit in 1..=4u32 {
+        let mut walked = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = search("", after, limit).await;
+            assert!(page.len() <= limit as usize, "limit {limit}: {page:?}");
+            let Some(last) = page.last() else { break };
+            after = *last;
+            walked.extend(page);
+        }
+        assert_eq!(walked, all, "limit {limit}");
+    }
+    assert_eq!(search("rust", rust[0], 1).await, vec![rust[1]]);
+    assert_eq!(search("rust", rust[1], 100).await, vec![rust[2]]);
+    assert_eq!(search("rust", rust[2], 100).await, Vec::<RoomId>::new());
+    // `after` need not be a match.
+    assert_eq!(search("rust", id("100% real"), 100).await, vec![rust[2]]);
+    assert_eq!(
+        search("rust", id("rustaceans") - 1, 100).await,
+        rust[1..].to_vec()
+    );
+    assert_eq!(
+        search("", *all.last().expect("groups"), 100).await,
+        Vec::<RoomId>::new()
+    );
+
+    // A renamed group is found by its new name only.
+    s.update_room(id("Go fans"), Some("Rusty gophers"), None)
+        .await
+        .expect("rename");
+    assert_eq!(search("go fans", 0, 100).await, Vec::<RoomId>::new());
+    assert_eq!(
+        search("rust", 0, 100).await,
+        vec![
+            id("Rust Lovers"),
+            id("rustaceans"),
+            id("Go fans"),
+            id("TRUST me")
+        ]
+    );
+}
+
+/// Only ASCII letters match in any case: other characters match only themselves (SQLite's LIKE
+/// folds ASCII only; a MySQL collation must not fold accents or other scripts either).
+async fn search_groups_folds_ascii_case_only(s: &dyn Store) {
+    let a = user(s, "sf_a").await;
+    let (cafe, _) = s
+        .create_group("Café Ünïcode", a, &[], 1)
+        .await
+        .expect("create");
+    let (plain, _) = s
+        .create_group("cafe plain", a, &[], 1)
+        .await
+        .expect("create");
+    let search =
+        |q: &'static str| async move { ids_of(&s.search_groups(q, 0, 100).await.expect("search")) };
+    assert_eq!(
+        search("CAFé").await,
+        vec![cafe.id],
+        "C, A and F fold; é is é"
+    );
+    assert_eq!(search("café").await, vec![cafe.id]);
+    assert_eq!(search("CAFÉ").await, Vec::<RoomId>::new(), "É is not é");
+    assert_eq!(search("cafe").await, vec![plain.id], "e is not é");
+    assert_eq!(search("Ünï").await, vec![cafe.id]);
+    assert_eq!(search("ünï").await, Vec::<RoomId>::new(), "ü is not Ü");
+    assert_eq!(search("unicode").await, Vec::<RoomId>::new(), "U is not Ü");
+}
+
+async fn direct_room_is_one_room_whichever_side_asks(s: &dyn Store) {
+    let a = user(s, "dr_a").await;
+    let b = user(s, "dr_b").await;
+    let c = user(s, "dr_c").await;
+    let (ab, created) = s.direct_room(a, b, 5).await.expect("direct");
+    assert!(created, "the first call creates it");
+    assert!(!ab.is_group);
+    assert_eq!((ab.member_count, ab.last_seq, ab.created_at_ms), (2, 0, 5));
+    assert_eq!(room_now(s, ab.id).await, ab);
+    let mut both = vec![(a, Role::Member), (b, Role::Member)];
+    both.sort_unstable_by_key(|(id, _)| *id);
+    assert_eq!(roles(s, ab.id).await, both, "two plain members");
+
+    for (x, y) in [(a, b), (b, a), (a, b), (b, a)] {
+        let (again, created) = s.direct_room(x, y, 9).await.expect("direct");
+        assert!(!created, "{x} with {y}: found, not created");
+        assert_eq!(again, ab, "{x} with {y}: the same room, as it was");
+    }
+
+    let (ac, created) = s.direct_room(c, a, 6).await.expect("direct");
+    assert!(created);
+    let (bc, created) = s.direct_room(b, c, 7).await.expect("direct");
+    assert!(created);
+    let ids: HashSet<_> = [ab.id, ac.id, bc.id].into_iter().collect();
+    assert_eq!(ids.len(), 3, "one room per pair");
+    assert_eq!(
+        s.direct_room(a, c, 8).await.expect("direct"),
+        (ac.clone(), false)
+    );
+
+    for (u, want) in [
+        (a, [ab.id, ac.id]),
+        (b, [ab.id, bc.id]),
+        (c, [ac.id, bc.id]),
+    ] {
+        let joined = s.joined_rooms(u).await.expect("rooms");
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        assert_eq!(
+            joined.iter().map(|j| j.room.id).collect::<Vec<_>>(),
+            want,
+            "{u}'s rooms"
+        );
+        assert!(
+            joined
+                .iter()
+                .all(|j| !j.room.is_group && j.role == Role::Member),
+            "{joined:?}"
+        );
+    }
+    assert_eq!(
+        s.access(ab.id, c).await.expect("access"),
+        Access::NotMember,
+        "a third user is an outsider"
+    );
+
+    // Messages work as in a group, for both members only.
+    let out = s
+        .append_messages(&[
+            msg(1, ab.id, a, None),
+            msg(2, ab.id, b, None),
+            msg(3, ab.id, c, None),
+        ])
+        .await
+        .expect("append");
+    assert!(
+        matches!(&out[0], Ok(Appended::Stored(m)) if m.seq == 1),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], Ok(Appended::Stored(m)) if m.seq == 2),
+        "{out:?}"
+    );
+    assert_eq!(out[2], Err(Rejected::NotMember));
+
+    // A direct room is never a search result.
+    assert!(
+        s.search_groups("", 0, 100)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+}
+
+async fn direct_room_with_an_unknown_user_creates_nothing(s: &dyn Store) {
+    let a = user(s, "du_a").await;
+    let err = s.direct_room(a, 999_999, 1).await;
+    assert!(
+        matches!(err, Err(StoreError::UnknownUsers(ref ids)) if ids == &[999_999]),
+        "{err:?}"
+    );
+    assert!(s.joined_rooms(a).await.expect("rooms").is_empty());
+    // Again: still refused, not found half-made.
+    let err = s.direct_room(a, 999_999, 2).await;
+    assert!(
+        matches!(err, Err(StoreError::UnknownUsers(ref ids)) if ids == &[999_999]),
+        "{err:?}"
+    );
+    assert!(s.joined_rooms(a).await.expect("rooms").is_empty());
+    // The pair is free for a real user, and the refused attempts left nothing behind.
+    let b = user(s, "du_b").await;
+    let (room, created) = s.direct_room(a, b, 3).await.expect("direct");
+    assert!(created);
+    assert_eq!(room.member_count, 2);
+    let joined = s.joined_rooms(a).await.expect("rooms");
+    assert_eq!(
+        joined.iter().map(|j| j.room.id).collect::<Vec<_>>(),
+        vec![room.id]
+    );
+}
+
+/// Tasks on `one` and `two` (one store, or two instances on one database) ask for the direct
+/// room of the same pair at the same moment, from both sides: one room, created once.
+async fn direct_room_created_concurrently_is_one_room(one: Arc<dyn Store>, two: Arc<dyn Store>) {
+    const TASKS: usize = 10;
+    const PAIRS: usize = 5;
+    let mut users = Vec::new();
+    for i in 0..PAIRS * 2 {
+        users.push(user(one.as_ref(), &format!("dc_{i}")).await);
+    }
+    for pair in users.chunks(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let start = Arc::new(Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let s = if t % 2 == 0 { one.clone() } else { two.clone() };
+            let (x, y) = if t % 4 < 2 { (a, b) } else { (b, a) };
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                s.direct_room(x, y, 1).await
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.expect("join").expect("direct_room"));
+        }
+        let ids: HashSet<_> = results.iter().map(|(r, _)| r.id).collect();
+        assert_eq!(ids.len(), 1, "{a} and {b}: one room: {results:?}");
+        let created = results.iter().filter(|(_, c)| *c).count();
+        assert_eq!(created, 1, "{a} and {b}: created once: {results:?}");
+        let room = results[0].0.id;
+        for u in [a, b] {
+            let joined = one.joined_rooms(u).await.expect("rooms");
+            assert_eq!(
+                joined.iter().map(|j| j.room.id).collect::<Vec<_>>(),
+                vec![room],
+                "{u}'s rooms"
+            );
+        }
+        assert_eq!(room_now(two.as_ref(), room).await.member_count, 2);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_update_room_renames_and_changes_the_owner_alone_or_together() {
+    let (_d, s) = sqlite().await;
+    update_room_renames_and_changes_the_owner_alone_or_together(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_search_groups_matches_literally_in_any_ascii_case_and_pages() {
+    let (_d, s) = sqlite().await;
+    search_groups_matches_literally_in_any_ascii_case_and_pages(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_search_groups_folds_ascii_case_only() {
+    let (_d, s) = sqlite().await;
+    search_groups_folds_ascii_case_only(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_direct_room_is_one_room_whichever_side_asks() {
+    let (_d, s) = sqlite().await;
+    direct_room_is_one_room_whichever_side_asks(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_direct_room_with_an_unknown_user_creates_nothing() {
+    let (_d, s) = sqlite().await;
+    direct_room_with_an_unknown_user_creates_nothing(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_direct_room_created_concurrently_is_one_room() {
+    let (_d, s) = sqlite().await;
+    direct_room_created_concurrently_is_one_room(s.clone(), s).await;
+}
+
+#[tokio::test]
+async fn mysql_update_room_renames_and_changes_the_owner_alone_or_together() {
+    let (_db, s) = mysql().await;
+    update_room_renames_and_changes_the_owner_alone_or_together(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_search_groups_matches_literally_in_any_ascii_case_and_pages() {
+    let (_db, s) = mysql().await;
+    search_groups_matches_literally_in_any_ascii_case_and_pages(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_search_groups_folds_ascii_case_only() {
+    let (_db, s) = mysql().await;
+    search_groups_folds_ascii_case_only(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_direct_room_is_one_room_whichever_side_asks() {
+    let (_db, s) = mysql().await;
+    direct_room_is_one_room_whichever_side_asks(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_direct_room_with_an_unknown_user_creates_nothing() {
+    let (_db, s) = mysql().await;
+    direct_room_with_an_unknown_user_creates_nothing(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_direct_room_created_concurrently_is_one_room() {
+    let (_db, s) = mysql().await;
+    direct_room_created_concurrently_is_one_room(s.clone(), s).await;
+}
+
+/// Two pools on one database, like two Meta instances: both users open their direct room through
+/// different instances at the same moment, and there is still one room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_two_instances_create_one_direct_room() {
+    let db = MySqlDb::create().await;
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let (one, two) = (Arc::new(one), Arc::new(two));
+    direct_room_created_concurrently_is_one_room(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
+}
+
+/// Tasks asking at the same moment for the direct room with a user who does not exist all get
+/// [`StoreError::UnknownUsers`] (not a database error), and nothing is created.
+async fn direct_room_with_an_unknown_user_fails_alike_when_concurrent(
+    one: Arc<dyn Store>,
+    two: Arc<dyn Store>,
+) {
+    const TASKS: usize = 10;
+    let a = user(one.as_ref(), "dx_a").await;
+    for round in 0..5 {
+        let start = Arc::new(Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let s = if t % 2 == 0 { one.clone() } else { two.clone() };
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                s.direct_room(a, 999_999, 1).await
+            }));
+        }
+        for t in tasks {
+            let got = t.await.expect("join");
+            assert!(
+                matches!(got, Err(StoreError::UnknownUsers(ref ids)) if ids == &[999_999]),
+                "round {round}: {got:?}"
+            );
+        }
+        assert!(one.joined_rooms(a).await.expect("rooms").is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_direct_room_with_an_unknown_user_fails_alike_when_concurrent() {
+    let (_d, s) = sqlite().await;
+    direct_room_with_an_unknown_user_fails_alike_when_concurrent(s.clone(), s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_direct_room_with_an_unknown_user_fails_alike_when_concurrent() {
+    let db = MySqlDb::create().await;
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let (one, two) = (Arc::new(one), Arc::new(two));
+    direct_room_with_an_unknown_user_fails_alike_when_concurrent(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
+}
+
+async fn profiles_and_password_changes(s: &dyn Store) {
+    let a = user(s, "pf_a").await;
+    let fresh = s.user_by_id(a).await.expect("read").expect("user");
+    assert_eq!((fresh.avatar.as_str(), fresh.token_version), ("", 0));
+
+    let edited = s
+        .update_profile(a, Some("Ada"), Some("https://x/a.png"), 5)
+        .await
+        .expect("update")
+        .expect("user");
+    assert_eq!(
+        (edited.nickname.as_str(), edited.avatar.as_str()),
+        ("Ada", "https://x/a.png")
+    );
+    let kept = s
+        .update_profile(a, None, Some(""), 6)
+        .await
+        .expect("update")
+        .expect("user");
+    assert_eq!((kept.nickname.as_str(), kept.avatar.as_str()), ("Ada", ""));
+    assert!(
+        s.update_profile(999_999, Some("x"), None, 7)
+            .await
+            .expect("update")
+            .is_none()
+    );
+
+    // The hash is swapped only from the expected one; each change bumps the token version.
+    assert_eq!(
+        s.change_password(a, "x", "h2", 8).await.expect("change"),
+        Some(1)
+    );
+    assert_eq!(
+        s.change_password(a, "x", "h3", 9).await.expect("stale"),
+        None
+    );
+    assert_eq!(
+        s.change_password(a, "h2", "h3", 10).await.expect("change"),
+        Some(2)
+    );
+    let after = s.user_by_id(a).await.expect("read").expect("user");
+    assert_eq!(
+        (after.password_hash.as_str(), after.token_version),
+        ("h3", 2)
+    );
+    assert_eq!(
+        s.change_password(999_999, "x", "y", 11)
+            .await
+            .expect("none"),
+        None
+    );
+}
+
+async fn join_requests_are_one_per_user_and_taken_once(s: &dyn Store) {
+    let a = user(s, "jr_a").await;
+    let b = user(s, "jr_b").await;
+    let c = user(s, "jr_c").await;
+    let (room, _) = s.create_group("jr", a, &[], 1).await.expect("create");
+    let (other, _) = s.create_group("jr2", a, &[], 1).await.expect("create");
+    assert!(!room.is_open);
+    s.set_room_open(room.id, true).await.expect("open");
+    assert!(
+        s.room(room.id)
+            .await
+            .expect("room")
+            .expect("exists")
+            .is_open
+    );
+
+    let rb = s
+        .create_join_request(room.id, b, "hi", 2)
+        .await
+        .expect("request");
+    assert!(matches!(
+        s.create_join_request(room.id, b, "again", 3).await,
+        Err(StoreError::Conflict)
+    ));
+    let rc = s
+        .create_join_request(room.id, c, "", 4)
+        .await
+        .expect("request");
+    s.create_join_request(other.id, b, "", 5)
+        .await
+        .expect("another room");
+    let listed = s.join_requests(room.id).await.expect("list");
+    assert_eq!(listed, vec![rb.clone(), rc.clone()]);
+
+    assert_eq!(
+        s.take_join_request(other.id, rb.id).await.expect("take"),
+        None,
+        "wrong room"
+    );
+    assert_eq!(
+        s.take_join_request(room.id, rb.id).await.expect("take"),
+        Some(rb.clone())
+    );
+    assert_eq!(
+        s.take_join_request(room.id, rb.id).await.expect("take"),
+        None,
+        "taken once"
+    );
+    s.drop_join_request(room.id, c).await.expect("drop");
+    assert!(s.join_requests(room.id).await.expect("list").is_empty());
+    // Asking again after an answer is allowed.
+    s.create_join_request(room.id, b, "once more", 6)
+        .await
+        .expect("request");
+}
+
+#[tokio::test]
+async fn sqlite_profiles_and_password_changes() {
+    let (_d, s) = sqlite().await;
+    profiles_and_password_changes(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_profiles_and_password_changes() {
+    let (_db, s) = mysql().await;
+    profiles_and_password_changes(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_join_requests_are_one_per_user_and_taken_once() {
+    let (_d, s) = sqlite().await;
+    join_requests_are_one_per_user_and_taken_once(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_join_requests_are_one_per_user_and_taken_once() {
+    let (_db, s) = mysql().await;
+    join_requests_are_one_per_user_and_taken_once(s.as_ref()).await;
+}

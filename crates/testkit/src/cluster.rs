@@ -2,6 +2,8 @@
 //! gateways, each its own composition (`server::start` with one role) wired only through a real
 //! MariaDB (`RUSTSTACKER_TEST_MYSQL_URL`) and a real Redis (`RUSTSTACKER_TEST_REDIS_URL`), under a
 //! database and key prefix of their own so cluster tests run in parallel.
+//! [`Cluster::spawn_with_registry_url`] starts the seed's model instead: gateways and Send
+//! instances reach the registry over HTTP (`registry.url`).
 
 use std::net::SocketAddr;
 
@@ -104,6 +106,8 @@ type Configure = Box<dyn Fn(&mut AllConfig) + Send + Sync>;
 pub struct Cluster {
     pub backends: Backends,
     configure: Configure,
+    /// The registry's URL that gateways and Send instances are given (`registry.url`), if any.
+    registry_url: Option<String>,
     registry: Option<Running>,
     meta: Option<Running>,
     sends: Vec<Option<Running>>,
@@ -148,21 +152,46 @@ impl Cluster {
 
     /// Starts the cluster with `configure` applied to every instance's config.
     pub async fn spawn_with(configure: impl Fn(&mut AllConfig) + Send + Sync + 'static) -> Self {
+        Self::start(Box::new(configure), false).await
+    }
+
+    /// Starts the cluster like [`Cluster::spawn_with`], with the seed's model: gateways and Send
+    /// instances get the registry's address as `registry.url` and register, heartbeat and write
+    /// routes through its HTTP API. `configure` must set `internal_token` (every instance shares
+    /// it).
+    pub async fn spawn_with_registry_url(
+        configure: impl Fn(&mut AllConfig) + Send + Sync + 'static,
+    ) -> Self {
+        Self::start(Box::new(configure), true).await
+    }
+
+    async fn start(configure: Configure, registry_url: bool) -> Self {
         let backends = Backends::fresh().await;
-        let configure: Configure = Box::new(configure);
         let base = base_config(&backends, &configure);
         let registry = boot(base.clone(), Roles::REGISTRY, "registry").await;
+        let registry_url = registry_url.then(|| {
+            format!(
+                "http://{}",
+                registry.registry.expect("the registry's address")
+            )
+        });
         let meta = boot(base.clone(), Roles::META, "meta").await;
         let mut sends = Vec::new();
         for i in 0..INSTANCES {
             let mut cfg = base.clone();
+            cfg.registry.url = registry_url.clone();
             cfg.send.machine_id = i as u64 + 1;
             sends.push(Some(boot(cfg, Roles::SEND, "send").await));
         }
         let mut gateways = Vec::new();
         for i in 0..INSTANCES {
             gateways.push(Some(
-                boot(gateway_config(&base, i), Roles::GATEWAY, "gateway").await,
+                boot(
+                    gateway_config(&base, i, registry_url.as_deref()),
+                    Roles::GATEWAY,
+                    "gateway",
+                )
+                .await,
             ));
         }
         Self {
@@ -178,6 +207,7 @@ impl Cluster {
                 .collect(),
             backends,
             configure,
+            registry_url,
             registry: Some(registry),
             meta: Some(meta),
             sends,
@@ -214,13 +244,23 @@ impl Cluster {
         }
     }
 
-    /// Starts gateway `i` again (same name; a new port).
-    pub async fn restart_gateway(&mut self, i: usize) {
+    /// The config gateway `i` starts with, for a test that starts one more (or a broken one).
+    pub fn gateway_config(&self, i: usize) -> AllConfig {
+        let base = base_config(&self.backends, &self.configure);
+        gateway_config(&base, i, self.registry_url.as_deref())
+    }
+
+    /// Stops gateway `i` gracefully (close frames, cursor flush, deregistration).
+    pub async fn stop_gateway(&mut self, i: usize) {
         if let Some(g) = self.gateways[i].take() {
             g.shutdown().await.expect("gateway shuts down");
         }
-        let base = base_config(&self.backends, &self.configure);
-        let g = boot(gateway_config(&base, i), Roles::GATEWAY, "gateway").await;
+    }
+
+    /// Starts gateway `i` again (same name; a new port).
+    pub async fn restart_gateway(&mut self, i: usize) {
+        self.stop_gateway(i).await;
+        let g = boot(self.gateway_config(i), Roles::GATEWAY, "gateway").await;
         self.gateway_addrs[i] = g.gateway.expect("gateway address");
         self.gateways[i] = Some(g);
     }
@@ -250,9 +290,10 @@ impl Cluster {
     }
 }
 
-fn gateway_config(base: &AllConfig, i: usize) -> AllConfig {
+fn gateway_config(base: &AllConfig, i: usize, registry_url: Option<&str>) -> AllConfig {
     let mut cfg = base.clone();
     cfg.gateway.name = Cluster::gateway_name(i);
+    cfg.registry.url = registry_url.map(str::to_owned);
     cfg
 }
 

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use futures_util::future::join_all;
 use proto::api::{
-    CreateGroupReply, HistoryReply, LoginReply, MessageView, SendMessageReply, UserView,
+    CreateGroupReply, HistoryReply, LoginReply, MembersReply, MembershipReply, MessageView, Role,
+    SendMessageReply, UserView,
 };
 use proto::{RoomId, Seq, UserId};
 use reqwest::Method;
@@ -13,6 +14,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::names::unique_username;
+
+/// Each member's role and group nickname, by user id.
+pub type Roster = std::collections::BTreeMap<UserId, (Role, Option<String>)>;
 use crate::{PASSWORD, WAIT};
 
 /// Substrings that must never reach a client: driver, database and panic text.
@@ -398,6 +402,147 @@ impl Client {
         .await
     }
 
+    /// `GET /api/user/me`.
+    pub async fn me(&self, token: &str) -> Reply {
+        self.get(Service::Meta, "/api/user/me", Some(token)).await
+    }
+
+    /// `GET /api/user/{user_id}`.
+    pub async fn profile(&self, token: &str, user_id: UserId) -> Reply {
+        self.get(Service::Meta, &format!("/api/user/{user_id}"), Some(token))
+            .await
+    }
+
+    /// `PUT /api/user/me` with the body as given.
+    pub async fn update_profile(&self, token: &str, body: Value) -> Reply {
+        self.request(
+            Method::PUT,
+            Service::Meta,
+            "/api/user/me",
+            Some(token),
+            Body::Json(body),
+        )
+        .await
+    }
+
+    /// `PUT /api/user/password`.
+    pub async fn change_password(&self, token: &str, old: &str, new: &str) -> Reply {
+        self.request(
+            Method::PUT,
+            Service::Meta,
+            "/api/user/password",
+            Some(token),
+            Body::Json(json!({ "old_password": old, "new_password": new })),
+        )
+        .await
+    }
+
+    /// `POST /api/group/{room_id}/transfer`.
+    pub async fn transfer(&self, token: &str, room_id: RoomId, user_id: UserId) -> Reply {
+        self.post_json(
+            Service::Meta,
+            &format!("/api/group/{room_id}/transfer"),
+            Some(token),
+            json!({ "user_id": user_id }),
+        )
+        .await
+    }
+
+    /// `PUT /api/group/{room_id}/name`.
+    pub async fn rename_group(&self, token: &str, room_id: RoomId, name: &str) -> Reply {
+        self.request(
+            Method::PUT,
+            Service::Meta,
+            &format!("/api/group/{room_id}/name"),
+            Some(token),
+            Body::Json(json!({ "name": name })),
+        )
+        .await
+    }
+
+    /// `GET /api/group/search?{query}` with the query as given (already encoded).
+    pub async fn search_groups(&self, token: &str, query: &str) -> Reply {
+        self.get(
+            Service::Meta,
+            &format!("/api/group/search?{query}"),
+            Some(token),
+        )
+        .await
+    }
+
+    /// `PUT /api/group/{room_id}/open`.
+    pub async fn set_open(&self, token: &str, room_id: RoomId, open: bool) -> Reply {
+        self.request(
+            Method::PUT,
+            Service::Meta,
+            &format!("/api/group/{room_id}/open"),
+            Some(token),
+            Body::Json(json!({ "open": open })),
+        )
+        .await
+    }
+
+    /// `POST /api/group/{room_id}/join`.
+    pub async fn join(&self, token: &str, room_id: RoomId) -> Reply {
+        self.request(
+            Method::POST,
+            Service::Meta,
+            &format!("/api/group/{room_id}/join"),
+            Some(token),
+            Body::None,
+        )
+        .await
+    }
+
+    /// `POST /api/group/{room_id}/requests`.
+    pub async fn request_to_join(&self, token: &str, room_id: RoomId, message: &str) -> Reply {
+        self.post_json(
+            Service::Meta,
+            &format!("/api/group/{room_id}/requests"),
+            Some(token),
+            json!({ "message": message }),
+        )
+        .await
+    }
+
+    /// `GET /api/group/{room_id}/requests`.
+    pub async fn join_requests(&self, token: &str, room_id: RoomId) -> Reply {
+        self.get(
+            Service::Meta,
+            &format!("/api/group/{room_id}/requests"),
+            Some(token),
+        )
+        .await
+    }
+
+    /// `POST /api/group/{room_id}/requests/{request_id}`.
+    pub async fn decide_request(
+        &self,
+        token: &str,
+        room_id: RoomId,
+        request_id: i64,
+        approve: bool,
+    ) -> Reply {
+        self.post_json(
+            Service::Meta,
+            &format!("/api/group/{room_id}/requests/{request_id}"),
+            Some(token),
+            json!({ "approve": approve }),
+        )
+        .await
+    }
+
+    /// `POST /api/room/direct`.
+    pub async fn direct_room(&self, token: &str, user_id: UserId) -> Reply {
+        self.post_json(
+            Service::Meta,
+            "/api/room/direct",
+            Some(token),
+            json!({ "user_id": user_id }),
+        )
+        .await
+    }
+
     pub async fn joined_rooms(&self, token: &str) -> Reply {
         self.get(Service::Meta, "/api/joined_rooms", Some(token))
             .await
@@ -499,6 +644,26 @@ impl Client {
     ) -> CreateGroupReply {
         let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
         self.create_group(&owner.token, name, &ids).await.data()
+    }
+
+    /// Each member's role and group nickname, by user id, as `viewer` sees the room.
+    pub async fn roster(&self, viewer: &TestUser, room: RoomId) -> Roster {
+        let reply: MembersReply = self.members(&viewer.token, room).await.data();
+        assert_eq!(reply.room_id, room, "members answers for the room asked");
+        reply
+            .members
+            .into_iter()
+            .map(|m| (m.user_id, (m.role, m.group_nickname)))
+            .collect()
+    }
+
+    /// `owner` makes `user` an admin of `room` (setting the scene).
+    pub async fn promote(&self, owner: &TestUser, room: RoomId, user: &TestUser) {
+        let reply: MembershipReply = self
+            .change_role(&owner.token, room, user.id, "admin")
+            .await
+            .data();
+        assert_eq!((reply.user_id, reply.role), (user.id, Role::Admin));
     }
 
     pub async fn send_ok(

@@ -25,7 +25,7 @@ pub mod ws;
 
 pub use app::TestApp;
 pub use cluster::{Backends, Cluster, PrivateRedis};
-pub use http::{Addrs, Body, Client, Reply, Service, TestUser};
+pub use http::{Addrs, Body, Client, Reply, Roster, Service, TestUser};
 pub use names::unique_username;
 pub use ws::{Ack, Chat, WsClient};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use proto::api::MessageType;
-use proto::frame::{ServerFrame, WELCOME};
+use proto::frame::{Notice, ServerFrame, WELCOME};
 use proto::{MessageId, RoomId, Seq, UserId};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -52,6 +52,7 @@ pub struct WsClient {
     socket: Socket,
     chats: VecDeque<Chat>,
     acks: VecDeque<Ack>,
+    notices: VecDeque<Notice>,
     pongs: usize,
     /// Ids handed out by [`WsClient::next_new_chat`], to skip redeliveries.
     seen: HashSet<MessageId>,
@@ -124,6 +125,7 @@ impl WsClient {
             socket,
             chats: VecDeque::new(),
             acks: VecDeque::new(),
+            notices: VecDeque::new(),
             pongs: 0,
             seen: HashSet::new(),
             ended: None,
@@ -224,6 +226,10 @@ impl WsClient {
                 self.pongs += 1;
                 None
             }
+            ServerFrame::Notice(n) => {
+                self.notices.push_back(n);
+                None
+            }
             ServerFrame::System { .. } => None,
         }
     }
@@ -270,6 +276,19 @@ impl WsClient {
         loop {
             if let Some(ack) = self.acks.pop_front() {
                 return Ok(ack);
+            }
+            let frame = self.next_frame().await?;
+            if let Some(chat) = self.file(frame) {
+                self.chats.push_back(chat);
+            }
+        }
+    }
+
+    /// The next group notice, keeping chats and acks for later.
+    pub async fn next_notice(&mut self) -> anyhow::Result<Notice> {
+        loop {
+            if let Some(n) = self.notices.pop_front() {
+                return Ok(n);
             }
             let frame = self.next_frame().await?;
             if let Some(chat) = self.file(frame) {

@@ -601,3 +601,177 @@ async fn the_flusher_never_loses_or_resets_a_change_made_while_it_runs() {
     }
     c.shutdown().await;
 }
+
+const REGISTRY_TOKEN: &str = "internal-token-for-the-registry-url-tests-0123456789";
+
+/// The `c:<expiry ms>` that gateway `gateway` holds in `user`'s route, as Redis has it.
+async fn route_expiry(c: &Cluster, user: i64, gateway: &str) -> Option<i64> {
+    let mut redis = c.backends.redis().await;
+    let key = format!("{}:route:{{{user}}}", c.backends.redis.prefix);
+    let value: Option<String> = redis.hget(&key, gateway).await.expect("hget");
+    value?.strip_prefix("c:")?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_configured_with_the_registry_url_register_and_report_routes_over_http() {
+    let mut c = Cluster::spawn_with_registry_url(|cfg| {
+        cfg.internal_token = Some(REGISTRY_TOKEN.into());
+        cfg.gateway.route_refresh_secs = 1;
+    })
+    .await;
+    let api = c.api(0, 0);
+    let name_of = |i: usize| Cluster::gateway_name(i);
+
+    // The gateways' health checks the registry: their routes and instances go there.
+    for i in 0..2 {
+        let health = c
+            .api(0, i)
+            .get(testkit::Service::Gateway, "/health", None)
+            .await;
+        let checks: Vec<String> = health.assert_success()["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name").to_owned())
+            .collect();
+        assert!(
+            checks.contains(&"registry".to_owned()) && checks.contains(&"bus".to_owned()),
+            "{checks:?}"
+        );
+    }
+    let sends: testkit::proto::api::SendInstancesReply = api
+        .get(testkit::Service::Registry, "/registry/send/instances", None)
+        .await
+        .data();
+    assert_eq!(sends.count, 2, "both Send instances registered over HTTP");
+
+    // Users on both gateways (three on gateway-1, one on gateway-2); messages cross them.
+    let users = api.register_users(&["r1", "r2", "r3", "r4"]).await;
+    let room = api
+        .create_group_ok(&users[0], "over http", &[&users[1], &users[2]])
+        .await
+        .room_id;
+    let mut on_one = vec![c.ws(0, &users[0]).await, c.ws(0, &users[2]).await];
+    let _also_on_one = c.ws(0, &users[3]).await;
+    let mut on_two = c.ws(1, &users[1]).await;
+    let sent = c.api(1, 1).send_ok(&users[1], room, "from two").await;
+    for ws in &mut on_one {
+        assert_eq!(ws.next_new_chat().await.expect("chat").id, sent.message_id);
+    }
+    let back = api.send_ok(&users[0], room, "from one").await;
+    let seen: Vec<i64> = on_two
+        .new_chats(2)
+        .await
+        .expect("chats")
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        seen,
+        vec![sent.message_id, back.message_id],
+        "its own, then the other's"
+    );
+
+    // Heartbeats carry each gateway's load to the registry.
+    eventually(
+        WAIT,
+        "the registry lists both gateways with their loads",
+        || async {
+            let live: InstancesReply = api.gateway_instances().await.data();
+            let conns = |i: usize| {
+                live.gateways
+                    .iter()
+                    .find(|g| g.gateway_id == name_of(i))
+                    .map(|g| (g.connections, g.load > 0.0))
+            };
+            live.count == 2 && conns(0) == Some((3, true)) && conns(1) == Some((1, true))
+        },
+    )
+    .await;
+
+    // The route refresh goes through the registry: the connected route's expiry moves on.
+    let first = route_expiry(&c, users[1].id, &name_of(1))
+        .await
+        .expect("a connected route written over HTTP");
+    eventually(WAIT, "the gateway refreshes its users' routes", || async {
+        route_expiry(&c, users[1].id, &name_of(1))
+            .await
+            .is_some_and(|e| e > first)
+    })
+    .await;
+
+    // users[0] leaves gateway-1, which still holds 2 against gateway-2's 1: the lease written by
+    // the disconnect sends users[0] back to gateway-1 although gateway-2 is emptier.
+    on_one.remove(0).close().await.expect("close");
+    eventually(WAIT, "gateway-1 reports 2 connections", || async {
+        let live: InstancesReply = api.gateway_instances().await.data();
+        live.gateways
+            .iter()
+            .any(|g| g.gateway_id == name_of(0) && g.connections == 2)
+    })
+    .await;
+    let back_to: GatewayView = api.gateway_available(users[0].id).await.data();
+    assert_eq!(
+        back_to.gateway_id,
+        name_of(0),
+        "the route lease wins over load"
+    );
+    let newcomer: GatewayView = api.gateway_available(9_999_999).await.data();
+    assert_eq!(
+        newcomer.gateway_id,
+        name_of(1),
+        "without a lease, the least loaded"
+    );
+
+    // A graceful stop deregisters at once (not after the heartbeat timeout).
+    drop(on_two);
+    c.stop_gateway(1).await;
+    let live: InstancesReply = api.gateway_instances().await.data();
+    assert_eq!(
+        live.gateways
+            .iter()
+            .map(|g| g.gateway_id.clone())
+            .collect::<Vec<_>>(),
+        vec![name_of(0)]
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_the_registry_url_and_a_wrong_internal_token_refuses_to_start() {
+    let c = Cluster::spawn_with_registry_url(|cfg| {
+        cfg.internal_token = Some(REGISTRY_TOKEN.into());
+    })
+    .await;
+    let mut cfg = c.gateway_config(0);
+    cfg.gateway.name = "gateway-wrong-token".into();
+    cfg.internal_token = Some(format!("{REGISTRY_TOKEN}-but-another-one"));
+    let err = match server::start(cfg, server::Roles::GATEWAY).await {
+        Ok(_) => panic!("a gateway whose registration is refused must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("registering the gateway") && err.contains("internal_token"),
+        "{err}"
+    );
+    let live: InstancesReply = c.api(0, 0).gateway_instances().await.data();
+    assert!(
+        live.gateways
+            .iter()
+            .all(|g| g.gateway_id != "gateway-wrong-token"),
+        "{live:?}"
+    );
+
+    // Without any token the process refuses before it binds or registers anything.
+    let mut cfg = c.gateway_config(0);
+    cfg.internal_token = None;
+    let err = match server::start(cfg, server::Roles::GATEWAY).await {
+        Ok(_) => panic!("registry.url without internal_token must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("registry.url") && err.contains("internal_token"),
+        "{err}"
+    );
+    c.shutdown().await;
+}

@@ -3,44 +3,20 @@
 //! changes nothing, what a change does to delivery and history, and that a change to one member
 //! leaves every other member's role and nickname as it was.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use testkit::proto::api::{
     AddMembersReply, JoinedRoomsReply, MemberRemovedReply, MembersReply, MembershipReply, Role,
 };
 use testkit::proto::{RoomId, UserId};
-use testkit::{Body, Method, Reply, Service, TestApp, TestUser, json};
+use testkit::{Body, Method, Reply, Roster, Service, TestApp, TestUser, json};
 
 /// Only for asserting that something does NOT arrive; every positive wait is on a frame.
 const ABSENCE: Duration = Duration::from_millis(300);
 
 /// A room id nobody created.
 const NO_ROOM: RoomId = 987_654_321;
-
-/// Each member's role and group nickname, by user id.
-type Roster = BTreeMap<UserId, (Role, Option<String>)>;
-
-/// The room's members as `viewer` sees them.
-async fn roster(app: &TestApp, viewer: &TestUser, room: RoomId) -> Roster {
-    let reply: MembersReply = app.api.members(&viewer.token, room).await.data();
-    assert_eq!(reply.room_id, room, "members answers for the room asked");
-    reply
-        .members
-        .into_iter()
-        .map(|m| (m.user_id, (m.role, m.group_nickname)))
-        .collect()
-}
-
-/// `owner` promotes `user` to admin (setting the scene).
-async fn promote(app: &TestApp, owner: &TestUser, room: RoomId, user: &TestUser) {
-    let reply: MembershipReply = app
-        .api
-        .change_role(&owner.token, room, user.id, "admin")
-        .await
-        .data();
-    assert_eq!((reply.user_id, reply.role), (user.id, Role::Admin));
-}
 
 fn room_ids(app_reply: &JoinedRoomsReply) -> BTreeSet<RoomId> {
     app_reply.room_ids.iter().copied().collect()
@@ -142,8 +118,8 @@ impl Cast {
             )
             .await
             .room_id;
-        promote(app, &self.owner, room, &self.admin).await;
-        promote(app, &self.owner, room, &self.admin2).await;
+        app.api.promote(&self.owner, room, &self.admin).await;
+        app.api.promote(&self.owner, room, &self.admin2).await;
         room
     }
 }
@@ -365,7 +341,7 @@ async fn who_may_add_remove_leave_change_roles_and_nicknames() {
     for (actor, op, expect) in cases {
         let case = format!("{actor:?} {op:?}");
         let room = cast.room(&app).await;
-        let before = roster(&app, &cast.owner, room).await;
+        let before = app.api.roster(&cast.owner, room).await;
         let reply = perform(&app, &cast, room, actor, &op).await;
         let want = match expect {
             Ok => check_success(&case, &cast, room, actor, &op, &reply, &before),
@@ -382,7 +358,7 @@ async fn who_may_add_remove_leave_change_roles_and_nicknames() {
         };
         // The owner is in every room whatever happened, so the owner's view is the whole truth.
         assert_eq!(
-            roster(&app, &cast.owner, room).await,
+            app.api.roster(&cast.owner, room).await,
             want,
             "{case}: the members afterwards"
         );
@@ -436,7 +412,7 @@ async fn adding_checks_the_list_the_limit_and_skips_those_already_in() {
         unreachable!("six users")
     };
     let room = app.api.create_group_ok(owner, "capped", &[a]).await.room_id;
-    let start = roster(&app, owner, room).await;
+    let start = app.api.roster(owner, room).await;
     assert_eq!(start.len(), 2);
 
     app.api
@@ -448,7 +424,7 @@ async fn adding_checks_the_list_the_limit_and_skips_those_already_in() {
         .await
         .assert_error(400, "unknown_members");
     assert_eq!(
-        roster(&app, owner, room).await,
+        app.api.roster(owner, room).await,
         start,
         "a list with an unknown id adds nobody"
     );
@@ -463,7 +439,7 @@ async fn adding_checks_the_list_the_limit_and_skips_those_already_in() {
         (added.room_id, added.added, added.member_count),
         (room, vec![b.id], 3)
     );
-    let three = roster(&app, owner, room).await;
+    let three = app.api.roster(owner, room).await;
     assert_eq!(three.get(&b.id), Some(&(Role::Member, None)));
     assert_eq!(three.len(), 3);
 
@@ -474,7 +450,7 @@ async fn adding_checks_the_list_the_limit_and_skips_those_already_in() {
         .await
         .data();
     assert_eq!((none.added, none.member_count), (vec![], 3));
-    assert_eq!(roster(&app, owner, room).await, three);
+    assert_eq!(app.api.roster(owner, room).await, three);
 
     // 3 + 2 would be over the limit of 4; so is a list longer than the limit.
     app.api
@@ -485,7 +461,7 @@ async fn adding_checks_the_list_the_limit_and_skips_those_already_in() {
         .add_members(&owner.token, room, &[a.id, b.id, c.id, d.id, e.id])
         .await
         .assert_error(400, "too_many_members");
-    assert_eq!(roster(&app, owner, room).await, three, "nobody was added");
+    assert_eq!(app.api.roster(owner, room).await, three, "nobody was added");
 
     let last: AddMembersReply = app
         .api
@@ -497,7 +473,7 @@ async fn adding_checks_the_list_the_limit_and_skips_those_already_in() {
         .add_members(&owner.token, room, &[d.id])
         .await
         .assert_error(400, "too_many_members");
-    assert_eq!(roster(&app, owner, room).await.len(), 4);
+    assert_eq!(app.api.roster(owner, room).await.len(), 4);
 }
 
 // ---- delivery effects ----
@@ -749,7 +725,8 @@ async fn a_departed_member_is_cut_off(how: Departure) {
         .expect("bob is still in the room");
     assert_eq!(view.member_count, 2, "{how:?}");
     assert_eq!(
-        roster(&app, owner, room)
+        app.api
+            .roster(owner, room)
             .await
             .keys()
             .copied()
@@ -913,7 +890,7 @@ async fn a_promoted_admin_can_add_and_remove_members_and_a_demoted_one_cannot() 
     ]
     .into_iter()
     .collect();
-    assert_eq!(roster(&app, owner, room).await, want);
+    assert_eq!(app.api.roster(owner, room).await, want);
 
     let demoted: MembershipReply = app
         .api
@@ -931,7 +908,7 @@ async fn a_promoted_admin_can_add_and_remove_members_and_a_demoted_one_cannot() 
         .await
         .assert_error(403, "not_allowed");
     assert_eq!(
-        roster(&app, owner, room).await,
+        app.api.roster(owner, room).await,
         want,
         "the demoted admin changed nothing"
     );
@@ -1063,7 +1040,7 @@ async fn a_change_to_one_member_leaves_every_other_role_and_nickname_as_it_was()
             for viewer in [owner, cat] {
                 if want.contains_key(&viewer.id) {
                     assert_eq!(
-                        roster(app, viewer, room).await,
+                        app.api.roster(viewer, room).await,
                         want,
                         "after {step}, as {} sees it",
                         viewer.username
@@ -1073,8 +1050,8 @@ async fn a_change_to_one_member_leaves_every_other_role_and_nickname_as_it_was()
         }
     };
 
-    promote(&app, owner, room, ann).await;
-    promote(&app, owner, room, ben).await;
+    app.api.promote(owner, room, ann).await;
+    app.api.promote(owner, room, ben).await;
     set(&mut want, ann, Role::Admin, None);
     set(&mut want, ben, Role::Admin, None);
     check(want.clone(), "two promotions").await;

@@ -156,3 +156,137 @@ async fn with_the_token_instances_and_routes_can_be_written_and_read() {
     .await
     .assert_error(400, "invalid_instance_id");
 }
+
+/// `POST /registry/user/routes/refresh` with `body`, with or without the token.
+async fn refresh(app: &TestApp, token: Option<&str>, body: testkit::Value) -> testkit::Reply {
+    let path = "/registry/user/routes/refresh";
+    match token {
+        Some(t) => internal(app, Method::POST, path, t, Body::Json(body)).await,
+        None => {
+            app.api
+                .request(
+                    Method::POST,
+                    Service::Registry,
+                    path,
+                    None,
+                    Body::Json(body),
+                )
+                .await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_refresh_needs_the_token_and_at_most_1000_users_of_a_valid_gateway() {
+    let app = TestApp::spawn_with(|cfg| cfg.internal_token = Some(TOKEN.into())).await;
+    let body = json!({"gateway_id": "gw-x", "user_ids": [1, 2]});
+    refresh(&app, None, body.clone())
+        .await
+        .assert_error(401, "invalid_internal_token");
+    refresh(&app, Some(&format!("{TOKEN}x")), body.clone())
+        .await
+        .assert_error(401, "invalid_internal_token");
+    let ids: Vec<i64> = (1..=1001).collect();
+    refresh(
+        &app,
+        Some(TOKEN),
+        json!({"gateway_id": "gw-x", "user_ids": ids}),
+    )
+    .await
+    .assert_error(400, "invalid_body");
+    for bad in ["", "bad id!", "g".repeat(65).as_str()] {
+        refresh(
+            &app,
+            Some(TOKEN),
+            json!({"gateway_id": bad, "user_ids": [1]}),
+        )
+        .await
+        .assert_error(400, "invalid_body");
+    }
+    refresh(
+        &app,
+        Some(TOKEN),
+        json!({"gateway_id": "gw-x", "user_ids": [0]}),
+    )
+    .await
+    .assert_error(400, "invalid_body");
+    let ids: Vec<i64> = (1..=1000).collect();
+    refresh(
+        &app,
+        Some(TOKEN),
+        json!({"gateway_id": "gw-x", "user_ids": ids}),
+    )
+    .await
+    .assert_success();
+    refresh(&app, Some(TOKEN), body).await.assert_success();
+}
+
+/// The expiry of `user`'s connected route on `gateway`, from the Redis `backends` use.
+async fn connected_until(backends: &testkit::Backends, user: i64, gateway: &str) -> Option<i64> {
+    use testkit::redis::AsyncCommands;
+    let mut redis = backends.redis().await;
+    let key = format!("{}:route:{{{user}}}", backends.redis.prefix);
+    let value: Option<String> = redis.hget(&key, gateway).await.expect("hget");
+    value?.strip_prefix("c:")?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_refresh_keeps_the_listed_users_routes_alive() {
+    let backends = testkit::Backends::fresh().await;
+    let (mysql, redis) = (backends.mysql.clone(), backends.redis.clone());
+    let app = TestApp::spawn_with(move |cfg| {
+        cfg.mysql = Some(mysql.clone());
+        cfg.redis = Some(redis.clone());
+        cfg.internal_token = Some(TOKEN.into());
+    })
+    .await;
+    let call = |path: &'static str, body: testkit::Value| {
+        internal(&app, Method::POST, path, TOKEN, Body::Json(body))
+    };
+    call(
+        "/registry/gateway/register",
+        json!({"gateway_id": "gw-r", "address": "127.0.0.1", "port": 9, "max_connections": 5}),
+    )
+    .await
+    .assert_success();
+    for user in [1, 2] {
+        call(
+            "/registry/user/connect",
+            json!({"user_id": user, "gateway_id": "gw-r"}),
+        )
+        .await
+        .assert_success();
+    }
+    let (one, two) = (
+        connected_until(&backends, 1, "gw-r").await.expect("route"),
+        connected_until(&backends, 2, "gw-r").await.expect("route"),
+    );
+    // Each refresh sets the expiry to now + user_route_ttl; time moves, so it moves on.
+    let deadline = std::time::Instant::now() + testkit::WAIT;
+    loop {
+        call(
+            "/registry/user/routes/refresh",
+            json!({"gateway_id": "gw-r", "user_ids": [1]}),
+        )
+        .await
+        .assert_success();
+        if connected_until(&backends, 1, "gw-r").await.expect("route") > one {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never moved the route's expiry"
+        );
+    }
+    assert_eq!(
+        connected_until(&backends, 2, "gw-r").await,
+        Some(two),
+        "an unlisted user's route is left alone"
+    );
+    let routes: RoutesBatchReply = call("/registry/user/routes/batch", json!({"user_ids": [1, 2]}))
+        .await
+        .data();
+    assert_eq!(routes.routes.len(), 2, "both still connected");
+    app.shutdown().await;
+    backends.drop_database().await;
+}

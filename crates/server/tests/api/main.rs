@@ -4,6 +4,11 @@
 //! One test binary with one module per area, so the suite links once.
 //!
 //! - `accounts`: register, login, groups, members, joined rooms.
+//! - `profiles`: one's profile, others' public profiles, the password change and token revocation.
+//! - `groups`: member management (add, remove, leave, roles, group nicknames): who may, and what
+//!   it does to delivery.
+//! - `rooms`: ownership transfer, rename, group search and one-to-one rooms.
+//! - `joining`: open groups, join requests, approval and rejection.
 //! - `messages`: send, history, idempotency, content rules.
 //! - `errors`: every error status and stable name, and that no internal text leaks.
 //! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
@@ -19,7 +24,10 @@ mod delivery;
 mod errors;
 mod groups;
 mod internal;
+mod joining;
 mod messages;
 mod ops;
+mod profiles;
 mod restart;
+mod rooms;
 mod websocket;
