@@ -96,6 +96,13 @@ async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> anyhow::Resu
     {
         return Ok(d);
     }
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        bail!(
+            "HTTP 429: the server rate-limits this load (it all comes from one address); start it \
+             with RUSTSTACKER_RATE_LIMITS__ENABLED=false: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
     bail!("HTTP {status}: {}", String::from_utf8_lossy(&body))
 }
 

@@ -119,6 +119,7 @@ pub struct Deps {
     pub store: Arc<dyn Store>,
     /// Group data (a user's rooms, membership checks), which may be ahead of the database.
     pub groups: groups::CachedGroups,
+    pub limits: Arc<kit::limit::RateLimits>,
     pub routes: Arc<dyn Routes>,
     pub instances: Arc<dyn Instances>,
     /// `routes` and `instances` are the registry's HTTP API (`registry.url`), not the bus:
@@ -135,6 +136,7 @@ pub(crate) struct Inner {
     auth: Arc<Auth>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) groups: groups::CachedGroups,
+    limits: Arc<kit::limit::RateLimits>,
     pub(crate) routes: Arc<dyn Routes>,
     instances: Arc<dyn Instances>,
     pub(crate) hub: Hub,
@@ -166,6 +168,7 @@ impl GatewayState {
             auth: deps.auth,
             store: deps.store,
             groups: deps.groups,
+            limits: deps.limits,
             routes: deps.routes,
             instances: deps.instances,
             hub: Hub::default(),
@@ -419,14 +422,17 @@ impl Drop for Slot {
 
 async fn ws_handshake(
     State(s): State<GatewayState>,
+    ip: kit::limit::ClientIp,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    ip.check(&s.0.limits.ws_connect_per_ip)?;
     let user = match q.token.as_deref() {
         Some(token) => s.0.auth.authenticate(token).await?,
         None => s.0.auth.authenticate_headers(&headers).await?,
     };
+    s.0.limits.ws_connect_per_user.check(&user.user_id)?;
     let upgrade = upgrade.map_err(|_| {
         ApiError::invalid("not_websocket", "this endpoint takes a WebSocket upgrade")
     })?;

@@ -13,6 +13,7 @@ use axum::routing::{delete, get, post, put};
 use groups::Groups;
 use kit::auth::{Auth, AuthUser};
 use kit::http::{Check, Ready};
+use kit::limit::{ClientIp, RateLimits};
 use kit::{ApiError, ApiResult, Json, Path, ok};
 use proto::api::{
     CreateGroupReply, CreateGroupRequest, JoinedRoomsReply, LoginReply, LoginRequest, MemberView,
@@ -61,6 +62,7 @@ struct Inner {
     store: Arc<dyn Store>,
     groups: groups::CachedGroups,
     notifier: notify::Notifier,
+    limits: Arc<RateLimits>,
     auth: Arc<Auth>,
     hasher: password::Hasher,
     ready: Ready,
@@ -76,6 +78,7 @@ impl MetaState {
         store: Arc<dyn Store>,
         groups: groups::CachedGroups,
         notifier: notify::Notifier,
+        limits: Arc<RateLimits>,
         auth: Arc<Auth>,
         ready: Ready,
     ) -> Result<Self, String> {
@@ -85,6 +88,7 @@ impl MetaState {
             store,
             groups,
             notifier,
+            limits,
             auth,
             hasher,
             ready,
@@ -173,8 +177,10 @@ pub(crate) fn room_view(r: &store::Room) -> RoomView {
 
 async fn register(
     State(s): State<MetaState>,
+    ip: ClientIp,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<UserView> {
+    ip.check(&s.0.limits.register_per_ip)?;
     validate::username(&req.username)?;
     validate::password(&req.password)?;
     let nickname = req.nickname.unwrap_or_default();
@@ -208,7 +214,13 @@ async fn register(
     }
 }
 
-async fn login(State(s): State<MetaState>, Json(req): Json<LoginRequest>) -> ApiResult<LoginReply> {
+async fn login(
+    State(s): State<MetaState>,
+    ip: ClientIp,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<LoginReply> {
+    ip.check(&s.0.limits.login_per_ip)?;
+    s.0.limits.login_per_username.check(&req.username)?;
     let user =
         s.0.store
             .user_by_username(&req.username)

@@ -13,6 +13,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use kit::auth::{Auth, AuthUser};
 use kit::http::{Check, Ready};
+use kit::limit::RateLimits;
 use kit::{ApiError, ApiResult, Json, Query, ok};
 use proto::api::{
     HistoryReply, MessageView, ResendMessageRequest, SendMessageReply, SendMessageRequest,
@@ -99,16 +100,23 @@ impl Default for Config {
     }
 }
 
+/// What Send is wired to.
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    /// Membership checks for history and resend (sends are checked by the committer).
+    pub groups: groups::CachedGroups,
+    pub limits: Arc<RateLimits>,
+    pub auth: Arc<Auth>,
+    pub committer: commit::CommitHandle,
+    /// Only for `/health`: fan-out owns the push path.
+    pub routes: Arc<dyn bus::Routes>,
+    pub ready: Ready,
+}
+
 struct Inner {
     cfg: Config,
-    store: Arc<dyn Store>,
-    groups: groups::CachedGroups,
-    auth: Arc<Auth>,
     ids: Snowflake,
-    committer: commit::CommitHandle,
-    /// Only for `/health`: fan-out owns the push path.
-    routes: Arc<dyn bus::Routes>,
-    ready: Ready,
+    d: Deps,
 }
 
 /// Send's shared state.
@@ -117,31 +125,14 @@ pub struct SendState(Arc<Inner>);
 
 impl FromRef<SendState> for Arc<Auth> {
     fn from_ref(s: &SendState) -> Self {
-        s.0.auth.clone()
+        s.0.d.auth.clone()
     }
 }
 
 impl SendState {
-    pub fn new(
-        cfg: Config,
-        store: Arc<dyn Store>,
-        groups: groups::CachedGroups,
-        auth: Arc<Auth>,
-        committer: commit::CommitHandle,
-        routes: Arc<dyn bus::Routes>,
-        ready: Ready,
-    ) -> Result<Self, proto::ids::InvalidNode> {
+    pub fn new(cfg: Config, deps: Deps) -> Result<Self, proto::ids::InvalidNode> {
         let ids = Snowflake::new(cfg.machine_id)?;
-        Ok(Self(Arc::new(Inner {
-            cfg,
-            store,
-            groups,
-            auth,
-            ids,
-            committer,
-            routes,
-            ready,
-        })))
+        Ok(Self(Arc::new(Inner { cfg, ids, d: deps })))
     }
 }
 
@@ -181,6 +172,7 @@ async fn send_message(
     me: AuthUser,
     Json(req): Json<SendMessageRequest>,
 ) -> ApiResult<SendMessageReply> {
+    s.0.d.limits.send_per_user.check(&me.user_id)?;
     match validate::content(&req.content, s.0.cfg.max_content_bytes) {
         Ok(()) => {}
         Err(ContentError::Empty) => {
@@ -212,7 +204,7 @@ async fn send_message(
         client_msg_id: req.client_msg_id,
         created_at_ms: kit::now_ms(),
     };
-    let (m, duplicate) = match s.0.committer.append(new).await? {
+    let (m, duplicate) = match s.0.d.committer.append(new).await? {
         Ok(Appended::Stored(m)) => (m, false),
         Ok(Appended::Duplicate(m)) => (m, true),
         Err(Rejected::RoomNotFound) => return Err(ApiError::room_not_found()),
@@ -240,8 +232,10 @@ async fn resend_message(
     me: AuthUser,
     Json(req): Json<ResendMessageRequest>,
 ) -> ApiResult<SendMessageReply> {
+    s.0.d.limits.send_per_user.check(&me.user_id)?;
     let m =
-        s.0.store
+        s.0.d
+            .store
             .message_by_id(req.message_id)
             .await
             .map_err(db)?
@@ -252,7 +246,13 @@ async fn resend_message(
             "only the message's sender may resend it",
         ));
     }
-    ApiError::require_member(s.0.groups.access(m.room_id, me.user_id).await.map_err(db)?)?;
+    ApiError::require_member(
+        s.0.d
+            .groups
+            .access(m.room_id, me.user_id)
+            .await
+            .map_err(db)?,
+    )?;
     let reply = SendMessageReply {
         message_id: m.id,
         room_id: m.room_id,
@@ -261,7 +261,7 @@ async fn resend_message(
         client_msg_id: m.client_msg_id.clone(),
         duplicate: true,
     };
-    s.0.committer.resend(Arc::new(m.into())).await?;
+    s.0.d.committer.resend(Arc::new(m.into())).await?;
     Ok(ok(reply))
 }
 
@@ -286,9 +286,16 @@ async fn history(
             format!("after_seq must be >= 0 and limit between 1 and {max}"),
         ));
     }
-    ApiError::require_member(s.0.groups.access(q.room_id, me.user_id).await.map_err(db)?)?;
+    ApiError::require_member(
+        s.0.d
+            .groups
+            .access(q.room_id, me.user_id)
+            .await
+            .map_err(db)?,
+    )?;
     let mut messages =
-        s.0.store
+        s.0.d
+            .store
             .messages_after(q.room_id, q.after_seq, limit + 1)
             .await
             .map_err(db)?;
@@ -302,11 +309,11 @@ async fn history(
 }
 
 async fn health(State(s): State<SendState>) -> Response {
-    let db = s.0.store.ping().await;
-    let bus = s.0.routes.ping().await;
+    let db = s.0.d.store.ping().await;
+    let bus = s.0.d.routes.ping().await;
     kit::http::health_reply(
         "send",
-        &s.0.ready,
+        &s.0.d.ready,
         vec![
             Check::from_result("database", &db),
             Check::from_result("bus", &bus),

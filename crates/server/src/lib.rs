@@ -95,6 +95,8 @@ pub struct AllConfig {
     pub member_cache_ttl_secs: u64,
     /// The write-back cache of group data (the seed's `group_cache:` block; used with Redis).
     pub group_cache: GroupCacheConfig,
+    /// Rate limits per client IP, username and user.
+    pub rate_limits: kit::limit::RateLimitConfig,
     /// Shared secret (at least 32 bytes) of the internal endpoints between services (the
     /// registry's writes and route lookups), sent as `X-Internal-Token`. Unset: those endpoints
     /// refuse every call.
@@ -251,6 +253,7 @@ impl Default for AllConfig {
             redis: None,
             member_cache_ttl_secs: 300,
             group_cache: GroupCacheConfig::default(),
+            rate_limits: kit::limit::RateLimitConfig::default(),
             internal_token: None,
             name: None,
             port: None,
@@ -274,6 +277,8 @@ impl AllConfig {
         cfg.registry.port = 0;
         cfg.meta.argon2_memory_kib = 256;
         cfg.meta.argon2_iterations = 1;
+        // Tests drive many users from one address; the limits have tests of their own.
+        cfg.rate_limits.enabled = false;
         cfg
     }
 
@@ -686,6 +691,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         )));
     }
     let auth = Arc::new(auth);
+    let limits = Arc::new(kit::limit::RateLimits::new(&cfg.rate_limits));
     let ready = Ready::default();
     let stop = CancellationToken::new();
     let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
@@ -744,6 +750,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                 auth: auth.clone(),
                 store: store.clone().ok_or_else(|| need("database"))?,
                 groups: groups.clone().ok_or_else(|| need("group data"))?,
+                limits: limits.clone(),
                 routes: match &registry_http {
                     Some(r) => Arc::new(r.clone()),
                     None => running.shared.routes(),
@@ -838,12 +845,15 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         running.pipeline = vec![commit, fanout];
         let state = send::SendState::new(
             cfg.send.clone(),
-            store,
-            groups,
-            auth.clone(),
-            committer,
-            routes,
-            ready.clone(),
+            send::Deps {
+                store,
+                groups,
+                limits: limits.clone(),
+                auth: auth.clone(),
+                committer,
+                routes,
+                ready: ready.clone(),
+            },
         )?;
         running
             .http
@@ -855,6 +865,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             store.clone().ok_or_else(|| need("database"))?,
             groups.clone().ok_or_else(|| need("group data"))?,
             meta::notify::Notifier::new(running.shared.routes(), running.shared.push()),
+            limits.clone(),
             auth.clone(),
             ready.clone(),
         )

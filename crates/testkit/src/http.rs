@@ -89,6 +89,8 @@ impl Body {
 pub struct Reply {
     pub status: u16,
     pub content_type: Option<String>,
+    /// The `Retry-After` header, in seconds, when there is one.
+    pub retry_after: Option<u64>,
     pub text: String,
     pub json: Value,
 }
@@ -263,6 +265,11 @@ impl Client {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let text = resp
             .text()
             .await
@@ -271,6 +278,7 @@ impl Client {
         Reply {
             status,
             content_type,
+            retry_after,
             text,
             json,
         }

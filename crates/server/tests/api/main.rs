@@ -8,7 +8,8 @@
 //! - `groups`: member management (add, remove, leave, roles, group nicknames): who may, and what
 //!   it does to delivery.
 //! - `rooms`: ownership transfer, rename, group search and one-to-one rooms.
-//! - `joining`: open groups, join requests, approval and rejection.
+//! - `joining`: open groups, join requests, approval and rejection; group notices.
+//! - `limits`: rate limits (429 with Retry-After).
 //! - `messages`: send, history, idempotency, content rules.
 //! - `errors`: every error status and stable name, and that no internal text leaks.
 //! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
@@ -25,6 +26,7 @@ mod errors;
 mod groups;
 mod internal;
 mod joining;
+mod limits;
 mod messages;
 mod ops;
 mod profiles;
