@@ -9,9 +9,9 @@
 //!   change as soon as it was answered.
 //!
 //! [`CachedGroups`] is the local first-level cache in front of either, used on the hot paths
-//! (send's membership check and fan-out). With the write-back backend every use first reads the
-//! rooms' version tokens (one round trip for a whole batch), so a removed member stops receiving
-//! the moment the removal was answered, whichever process made it.
+//! (send's membership check and fan-out, the gateway's gap fills). Every use first reads the
+//! rooms' version tokens (one round trip for a whole batch with the write-back backend), so a
+//! removed member stops receiving the moment the removal was answered, whichever process made it.
 //!
 //! Changes of one room are made one at a time under [`Groups::lock`], so a change is computed
 //! from the current state (read-modify-write) and never lost or mixed with another.
@@ -127,9 +127,9 @@ pub trait Groups: Send + Sync {
     async fn unlock(&self, lock: RoomLock);
     /// Writes changes of the locked room. Every reader sees them once this returns.
     async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()>;
-    /// Tokens that differ whenever a room's members changed, for caches in other processes;
-    /// `None` when every change happens in this process (the cache is told directly).
-    async fn versions(&self, rooms: &[RoomId]) -> Result<Option<Vec<u64>>>;
+    /// Tokens that differ whenever a room's members changed (read before loading, they tell a
+    /// cache whether its copy is still current, in this process or any other).
+    async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>>;
     /// Who checks membership when messages are appended.
     fn member_check(&self) -> MemberCheck;
     /// A round trip to every backend, for `/health`.
@@ -162,6 +162,10 @@ async fn room_from_db(store: &dyn Store, room: RoomId) -> Result<Option<RoomMemb
 pub struct DirectGroups {
     store: Arc<dyn Store>,
     locks: Arc<[Arc<tokio::sync::Mutex<()>>]>,
+    /// Version counters, striped like the locks: a write bumps its room's stripe once it is
+    /// stored, so a cached copy read before it no longer matches (rooms sharing a stripe only
+    /// reload once more than needed).
+    versions: Arc<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for DirectGroups {
@@ -178,7 +182,12 @@ impl DirectGroups {
         Self {
             store,
             locks: (0..LOCK_STRIPES).map(|_| Arc::default()).collect(),
+            versions: (0..LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    fn stripe(room: RoomId) -> usize {
+        room.unsigned_abs() as usize % LOCK_STRIPES
     }
 }
 
@@ -193,7 +202,7 @@ impl Groups for DirectGroups {
     }
 
     async fn lock(&self, room: RoomId) -> Result<RoomLock> {
-        let stripe = self.locks[room.unsigned_abs() as usize % LOCK_STRIPES].clone();
+        let stripe = self.locks[Self::stripe(room)].clone();
         Ok(RoomLock {
             room,
             token: 0,
@@ -206,14 +215,21 @@ impl Groups for DirectGroups {
     }
 
     async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()> {
-        self.store
+        let done = self
+            .store
             .write_members(lock.room, Box::pin(async move { Ok(changes) }))
             .await
-            .map(|_| ())
+            .map(|_| ());
+        // Bumped even when the write failed: it may have been stored before the error.
+        self.versions[Self::stripe(lock.room)].fetch_add(1, Ordering::AcqRel);
+        done
     }
 
-    async fn versions(&self, _rooms: &[RoomId]) -> Result<Option<Vec<u64>>> {
-        Ok(None)
+    async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {
+        Ok(rooms
+            .iter()
+            .map(|r| self.versions[Self::stripe(*r)].load(Ordering::Acquire))
+            .collect())
     }
 
     fn member_check(&self) -> MemberCheck {
@@ -226,15 +242,15 @@ impl Groups for DirectGroups {
 }
 
 /// The local cache of rooms' members in front of a [`Groups`] backend, bounded, with a TTL as a
-/// backstop. Changes made through it drop the room at once; changes made elsewhere are caught by
-/// the version tokens (write-back backend). A load that raced with a change is not cached: every
-/// change bumps an epoch, and a loader only inserts when the epoch it started under is current.
-/// Rooms that do not exist are never cached (their id may be created next).
+/// backstop. Each entry carries the room's version token read before it was loaded, and every use
+/// reads the rooms' current tokens first (one round trip for a whole batch with the write-back
+/// backend, memory reads with the direct one): a copy from before a change is never used after
+/// the change was answered, whichever process made it. Concurrent misses of one room load it
+/// once. Rooms that do not exist are never cached (their id may be created next).
 #[derive(Clone)]
 pub struct CachedGroups {
     inner: Arc<dyn Groups>,
-    cache: moka::sync::Cache<RoomId, (u64, Arc<RoomMembers>)>,
-    epoch: Arc<AtomicU64>,
+    cache: moka::future::Cache<RoomId, (u64, Arc<RoomMembers>)>,
 }
 
 impl std::fmt::Debug for CachedGroups {
@@ -245,26 +261,26 @@ impl std::fmt::Debug for CachedGroups {
     }
 }
 
+/// Why a coalesced load produced no entry.
+#[derive(Debug)]
+enum Miss {
+    NoRoom,
+    Failed(StoreError),
+}
+
 impl CachedGroups {
     pub fn new(inner: Arc<dyn Groups>, max_rooms: u64, ttl: Duration) -> Self {
         Self {
             inner,
-            cache: moka::sync::Cache::builder()
+            cache: moka::future::Cache::builder()
                 .max_capacity(max_rooms)
                 .time_to_live(ttl)
                 .build(),
-            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Forgets `room` (its members changed).
-    pub fn invalidate(&self, room: RoomId) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate(&room);
-    }
-
     /// The current members of each of `rooms` (`None`: no such room), from the cache where it
-    /// is still current. One version round trip for the whole set, one load per stale room.
+    /// is still current.
     pub async fn current(
         &self,
         rooms: &[RoomId],
@@ -274,26 +290,43 @@ impl CachedGroups {
         wanted.dedup();
         let versions = self.inner.versions(&wanted).await?;
         let mut out = HashMap::with_capacity(wanted.len());
-        for (i, room) in wanted.iter().copied().enumerate() {
-            let version = versions.as_ref().map_or(0, |v| v[i]);
-            if let Some((v, hit)) = self.cache.get(&room)
-                && v == version
-            {
-                metrics_hit(true);
-                out.insert(room, Some(hit));
-                continue;
-            }
-            metrics_hit(false);
-            let epoch = self.epoch.load(Ordering::Acquire);
-            let loaded = self.inner.room(room).await?.map(Arc::new);
-            if let Some(members) = &loaded
-                && self.epoch.load(Ordering::Acquire) == epoch
-            {
-                self.cache.insert(room, (version, members.clone()));
-            }
-            out.insert(room, loaded);
+        for (room, version) in wanted.into_iter().zip(versions) {
+            out.insert(room, self.at_version(room, version).await?);
         }
         Ok(out)
+    }
+
+    /// `room` as loaded after its token read `version`.
+    async fn at_version(&self, room: RoomId, version: u64) -> Result<Option<Arc<RoomMembers>>> {
+        if let Some((v, hit)) = self.cache.get(&room).await {
+            if v == version {
+                metrics_hit(true);
+                return Ok(Some(hit));
+            }
+            self.cache.invalidate(&room).await;
+        }
+        metrics_hit(false);
+        let inner = self.inner.clone();
+        let loaded = self
+            .cache
+            .try_get_with(room, async move {
+                match inner.room(room).await {
+                    Ok(Some(r)) => Ok((version, Arc::new(r))),
+                    Ok(None) => Err(Miss::NoRoom),
+                    Err(e) => Err(Miss::Failed(e)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok((v, members)) if v == version => Ok(Some(members)),
+            // Joined another caller's load that started under another token (maybe before the
+            // change this caller saw): load on our own, uncached.
+            Ok(_) => Ok(self.inner.room(room).await?.map(Arc::new)),
+            Err(miss) => match &*miss {
+                Miss::NoRoom => Ok(None),
+                Miss::Failed(e) => Err(same_error(e)),
+            },
+        }
     }
 
     /// The current members of one room.
@@ -304,6 +337,14 @@ impl CachedGroups {
     /// What `user` is to `room`, now.
     pub async fn access(&self, room: RoomId, user: UserId) -> Result<Access> {
         Ok(access(self.current_room(room).await?.as_deref(), user))
+    }
+}
+
+/// A store error shared by every waiter of one load, for each of them.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Internal(other.to_string()),
     }
 }
 
@@ -331,14 +372,10 @@ impl Groups for CachedGroups {
     }
 
     async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()> {
-        // Before and after: a load that started before the write cannot be cached after it.
-        self.invalidate(lock.room);
-        let done = self.inner.write(lock, changes).await;
-        self.invalidate(lock.room);
-        done
+        self.inner.write(lock, changes).await
     }
 
-    async fn versions(&self, rooms: &[RoomId]) -> Result<Option<Vec<u64>>> {
+    async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {
         self.inner.versions(rooms).await
     }
 
@@ -348,5 +385,109 @@ impl Groups for CachedGroups {
 
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use store::sqlite::SqliteStore;
+
+    use super::*;
+
+    /// Counts loads of the backend it wraps.
+    struct Counting {
+        inner: DirectGroups,
+        loads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Groups for Counting {
+        async fn room(&self, room: RoomId) -> Result<Option<RoomMembers>> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.inner.room(room).await
+        }
+        async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
+            self.inner.joined_rooms(user).await
+        }
+        async fn lock(&self, room: RoomId) -> Result<RoomLock> {
+            self.inner.lock(room).await
+        }
+        async fn unlock(&self, lock: RoomLock) {
+            self.inner.unlock(lock).await;
+        }
+        async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()> {
+            self.inner.write(lock, changes).await
+        }
+        async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {
+            self.inner.versions(rooms).await
+        }
+        fn member_check(&self) -> MemberCheck {
+            self.inner.member_check()
+        }
+        async fn ping(&self) -> Result<()> {
+            self.inner.ping().await
+        }
+    }
+
+    async fn user(s: &dyn Store, name: &str) -> UserId {
+        s.create_user(store::NewUser {
+            username: name.into(),
+            password_hash: "x".into(),
+            nickname: name.into(),
+            now_ms: 1,
+        })
+        .await
+        .expect("user")
+        .id
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_load_once_and_a_change_is_seen_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("db.sqlite"))
+                .await
+                .expect("open"),
+        );
+        let (a, b) = (user(&*store, "a").await, user(&*store, "b").await);
+        let (room, _) = store.create_group("g", a, &[b], 1).await.expect("group");
+        let counting = Arc::new(Counting {
+            inner: DirectGroups::new(store.clone()),
+            loads: AtomicUsize::new(0),
+        });
+        let cache = CachedGroups::new(counting.clone(), 100, Duration::from_secs(60));
+
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let c = cache.clone();
+                tokio::spawn(async move { c.current_room(room.id).await })
+            })
+            .collect();
+        for t in tasks {
+            let got = t.await.expect("task").expect("load").expect("room");
+            assert_eq!(&**got.ids(), &[a.min(b), a.max(b)]);
+        }
+        assert_eq!(counting.loads.load(Ordering::SeqCst), 1, "one load for all");
+        assert_eq!(
+            cache.access(room.id, b).await.expect("hit"),
+            Access::Member(Role::Member)
+        );
+        assert_eq!(counting.loads.load(Ordering::SeqCst), 1, "then hits");
+
+        let lock = cache.lock(room.id).await.expect("lock");
+        cache
+            .write(&lock, vec![(b, MemberState::Removed)])
+            .await
+            .expect("remove");
+        cache.unlock(lock).await;
+        assert_eq!(
+            cache.access(room.id, b).await.expect("reload"),
+            Access::NotMember
+        );
+        assert_eq!(counting.loads.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.access(999, a).await.expect("none"), Access::NoRoom);
     }
 }

@@ -464,9 +464,9 @@ impl Groups for WriteBack {
         Ok(())
     }
 
-    async fn versions(&self, rooms: &[RoomId]) -> Result<Option<Vec<u64>>> {
+    async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {
         if rooms.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Vec::new());
         }
         let mut cmd = redis::cmd("MGET");
         for r in rooms {
@@ -474,7 +474,7 @@ impl Groups for WriteBack {
         }
         let mut c = self.conn.clone();
         let got: Vec<Option<u64>> = cmd.query_async(&mut c).await.map_err(unavailable)?;
-        Ok(Some(got.into_iter().map(|v| v.unwrap_or(0)).collect()))
+        Ok(got.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 
     fn member_check(&self) -> MemberCheck {

@@ -275,7 +275,6 @@ async fn create_group(
             if req.open {
                 s.0.store.set_room_open(room.id, true).await.map_err(db)?;
             }
-            s.0.groups.invalidate(room.id);
             tracing::info!(room_id = room.id, owner = me.user_id, "group created");
             Ok(ok(CreateGroupReply {
                 room_id: room.id,
