@@ -305,11 +305,12 @@ impl CachedGroups {
             }
             self.cache.invalidate(&room).await;
         }
-        metrics_hit(false);
         let inner = self.inner.clone();
         let loaded = self
             .cache
             .try_get_with(room, async move {
+                // Only the caller that loads counts a miss; the others waited for it.
+                metrics_hit(false);
                 match inner.room(room).await {
                     Ok(Some(r)) => Ok((version, Arc::new(r))),
                     Ok(None) => Err(Miss::NoRoom),
