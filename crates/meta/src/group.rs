@@ -87,6 +87,18 @@ fn union(a: &[UserId], b: &[UserId]) -> Vec<UserId> {
     all
 }
 
+fn member_not_found() -> ApiError {
+    ApiError::not_found("member_not_found", "that user is not in this group")
+}
+
+fn already_a_member() -> ApiError {
+    ApiError::new(
+        ErrorKind::Conflict,
+        "already_a_member",
+        "you are in this group already",
+    )
+}
+
 fn too_many(max: usize) -> ApiError {
     ApiError::invalid(
         "too_many_members",
@@ -193,10 +205,7 @@ pub(crate) async fn remove_member(
             ));
         }
         let Some(them) = room.get(target) else {
-            return Err(ApiError::not_found(
-                "member_not_found",
-                "that user is not in this group",
-            ));
+            return Err(member_not_found());
         };
         let allowed = matches!(
             (role, them.role),
@@ -288,10 +297,7 @@ pub(crate) async fn change_role(
             ));
         }
         let Some(them) = room.get(target) else {
-            return Err(ApiError::not_found(
-                "member_not_found",
-                "that user is not in this group",
-            ));
+            return Err(member_not_found());
         };
         let mut next = them.clone();
         next.role = req.role;
@@ -382,10 +388,7 @@ pub(crate) async fn transfer(
             ));
         }
         let (Some(mine), Some(theirs)) = (room.get(me.user_id), room.get(target)) else {
-            return Err(ApiError::not_found(
-                "member_not_found",
-                "ownership goes to a member of the group",
-            ));
+            return Err(member_not_found());
         };
         let (mut old_owner, mut new_owner) = (mine.clone(), theirs.clone());
         old_owner.role = Role::Admin;
@@ -590,11 +593,7 @@ pub(crate) async fn join(
             return Err(ApiError::room_not_found());
         }
         if room.get(me.user_id).is_some() {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                "already_a_member",
-                "you are in this group already",
-            ));
+            return Err(already_a_member());
         }
         if !room.room.is_open {
             return Err(ApiError::forbidden(
@@ -652,11 +651,7 @@ pub(crate) async fn request_to_join(
         .filter(|r| r.room.is_group)
         .ok_or_else(ApiError::room_not_found)?;
     if room.get(me.user_id).is_some() {
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "already_a_member",
-            "you are in this group already",
-        ));
+        return Err(already_a_member());
     }
     let made =
         s.0.store
