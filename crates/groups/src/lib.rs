@@ -397,17 +397,20 @@ mod tests {
 
     use super::*;
 
-    /// Counts loads of the backend it wraps.
+    /// Counts loads of the backend it wraps; loads wait until the gate opens, so concurrent
+    /// callers really meet on one load.
     struct Counting {
         inner: DirectGroups,
         loads: AtomicUsize,
+        gate: tokio::sync::watch::Receiver<bool>,
     }
 
     #[async_trait]
     impl Groups for Counting {
         async fn room(&self, room: RoomId) -> Result<Option<RoomMembers>> {
             self.loads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut gate = self.gate.clone();
+            gate.wait_for(|open| *open).await.expect("gate");
             self.inner.room(room).await
         }
         async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
@@ -455,9 +458,11 @@ mod tests {
         );
         let (a, b) = (user(&*store, "a").await, user(&*store, "b").await);
         let (room, _) = store.create_group("g", a, &[b], 1).await.expect("group");
+        let (open, gate) = tokio::sync::watch::channel(false);
         let counting = Arc::new(Counting {
             inner: DirectGroups::new(store.clone()),
             loads: AtomicUsize::new(0),
+            gate,
         });
         let cache = CachedGroups::new(counting.clone(), 100, Duration::from_secs(60));
 
@@ -467,6 +472,11 @@ mod tests {
                 tokio::spawn(async move { c.current_room(room.id).await })
             })
             .collect();
+        // Once the first load is under way (the others join it), let it finish.
+        while counting.loads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        open.send(true).expect("open the gate");
         for t in tasks {
             let got = t.await.expect("task").expect("load").expect("room");
             assert_eq!(&**got.ids(), &[a.min(b), a.max(b)]);

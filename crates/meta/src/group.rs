@@ -284,12 +284,7 @@ pub(crate) async fn change_role(
         ));
     }
     let reply = change(&s, room_id, |room| {
-        if group_role(room, me.user_id)? != Role::Owner {
-            return Err(ApiError::forbidden(
-                "not_the_owner",
-                "only the owner may change roles",
-            ));
-        }
+        owner_only(room, me.user_id, "change roles")?;
         if target == me.user_id {
             return Err(ApiError::invalid(
                 "cannot_change_own_role",
@@ -375,12 +370,7 @@ pub(crate) async fn transfer(
             .await
             .map_err(db)?
             .ok_or_else(ApiError::room_not_found)?;
-        if group_role(&room, me.user_id)? != Role::Owner {
-            return Err(ApiError::forbidden(
-                "not_the_owner",
-                "only the owner may transfer the group",
-            ));
-        }
+        owner_only(&room, me.user_id, "transfer the group")?;
         if target == me.user_id {
             return Err(ApiError::invalid(
                 "already_the_owner",
@@ -550,6 +540,17 @@ fn admin_only(room: &RoomMembers, me: UserId, what: &str) -> Result<(), ApiError
         return Err(ApiError::forbidden(
             "not_an_admin",
             format!("only the owner and admins may {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// 403 unless `me` is the room's owner, for `what`.
+fn owner_only(room: &RoomMembers, me: UserId, what: &str) -> Result<(), ApiError> {
+    if group_role(room, me)? != Role::Owner {
+        return Err(ApiError::forbidden(
+            "not_the_owner",
+            format!("only the owner may {what}"),
         ));
     }
     Ok(())

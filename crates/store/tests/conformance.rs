@@ -551,6 +551,7 @@ async fn write_members_awaits_changes_under_the_room_lock(
     let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
 
     let (started_tx, started_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
     let first = {
         let s = one.clone();
         let log = log.clone();
@@ -558,7 +559,8 @@ async fn write_members_awaits_changes_under_the_room_lock(
             let changes: ChangesFuture<'static> = Box::pin(async move {
                 log.lock().expect("log").push("first start");
                 let _ = started_tx.send(());
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Holds the room until the test has watched the second writer wait.
+                let _ = release_rx.await;
                 log.lock().expect("log").push("first end");
                 Ok(vec![(b, member_state(Role::Admin, Some("first"), 10, 0))])
             });
@@ -567,6 +569,7 @@ async fn write_members_awaits_changes_under_the_room_lock(
     };
     // The first writer holds the room now; the second must wait for it.
     started_rx.await.expect("first future started");
+    let (second_started_tx, mut second_started_rx) = oneshot::channel::<()>();
     let second = {
         let s = two.clone();
         let log = log.clone();
@@ -574,6 +577,7 @@ async fn write_members_awaits_changes_under_the_room_lock(
             let reader = s.clone();
             let changes: ChangesFuture<'static> = Box::pin(async move {
                 log.lock().expect("log").push("second start");
+                let _ = second_started_tx.send(());
                 // Under the lock, the first writer's rows are committed.
                 let seen = reader.member_role(room.id, b).await?;
                 log.lock().expect("log").push("second end");
@@ -587,6 +591,14 @@ async fn write_members_awaits_changes_under_the_room_lock(
             s.write_members(room.id, changes).await
         })
     };
+    // Absence can only be watched for a while: the second changes future must not start while
+    // the first holds the room. Then the first lets go, and the second must follow.
+    let early = tokio::time::timeout(Duration::from_millis(200), &mut second_started_rx).await;
+    assert!(
+        early.is_err(),
+        "the second changes future started while the first writer held the room"
+    );
+    let _ = release_tx.send(());
     let limit = Duration::from_secs(30);
     let first = tokio::time::timeout(limit, first)
         .await
