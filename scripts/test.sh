@@ -32,3 +32,6 @@ fi
 
 # The distributed deployment as separate processes (scripts/cluster.sh), checked end to end.
 scripts/cluster-smoke.sh
+
+# Every operation of the OpenAPI documents, fuzzed against a running `ruststacker all`.
+scripts/schemathesis.sh

@@ -16,10 +16,10 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bus::{GatewayId, GatewayRegistration, Instances, Routes};
 use kit::auth::Auth;
 use kit::http::{Check, Ready};
+use kit::openapi::{ErrorReply, HealthResponses, RateLimited};
 use kit::{ApiError, Query};
 use proto::frame::ServerFrame;
 use proto::stream::PushEntry;
@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod conn;
 pub mod cursor;
@@ -394,15 +396,20 @@ pub fn router(state: GatewayState) -> Router {
     let limits = kit::http::Limits {
         max_body_bytes: 16 * 1024,
     };
-    let api = Router::new()
-        .route("/api/ws", get(ws_handshake))
-        .route("/health", get(health))
-        .with_state(state);
+    let mut api = OpenApiRouter::new()
+        .routes(routes!(ws_handshake))
+        .routes(routes!(health));
+    // The frames both ways, for clients to generate types from (docs/protocol.md tells the rest).
+    kit::openapi::add_schema::<ServerFrame>(api.get_openapi_mut());
+    kit::openapi::add_schema::<proto::frame::ClientFrame>(api.get_openapi_mut());
+    let api = api.with_state(state);
     kit::http::finish(api, "gateway", limits)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WsQuery {
+    /// The JWT, for clients that cannot set `Authorization` on a WebSocket handshake.
     token: Option<String>,
     /// `true`: the client acknowledges (`{"type":"ack"}`) and only its acks move its cursor.
     #[serde(default)]
@@ -420,6 +427,18 @@ impl Drop for Slot {
     }
 }
 
+/// Opens the WebSocket (see docs/protocol.md). The server sends `ServerFrame`s (a `system`
+/// welcome first, then what the caller missed, then live `chat`, `ack` and `notice` frames) and
+/// takes `ClientFrame`s. Authenticate with `Authorization: Bearer` or `?token=`.
+#[utoipa::path(get, path = "/api/ws", tag = "gateway",
+    security(("bearer" = [])),
+    params(WsQuery),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open"),
+        (status = 400, description = "`not_websocket`: the request is not a WebSocket upgrade, or `invalid_query`", body = ErrorReply),
+        RateLimited,
+        (status = 503, description = "`gateway_full` (try another) or `shutting_down`", body = ErrorReply),
+    ))]
 async fn ws_handshake(
     State(s): State<GatewayState>,
     ip: kit::limit::ClientIp,
@@ -470,6 +489,8 @@ async fn ws_handshake(
         .into_response())
 }
 
+/// The service and each dependency it needs (database, registry, bus).
+#[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<GatewayState>) -> Response {
     let db = s.0.store.ping().await;
     let routes = s.0.routes.ping().await;

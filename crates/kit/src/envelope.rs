@@ -2,19 +2,23 @@
 
 use std::borrow::Cow;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use proto::error::ErrorKind;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// `{"code": 200, "message": "success", "data": ...}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Envelope<T> {
+    /// 200.
     pub code: u16,
+    /// `success`.
+    #[schema(value_type = String)]
     pub message: Cow<'static, str>,
     pub data: T,
 }
@@ -160,8 +164,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose rejections are envelope errors: 400 `invalid_json` for malformed JSON,
-/// 400 `invalid_body` for the wrong shape, 413 `body_too_large`, 415 `unsupported_media_type`.
+/// A JSON object body whose rejections are envelope errors: 400 `invalid_json` for malformed
+/// JSON, 400 `invalid_body` for the wrong shape (anything but an object included: serde would
+/// take `[a, b]` for a struct), 413 `body_too_large`, 415 `unsupported_media_type`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -173,11 +178,65 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(body_too_large());
+            }
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "invalid_body",
+                    "the request body could not be read",
+                ));
+            }
+        };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            // Well-formed JSON of another kind is the wrong shape; anything else is not JSON.
+            return Err(
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+                    ApiError::invalid("invalid_body", "the request body must be a JSON object")
+                } else {
+                    invalid_json()
+                },
+            );
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rej) => Err(json_rejection(&rej)),
         }
     }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters allowed (as axum decides).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    ty.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        ErrorKind::UnsupportedMediaType,
+        "unsupported_media_type",
+        "the request body must be JSON with Content-Type: application/json",
+    )
+}
+
+fn invalid_json() -> ApiError {
+    ApiError::invalid("invalid_json", "the request body is not valid JSON")
 }
 
 fn json_rejection(rej: &JsonRejection) -> ApiError {
@@ -186,14 +245,8 @@ fn json_rejection(rej: &JsonRejection) -> ApiError {
             "invalid_body",
             format!("invalid request body: {}", e.body_text()),
         ),
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::invalid("invalid_json", "the request body is not valid JSON")
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ErrorKind::UnsupportedMediaType,
-            "unsupported_media_type",
-            "the request body must be JSON with Content-Type: application/json",
-        ),
+        JsonRejection::JsonSyntaxError(_) => invalid_json(),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
         _ => ApiError::invalid("invalid_body", "the request body could not be read"),
     }

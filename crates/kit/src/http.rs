@@ -9,9 +9,11 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{ApiError, envelope::Envelope, telemetry};
 
@@ -36,8 +38,9 @@ impl Ready {
 }
 
 /// The state of one dependency in `/health`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {
+    #[schema(value_type = String)]
     pub name: &'static str,
     pub ok: bool,
     /// A short, safe description ("ok", "unreachable").
@@ -54,12 +57,16 @@ impl Check {
     }
 }
 
-#[derive(Serialize)]
-struct HealthData<'a> {
-    status: &'static str,
-    service: &'a str,
-    ready: bool,
-    checks: Vec<Check>,
+/// `data` of a `/health` reply (200 when healthy, 503 with the same shape when not).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthData {
+    /// `ok` or `unhealthy`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    pub service: String,
+    /// False from the start of a graceful shutdown.
+    pub ready: bool,
+    pub checks: Vec<Check>,
 }
 
 /// The `/health` reply: 200 when ready and every check passes, else 503, always the envelope.
@@ -75,7 +82,7 @@ pub fn health_reply(service: &str, ready: &Ready, checks: Vec<Check>) -> Respons
         message: message.into(),
         data: HealthData {
             status: if healthy { "ok" } else { "unhealthy" },
-            service,
+            service: service.to_owned(),
             ready: ready.is_ready(),
             checks,
         },
@@ -83,6 +90,9 @@ pub fn health_reply(service: &str, ready: &Ready, checks: Vec<Check>) -> Respons
     (status, axum::Json(body)).into_response()
 }
 
+/// Liveness: answers as long as the process serves HTTP.
+#[utoipa::path(get, path = "/ping", tag = "operations",
+    responses((status = 200, description = "`{\"code\":200,\"message\":\"pong\",\"data\":null}`", body = crate::openapi::EmptyReply)))]
 async fn ping() -> axum::Json<Envelope<()>> {
     axum::Json(Envelope {
         code: 200,
@@ -91,6 +101,9 @@ async fn ping() -> axum::Json<Envelope<()>> {
     })
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics_text() -> Response {
     (
         [(
@@ -120,12 +133,20 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
-/// Adds `/ping` and `/metrics`, the 404/405 envelope fallbacks, the body limit, the panic catcher
-/// (a 500 envelope, never a dropped connection) and per-route metrics labelled with `service`.
-pub fn finish(router: Router, service: &'static str, limits: Limits) -> Router {
+/// Adds `/ping` and `/metrics`, the OpenAPI document (`/api/openapi.json`) and its browsable page
+/// (`/api/docs`), the 404/405 envelope fallbacks, the body limit, the panic catcher (a 500
+/// envelope, never a dropped connection) and per-route metrics labelled with `service`.
+///
+/// Every route comes in through `router`, registered with `utoipa_axum::routes!`, so no route
+/// can exist that the document does not describe.
+pub fn finish(router: OpenApiRouter, service: &'static str, limits: Limits) -> Router {
+    let (router, mut doc) = router
+        .routes(routes!(ping))
+        .routes(routes!(metrics_text))
+        .split_for_parts();
+    crate::openapi::complete(&mut doc, service);
     router
-        .route("/ping", get(ping))
-        .route("/metrics", get(metrics_text))
+        .merge(SwaggerUi::new("/api/docs").url(crate::openapi::DOCUMENT_PATH, doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

@@ -10,6 +10,8 @@
 use axum::extract::State;
 use groups::{Groups, MemberChanges, MemberState, RoomMembers};
 use kit::auth::AuthUser;
+use kit::envelope::Envelope;
+use kit::openapi::ErrorReply;
 use kit::{ApiError, ApiResult, Json, Path, Query, ok};
 use proto::api::{
     AddMembersReply, AddMembersRequest, ChangeRoleRequest, DecideRequest, DecisionReply,
@@ -106,6 +108,17 @@ fn too_many(max: usize) -> ApiError {
     )
 }
 
+/// Adds users to a group (owner or admin). Ids already in it are skipped.
+#[utoipa::path(post, path = "/api/group/{room_id}/members", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    request_body = AddMembersRequest,
+    responses(
+        (status = 200, description = "Who was added", body = Envelope<AddMembersReply>),
+        (status = 400, description = "`no_members`, `unknown_members`, `too_many_members` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_an_admin`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn add_members(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -190,6 +203,16 @@ pub(crate) async fn add_members(
     Ok(ok(reply))
 }
 
+/// Removes a member: the owner removes anyone but themselves, an admin removes plain members.
+#[utoipa::path(delete, path = "/api/group/{room_id}/members/{user_id}", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room"), ("user_id" = i64, Path, description = "The user")),
+    responses(
+        (status = 200, description = "Removed", body = Envelope<MemberRemovedReply>),
+        (status = 400, description = "`cannot_remove_self` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_allowed`", body = ErrorReply),
+        (status = 404, description = "`room_not_found` or `member_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn remove_member(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -237,6 +260,17 @@ pub(crate) async fn remove_member(
     }))
 }
 
+/// Leaves a group (every member but the owner, who transfers it first).
+#[utoipa::path(post, path = "/api/group/{room_id}/leave", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    responses(
+        (status = 200, description = "Left", body = Envelope<MemberRemovedReply>),
+        (status = 400, description = "`not_a_group`: a one-to-one room has no member management", body = ErrorReply),
+        (status = 403, description = "`not_a_member`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+        (status = 409, description = "`owner_cannot_leave`", body = ErrorReply),
+    ))]
 pub(crate) async fn leave(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -271,6 +305,17 @@ pub(crate) async fn leave(
     }))
 }
 
+/// Makes a member an admin or a plain member (owner only; ownership moves with `transfer`).
+#[utoipa::path(put, path = "/api/group/{room_id}/members/{user_id}/role", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room"), ("user_id" = i64, Path, description = "The user")),
+    request_body = ChangeRoleRequest,
+    responses(
+        (status = 200, description = "The membership as it is now", body = Envelope<MembershipReply>),
+        (status = 400, description = "`invalid_role`, `cannot_change_own_role` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_the_owner`", body = ErrorReply),
+        (status = 404, description = "`room_not_found` or `member_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn change_role(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -322,6 +367,17 @@ pub(crate) async fn change_role(
     Ok(ok(reply))
 }
 
+/// Sets or clears (`null`) the caller's nickname in a group.
+#[utoipa::path(put, path = "/api/group/{room_id}/nickname", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    request_body = GroupNicknameRequest,
+    responses(
+        (status = 200, description = "The membership as it is now", body = Envelope<MembershipReply>),
+        (status = 400, description = "`invalid_nickname` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn set_nickname(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -355,6 +411,17 @@ pub(crate) async fn set_nickname(
     Ok(ok(reply))
 }
 
+/// Hands the group to another member (owner only); the old owner becomes an admin.
+#[utoipa::path(post, path = "/api/group/{room_id}/transfer", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    request_body = TransferRequest,
+    responses(
+        (status = 200, description = "The new owner", body = Envelope<MembershipReply>),
+        (status = 400, description = "`already_the_owner` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_the_owner`", body = ErrorReply),
+        (status = 404, description = "`room_not_found` or `member_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn transfer(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -412,6 +479,17 @@ pub(crate) async fn transfer(
     fresh_view(&s, room_id).await
 }
 
+/// Renames a group (owner or admin).
+#[utoipa::path(put, path = "/api/group/{room_id}/name", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    request_body = RenameGroupRequest,
+    responses(
+        (status = 200, description = "The room as it is now", body = Envelope<RoomView>),
+        (status = 400, description = "`invalid_room_name` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_an_admin`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn rename(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -441,18 +519,33 @@ async fn fresh_view(s: &MetaState, room_id: RoomId) -> ApiResult<RoomView> {
     Ok(ok(view))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SearchQuery {
+    /// Part of the name (at most 64 characters); empty matches every group.
     #[serde(default)]
+    #[param(max_length = 64)]
     q: String,
+    /// Groups with a greater id (the previous page's `next_after_id`; default 0).
     #[serde(default)]
+    #[param(value_type = i64, minimum = 0)]
     after_id: RoomId,
+    /// At most this many (1-100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
 /// Most groups on one page of a search.
 const SEARCH_MAX_LIMIT: u32 = 100;
 
+/// Groups whose name contains `q` (ASCII case-insensitive), by id, a page at a time.
+#[utoipa::path(get, path = "/api/group/search", tag = "groups",
+    security(("bearer" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "A page of groups", body = Envelope<SearchGroupsReply>),
+        (status = 400, description = "`invalid_query`", body = ErrorReply),
+    ))]
 pub(crate) async fn search(
     State(s): State<MetaState>,
     _me: AuthUser,
@@ -484,6 +577,15 @@ pub(crate) async fn search(
     }))
 }
 
+/// The one-to-one room of the caller and `user_id`, created on first use (the same room every time).
+#[utoipa::path(post, path = "/api/room/direct", tag = "rooms",
+    security(("bearer" = [])),
+    request_body = DirectRoomRequest,
+    responses(
+        (status = 200, description = "The room", body = Envelope<DirectRoomReply>),
+        (status = 400, description = "`cannot_chat_with_self`", body = ErrorReply),
+        (status = 404, description = "`user_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn direct_room(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -566,6 +668,17 @@ fn newcomer(room: &RoomMembers, now: i64) -> MemberState {
     }
 }
 
+/// Lets anyone join without asking, or not (owner or admin).
+#[utoipa::path(put, path = "/api/group/{room_id}/open", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    request_body = SetOpenRequest,
+    responses(
+        (status = 200, description = "The room as it is now", body = Envelope<RoomView>),
+        (status = 400, description = "`not_a_group`: a one-to-one room has no member management", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_an_admin`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn set_open(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -582,6 +695,17 @@ pub(crate) async fn set_open(
     fresh_view(&s, room_id).await
 }
 
+/// Joins an open group.
+#[utoipa::path(post, path = "/api/group/{room_id}/join", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    responses(
+        (status = 200, description = "Joined", body = Envelope<MembershipReply>),
+        (status = 400, description = "`too_many_members` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`approval_required`: the group is not open; ask with a join request", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+        (status = 409, description = "`already_a_member`", body = ErrorReply),
+    ))]
 pub(crate) async fn join(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -632,6 +756,17 @@ pub(crate) async fn join(
     Ok(ok(reply))
 }
 
+/// Asks to join a group, with a note for its owner and admins (one pending request per user and group).
+#[utoipa::path(post, path = "/api/group/{room_id}/requests", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    request_body = JoinRequestBody,
+    responses(
+        (status = 200, description = "The pending request", body = Envelope<JoinRequestView>),
+        (status = 400, description = "`invalid_message` or `not_a_group`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+        (status = 409, description = "`already_a_member` or `request_pending`", body = ErrorReply),
+    ))]
 pub(crate) async fn request_to_join(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -692,6 +827,16 @@ pub(crate) async fn request_to_join(
     }
 }
 
+/// A group's pending join requests (owner or admin).
+#[utoipa::path(get, path = "/api/group/{room_id}/requests", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    responses(
+        (status = 200, description = "The requests", body = Envelope<JoinRequestsReply>),
+        (status = 400, description = "`not_a_group`: a one-to-one room has no member management", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_an_admin`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn list_requests(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -707,6 +852,17 @@ pub(crate) async fn list_requests(
     }))
 }
 
+/// Approves (the requester becomes a member) or rejects a join request (owner or admin).
+#[utoipa::path(post, path = "/api/group/{room_id}/requests/{request_id}", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room"), ("request_id" = i64, Path, description = "The request")),
+    request_body = DecideRequest,
+    responses(
+        (status = 200, description = "Decided; the request is gone", body = Envelope<DecisionReply>),
+        (status = 400, description = "`too_many_members` or `not_a_group`", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_an_admin`", body = ErrorReply),
+        (status = 404, description = "`room_not_found` or `request_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn decide(
     State(s): State<MetaState>,
     me: AuthUser,

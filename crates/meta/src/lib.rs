@@ -9,11 +9,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
 use groups::Groups;
 use kit::auth::{Auth, AuthUser};
+use kit::envelope::Envelope;
 use kit::http::{Check, Ready};
 use kit::limit::{ClientIp, RateLimits};
+use kit::openapi::{ErrorReply, HealthResponses, RateLimited};
 use kit::{ApiError, ApiResult, Json, Path, ok};
 use proto::api::{
     CreateGroupReply, CreateGroupRequest, JoinedRoomsReply, LoginReply, LoginRequest, MemberView,
@@ -23,6 +24,8 @@ use proto::error::ErrorKind;
 use proto::{RoomId, validate};
 use serde::{Deserialize, Serialize};
 use store::{Store, StoreError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod group;
 pub mod notify;
@@ -107,43 +110,28 @@ pub fn router(state: MetaState) -> Router {
     let limits = kit::http::Limits {
         max_body_bytes: state.0.cfg.max_body_bytes,
     };
-    let api = Router::new()
-        .route("/api/user/register", post(register))
-        .route("/api/user/login", post(login))
-        .route("/api/user/me", get(user::me).put(user::update_profile))
-        .route("/api/user/password", put(user::change_password))
-        .route("/api/user/{user_id}", get(user::profile))
-        .route("/api/group/create", post(create_group))
-        .route(
-            "/api/group/{room_id}/members",
-            get(members).post(group::add_members),
-        )
-        .route(
-            "/api/group/{room_id}/members/{user_id}",
-            delete(group::remove_member),
-        )
-        .route(
-            "/api/group/{room_id}/members/{user_id}/role",
-            put(group::change_role),
-        )
-        .route("/api/group/{room_id}/nickname", put(group::set_nickname))
-        .route("/api/group/{room_id}/leave", post(group::leave))
-        .route("/api/group/{room_id}/transfer", post(group::transfer))
-        .route("/api/group/{room_id}/name", put(group::rename))
-        .route("/api/group/{room_id}/open", put(group::set_open))
-        .route("/api/group/{room_id}/join", post(group::join))
-        .route(
-            "/api/group/{room_id}/requests",
-            get(group::list_requests).post(group::request_to_join),
-        )
-        .route(
-            "/api/group/{room_id}/requests/{request_id}",
-            post(group::decide),
-        )
-        .route("/api/group/search", get(group::search))
-        .route("/api/room/direct", post(group::direct_room))
-        .route("/api/joined_rooms", get(joined_rooms))
-        .route("/health", get(health))
+    let api = OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(user::me, user::update_profile))
+        .routes(routes!(user::change_password))
+        .routes(routes!(user::profile))
+        .routes(routes!(create_group))
+        .routes(routes!(members, group::add_members))
+        .routes(routes!(group::remove_member))
+        .routes(routes!(group::change_role))
+        .routes(routes!(group::set_nickname))
+        .routes(routes!(group::leave))
+        .routes(routes!(group::transfer))
+        .routes(routes!(group::rename))
+        .routes(routes!(group::set_open))
+        .routes(routes!(group::join))
+        .routes(routes!(group::list_requests, group::request_to_join))
+        .routes(routes!(group::decide))
+        .routes(routes!(group::search))
+        .routes(routes!(group::direct_room))
+        .routes(routes!(joined_rooms))
+        .routes(routes!(health))
         .with_state(state);
     kit::http::finish(api, "meta", limits)
 }
@@ -175,6 +163,14 @@ pub(crate) fn room_view(r: &store::Room) -> RoomView {
     }
 }
 
+/// Registers a user. The nickname defaults to the username.
+#[utoipa::path(post, path = "/api/user/register", tag = "users",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "The new user", body = Envelope<UserView>),
+        (status = 409, description = "`username_taken`", body = ErrorReply),
+        RateLimited,
+    ))]
 async fn register(
     State(s): State<MetaState>,
     ip: ClientIp,
@@ -214,6 +210,14 @@ async fn register(
     }
 }
 
+/// Logs in and returns a JWT for `Authorization: Bearer`.
+#[utoipa::path(post, path = "/api/user/login", tag = "users",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A token and when it expires", body = Envelope<LoginReply>),
+        (status = 401, description = "`invalid_credentials`: wrong username or password", body = ErrorReply),
+        RateLimited,
+    ))]
 async fn login(
     State(s): State<MetaState>,
     ip: ClientIp,
@@ -248,6 +252,14 @@ async fn login(
     }))
 }
 
+/// Creates a group; the caller becomes its owner and `member_ids` its members.
+#[utoipa::path(post, path = "/api/group/create", tag = "groups",
+    security(("bearer" = [])),
+    request_body = CreateGroupRequest,
+    responses(
+        (status = 200, description = "The group", body = Envelope<CreateGroupReply>),
+        (status = 400, description = "`invalid_room_name`, `too_many_members`, `unknown_members`, `invalid_json` or `invalid_body`", body = ErrorReply),
+    ))]
 async fn create_group(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -293,6 +305,15 @@ async fn create_group(
     }
 }
 
+/// A room's members with their roles and group nicknames, in joining order.
+#[utoipa::path(get, path = "/api/group/{room_id}/members", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    responses(
+        (status = 200, description = "The members", body = Envelope<MembersReply>),
+        (status = 403, description = "`not_a_member`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 async fn members(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -323,6 +344,12 @@ async fn members(
     }))
 }
 
+/// The caller's rooms (groups and one-to-one rooms).
+#[utoipa::path(get, path = "/api/joined_rooms", tag = "rooms",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The rooms", body = Envelope<JoinedRoomsReply>),
+    ))]
 async fn joined_rooms(State(s): State<MetaState>, me: AuthUser) -> ApiResult<JoinedRoomsReply> {
     let rooms = s.0.groups.joined_rooms(me.user_id).await.map_err(db)?;
     Ok(ok(JoinedRoomsReply {
@@ -331,6 +358,8 @@ async fn joined_rooms(State(s): State<MetaState>, me: AuthUser) -> ApiResult<Joi
     }))
 }
 
+/// The service and each dependency it needs (database, group data).
+#[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<MetaState>) -> Response {
     let db = s.0.store.ping().await;
     let groups = s.0.groups.ping().await;

@@ -4,6 +4,8 @@
 
 use axum::extract::State;
 use kit::auth::AuthUser;
+use kit::envelope::Envelope;
+use kit::openapi::ErrorReply;
 use kit::{ApiError, ApiResult, Json, Path, ok};
 use proto::api::{ChangePasswordRequest, LoginReply, UpdateProfileRequest, UserView};
 use proto::error::ErrorKind;
@@ -23,10 +25,25 @@ async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
         .ok_or_else(user_not_found)
 }
 
+/// The caller's own profile.
+#[utoipa::path(get, path = "/api/user/me", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The profile", body = Envelope<UserView>),
+        (status = 404, description = "`user_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn me(State(s): State<MetaState>, me: AuthUser) -> ApiResult<UserView> {
     Ok(ok(user_view(&load(&s, me.user_id).await?)))
 }
 
+/// Another user's public profile.
+#[utoipa::path(get, path = "/api/user/{user_id}", tag = "users",
+    security(("bearer" = [])),
+    params(("user_id" = i64, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The profile", body = Envelope<UserView>),
+        (status = 404, description = "`user_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn profile(
     State(s): State<MetaState>,
     _me: AuthUser,
@@ -35,6 +52,15 @@ pub(crate) async fn profile(
     Ok(ok(user_view(&load(&s, user_id).await?)))
 }
 
+/// Changes the caller's nickname and/or avatar; fields left out are kept.
+#[utoipa::path(put, path = "/api/user/me", tag = "users",
+    security(("bearer" = [])),
+    request_body = UpdateProfileRequest,
+    responses(
+        (status = 200, description = "The profile as it is now", body = Envelope<UserView>),
+        (status = 400, description = "`invalid_nickname`, `invalid_avatar`, `invalid_json` or `invalid_body`", body = ErrorReply),
+        (status = 404, description = "`user_not_found`", body = ErrorReply),
+    ))]
 pub(crate) async fn update_profile(
     State(s): State<MetaState>,
     me: AuthUser,
@@ -65,6 +91,18 @@ pub(crate) async fn update_profile(
     Ok(ok(user_view(&user)))
 }
 
+/// Changes the caller's password. Every token issued before is refused from then on (`401 token_revoked`)
+/// and the caller's open WebSockets are closed; the reply carries a fresh token.
+#[utoipa::path(put, path = "/api/user/password", tag = "users",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, description = "A fresh token", body = Envelope<LoginReply>),
+        (status = 400, description = "`invalid_password`, `invalid_json` or `invalid_body`", body = ErrorReply),
+        (status = 403, description = "`wrong_password`: `old_password` is not the current password", body = ErrorReply),
+        (status = 404, description = "`user_not_found`", body = ErrorReply),
+        (status = 409, description = "`password_changed_concurrently`", body = ErrorReply),
+    ))]
 pub(crate) async fn change_password(
     State(s): State<MetaState>,
     me: AuthUser,

@@ -2,20 +2,27 @@
 //! fields we add never change the meaning of the seed's.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::{MessageId, RoomId, Seq, UserId};
 
 /// `POST /api/user/register`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    /// 3–32 characters of letters, digits, `_`, `.` or `-`.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub username: String,
+    /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    /// At most 50 characters without control characters; empty or left out: the username.
     #[serde(default)]
+    #[schema(max_length = 50)]
     pub nickname: Option<String>,
 }
 
 /// A user as others may see them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     pub user_id: UserId,
     pub username: String,
@@ -26,29 +33,35 @@ pub struct UserView {
 }
 
 /// `PUT /api/user/me`: fields left out are kept.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UpdateProfileRequest {
+    /// At most 50 characters without control characters; blank: the username.
+    #[schema(max_length = 50)]
     pub nickname: Option<String>,
+    /// Empty (no avatar) or an http(s) URL of at most 1024 printable ASCII characters.
+    #[schema(max_length = 1024)]
     pub avatar: Option<String>,
 }
 
 /// `PUT /api/user/password`: the reply is a fresh token (a [`LoginReply`]); every token issued
 /// before is refused from then on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChangePasswordRequest {
     pub old_password: String,
+    /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: String,
 }
 
 /// `POST /api/user/login`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
 }
 
 /// Reply of `POST /api/user/login`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginReply {
     pub token: String,
     pub user_id: UserId,
@@ -57,8 +70,10 @@ pub struct LoginReply {
 }
 
 /// `POST /api/group/create`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateGroupRequest {
+    /// 1–64 characters, not blank, without control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     #[serde(default)]
     pub member_ids: Vec<UserId>,
@@ -68,7 +83,7 @@ pub struct CreateGroupRequest {
 }
 
 /// A room as its members see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoomView {
     pub room_id: RoomId,
     pub name: String,
@@ -83,7 +98,7 @@ pub struct RoomView {
 }
 
 /// Reply of `POST /api/group/create`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateGroupReply {
     pub room_id: RoomId,
     pub name: String,
@@ -94,7 +109,7 @@ pub struct CreateGroupReply {
 }
 
 /// A member's role in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
@@ -133,7 +148,7 @@ pub enum Access {
 }
 
 /// One member of a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberView {
     pub user_id: UserId,
     pub username: String,
@@ -144,20 +159,20 @@ pub struct MemberView {
 }
 
 /// Reply of `GET /api/group/{room_id}/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MembersReply {
     pub room_id: RoomId,
     pub members: Vec<MemberView>,
 }
 
 /// `POST /api/group/{room_id}/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddMembersRequest {
     pub member_ids: Vec<UserId>,
 }
 
 /// Reply of `POST /api/group/{room_id}/members`: who was added (ids already in the room are not).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddMembersReply {
     pub room_id: RoomId,
     pub added: Vec<UserId>,
@@ -166,26 +181,27 @@ pub struct AddMembersReply {
 
 /// Reply of removing a member (`DELETE /api/group/{room_id}/members/{user_id}`) or leaving
 /// (`POST /api/group/{room_id}/leave`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MemberRemovedReply {
     pub room_id: RoomId,
     pub user_id: UserId,
 }
 
 /// `PUT /api/group/{room_id}/members/{user_id}/role`: `admin` or `member`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChangeRoleRequest {
     pub role: Role,
 }
 
 /// `PUT /api/group/{room_id}/nickname`: the caller's nickname in the group (`null` clears it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GroupNicknameRequest {
+    #[schema(max_length = 50)]
     pub nickname: Option<String>,
 }
 
 /// Reply of a role or group-nickname change: the membership as it is now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MembershipReply {
     pub room_id: RoomId,
     pub user_id: UserId,
@@ -194,20 +210,22 @@ pub struct MembershipReply {
 }
 
 /// `PUT /api/group/{room_id}/open`: whether anyone may join without asking.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SetOpenRequest {
     pub open: bool,
 }
 
 /// `POST /api/group/{room_id}/requests`: ask to join, with an optional note to the admins.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequestBody {
+    /// At most 500 characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub message: String,
 }
 
 /// A pending request to join a group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequestView {
     pub request_id: i64,
     pub room_id: RoomId,
@@ -217,7 +235,7 @@ pub struct JoinRequestView {
 }
 
 /// Reply of `GET /api/group/{room_id}/requests`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequestsReply {
     pub room_id: RoomId,
     pub requests: Vec<JoinRequestView>,
@@ -225,13 +243,13 @@ pub struct JoinRequestsReply {
 
 /// `POST /api/group/{room_id}/requests/{request_id}`: approve (the requester becomes a member)
 /// or reject; either way the request is gone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DecideRequest {
     pub approve: bool,
 }
 
 /// Reply of deciding a join request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DecisionReply {
     pub request_id: i64,
     pub room_id: RoomId,
@@ -240,34 +258,36 @@ pub struct DecisionReply {
 }
 
 /// `POST /api/group/{room_id}/transfer`: the owner hands the group to another member.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TransferRequest {
     pub user_id: UserId,
 }
 
 /// `PUT /api/group/{room_id}/name`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RenameGroupRequest {
+    /// 1–64 characters, not blank, without control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 
 /// Reply of `GET /api/group/search`: a page of groups; ask for the next one with
 /// `after_id=next_after_id` while it is present.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchGroupsReply {
     pub groups: Vec<RoomView>,
     pub next_after_id: Option<RoomId>,
 }
 
 /// `POST /api/room/direct`: the one-to-one room with `user_id`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DirectRoomRequest {
     pub user_id: UserId,
 }
 
 /// Reply of `POST /api/room/direct`: the room (the same one every time) and whether this call
 /// created it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DirectRoomReply {
     #[serde(flatten)]
     pub room: RoomView,
@@ -276,14 +296,14 @@ pub struct DirectRoomReply {
 }
 
 /// Reply of `GET /api/joined_rooms`: `room_ids` is the GoStacker shape, `rooms` the detail.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinedRoomsReply {
     pub room_ids: Vec<RoomId>,
     pub rooms: Vec<RoomView>,
 }
 
 /// The kind of a message's content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageType {
     #[default]
@@ -314,27 +334,30 @@ impl MessageType {
 }
 
 /// `POST /api/chat/send_message`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SendMessageRequest {
     pub room_id: RoomId,
+    /// Non-empty; at most `send.max_content_bytes` bytes of UTF-8 (default 16384).
+    #[schema(min_length = 1)]
     pub content: String,
     #[serde(default, rename = "type")]
     pub msg_type: MessageType,
-    /// Client-chosen idempotency key: a retried send with the same key is stored once and
-    /// answers with the original message.
+    /// Client-chosen idempotency key (1–64 printable ASCII characters): a retried send with
+    /// the same key is stored once and answers with the original message.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub client_msg_id: Option<String>,
 }
 
 /// `POST /api/chat/resend_message`: push a stored message again (same id and `seq`; recipients
 /// that have it drop the repeat). For a sender that never got the ACK frame.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResendMessageRequest {
     pub message_id: MessageId,
 }
 
 /// Reply of `POST /api/chat/send_message`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SendMessageReply {
     pub message_id: MessageId,
     pub room_id: RoomId,
@@ -348,7 +371,7 @@ pub struct SendMessageReply {
 }
 
 /// A stored message, as history returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MessageView {
     pub id: MessageId,
     pub room_id: RoomId,
@@ -363,7 +386,7 @@ pub struct MessageView {
 }
 
 /// Reply of `GET /api/chat/history`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HistoryReply {
     pub room_id: RoomId,
     pub messages: Vec<MessageView>,
@@ -372,7 +395,7 @@ pub struct HistoryReply {
 }
 
 /// Reply of `GET /registry/gateway/available`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayView {
     pub gateway_id: String,
     pub address: String,
@@ -384,37 +407,43 @@ pub struct GatewayView {
 }
 
 /// `POST /registry/gateway/register` (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterGatewayRequest {
     pub gateway_id: String,
+    /// Where clients reach it (host name or IP).
+    #[schema(min_length = 1)]
     pub address: String,
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
+    #[schema(minimum = 1)]
     pub max_connections: u64,
 }
 
 /// `POST /registry/gateway/heartbeat` (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GatewayHeartbeatRequest {
     pub gateway_id: String,
     pub connections: u64,
 }
 
 /// `POST /registry/send/register` (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterSendRequest {
     pub instance_id: String,
+    #[schema(min_length = 1)]
     pub address: String,
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
 }
 
 /// `POST /registry/send/heartbeat` (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SendHeartbeatRequest {
     pub instance_id: String,
 }
 
 /// `POST /registry/user/connect` and `/registry/user/disconnect` (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserRouteRequest {
     pub user_id: UserId,
     pub gateway_id: String,
@@ -422,33 +451,33 @@ pub struct UserRouteRequest {
 
 /// `POST /registry/user/routes/refresh` (internal): a gateway keeps the routes of the users
 /// connected to it alive.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RefreshRoutesRequest {
     pub gateway_id: String,
     pub user_ids: Vec<UserId>,
 }
 
 /// `POST /registry/user/routes/batch` (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoutesBatchRequest {
     pub user_ids: Vec<UserId>,
 }
 
 /// Where one user is connected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserRoute {
     pub user_id: UserId,
     pub gateway_ids: Vec<String>,
 }
 
 /// Reply of `POST /registry/user/routes/batch`: users with no live route are left out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoutesBatchReply {
     pub routes: Vec<UserRoute>,
 }
 
 /// A live Send instance (`GET /registry/send/instances`, `GET /registry/send/available`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SendView {
     pub instance_id: String,
     pub address: String,
@@ -458,14 +487,14 @@ pub struct SendView {
 }
 
 /// Reply of `GET /registry/send/instances`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SendInstancesReply {
     pub instances: Vec<SendView>,
     pub count: usize,
 }
 
 /// Reply of `GET /registry/gateway/instances`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstancesReply {
     pub gateways: Vec<GatewayView>,
     pub count: usize,

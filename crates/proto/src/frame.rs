@@ -2,12 +2,13 @@
 //! `payload`) and add fields (`seq`, `client_msg_id`); client frames are ours.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::api::MessageType;
 use crate::{MessageId, RoomId, Seq, UserId};
 
 /// The payload of a chat frame: the seed's `content` and `timestamp`, plus the message `type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChatPayload {
     pub content: String,
     /// RFC 3339 UTC.
@@ -17,7 +18,7 @@ pub struct ChatPayload {
 }
 
 /// What a [`Notice`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeEvent {
     /// `user_ids` were added by `by`.
@@ -42,7 +43,7 @@ pub enum NoticeEvent {
 
 /// A live notice of a change in a group, to the members it concerns. Notices are not stored:
 /// the group's state is, and a client that was away reads it again (members, joined rooms).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Notice {
     pub room_id: RoomId,
     pub event: NoticeEvent,
@@ -58,7 +59,7 @@ pub struct Notice {
 }
 
 /// A frame the server sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// A room message, to every member's every connection (the sender's included).
@@ -112,7 +113,7 @@ impl ServerFrame {
 }
 
 /// A frame a client may send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// Cumulative: everything in `room_id` up to and including `seq` has been received.

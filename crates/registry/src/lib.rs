@@ -12,11 +12,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
-use axum::routing::{delete, post};
 use bus::{GatewayRegistration, SendRegistration};
 use bus::{Instances, Routes};
+use kit::envelope::Envelope;
 use kit::http::{Check, Ready};
+use kit::openapi::{EmptyReply, ErrorReply, HealthResponses};
 use kit::{ApiError, ApiResult, Query, ok};
 use kit::{Json, Path};
 use proto::UserId;
@@ -26,6 +26,8 @@ use proto::api::{
     SendHeartbeatRequest, SendInstancesReply, SendView, UserRoute, UserRouteRequest,
 };
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Registry's settings (the `registry:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,23 +96,23 @@ impl RegistryState {
 
 /// Registry's routes, finished with the common ones.
 pub fn router(state: RegistryState) -> Router {
-    let api = Router::new()
-        .route("/registry/gateway/available", get(available))
-        .route("/registry/gateway/instances", get(instances))
-        .route("/registry/send/instances", get(send_instances))
-        .route("/registry/send/available", get(send_available))
+    let api = OpenApiRouter::new()
+        .routes(routes!(available))
+        .routes(routes!(instances))
+        .routes(routes!(send_instances))
+        .routes(routes!(send_available))
         // Internal: writes and route lookups, for services and tools that speak HTTP.
-        .route("/registry/gateway/register", post(register_gateway))
-        .route("/registry/gateway/heartbeat", post(heartbeat_gateway))
-        .route("/registry/gateway/{gateway_id}", delete(deregister_gateway))
-        .route("/registry/send/register", post(register_send))
-        .route("/registry/send/heartbeat", post(heartbeat_send))
-        .route("/registry/send/{instance_id}", delete(deregister_send))
-        .route("/registry/user/connect", post(user_connect))
-        .route("/registry/user/disconnect", post(user_disconnect))
-        .route("/registry/user/routes/batch", post(routes_batch))
-        .route("/registry/user/routes/refresh", post(routes_refresh))
-        .route("/health", get(health))
+        .routes(routes!(register_gateway))
+        .routes(routes!(heartbeat_gateway))
+        .routes(routes!(deregister_gateway))
+        .routes(routes!(register_send))
+        .routes(routes!(heartbeat_send))
+        .routes(routes!(deregister_send))
+        .routes(routes!(user_connect))
+        .routes(routes!(user_disconnect))
+        .routes(routes!(routes_batch))
+        .routes(routes!(routes_refresh))
+        .routes(routes!(health))
         .with_state(state);
     kit::http::finish(
         api,
@@ -129,11 +131,23 @@ fn bus_err(e: bus::BusError) -> ApiError {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AvailableQuery {
+    /// The user who will connect.
+    #[param(value_type = i64, minimum = 1)]
     user_id: UserId,
 }
 
+/// The gateway a user should connect to: the one they used last while it lives and has room,
+/// else the least loaded.
+#[utoipa::path(get, path = "/registry/gateway/available", tag = "registry",
+    params(AvailableQuery),
+    responses(
+        (status = 200, description = "A gateway", body = Envelope<GatewayView>),
+        (status = 400, description = "`invalid_query`", body = ErrorReply),
+        (status = 503, description = "`no_gateway`: none is live with room, or `registry_unavailable`", body = ErrorReply),
+    ))]
 async fn available(
     State(s): State<RegistryState>,
     Query(q): Query<AvailableQuery>,
@@ -175,6 +189,11 @@ async fn available(
     Ok(ok(pick))
 }
 
+/// Every live gateway with its load.
+#[utoipa::path(get, path = "/registry/gateway/instances", tag = "registry",
+    responses(
+        (status = 200, description = "The gateways", body = Envelope<InstancesReply>),
+    ))]
 async fn instances(State(s): State<RegistryState>) -> ApiResult<InstancesReply> {
     let gateways = s.instances.live_gateways().await.map_err(bus_err)?;
     Ok(ok(InstancesReply {
@@ -183,6 +202,11 @@ async fn instances(State(s): State<RegistryState>) -> ApiResult<InstancesReply> 
     }))
 }
 
+/// Every live Send instance.
+#[utoipa::path(get, path = "/registry/send/instances", tag = "registry",
+    responses(
+        (status = 200, description = "The instances", body = Envelope<SendInstancesReply>),
+    ))]
 async fn send_instances(State(s): State<RegistryState>) -> ApiResult<SendInstancesReply> {
     let instances = s.instances.live_sends().await.map_err(bus_err)?;
     Ok(ok(SendInstancesReply {
@@ -192,6 +216,12 @@ async fn send_instances(State(s): State<RegistryState>) -> ApiResult<SendInstanc
 }
 
 /// A live Send instance, spreading callers over them.
+/// A live Send instance, picked at random to spread callers.
+#[utoipa::path(get, path = "/registry/send/available", tag = "registry",
+    responses(
+        (status = 200, description = "An instance", body = Envelope<SendView>),
+        (status = 503, description = "`no_send_instance` or `registry_unavailable`", body = ErrorReply),
+    ))]
 async fn send_available(State(s): State<RegistryState>) -> ApiResult<SendView> {
     let mut live = s.instances.live_sends().await.map_err(bus_err)?;
     if live.is_empty() {
@@ -230,6 +260,14 @@ fn valid_id(id: &str, what: &'static str) -> Result<(), ApiError> {
     }
 }
 
+/// Registers (or re-registers) a gateway; it lives while it heartbeats.
+#[utoipa::path(post, path = "/registry/gateway/register", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = RegisterGatewayRequest,
+    responses(
+        (status = 200, description = "Registered", body = EmptyReply),
+        (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
+    ))]
 async fn register_gateway(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -255,6 +293,14 @@ async fn register_gateway(
     Ok(ok(()))
 }
 
+/// Keeps a gateway alive and reports its connections.
+#[utoipa::path(post, path = "/registry/gateway/heartbeat", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = GatewayHeartbeatRequest,
+    responses(
+        (status = 200, description = "Alive", body = EmptyReply),
+        (status = 404, description = "`not_registered`: expired or never registered; register again", body = ErrorReply),
+    ))]
 async fn heartbeat_gateway(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -268,6 +314,13 @@ async fn heartbeat_gateway(
     Ok(ok(()))
 }
 
+/// Removes a gateway at once (at its graceful stop).
+#[utoipa::path(delete, path = "/registry/gateway/{gateway_id}", tag = "registry",
+    security(("internal_token" = [])),
+    params(("gateway_id" = String, Path, description = "The gateway")),
+    responses(
+        (status = 200, description = "Removed (or was not there)", body = EmptyReply),
+    ))]
 async fn deregister_gateway(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -278,6 +331,14 @@ async fn deregister_gateway(
     Ok(ok(()))
 }
 
+/// Registers (or re-registers) a Send instance; it lives while it heartbeats.
+#[utoipa::path(post, path = "/registry/send/register", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = RegisterSendRequest,
+    responses(
+        (status = 200, description = "Registered", body = EmptyReply),
+        (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
+    ))]
 async fn register_send(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -302,6 +363,14 @@ async fn register_send(
     Ok(ok(()))
 }
 
+/// Keeps a Send instance alive.
+#[utoipa::path(post, path = "/registry/send/heartbeat", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = SendHeartbeatRequest,
+    responses(
+        (status = 200, description = "Alive", body = EmptyReply),
+        (status = 404, description = "`not_registered`: expired or never registered; register again", body = ErrorReply),
+    ))]
 async fn heartbeat_send(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -315,6 +384,13 @@ async fn heartbeat_send(
     Ok(ok(()))
 }
 
+/// Removes a Send instance at once (at its graceful stop).
+#[utoipa::path(delete, path = "/registry/send/{instance_id}", tag = "registry",
+    security(("internal_token" = [])),
+    params(("instance_id" = String, Path, description = "The instance")),
+    responses(
+        (status = 200, description = "Removed (or was not there)", body = EmptyReply),
+    ))]
 async fn deregister_send(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -343,6 +419,14 @@ async fn user_route(
     Ok(ok(()))
 }
 
+/// Records that a user is connected to a gateway.
+#[utoipa::path(post, path = "/registry/user/connect", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = UserRouteRequest,
+    responses(
+        (status = 200, description = "Recorded", body = EmptyReply),
+        (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
+    ))]
 async fn user_connect(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -351,6 +435,14 @@ async fn user_connect(
     user_route(&s, &headers, r, true).await
 }
 
+/// Records that a user left a gateway.
+#[utoipa::path(post, path = "/registry/user/disconnect", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = UserRouteRequest,
+    responses(
+        (status = 200, description = "Recorded", body = EmptyReply),
+        (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
+    ))]
 async fn user_disconnect(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -362,6 +454,14 @@ async fn user_disconnect(
 /// Most users one batch may ask about.
 const MAX_BATCH: usize = 1000;
 
+/// The gateways each of up to 1000 users is connected to (users with none are left out).
+#[utoipa::path(post, path = "/registry/user/routes/batch", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = RoutesBatchRequest,
+    responses(
+        (status = 200, description = "The routes", body = Envelope<RoutesBatchReply>),
+        (status = 400, description = "`invalid_body`: 1-1000 ids, or `invalid_json`", body = ErrorReply),
+    ))]
 async fn routes_batch(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -396,6 +496,14 @@ async fn routes_batch(
 }
 
 /// Keeps the routes of users connected to a gateway alive (that gateway calls it periodically).
+/// Keeps the routes of up to 1000 users connected to a gateway alive (the gateway calls it periodically).
+#[utoipa::path(post, path = "/registry/user/routes/refresh", tag = "registry",
+    security(("internal_token" = [])),
+    request_body = RefreshRoutesRequest,
+    responses(
+        (status = 200, description = "Refreshed", body = EmptyReply),
+        (status = 400, description = "`invalid_body` or `invalid_json`", body = ErrorReply),
+    ))]
 async fn routes_refresh(
     State(s): State<RegistryState>,
     headers: HeaderMap,
@@ -428,6 +536,8 @@ async fn routes_refresh(
     Ok(ok(()))
 }
 
+/// The service and the instance table it keeps.
+#[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<RegistryState>) -> Response {
     let store = s.instances.live_gateways().await.map(|_| ());
     kit::http::health_reply(

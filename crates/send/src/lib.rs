@@ -10,10 +10,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::Response;
-use axum::routing::{get, post};
 use kit::auth::{Auth, AuthUser};
+use kit::envelope::Envelope;
 use kit::http::{Check, Ready};
 use kit::limit::RateLimits;
+use kit::openapi::{ErrorReply, HealthResponses, RateLimited};
 use kit::{ApiError, ApiResult, Json, Query, ok};
 use proto::api::{
     HistoryReply, MessageView, ResendMessageRequest, SendMessageReply, SendMessageRequest,
@@ -24,6 +25,8 @@ use proto::validate::{self, ContentError};
 use proto::{RoomId, Seq};
 use serde::{Deserialize, Serialize};
 use store::{Appended, Rejected, Store, StoreError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod commit;
 pub mod fanout;
@@ -141,11 +144,11 @@ pub fn router(state: SendState) -> Router {
     let limits = kit::http::Limits {
         max_body_bytes: state.0.cfg.max_body_bytes,
     };
-    let api = Router::new()
-        .route("/api/chat/send_message", post(send_message))
-        .route("/api/chat/resend_message", post(resend_message))
-        .route("/api/chat/history", get(history))
-        .route("/health", get(health))
+    let api = OpenApiRouter::new()
+        .routes(routes!(send_message))
+        .routes(routes!(resend_message))
+        .routes(routes!(history))
+        .routes(routes!(health))
         .with_state(state);
     kit::http::finish(api, "send", limits)
 }
@@ -167,6 +170,21 @@ fn view(m: store::Message) -> MessageView {
     }
 }
 
+/// Sends a message to a room the caller is in. The reply means the message is stored; it is then
+/// pushed to every member's connections (the sender's included) and the sender gets an `ack`
+/// frame when every recipient's gateway has it.
+#[utoipa::path(post, path = "/api/chat/send_message", tag = "chat",
+    security(("bearer" = [])),
+    request_body = SendMessageRequest,
+    responses(
+        (status = 200, description = "Stored, or a retry of an already stored `client_msg_id` (`duplicate: true`)", body = Envelope<SendMessageReply>),
+        (status = 400, description = "`empty_content`, `invalid_client_msg_id`, `invalid_json` or `invalid_body`", body = ErrorReply),
+        (status = 403, description = "`not_a_member`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+        (status = 409, description = "`client_msg_id_conflict`: the id was used for another room", body = ErrorReply),
+        (status = 413, description = "`content_too_large` or `body_too_large`", body = ErrorReply),
+        RateLimited,
+    ))]
 async fn send_message(
     State(s): State<SendState>,
     me: AuthUser,
@@ -227,6 +245,17 @@ async fn send_message(
     }))
 }
 
+/// Pushes one of the caller's stored messages again, with the same id and `seq` (recipients that
+/// have it drop the repeat), for a sender that never got the `ack` frame.
+#[utoipa::path(post, path = "/api/chat/resend_message", tag = "chat",
+    security(("bearer" = [])),
+    request_body = ResendMessageRequest,
+    responses(
+        (status = 200, description = "Pushed again (`duplicate: true`)", body = Envelope<SendMessageReply>),
+        (status = 403, description = "`not_the_sender` or `not_a_member`", body = ErrorReply),
+        (status = 404, description = "`message_not_found` or `room_not_found`", body = ErrorReply),
+        RateLimited,
+    ))]
 async fn resend_message(
     State(s): State<SendState>,
     me: AuthUser,
@@ -265,14 +294,29 @@ async fn resend_message(
     Ok(ok(reply))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
     room_id: RoomId,
+    /// Messages with a greater `seq` are returned (default 0: from the start).
     #[serde(default)]
+    #[param(value_type = i64, minimum = 0)]
     after_seq: Seq,
+    /// At most this many (default 50; at most `send.history_max_limit`, 200 by default).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
+/// A room's messages in `seq` order, after `after_seq`.
+#[utoipa::path(get, path = "/api/chat/history", tag = "chat",
+    security(("bearer" = [])),
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "A page of messages; `has_more` says whether more follow", body = Envelope<HistoryReply>),
+        (status = 400, description = "`invalid_query`", body = ErrorReply),
+        (status = 403, description = "`not_a_member`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
 async fn history(
     State(s): State<SendState>,
     me: AuthUser,
@@ -308,6 +352,8 @@ async fn history(
     }))
 }
 
+/// The service and each dependency it needs (database, bus).
+#[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<SendState>) -> Response {
     let db = s.0.d.store.ping().await;
     let bus = s.0.d.routes.ping().await;

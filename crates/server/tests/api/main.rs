@@ -15,6 +15,7 @@
 //! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
 //! - `restart`: a graceful restart on the same data keeps everything.
+//! - `openapi`: the OpenAPI documents match the routes; JSON bodies must be objects.
 //! - `ops`: health, ping, metrics and the registry.
 //! - `internal`: the registry's internal endpoints and the internal token.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
@@ -28,6 +29,7 @@ mod internal;
 mod joining;
 mod limits;
 mod messages;
+mod openapi;
 mod ops;
 mod profiles;
 mod restart;
