@@ -52,12 +52,17 @@ async fn change<T>(
 fn group_role(room: &RoomMembers, me: UserId) -> Result<Role, ApiError> {
     let role = ApiError::require_member(room.access(me))?;
     if !room.room.is_group {
-        return Err(ApiError::invalid(
-            "not_a_group",
-            "this is a one-to-one room; it has no member management",
-        ));
+        return Err(not_a_group());
     }
     Ok(role)
+}
+
+/// 400 `not_a_group`: a one-to-one room has no management, and nobody joins it.
+fn not_a_group() -> ApiError {
+    ApiError::invalid(
+        "not_a_group",
+        "this is a one-to-one room; it has no member management",
+    )
 }
 
 /// 403 unless `me` is the room's owner or an admin.
@@ -714,8 +719,9 @@ pub(crate) async fn join(
     let max = s.0.cfg.max_group_members;
     let now = kit::now_ms();
     let reply = change(&s, room_id, |room| {
+        // Before membership: whoever asks, a one-to-one room is not one to join.
         if !room.room.is_group {
-            return Err(ApiError::room_not_found());
+            return Err(not_a_group());
         }
         if room.get(me.user_id).is_some() {
             return Err(already_a_member());
@@ -783,9 +789,10 @@ pub(crate) async fn request_to_join(
         ));
     }
     let room = s.0.groups.room(room_id).await.map_err(db)?;
-    let room = room
-        .filter(|r| r.room.is_group)
-        .ok_or_else(ApiError::room_not_found)?;
+    let room = room.ok_or_else(ApiError::room_not_found)?;
+    if !room.room.is_group {
+        return Err(not_a_group());
+    }
     if room.get(me.user_id).is_some() {
         return Err(already_a_member());
     }

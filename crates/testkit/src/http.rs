@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 
 use futures_util::future::join_all;
 use proto::api::{
-    CreateGroupReply, HistoryReply, LoginReply, MembersReply, MembershipReply, MessageView, Role,
-    SendMessageReply, UserView,
+    CreateGroupReply, HistoryReply, JoinRequestView, JoinRequestsReply, JoinedRoomsReply,
+    LoginReply, MembersReply, MembershipReply, MessageView, Role, RoomView, SendMessageReply,
+    UserView,
 };
-use proto::{RoomId, Seq, UserId};
+use proto::{MessageId, RoomId, Seq, UserId};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
@@ -570,6 +571,17 @@ impl Client {
             .await
     }
 
+    /// `POST /api/chat/resend_message`.
+    pub async fn resend(&self, token: &str, message_id: MessageId) -> Reply {
+        self.post_json(
+            Service::Send,
+            "/api/chat/resend_message",
+            Some(token),
+            json!({ "message_id": message_id }),
+        )
+        .await
+    }
+
     /// `GET /api/chat/history?{query}` with the query as given.
     pub async fn history_query(&self, token: &str, query: &str) -> Reply {
         self.get(
@@ -663,6 +675,26 @@ impl Client {
             .into_iter()
             .map(|m| (m.user_id, (m.role, m.group_nickname)))
             .collect()
+    }
+
+    /// The room as `viewer` sees it in their joined rooms, or `None` when they are not in it.
+    pub async fn joined_view(&self, viewer: &TestUser, room: RoomId) -> Option<RoomView> {
+        let joined: JoinedRoomsReply = self.joined_rooms(&viewer.token).await.data();
+        let listed = joined.room_ids.contains(&room);
+        let view = joined.rooms.into_iter().find(|r| r.room_id == room);
+        assert_eq!(
+            listed,
+            view.is_some(),
+            "room_ids and rooms agree about room {room}"
+        );
+        view
+    }
+
+    /// The group's pending join requests, as `viewer` (its owner or an admin) sees them.
+    pub async fn pending_requests(&self, viewer: &TestUser, room: RoomId) -> Vec<JoinRequestView> {
+        let reply: JoinRequestsReply = self.join_requests(&viewer.token, room).await.data();
+        assert_eq!(reply.room_id, room, "requests answers for the room asked");
+        reply.requests
     }
 
     /// `owner` makes `user` an admin of `room` (setting the scene).

@@ -271,6 +271,12 @@ impl WsClient {
         Ok(out)
     }
 
+    /// Every chat frame buffered so far (kept aside while waiting for another kind), oldest first;
+    /// after [`WsClient::next_pong`] that is every chat the server sent before the pong.
+    pub fn take_chats(&mut self) -> Vec<Chat> {
+        self.chats.drain(..).collect()
+    }
+
     /// The next ack frame, keeping chats and pongs for later.
     pub async fn next_ack(&mut self) -> anyhow::Result<Ack> {
         loop {

@@ -5,8 +5,10 @@
 //!
 //! - `accounts`: register, login, groups, members, joined rooms.
 //! - `profiles`: one's profile, others' public profiles, the password change and token revocation.
-//! - `groups`: member management (add, remove, leave, roles, group nicknames): who may, and what
-//!   it does to delivery.
+//! - `matrix`: the whole of docs/authorization.md, every operation against every relation of the
+//!   caller to the room, as one table.
+//! - `groups`: member management (add, remove, leave, roles, group nicknames): what it does to
+//!   delivery.
 //! - `rooms`: ownership transfer, rename, group search and one-to-one rooms.
 //! - `joining`: open groups, join requests, approval and rejection; group notices.
 //! - `limits`: rate limits (429 with Retry-After).
@@ -28,6 +30,7 @@ mod groups;
 mod internal;
 mod joining;
 mod limits;
+mod matrix;
 mod messages;
 mod openapi;
 mod ops;

@@ -878,6 +878,11 @@ async fn group_operations_on_a_direct_room_are_refused_as_not_a_group() {
                 app.api.rename_group(&me.token, room, "ours").await,
             ),
             ("transfer", app.api.transfer(&me.token, room, them.id).await),
+            ("join", app.api.join(&me.token, room).await),
+            (
+                "ask to join",
+                app.api.request_to_join(&me.token, room, "").await,
+            ),
         ];
         for (case, reply) in cases {
             assert_eq!(
@@ -911,6 +916,22 @@ async fn group_operations_on_a_direct_room_are_refused_as_not_a_group() {
             "carol {case}: {}",
             reply.text
         );
+    }
+    // Joining needs no membership, so to an outsider too the room is simply not a group.
+    for (case, reply) in [
+        ("join", app.api.join(&carol.token, room).await),
+        (
+            "ask to join",
+            app.api.request_to_join(&carol.token, room, "hi").await,
+        ),
+    ] {
+        assert_eq!(
+            (reply.status, reply.error_name()),
+            (400, Some("not_a_group")),
+            "carol {case}: {}",
+            reply.text
+        );
+        reply.assert_error(400, "not_a_group");
     }
 
     assert_eq!(app.api.roster(alice, room).await, plain, "nothing changed");
