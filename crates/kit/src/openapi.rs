@@ -181,7 +181,7 @@ pub fn complete(doc: &mut OpenApi, service: &str) {
                 add(
                     op,
                     "401",
-                    "`unauthorized` (no token), `invalid_token`, `token_expired` or \
+                    "`missing_token`, `invalid_token`, `token_expired` or \
                      `token_revoked`",
                 );
             }
