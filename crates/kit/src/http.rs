@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::monitor::{Monitor, Snapshot};
 use crate::{ApiError, envelope::Envelope, telemetry};
 
 /// Readiness: true from start until shutdown begins. `/health` answers 503 once it is false.
@@ -105,6 +106,7 @@ async fn ping() -> axum::Json<Envelope<()>> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics_text() -> Response {
+    crate::monitor::mirror_to_metrics();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -113,6 +115,16 @@ async fn metrics_text() -> Response {
         telemetry::render_metrics(),
     )
         .into_response()
+}
+
+/// The seed's Monitor: per-route latency (average, p50, p99) and success rate over the last
+/// `monitor.window_secs` (sliding by a twelfth of it), busiest route first.
+#[utoipa::path(get, path = "/debug/monitor", tag = "operations",
+    responses((status = 200, description = "The window's statistics", body = Envelope<Snapshot>)))]
+async fn debug_monitor(
+    Extension(monitor): Extension<Arc<Monitor>>,
+) -> axum::Json<Envelope<Snapshot>> {
+    crate::ok(monitor.snapshot())
 }
 
 async fn not_found() -> ApiError {
@@ -143,15 +155,33 @@ pub fn finish(router: OpenApiRouter, service: &'static str, limits: Limits) -> R
     let (router, mut doc) = router
         .routes(routes!(ping))
         .routes(routes!(metrics_text))
+        .routes(routes!(debug_monitor))
         .split_for_parts();
     crate::openapi::complete(&mut doc, service);
+    let monitor = Monitor::new(
+        service,
+        doc.paths.paths.iter().flat_map(|(path, item)| {
+            [
+                ("get", item.get.is_some()),
+                ("put", item.put.is_some()),
+                ("post", item.post.is_some()),
+                ("delete", item.delete.is_some()),
+                ("patch", item.patch.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, has)| *has)
+            .map(move |(method, _)| (method, path.as_str()))
+        }),
+    );
+    let recorder = monitor.clone();
     router
         .merge(SwaggerUi::new("/api/docs").url(crate::openapi::DOCUMENT_PATH, doc))
+        .layer(Extension(monitor))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            record_request(service, req, next)
+            record_request(service, recorder.clone(), req, next)
         }))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -160,7 +190,12 @@ pub fn finish(router: OpenApiRouter, service: &'static str, limits: Limits) -> R
         ))
 }
 
-async fn record_request(service: &'static str, req: Request, next: Next) -> Response {
+async fn record_request(
+    service: &'static str,
+    monitor: Arc<Monitor>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -169,6 +204,13 @@ async fn record_request(service: &'static str, req: Request, next: Next) -> Resp
     let method = req.method().as_str().to_owned();
     let start = Instant::now();
     let resp = next.run(req).await;
+    let took = start.elapsed();
+    monitor.record(
+        &method,
+        (route != "unmatched").then_some(route.as_str()),
+        resp.status().as_u16(),
+        took,
+    );
     let status = resp.status().as_u16().to_string();
     let labels = [
         ("service", service.to_owned()),
@@ -178,6 +220,6 @@ async fn record_request(service: &'static str, req: Request, next: Next) -> Resp
     ];
     metrics::counter!("ruststacker_http_requests_total", &labels).increment(1);
     metrics::histogram!("ruststacker_http_request_duration_seconds", &labels[..3])
-        .record(start.elapsed().as_secs_f64());
+        .record(took.as_secs_f64());
     resp
 }

@@ -6,6 +6,7 @@
 //! - [`http`]: the layers every router gets (body limit, panic catcher, metrics, 404/405 fallbacks)
 //!   and the common `/ping`, `/metrics` and `/health` routes.
 //! - [`config`]: layered config loading (defaults, YAML file, `RUSTSTACKER_*` environment).
+//! - [`monitor`]: the seed's Monitor (per-route latency and success rate over a sliding window).
 //! - [`openapi`]: the OpenAPI document's shared parts (error replies, security schemes).
 //! - [`limit`]: rate limits per client IP, username or user (429 with `Retry-After`).
 //! - [`telemetry`]: logging and the Prometheus recorder.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod envelope;
 pub mod http;
 pub mod limit;
+pub mod monitor;
 pub mod openapi;
 pub mod telemetry;
 

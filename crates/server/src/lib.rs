@@ -70,6 +70,20 @@ impl Default for LogConfig {
     }
 }
 
+/// The seed's Monitor (`monitor:`): per-route latency and success rate at `/debug/monitor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Length of the sliding window in seconds (at least 12; it slides by a twelfth).
+    pub window_secs: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self { window_secs: 60 }
+    }
+}
+
 /// The configuration of `ruststacker all`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,6 +96,7 @@ pub struct AllConfig {
     pub shutdown_timeout_secs: u64,
     pub jwt: JwtConfig,
     pub log: LogConfig,
+    pub monitor: MonitorConfig,
     pub meta: meta::Config,
     pub send: send::Config,
     pub gateway: gateway::Config,
@@ -245,6 +260,7 @@ impl Default for AllConfig {
             shutdown_timeout_secs: 10,
             jwt: JwtConfig::default(),
             log: LogConfig::default(),
+            monitor: MonitorConfig::default(),
             meta: meta::Config::default(),
             send: send::Config::default(),
             gateway: gateway::Config::default(),
@@ -654,6 +670,7 @@ pub async fn start_all(cfg: AllConfig) -> anyhow::Result<Running> {
 /// sense when every service runs in this process.
 pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     kit::telemetry::init_metrics();
+    kit::monitor::set_window_secs(cfg.monitor.window_secs);
     let cfg = cfg.for_role(roles)?;
     if let Some(t) = &cfg.internal_token
         && (t.len() < MIN_SECRET_LEN || t == EXAMPLE_SECRET)

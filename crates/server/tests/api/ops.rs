@@ -80,3 +80,62 @@ async fn the_registry_sends_clients_to_the_gateway_that_is_really_listening() {
     assert_eq!(instances.gateways[0].gateway_id, available.gateway_id);
     assert_eq!(instances.gateways[0].port, gateway.port());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_reports_each_routes_latency_and_success_rate_and_mirrors_them_in_metrics() {
+    let app = TestApp::spawn().await;
+    let user = app.user("monitor").await;
+    for _ in 0..5 {
+        app.api.joined_rooms(&user.token).await.assert_success();
+    }
+    for _ in 0..3 {
+        app.api
+            .members(&user.token, 999_999)
+            .await
+            .assert_error(404, "room_not_found");
+    }
+    app.api.get(Service::Meta, "/no/such/route", None).await;
+
+    let reply = app.api.get(Service::Meta, "/debug/monitor", None).await;
+    let data = reply.assert_success();
+    assert_eq!(data["service"], "meta");
+    assert_eq!(data["window_secs"], 60);
+    let routes = data["routes"].as_array().expect("routes");
+    let find = |name: &str| {
+        routes
+            .iter()
+            .find(|r| r["route"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {routes:?}"))
+    };
+    let joined = find("GET /api/joined_rooms");
+    assert_eq!(joined["count"], 5);
+    assert_eq!(joined["success_rate"], 1.0);
+    let p50 = joined["p50_ms"].as_f64().expect("p50");
+    let p99 = joined["p99_ms"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50}, p99 {p99}");
+    let members = find("GET /api/group/{room_id}/members");
+    assert_eq!(members["count"], 3);
+    assert_eq!(members["client_errors"], 3);
+    assert_eq!(members["success_rate"], 0.0);
+    assert_eq!(find("unmatched")["count"], 1);
+    // Each service keeps its own.
+    let send = app.api.get(Service::Send, "/debug/monitor", None).await;
+    assert_eq!(send.assert_success()["service"], "send");
+
+    let metrics = app.api.get(Service::Meta, "/metrics", None).await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ruststacker_monitor_latency_seconds{")
+                && l.contains("route=\"GET /api/joined_rooms\"")
+                && l.contains("stat=\"0.99\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ruststacker_monitor_success_ratio{")
+                && l.contains("route=\"GET /api/group/{room_id}/members\"")),
+        "{metrics}"
+    );
+}
