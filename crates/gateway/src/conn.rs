@@ -159,17 +159,14 @@ impl Writer {
 
     /// Where a gap in `room` after `last` is filled from: never before the user joined, so a
     /// member removed and added back while connected gets nothing from while they were out
-    /// (it is in the history for them to read).
-    async fn fill_from(&self, room: RoomId, last: Seq) -> Result<Seq, WriteError> {
-        let joined = self
-            .state
-            .0
-            .groups
-            .current_room(room)
-            .await?
-            .and_then(|r| r.get(self.user).map(|m| m.joined_seq))
-            .unwrap_or(0);
-        Ok(last.max(joined))
+    /// (it is in the history for them to read). `None`: the room is gone (dissolved), nothing
+    /// more of it is sent.
+    async fn fill_from(&self, room: RoomId, last: Seq) -> Result<Option<Seq>, WriteError> {
+        let Some(current) = self.state.0.groups.current_room(room).await? else {
+            return Ok(None);
+        };
+        let joined = current.get(self.user).map_or(0, |m| m.joined_seq);
+        Ok(Some(last.max(joined)))
     }
 
     /// Rare, large futures (replays hit the database) are boxed where they are awaited, so the
@@ -181,7 +178,10 @@ impl Writer {
                 match self.last_sent.get(&room).copied() {
                     Some(last) if seq <= last => Ok(()),
                     Some(last) if seq > last + 1 => {
-                        let from = Box::pin(self.fill_from(room, last)).await?;
+                        let Some(from) = Box::pin(self.fill_from(room, last)).await? else {
+                            self.last_sent.insert(room, Seq::MAX);
+                            return Ok(());
+                        };
                         if seq > from + 1 {
                             metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
                             Box::pin(self.replay(room, from, Some(seq - 1))).await?;
@@ -192,6 +192,13 @@ impl Writer {
                 }
             }
             Outbound::Frame(text) => Ok(self.sink.feed(Message::Text((*text).clone())).await?),
+            Outbound::RoomGone(gone) => {
+                let (room, text) = &*gone;
+                // Whatever of the room is still queued or in flight is older than the notice
+                // and now counts as a repeat.
+                self.last_sent.insert(*room, Seq::MAX);
+                Ok(self.sink.feed(Message::Text(text.clone())).await?)
+            }
             Outbound::ClientAck(ack) => {
                 let (room, seq) = *ack;
                 // Only what this connection was sent can be acknowledged.

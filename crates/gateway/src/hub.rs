@@ -36,8 +36,11 @@ pub struct ChatOut {
 pub enum Outbound {
     /// A chat frame.
     Chat(Arc<ChatOut>),
-    /// Any other frame (ack, pong).
+    /// Any other frame (ack, pong, notice).
     Frame(Arc<Utf8Bytes>),
+    /// The `dissolved` notice of a room: written like any frame, and from then on this
+    /// connection drops whatever of the room is still on its way.
+    RoomGone(Arc<(RoomId, Utf8Bytes)>),
     /// The client acknowledged everything in `room` up to `seq`.
     ClientAck(Box<(RoomId, Seq)>),
     /// The client asked for everything in `room` after the given seq.

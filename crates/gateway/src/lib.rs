@@ -21,7 +21,7 @@ use bus::{GatewayId, GatewayRegistration, Instances, Routes};
 use kit::auth::Auth;
 use kit::http::{Check, Ready};
 use kit::{ApiError, Query};
-use proto::frame::ServerFrame;
+use proto::frame::{NoticeEvent, ServerFrame};
 use proto::stream::PushEntry;
 use serde::{Deserialize, Serialize};
 use store::Store;
@@ -285,9 +285,12 @@ impl GatewayState {
             }
             PushEntry::Notice { notice, targets } => {
                 let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
-                self.0
-                    .hub
-                    .deliver(&targets, &Outbound::Frame(Arc::new(text)));
+                let item = if notice.event == NoticeEvent::Dissolved {
+                    Outbound::RoomGone(Arc::new((notice.room_id, text)))
+                } else {
+                    Outbound::Frame(Arc::new(text))
+                };
+                self.0.hub.deliver(&targets, &item);
             }
         }
     }

@@ -114,6 +114,7 @@ pub fn router(state: MetaState) -> Router {
         .route("/api/user/password", put(user::change_password))
         .route("/api/user/{user_id}", get(user::profile))
         .route("/api/group/create", post(create_group))
+        .route("/api/group/{room_id}", delete(group::dissolve))
         .route(
             "/api/group/{room_id}/members",
             get(members).post(group::add_members),

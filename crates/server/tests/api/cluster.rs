@@ -775,3 +775,125 @@ async fn a_gateway_with_the_registry_url_and_a_wrong_internal_token_refuses_to_s
     );
     c.shutdown().await;
 }
+
+/// The write-back keys of `room`: `(pending states, is it dirty, its version token)`.
+async fn room_keys(c: &Cluster, room: i64) -> (usize, bool, Option<String>) {
+    let mut redis = c.backends.redis().await;
+    let p = &c.backends.redis.prefix;
+    let pending: usize = redis
+        .hlen(format!("{p}:{{grp}}:m:{room}"))
+        .await
+        .expect("hlen");
+    let score: Option<f64> = redis
+        .zscore(format!("{p}:{{grp}}:dirty"), room)
+        .await
+        .expect("zscore");
+    let version: Option<String> = redis
+        .get(format!("{p}:{{grp}}:v:{room}"))
+        .await
+        .expect("get");
+    (pending, score.is_some(), version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dissolved_group_is_gone_in_every_process_and_never_flushed_back() {
+    // Nothing is flushed until meta stops: the group's recent changes are write-back state.
+    let mut c = Cluster::spawn_with(|cfg| cfg.group_cache.flush_interval_ms = 3_600_000).await;
+    let (api1, api2) = (c.api(0, 0), c.api(1, 1));
+    let users = api1
+        .register_users(&["owner", "bob", "dave", "stranger"])
+        .await;
+    let (owner, bob, dave, stranger) = (&users[0], &users[1], &users[2], &users[3]);
+    let room = api1.create_group_ok(owner, "brief", &[bob]).await.room_id;
+    // Dave's membership and Bob's nickname exist only in Redis.
+    api1.add_members(&owner.token, room, &[dave.id])
+        .await
+        .assert_success();
+    api2.set_group_nickname(&bob.token, room, Some("b"))
+        .await
+        .assert_success();
+    let mut sockets = vec![
+        c.ws(0, owner).await,
+        c.ws(0, bob).await,
+        c.ws(1, dave).await,
+    ];
+    // Both Send instances and both gateways have the members cached now.
+    let first = api1.send_ok(owner, room, "one").await;
+    let daves = api2.send_ok(dave, room, "two").await;
+    let bobs = api1.send_ok(bob, room, "three").await;
+    for ws in &mut sockets {
+        let got: Vec<i64> = ws
+            .new_chats(3)
+            .await
+            .expect("every message")
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(
+            got,
+            vec![first.message_id, daves.message_id, bobs.message_id]
+        );
+    }
+    let (pending, dirty, version) = room_keys(&c, room).await;
+    assert!(
+        pending >= 2 && dirty,
+        "write-back state before: {pending} {dirty}"
+    );
+
+    api2.dissolve_group(&owner.token, room)
+        .await
+        .assert_success();
+    for ws in &mut sockets {
+        let n = ws.next_notice().await.expect("the dissolved notice");
+        assert_eq!(
+            (n.room_id, n.event),
+            (room, testkit::proto::frame::NoticeEvent::Dissolved)
+        );
+    }
+    // Gone through either Send instance, for a member whose membership was never flushed and
+    // for one in the database alike.
+    crate::dissolve::assert_room_gone(&api1, room, dave, stranger, daves.message_id).await;
+    crate::dissolve::assert_room_gone(&api2, room, bob, stranger, bobs.message_id).await;
+    let (pending, dirty, after) = room_keys(&c, room).await;
+    assert_eq!((pending, dirty), (0, false), "nothing pending for the room");
+    assert_ne!(after, version, "the version token was replaced");
+    for ws in &mut sockets {
+        ws.expect_no_chat_within(Duration::from_millis(300))
+            .await
+            .expect("nothing more of the room");
+    }
+
+    // A change that reached Redis after the dissolution (a lock that expired mid-change) is
+    // dropped by the flusher, never written back: the database refuses dissolved rooms.
+    {
+        let mut redis = c.backends.redis().await;
+        let p = &c.backends.redis.prefix;
+        let _: () = redis
+            .hset(format!("{p}:{{grp}}:m:{room}"), dave.id, "m|admin|1|0|")
+            .await
+            .expect("hset");
+        let _: () = redis
+            .hset(format!("{p}:{{grp}}:u:{}", dave.id), room, "m|admin|1|0|")
+            .await
+            .expect("hset");
+        let _: () = redis
+            .zadd(format!("{p}:{{grp}}:dirty"), room, 1)
+            .await
+            .expect("zadd");
+    }
+    assert!(
+        !crate::dissolve::joined_ids(&api1, dave)
+            .await
+            .contains(&room),
+        "a stray pending state does not bring the room back"
+    );
+    c.restart_meta().await;
+    assert_eq!(dirty_rooms(&c).await, 0);
+    assert_eq!(room_keys(&c, room).await.0, 0);
+    assert!(stored_members(&c, room).await.is_empty());
+    let api1 = c.api(0, 0);
+    api1.members(&owner.token, room)
+        .await
+        .assert_error(404, "room_not_found");
+    c.shutdown().await;
+}
