@@ -18,7 +18,7 @@ use proto::{RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 
 use crate::GatewayState;
-use crate::hub::{CLOSE_ABORT, CLOSE_GOING_AWAY, ConnShared, Outbound};
+use crate::hub::{CLOSE_ABORT, CLOSE_GOING_AWAY, CLOSE_TOKEN_REVOKED, ConnShared, Outbound};
 
 /// Close codes this gateway uses (besides RFC 6455's 1001 at shutdown and 1009/1003/1007 for bad
 /// client frames).
@@ -297,6 +297,7 @@ fn reason(code: u16) -> &'static str {
         CLOSE_GOING_AWAY => "server shutting down",
         crate::hub::CLOSE_SLOW_CONSUMER => "slow consumer: reconnect to resync",
         CLOSE_IDLE => "idle timeout",
+        CLOSE_TOKEN_REVOKED => "token revoked",
         CLOSE_TOO_BIG => "frame too large",
         CLOSE_UNSUPPORTED => "binary frames are not supported",
         CLOSE_INVALID => "invalid frame",
@@ -305,11 +306,41 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// Runs a connection of `user` until either side closes it.
-pub(crate) async fn serve(state: GatewayState, user: UserId, ack_mode: bool, socket: WebSocket) {
+/// Whether `user`'s token of `version` was revoked (their password changed since it was issued).
+/// When the version cannot be read, the handshake's check stands.
+async fn revoked(state: &GatewayState, user: UserId, version: i64) -> bool {
+    let Some(versions) = state.0.auth.versions() else {
+        return false;
+    };
+    matches!(versions.current(user).await, Ok(Some(current)) if current > version)
+}
+
+/// Runs a connection of `caller` until either side closes it.
+pub(crate) async fn serve(
+    state: GatewayState,
+    caller: kit::auth::AuthUser,
+    ack_mode: bool,
+    mut socket: WebSocket,
+) {
+    let user = caller.user_id;
     let shared = Arc::new(ConnShared::new(&state.0.closing));
     let (tx, rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
-    let conn_id = state.0.hub.add(user, tx.clone(), shared.clone());
+    let conn_id = state
+        .0
+        .hub
+        .add(user, caller.token_version, tx.clone(), shared.clone());
+    // A revocation handled between the handshake's check and the line above did not see this
+    // connection; one handled from now on does. Checked again (it forgot the cached version,
+    // so this reads the current one), nothing slips between.
+    if revoked(&state, user, caller.token_version).await {
+        state.0.hub.remove(user, conn_id);
+        let frame = CloseFrame {
+            code: CLOSE_TOKEN_REVOKED,
+            reason: reason(CLOSE_TOKEN_REVOKED).into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+        return;
+    }
     if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
         tracing::warn!(user_id = user, error = %e, "route not recorded");
     }

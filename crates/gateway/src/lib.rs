@@ -283,6 +283,21 @@ impl GatewayState {
                     .hub
                     .deliver(&[sender_id], &Outbound::Frame(Arc::new(text)));
             }
+            PushEntry::Revoke {
+                user_id,
+                token_version,
+            } => {
+                // New handshakes with an older token now read the version again.
+                if let Some(versions) = self.0.auth.versions() {
+                    versions.forget(user_id);
+                }
+                let closed = self.0.hub.revoke(user_id, token_version);
+                if closed > 0 {
+                    tracing::info!(user_id, closed, "connections with a revoked token closed");
+                    metrics::counter!("ruststacker_gateway_revoked_connections_total")
+                        .increment(closed as u64);
+                }
+            }
             PushEntry::Notice { notice, targets } => {
                 let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
                 let item = if notice.event == NoticeEvent::Dissolved {
@@ -467,7 +482,7 @@ async fn ws_handshake(
                 state
                     .0
                     .conns
-                    .track_future(conn::serve(state.clone(), user.user_id, q.ack, socket));
+                    .track_future(conn::serve(state.clone(), user, q.ack, socket));
             tracked.await;
         })
         .into_response())

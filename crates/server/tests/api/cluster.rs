@@ -897,3 +897,50 @@ async fn a_dissolved_group_is_gone_in_every_process_and_never_flushed_back() {
         .assert_error(404, "room_not_found");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_closes_older_tokens_sockets_on_every_gateway() {
+    let c = Cluster::spawn().await;
+    let api = c.api(0, 0);
+    let users = api.register_users(&["pw", "peer"]).await;
+    let (me, peer) = (&users[0], &users[1]);
+    let room = api.create_group_ok(peer, "chat", &[me]).await.room_id;
+    let second: testkit::proto::api::LoginReply =
+        api.login(&me.username, testkit::PASSWORD).await.data();
+    let mut on_one = c.ws(0, me).await;
+    let mut on_two = testkit::WsClient::connect(c.gateway_addrs[1], &second.token)
+        .await
+        .expect("the second token connects to gateway 2");
+    let mut peers = c.ws(1, peer).await;
+
+    let fresh: testkit::proto::api::LoginReply = api
+        .change_password(&me.token, testkit::PASSWORD, "a-new-passphrase")
+        .await
+        .data();
+    for ws in [&mut on_one, &mut on_two] {
+        assert_eq!(ws.close_code().await.expect("closed"), Some(4401));
+        assert_eq!(ws.close_reason(), Some("token revoked"));
+    }
+    // Both gateways had the old version cached (the handshakes read it); the revocation made
+    // them forget it, so the old token is refused now, not a cache lifetime later.
+    for gateway in &c.gateway_addrs {
+        let url = testkit::ws::ws_url(*gateway, &second.token);
+        let status = testkit::ws::handshake_status(&url, None)
+            .await
+            .expect("handshake answers");
+        assert_eq!(status, 401, "gateway {gateway} refuses the revoked token");
+    }
+    let mut by_fresh = testkit::WsClient::connect(c.gateway_addrs[0], &fresh.token)
+        .await
+        .expect("the new token connects");
+    let sent = c.api(1, 1).send_ok(peer, room, "still with us?").await;
+    assert_eq!(
+        by_fresh.next_new_chat().await.expect("fresh").id,
+        sent.message_id
+    );
+    assert_eq!(
+        peers.next_new_chat().await.expect("peer").id,
+        sent.message_id
+    );
+    c.shutdown().await;
+}
