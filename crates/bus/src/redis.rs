@@ -262,6 +262,8 @@ impl RedisBus {
                     self.publish(&gateway, entry.clone()).await?;
                 }
             }
+            // Every live gateway got its own copy; the dead one's connections are gone.
+            PushEntry::Revoke { .. } => {}
         }
         Ok(())
     }

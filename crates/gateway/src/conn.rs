@@ -18,7 +18,7 @@ use proto::{RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 
 use crate::GatewayState;
-use crate::hub::{CLOSE_ABORT, CLOSE_GOING_AWAY, ConnShared, Outbound};
+use crate::hub::{CLOSE_ABORT, CLOSE_GOING_AWAY, CLOSE_TOKEN_REVOKED, ConnShared, Outbound};
 
 /// Close codes this gateway uses (besides RFC 6455's 1001 at shutdown and 1009/1003/1007 for bad
 /// client frames).
@@ -159,17 +159,14 @@ impl Writer {
 
     /// Where a gap in `room` after `last` is filled from: never before the user joined, so a
     /// member removed and added back while connected gets nothing from while they were out
-    /// (it is in the history for them to read).
-    async fn fill_from(&self, room: RoomId, last: Seq) -> Result<Seq, WriteError> {
-        let joined = self
-            .state
-            .0
-            .groups
-            .current_room(room)
-            .await?
-            .and_then(|r| r.get(self.user).map(|m| m.joined_seq))
-            .unwrap_or(0);
-        Ok(last.max(joined))
+    /// (it is in the history for them to read). `None`: the room is gone (dissolved), nothing
+    /// more of it is sent.
+    async fn fill_from(&self, room: RoomId, last: Seq) -> Result<Option<Seq>, WriteError> {
+        let Some(current) = self.state.0.groups.current_room(room).await? else {
+            return Ok(None);
+        };
+        let joined = current.get(self.user).map_or(0, |m| m.joined_seq);
+        Ok(Some(last.max(joined)))
     }
 
     /// Rare, large futures (replays hit the database) are boxed where they are awaited, so the
@@ -181,7 +178,10 @@ impl Writer {
                 match self.last_sent.get(&room).copied() {
                     Some(last) if seq <= last => Ok(()),
                     Some(last) if seq > last + 1 => {
-                        let from = Box::pin(self.fill_from(room, last)).await?;
+                        let Some(from) = Box::pin(self.fill_from(room, last)).await? else {
+                            self.last_sent.insert(room, Seq::MAX);
+                            return Ok(());
+                        };
                         if seq > from + 1 {
                             metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
                             Box::pin(self.replay(room, from, Some(seq - 1))).await?;
@@ -192,6 +192,13 @@ impl Writer {
                 }
             }
             Outbound::Frame(text) => Ok(self.sink.feed(Message::Text((*text).clone())).await?),
+            Outbound::RoomGone(gone) => {
+                let (room, text) = &*gone;
+                // Whatever of the room is still queued or in flight is older than the notice
+                // and now counts as a repeat.
+                self.last_sent.insert(*room, Seq::MAX);
+                Ok(self.sink.feed(Message::Text(text.clone())).await?)
+            }
             Outbound::ClientAck(ack) => {
                 let (room, seq) = *ack;
                 // Only what this connection was sent can be acknowledged.
@@ -290,6 +297,7 @@ fn reason(code: u16) -> &'static str {
         CLOSE_GOING_AWAY => "server shutting down",
         crate::hub::CLOSE_SLOW_CONSUMER => "slow consumer: reconnect to resync",
         CLOSE_IDLE => "idle timeout",
+        CLOSE_TOKEN_REVOKED => "token revoked",
         CLOSE_TOO_BIG => "frame too large",
         CLOSE_UNSUPPORTED => "binary frames are not supported",
         CLOSE_INVALID => "invalid frame",
@@ -298,11 +306,41 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// Runs a connection of `user` until either side closes it.
-pub(crate) async fn serve(state: GatewayState, user: UserId, ack_mode: bool, socket: WebSocket) {
+/// Whether `user`'s token of `version` was revoked (their password changed since it was issued).
+/// When the version cannot be read, the handshake's check stands.
+async fn revoked(state: &GatewayState, user: UserId, version: i64) -> bool {
+    let Some(versions) = state.0.auth.versions() else {
+        return false;
+    };
+    matches!(versions.current(user).await, Ok(Some(current)) if current > version)
+}
+
+/// Runs a connection of `caller` until either side closes it.
+pub(crate) async fn serve(
+    state: GatewayState,
+    caller: kit::auth::AuthUser,
+    ack_mode: bool,
+    mut socket: WebSocket,
+) {
+    let user = caller.user_id;
     let shared = Arc::new(ConnShared::new(&state.0.closing));
     let (tx, rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
-    let conn_id = state.0.hub.add(user, tx.clone(), shared.clone());
+    let conn_id = state
+        .0
+        .hub
+        .add(user, caller.token_version, tx.clone(), shared.clone());
+    // A revocation handled between the handshake's check and the line above did not see this
+    // connection; one handled from now on does. Checked again (it forgot the cached version,
+    // so this reads the current one), nothing slips between.
+    if revoked(&state, user, caller.token_version).await {
+        state.0.hub.remove(user, conn_id);
+        let frame = CloseFrame {
+            code: CLOSE_TOKEN_REVOKED,
+            reason: reason(CLOSE_TOKEN_REVOKED).into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+        return;
+    }
     if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
         tracing::warn!(user_id = user, error = %e, "route not recorded");
     }

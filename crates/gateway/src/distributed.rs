@@ -93,7 +93,7 @@ async fn fill_hole(state: &GatewayState, released: &Released) {
         .iter()
         .filter_map(|e| match e {
             PushEntry::Chat { targets, .. } => Some(targets.iter().copied()),
-            PushEntry::Ack { .. } | PushEntry::Notice { .. } => None,
+            PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
         })
         .flatten()
         .collect();

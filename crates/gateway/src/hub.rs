@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Close code for a client whose queue overflowed: reconnect and the server resyncs you.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code for a connection whose token was revoked (its user changed their password).
+pub const CLOSE_TOKEN_REVOKED: u16 = 4401;
 /// Close code at shutdown.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Not a code sent on the wire: the gateway is simulating a crash (tests), so sockets are dropped
@@ -36,8 +38,11 @@ pub struct ChatOut {
 pub enum Outbound {
     /// A chat frame.
     Chat(Arc<ChatOut>),
-    /// Any other frame (ack, pong).
+    /// Any other frame (ack, pong, notice).
     Frame(Arc<Utf8Bytes>),
+    /// The `dissolved` notice of a room: written like any frame, and from then on this
+    /// connection drops whatever of the room is still on its way.
+    RoomGone(Arc<(RoomId, Utf8Bytes)>),
     /// The client acknowledged everything in `room` up to `seq`.
     ClientAck(Box<(RoomId, Seq)>),
     /// The client asked for everything in `room` after the given seq.
@@ -80,6 +85,8 @@ impl ConnShared {
 #[derive(Debug, Clone)]
 struct Conn {
     id: u64,
+    /// The token version the connection was authenticated with.
+    token_version: i64,
     tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
 }
@@ -111,13 +118,22 @@ impl Hub {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Adds a connection of `user`; returns its id.
-    pub fn add(&self, user: UserId, tx: mpsc::Sender<Outbound>, shared: Arc<ConnShared>) -> u64 {
+    /// Adds a connection of `user`, authenticated with a token of `token_version`; returns its
+    /// id.
+    pub fn add(
+        &self,
+        user: UserId,
+        token_version: i64,
+        tx: mpsc::Sender<Outbound>,
+        shared: Arc<ConnShared>,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns
-            .entry(user)
-            .or_default()
-            .push(Conn { id, tx, shared });
+        self.conns.entry(user).or_default().push(Conn {
+            id,
+            token_version,
+            tx,
+            shared,
+        });
         metrics::gauge!("ruststacker_gateway_connections").set(self.open() as f64);
         id
     }
@@ -168,6 +184,20 @@ impl Hub {
         queued
     }
 
+    /// Closes every connection of `user` authenticated with a token older than `version`, with
+    /// [`CLOSE_TOKEN_REVOKED`]. Returns how many.
+    pub fn revoke(&self, user: UserId, version: i64) -> usize {
+        let Some(conns) = self.conns.get(&user) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for c in conns.iter().filter(|c| c.token_version < version) {
+            c.shared.close(CLOSE_TOKEN_REVOKED);
+            closed += 1;
+        }
+        closed
+    }
+
     /// Asks every connection to close with `code`.
     pub fn close_all(&self, code: u16) {
         for conns in &self.conns {
@@ -196,8 +226,8 @@ mod tests {
         let a = Arc::new(ConnShared::new(&root));
         let b = Arc::new(ConnShared::new(&root));
         assert!(hub.try_reserve(2) && hub.try_reserve(2) && !hub.try_reserve(2));
-        hub.add(1, tx_a, a.clone());
-        hub.add(2, tx_b, b.clone());
+        hub.add(1, 0, tx_a, a.clone());
+        hub.add(2, 0, tx_b, b.clone());
         let item = Outbound::Frame(Arc::new(Utf8Bytes::from_static("{}")));
         assert_eq!(hub.deliver(&[1, 2], &item), 2);
         assert_eq!(hub.deliver(&[1, 2], &item), 1);
@@ -206,5 +236,30 @@ mod tests {
         assert!(rx_b.recv().await.is_some());
         root.cancel();
         assert_eq!(b.close_code(), CLOSE_GOING_AWAY);
+    }
+
+    #[test]
+    fn a_revocation_closes_only_the_users_connections_with_older_tokens() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let conn = |user: UserId, version: i64| {
+            let (tx, rx) = mpsc::channel(1);
+            let shared = Arc::new(ConnShared::new(&root));
+            hub.add(user, version, tx, shared.clone());
+            (shared, rx)
+        };
+        let (old, _a) = conn(1, 2);
+        let (older, _b) = conn(1, 0);
+        let (current, _c) = conn(1, 3);
+        let (someone_else, _d) = conn(2, 0);
+        assert_eq!(hub.revoke(1, 3), 2);
+        assert_eq!(old.close_code(), CLOSE_TOKEN_REVOKED);
+        assert_eq!(older.close_code(), CLOSE_TOKEN_REVOKED);
+        assert!(
+            !current.kick.is_cancelled(),
+            "the new token's connection stays"
+        );
+        assert!(!someone_else.kick.is_cancelled());
+        assert_eq!(hub.revoke(3, 9), 0, "a user with no connection here");
     }
 }

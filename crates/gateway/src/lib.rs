@@ -21,7 +21,7 @@ use kit::auth::Auth;
 use kit::http::{Check, Ready};
 use kit::openapi::{ErrorReply, HealthResponses, RateLimited};
 use kit::{ApiError, Query};
-use proto::frame::ServerFrame;
+use proto::frame::{NoticeEvent, ServerFrame};
 use proto::stream::PushEntry;
 use serde::{Deserialize, Serialize};
 use store::Store;
@@ -285,11 +285,29 @@ impl GatewayState {
                     .hub
                     .deliver(&[sender_id], &Outbound::Frame(Arc::new(text)));
             }
+            PushEntry::Revoke {
+                user_id,
+                token_version,
+            } => {
+                // New handshakes with an older token now read the version again.
+                if let Some(versions) = self.0.auth.versions() {
+                    versions.forget(user_id);
+                }
+                let closed = self.0.hub.revoke(user_id, token_version);
+                if closed > 0 {
+                    tracing::info!(user_id, closed, "connections with a revoked token closed");
+                    metrics::counter!("ruststacker_gateway_revoked_connections_total")
+                        .increment(closed as u64);
+                }
+            }
             PushEntry::Notice { notice, targets } => {
                 let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
-                self.0
-                    .hub
-                    .deliver(&targets, &Outbound::Frame(Arc::new(text)));
+                let item = if notice.event == NoticeEvent::Dissolved {
+                    Outbound::RoomGone(Arc::new((notice.room_id, text)))
+                } else {
+                    Outbound::Frame(Arc::new(text))
+                };
+                self.0.hub.deliver(&targets, &item);
             }
         }
     }
@@ -483,7 +501,7 @@ async fn ws_handshake(
                 state
                     .0
                     .conns
-                    .track_future(conn::serve(state.clone(), user.user_id, q.ack, socket));
+                    .track_future(conn::serve(state.clone(), user, q.ack, socket));
             tracked.await;
         })
         .into_response())

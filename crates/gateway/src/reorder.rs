@@ -59,7 +59,7 @@ fn key_seq(e: &PushEntry) -> Option<(Key, Seq)> {
             ),
             message.seq,
         )),
-        PushEntry::Ack { .. } | PushEntry::Notice { .. } => None,
+        PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
     }
 }
 
@@ -192,7 +192,7 @@ mod tests {
     fn room_seq(e: &PushEntry) -> Option<(RoomId, Seq)> {
         match e {
             PushEntry::Chat { message, .. } => Some((message.room_id, message.seq)),
-            PushEntry::Ack { .. } | PushEntry::Notice { .. } => None,
+            PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
         }
     }
 

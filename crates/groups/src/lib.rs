@@ -127,6 +127,10 @@ pub trait Groups: Send + Sync {
     async fn unlock(&self, lock: RoomLock);
     /// Writes changes of the locked room. Every reader sees them once this returns.
     async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()>;
+    /// Dissolves the locked group (see [`store::RoomStore::dissolve_group`]). Once this returns,
+    /// every reader in every process finds no room and it is in nobody's `joined_rooms`; nothing
+    /// pending for it is ever written back. `false`: it was no live group.
+    async fn dissolve(&self, lock: &RoomLock, now_ms: i64) -> Result<bool>;
     /// Tokens that differ whenever a room's members changed (read before loading, they tell a
     /// cache whether its copy is still current, in this process or any other).
     async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>>;
@@ -221,6 +225,13 @@ impl Groups for DirectGroups {
             .await
             .map(|_| ());
         // Bumped even when the write failed: it may have been stored before the error.
+        self.versions[Self::stripe(lock.room)].fetch_add(1, Ordering::AcqRel);
+        done
+    }
+
+    async fn dissolve(&self, lock: &RoomLock, now_ms: i64) -> Result<bool> {
+        let done = self.store.dissolve_group(lock.room, now_ms).await;
+        // Bumped even when it failed: it may have been stored before the error.
         self.versions[Self::stripe(lock.room)].fetch_add(1, Ordering::AcqRel);
         done
     }
@@ -376,6 +387,13 @@ impl Groups for CachedGroups {
         self.inner.write(lock, changes).await
     }
 
+    async fn dissolve(&self, lock: &RoomLock, now_ms: i64) -> Result<bool> {
+        let done = self.inner.dissolve(lock, now_ms).await;
+        // This process's copy goes at once (the version token tells every other process).
+        self.cache.invalidate(&lock.room).await;
+        done
+    }
+
     async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {
         self.inner.versions(rooms).await
     }
@@ -424,6 +442,9 @@ mod tests {
         }
         async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> Result<()> {
             self.inner.write(lock, changes).await
+        }
+        async fn dissolve(&self, lock: &RoomLock, now_ms: i64) -> Result<bool> {
+            self.inner.dissolve(lock, now_ms).await
         }
         async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {
             self.inner.versions(rooms).await

@@ -19,6 +19,15 @@
 //! each pending state only if it is still the one it wrote (a change made meanwhile stays and is
 //! flushed next time). Several flushers (one per Meta instance) may run at once.
 //!
+//! A dissolved group (docs/authorization.md) is gone from the database first; then its pending
+//! states are dropped, its dirty entry removed and its version token replaced, in one MULTI. The
+//! room is put in the dirty set before the database changes: if the cleanup fails, the flusher
+//! finds the room dirty, the database refuses to write members of a dissolved room (it checks
+//! under the same row lock the flusher takes, so a flush that raced the dissolution either
+//! committed before it, and its rows were deleted with the others, or writes nothing), and the
+//! flusher does the cleanup itself. Readers never see a dissolved room whatever Redis holds:
+//! the database no longer has it.
+//!
 //! Redis on this machine keeps nothing on disk: a Redis restart loses changes made in the last
 //! flush interval. Run Redis with `appendonly yes` where that matters (docs/operations).
 
@@ -233,10 +242,22 @@ impl WriteBack {
     }
 
     async fn flush_room(&self, room: RoomId) -> Result<()> {
-        let written = self
+        let written = match self
             .store
             .write_members(room, Box::pin(self.pending_of_room(room)))
-            .await?;
+            .await
+        {
+            Ok(written) => written,
+            Err(StoreError::RoomNotFound) => {
+                // Dissolved (or never there): what is pending for it is dropped, never written.
+                tracing::info!(
+                    room_id = room,
+                    "pending changes of a room that is gone dropped"
+                );
+                return self.forget_room(room).await;
+            }
+            Err(e) => return Err(e),
+        };
         let clear = redis::Script::new(CLEAR_FLUSHED);
         let mut script = clear.prepare_invoke();
         script
@@ -255,6 +276,38 @@ impl WriteBack {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    /// Drops everything pending for `room` (both sides of each membership and its dirty entry)
+    /// and replaces its version token, so no cache anywhere keeps using its members.
+    async fn forget_room(&self, room: RoomId) -> Result<()> {
+        let mut c = self.conn.clone();
+        // Under the room's change lock (or for a room gone from the database) nobody adds to
+        // the hash between this read and the MULTI below; the flusher only removes from it.
+        let users: Vec<UserId> = redis::cmd("HKEYS")
+            .arg(self.room_key(room))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for user in users {
+            pipe.cmd("HDEL").arg(self.user_key(user)).arg(room).ignore();
+        }
+        pipe.cmd("DEL").arg(self.room_key(room)).ignore();
+        pipe.cmd("ZREM").arg(self.dirty_key()).arg(room).ignore();
+        self.new_version(&mut pipe, room);
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    /// Queues the replacement of `room`'s version token on `pipe`.
+    fn new_version(&self, pipe: &mut redis::Pipeline, room: RoomId) {
+        pipe.cmd("SET")
+            .arg(self.version_key(room))
+            .arg(rand::random::<u64>() >> 1)
+            .arg("EX")
+            .arg(VERSION_TTL_SECS)
+            .ignore();
     }
 
     /// Flushes until nothing is dirty (at shutdown), or fails.
@@ -452,16 +505,34 @@ impl Groups for WriteBack {
             .arg(now_ms())
             .arg(room)
             .ignore();
-        pipe.cmd("SET")
-            .arg(self.version_key(room))
-            .arg(rand::random::<u64>() >> 1)
-            .arg("EX")
-            .arg(VERSION_TTL_SECS)
-            .ignore();
+        self.new_version(&mut pipe, room);
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
         metrics::counter!("ruststacker_writeback_changes_total").increment(changes.len() as u64);
         Ok(())
+    }
+
+    async fn dissolve(&self, lock: &RoomLock, now: i64) -> Result<bool> {
+        let room = lock.room;
+        // The flusher's to-do, before the database changes: if the cleanup below does not
+        // happen, the flusher finds the room gone and does it.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("ZADD")
+            .arg(self.dirty_key())
+            .arg("NX")
+            .arg(now_ms())
+            .arg(room)
+            .ignore();
+        self.new_version(&mut pipe, room);
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
+        if !self.store.dissolve_group(room, now).await? {
+            return Ok(false);
+        }
+        self.forget_room(room).await?;
+        metrics::counter!("ruststacker_writeback_dissolved_total").increment(1);
+        Ok(true)
     }
 
     async fn versions(&self, rooms: &[RoomId]) -> Result<Vec<u64>> {

@@ -69,6 +69,8 @@ pub struct Issued {
 pub struct AuthUser {
     pub user_id: UserId,
     pub username: String,
+    /// The token version the caller's token was issued under (see [`TokenVersions`]).
+    pub token_version: i64,
 }
 
 impl Auth {
@@ -148,6 +150,7 @@ impl Auth {
         Ok(AuthUser {
             user_id: claims.user_id,
             username: claims.username,
+            token_version: claims.ver,
         })
     }
 
@@ -230,12 +233,13 @@ mod tests {
     #[tokio::test]
     async fn issued_tokens_verify() {
         let a = auth();
-        let t = a.issue(42, "alice", 0).expect("issue");
+        let t = a.issue(42, "alice", 3).expect("issue");
         assert_eq!(
             a.authenticate(&t.token).await.expect("verify"),
             AuthUser {
                 user_id: 42,
-                username: "alice".into()
+                username: "alice".into(),
+                token_version: 3,
             }
         );
     }

@@ -1,5 +1,5 @@
 //! Group management: add members, remove a member, leave, change a role, set one's group
-//! nickname, transfer ownership, rename, search; and one-to-one rooms. Membership changes run
+//! nickname, transfer ownership, rename, search, dissolve; and one-to-one rooms. Membership changes run
 //! under the room's change lock on the room's current state (which may be ahead of the database
 //! with the write-back cache) and write complete membership states.
 //!
@@ -15,9 +15,9 @@ use kit::openapi::ErrorReply;
 use kit::{ApiError, ApiResult, Json, Path, Query, ok};
 use proto::api::{
     AddMembersReply, AddMembersRequest, ChangeRoleRequest, DecideRequest, DecisionReply,
-    DirectRoomReply, DirectRoomRequest, GroupNicknameRequest, JoinRequestBody, JoinRequestView,
-    JoinRequestsReply, MemberRemovedReply, MembershipReply, RenameGroupRequest, Role, RoomView,
-    SearchGroupsReply, SetOpenRequest, TransferRequest,
+    DirectRoomReply, DirectRoomRequest, DissolvedReply, GroupNicknameRequest, JoinRequestBody,
+    JoinRequestView, JoinRequestsReply, MemberRemovedReply, MembershipReply, RenameGroupRequest,
+    Role, RoomView, SearchGroupsReply, SetOpenRequest, TransferRequest,
 };
 use proto::error::ErrorKind;
 use proto::frame::{Notice, NoticeEvent};
@@ -830,6 +830,8 @@ pub(crate) async fn request_to_join(
             "request_pending",
             "your request to join this group is waiting for an answer",
         )),
+        // Dissolved since it was read.
+        Err(store::StoreError::RoomNotFound) => Err(ApiError::room_not_found()),
         Err(e) => Err(db(e)),
     }
 }
@@ -929,5 +931,58 @@ pub(crate) async fn decide(
         room_id,
         user_id: request.user_id,
         approved: req.approve,
+    }))
+}
+
+/// `DELETE /api/group/{room_id}`: the owner dissolves the group. Under the room's lock, so no
+/// change is made to it meanwhile; once answered the room is gone in every process (see
+/// `Groups::dissolve`), and the members who are online are told with a `dissolved` notice.
+/// Dissolves a group (owner only): from the answer on it is unknown everywhere, and the members
+/// who are online get a `dissolved` notice.
+#[utoipa::path(delete, path = "/api/group/{room_id}", tag = "groups",
+    security(("bearer" = [])),
+    params(("room_id" = i64, Path, description = "The room")),
+    responses(
+        (status = 200, description = "Dissolved", body = Envelope<DissolvedReply>),
+        (status = 400, description = "`not_a_group`: a one-to-one room", body = ErrorReply),
+        (status = 403, description = "`not_a_member` or `not_the_owner`", body = ErrorReply),
+        (status = 404, description = "`room_not_found`", body = ErrorReply),
+    ))]
+pub(crate) async fn dissolve(
+    State(s): State<MetaState>,
+    me: AuthUser,
+    Path(room_id): Path<RoomId>,
+) -> ApiResult<DissolvedReply> {
+    let groups = &s.0.groups;
+    let now = kit::now_ms();
+    let lock = groups.lock(room_id).await.map_err(db)?;
+    let done = async {
+        let room = groups
+            .room(room_id)
+            .await
+            .map_err(db)?
+            .ok_or_else(ApiError::room_not_found)?;
+        owner_only(&room, me.user_id, "dissolve the group")?;
+        if !groups.dissolve(&lock, now).await.map_err(db)? {
+            // Not a live group in the database although the group data had it: gone meanwhile.
+            return Err(ApiError::room_not_found());
+        }
+        Ok(room.ids().to_vec())
+    }
+    .await;
+    groups.unlock(lock).await;
+    let members = done?;
+    tracing::info!(
+        room_id,
+        by = me.user_id,
+        members = members.len(),
+        "group dissolved"
+    );
+    let n = notice(room_id, NoticeEvent::Dissolved, Vec::new(), me.user_id);
+    s.0.notifier.send(&members, n).await;
+    Ok(ok(DissolvedReply {
+        room_id,
+        member_ids: members,
+        dissolved_at: kit::rfc3339_ms(now),
     }))
 }

@@ -117,6 +117,7 @@ pub fn router(state: MetaState) -> Router {
         .routes(routes!(user::change_password))
         .routes(routes!(user::profile))
         .routes(routes!(create_group))
+        .routes(routes!(group::dissolve))
         .routes(routes!(members, group::add_members))
         .routes(routes!(group::remove_member))
         .routes(routes!(group::change_role))

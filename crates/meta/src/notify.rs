@@ -2,10 +2,14 @@
 //! pushed in entries of at most 100 targets per gateway. Best effort by design: a notice that
 //! cannot be pushed is logged and counted, since the group's state, not the notice, is the
 //! record a client reads again.
+//!
+//! And token revocations after a password change ([`Notifier::revoke_tokens`]), sent to every
+//! live gateway rather than only those on the user's route: a gateway that holds no connection of
+//! the user may still have their old token version cached, and must forget it.
 
 use std::sync::Arc;
 
-use bus::{PushBus, Routes};
+use bus::{GatewayId, Instances, PushBus, Routes};
 use proto::UserId;
 use proto::frame::Notice;
 use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry};
@@ -15,6 +19,7 @@ use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry};
 pub struct Notifier {
     routes: Arc<dyn Routes>,
     bus: Arc<dyn PushBus>,
+    instances: Arc<dyn Instances>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -24,8 +29,55 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    pub fn new(routes: Arc<dyn Routes>, bus: Arc<dyn PushBus>) -> Self {
-        Self { routes, bus }
+    pub fn new(
+        routes: Arc<dyn Routes>,
+        bus: Arc<dyn PushBus>,
+        instances: Arc<dyn Instances>,
+    ) -> Self {
+        Self {
+            routes,
+            bus,
+            instances,
+        }
+    }
+
+    /// Tells every live gateway (and any other holding a connection of `user`) to close
+    /// `user`'s connections authenticated with a token older than `token_version`. Best effort:
+    /// what cannot be sent is logged; those gateways still refuse the old token at the next
+    /// handshake once their cached version expires (`jwt.revocation_check_secs`).
+    pub async fn revoke_tokens(&self, user: UserId, token_version: i64) {
+        let mut gateways: Vec<GatewayId> = match self.instances.live_gateways().await {
+            Ok(live) => live.into_iter().map(|g| g.gateway_id.into()).collect(),
+            Err(e) => {
+                tracing::warn!(user_id = user, error = %e, "live gateways unavailable for a revocation");
+                Vec::new()
+            }
+        };
+        match self.routes.locate(&[user]).await {
+            Ok(located) => gateways.extend(located.into_keys()),
+            Err(e) => {
+                tracing::warn!(user_id = user, error = %e, "routes unavailable for a revocation");
+            }
+        }
+        gateways.sort_unstable();
+        gateways.dedup();
+        if gateways.is_empty() {
+            return;
+        }
+        let entries = gateways
+            .into_iter()
+            .map(|g| {
+                let entry = PushEntry::Revoke {
+                    user_id: user,
+                    token_version,
+                };
+                (g, entry)
+            })
+            .collect();
+        if let Err(e) = self.bus.publish_many(entries).await {
+            tracing::warn!(user_id = user, error = %e, "revocation not sent");
+            metrics::counter!("ruststacker_revocation_failures_total").increment(1);
+        }
     }
 
     /// Sends `notice` to every connection of `targets`.

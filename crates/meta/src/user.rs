@@ -1,6 +1,7 @@
 //! Profiles: one's own (`GET`/`PUT /api/user/me`), another user's public one
 //! (`GET /api/user/{user_id}`), and the password change (`PUT /api/user/password`), which
-//! revokes every token issued before it and answers with a fresh one.
+//! revokes every token issued before it (closing the WebSockets opened with one) and answers
+//! with a fresh one.
 
 use axum::extract::State;
 use kit::auth::AuthUser;
@@ -137,6 +138,8 @@ pub(crate) async fn change_password(
     if let Some(versions) = s.0.auth.versions() {
         versions.forget(me.user_id);
     }
+    // Open sockets with an older token are closed (4401), wherever they are.
+    s.0.notifier.revoke_tokens(me.user_id, version).await;
     tracing::info!(
         user_id = me.user_id,
         "password changed; older tokens revoked"

@@ -187,6 +187,16 @@ pub struct MemberRemovedReply {
     pub user_id: UserId,
 }
 
+/// Reply of dissolving a group (`DELETE /api/group/{room_id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DissolvedReply {
+    pub room_id: RoomId,
+    /// Who were members when it was dissolved (each was sent a `dissolved` notice).
+    pub member_ids: Vec<UserId>,
+    /// RFC 3339 UTC.
+    pub dissolved_at: String,
+}
+
 /// `PUT /api/group/{room_id}/members/{user_id}/role`: `admin` or `member`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChangeRoleRequest {

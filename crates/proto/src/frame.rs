@@ -39,6 +39,9 @@ pub enum NoticeEvent {
     JoinRequested,
     /// To the requester: `by` rejected request `request_id`.
     JoinRejected,
+    /// To every member: the owner `by` dissolved the group. The room is gone: nothing more
+    /// arrives from it and every operation on it answers 404 `room_not_found`.
+    Dissolved,
 }
 
 /// A live notice of a change in a group, to the members it concerns. Notices are not stored:

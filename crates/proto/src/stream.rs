@@ -39,6 +39,10 @@ pub enum PushEntry {
         notice: Arc<Notice>,
         targets: Vec<UserId>,
     },
+    /// `user_id` changed their password: close each of their connections authenticated with a
+    /// token older than `token_version` (and forget their cached token version, so no such
+    /// token opens a new one). Sent to every live gateway.
+    Revoke { user_id: UserId, token_version: i64 },
     /// Tell the sender's connections that `message_id` was handed off to every recipient.
     Ack {
         sender_id: UserId,

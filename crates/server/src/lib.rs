@@ -36,8 +36,8 @@ pub struct JwtConfig {
     /// Token lifetime in seconds.
     pub expire_secs: u64,
     /// Seconds a service may keep trusting a user's token version: after a password change,
-    /// older tokens are refused at once by the Meta that made it and within this time by every
-    /// other process.
+    /// older tokens are refused at once by the Meta that made it and by every live gateway (told
+    /// by Meta, which also closes their sockets), and within this time by every other process.
     pub revocation_check_secs: u64,
 }
 
@@ -881,7 +881,11 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             cfg.meta.clone(),
             store.clone().ok_or_else(|| need("database"))?,
             groups.clone().ok_or_else(|| need("group data"))?,
-            meta::notify::Notifier::new(running.shared.routes(), running.shared.push()),
+            meta::notify::Notifier::new(
+                running.shared.routes(),
+                running.shared.push(),
+                running.shared.instances(),
+            ),
             limits.clone(),
             auth.clone(),
             ready.clone(),

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// Some of the given user ids do not exist.
     #[error("unknown users: {0:?}")]
     UnknownUsers(Vec<UserId>),
+    /// The room does not exist, or it was dissolved.
+    #[error("no such room")]
+    RoomNotFound,
     /// The database cannot be reached or is overloaded.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -242,7 +245,7 @@ pub trait RoomStore: Send + Sync {
     /// Opens the group to anyone (or closes it: joining then takes an approved request).
     async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()>;
     /// Records `user`'s request to join `room`. Fails with [`StoreError::Conflict`] when one is
-    /// pending already.
+    /// pending already, and with [`StoreError::RoomNotFound`] when the room is gone.
     async fn create_join_request(
         &self,
         room: RoomId,
@@ -280,12 +283,22 @@ pub trait RoomStore: Send + Sync {
     async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>>;
     /// Locks `room`, then awaits `changes` and writes them in one transaction (upsert for a
     /// member, delete for a removal; a cursor never moves back). Returns what was written.
-    /// Concurrent calls for one room run one after the other.
+    /// Concurrent calls for one room run one after the other. Fails with
+    /// [`StoreError::RoomNotFound`], writing nothing and never awaiting `changes`, when the room
+    /// does not exist or was dissolved (also by a call that waited for the lock meanwhile).
     async fn write_members(
         &self,
         room: RoomId,
         changes: ChangesFuture<'_>,
     ) -> Result<MemberChanges>;
+    /// Dissolves the group `room`: under the same room lock as [`RoomStore::write_members`], in
+    /// one transaction, marks it dissolved and deletes its memberships (with their cursors) and
+    /// its pending join requests. Its messages stay stored, reachable by no read that checks the
+    /// room. From then on the room is gone for every method here: `room` and `search_groups` do
+    /// not find it, it is in nobody's `joined_rooms`, appends to it are `RoomNotFound`, and so are
+    /// member writes. Returns `false` (changing nothing) when there is no such live group: an
+    /// unknown id, a one-to-one room, or a group dissolved before.
+    async fn dissolve_group(&self, room: RoomId, now_ms: i64) -> Result<bool>;
 }
 
 #[async_trait]

@@ -412,7 +412,9 @@ impl RoomStore for MySqlStore {
     }
 
     async fn room(&self, id: RoomId) -> Result<Option<Room>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"));
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = ? AND r.dissolved_at IS NULL"
+        ));
         sqlx::query(sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -433,7 +435,7 @@ impl RoomStore for MySqlStore {
         sqlx::query(
             "UPDATE rooms SET name = COALESCE(?, name), \
              search_name = COALESCE(?, search_name), owner_id = COALESCE(?, owner_id) \
-             WHERE id = ?",
+             WHERE id = ? AND dissolved_at IS NULL",
         )
         .bind(name)
         .bind(name.map(str::to_ascii_lowercase))
@@ -450,7 +452,7 @@ impl RoomStore for MySqlStore {
         // collation leaves every character but the lowered ASCII letters exact, as in SQLite.
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.is_group = TRUE AND r.id > ? \
-             AND r.search_name LIKE ? COLLATE utf8mb4_bin ORDER BY r.id LIMIT ?"
+             AND r.dissolved_at IS NULL AND r.search_name LIKE ? COLLATE utf8mb4_bin ORDER BY r.id LIMIT ?"
         ));
         let rows = sqlx::query(sql)
             .bind(after)
@@ -528,7 +530,7 @@ impl RoomStore for MySqlStore {
     }
 
     async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()> {
-        sqlx::query("UPDATE rooms SET is_open = ? WHERE id = ?")
+        sqlx::query("UPDATE rooms SET is_open = ? WHERE id = ? AND dissolved_at IS NULL")
             .bind(open)
             .bind(room)
             .execute(&self.pool)
@@ -544,16 +546,22 @@ impl RoomStore for MySqlStore {
         message: &str,
         now_ms: i64,
     ) -> Result<JoinRequest> {
+        // Reading the room share-locks its row: a dissolution either waits for this request (and
+        // deletes it) or committed before (and the request finds no room).
         let done = sqlx::query(
-            "INSERT INTO join_requests (room_id, user_id, message, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO join_requests (room_id, user_id, message, created_at) \
+             SELECT id, ?, ?, ? FROM rooms WHERE id = ? AND dissolved_at IS NULL",
         )
-        .bind(room)
         .bind(user)
         .bind(message)
         .bind(now_ms)
+        .bind(room)
         .execute(&self.pool)
         .await
         .map_err(translate)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::RoomNotFound);
+        }
         Ok(JoinRequest {
             id: id_from(done.last_insert_id()).map_err(translate)?,
             room_id: room,
@@ -658,7 +666,8 @@ impl RoomStore for MySqlStore {
     async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {ROOM_COLUMNS}, m.role, m.delivered_seq FROM room_members m \
-             JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? ORDER BY r.id"
+             JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? AND r.dissolved_at IS NULL \
+             ORDER BY r.id"
         ));
         let rows = sqlx::query(sql)
             .bind(user)
@@ -684,16 +693,18 @@ impl RoomStore for MySqlStore {
         changes: ChangesFuture<'_>,
     ) -> Result<MemberChanges> {
         let mut tx = self.pool.begin().await.map_err(translate)?;
-        // The room row lock orders this against every other writer of the room's members.
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM rooms WHERE id = ? FOR UPDATE")
+        // The room row lock orders this against every other writer of the room's members, a
+        // dissolution included; a locking read sees the latest commit, so a flush that waited for
+        // a dissolution finds the room dissolved and writes nothing.
+        let dissolved: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT dissolved_at FROM rooms WHERE id = ? FOR UPDATE")
                 .bind(room)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(translate)?;
-        if exists.is_none() {
+        if !matches!(dissolved, Some(None)) {
             tx.rollback().await.map_err(translate)?;
-            return Err(StoreError::Internal(format!("room {room} does not exist")));
+            return Err(StoreError::RoomNotFound);
         }
         let mut changes = match changes.await {
             Ok(c) => c,
@@ -740,6 +751,49 @@ impl RoomStore for MySqlStore {
         tx.commit().await.map_err(translate)?;
         Ok(changes)
     }
+
+    async fn dissolve_group(&self, room: RoomId, now_ms: i64) -> Result<bool> {
+        let mut attempt = 0;
+        loop {
+            match dissolve_once(&self.pool, room, now_ms).await {
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "dissolution was a deadlock victim; retrying");
+                }
+                done => return done.map_err(translate),
+            }
+        }
+    }
+}
+
+/// The room row is updated first: that takes its lock, the one member writes (the write-back
+/// flusher) and append batches take, so they run wholly before or wholly after this.
+async fn dissolve_once(
+    pool: &MySqlPool,
+    room: RoomId,
+    now_ms: i64,
+) -> std::result::Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE rooms SET dissolved_at = ? \
+         WHERE id = ? AND is_group = TRUE AND dissolved_at IS NULL",
+    )
+    .bind(now_ms)
+    .bind(room)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for sql in [
+        "DELETE FROM room_members WHERE room_id = ?",
+        "DELETE FROM join_requests WHERE room_id = ?",
+    ] {
+        sqlx::query(sql).bind(room).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn fetch_room(
@@ -801,13 +855,18 @@ async fn lock_rooms(
     for chunk in ids.chunks(LOCK_CHUNK) {
         let marks = vec!["?"; chunk.len()].join(", ");
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT id, last_seq FROM rooms WHERE id IN ({marks}) ORDER BY id FOR UPDATE"
+            "SELECT id, last_seq, dissolved_at FROM rooms WHERE id IN ({marks}) \
+             ORDER BY id FOR UPDATE"
         ));
         let mut q = sqlx::query(sql);
         for id in chunk {
             q = q.bind(id);
         }
         for row in q.fetch_all(&mut **tx).await? {
+            // A dissolved room stays locked (harmless) but takes no message.
+            if row.try_get::<Option<i64>, _>("dissolved_at")?.is_some() {
+                continue;
+            }
             let last: Seq = row.try_get("last_seq")?;
             seqs.insert(row.try_get("id")?, (last, last));
         }
@@ -822,14 +881,15 @@ async fn append_one(
     m: &NewMessage,
     members: MemberCheck,
 ) -> std::result::Result<std::result::Result<Appended, Rejected>, sqlx::Error> {
+    // The room first: a retry of a message to a room dissolved since is refused like any send.
+    let Some(&(_, last)) = seqs.get(&m.room_id) else {
+        return Ok(Err(Rejected::RoomNotFound));
+    };
     if let Some(cid) = &m.client_msg_id
         && let Some(prior) = by_client_id(tx, m.sender_id, cid, false).await?
     {
         return Ok(earlier(prior, m));
     }
-    let Some(&(_, last)) = seqs.get(&m.room_id) else {
-        return Ok(Err(Rejected::RoomNotFound));
-    };
     let member = match is_member.get(&(m.room_id, m.sender_id)) {
         _ if members == MemberCheck::ByCaller => true,
         Some(&known) => known,

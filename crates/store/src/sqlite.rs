@@ -320,7 +320,9 @@ impl RoomStore for SqliteStore {
     }
 
     async fn room(&self, id: RoomId) -> Result<Option<Room>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = ?"));
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.id = ? AND r.dissolved_at IS NULL"
+        ));
         sqlx::query(sql)
             .bind(id)
             .fetch_optional(&self.reader)
@@ -340,7 +342,7 @@ impl RoomStore for SqliteStore {
         sqlx::query(
             "UPDATE rooms SET name = COALESCE(?, name), \
              search_name = COALESCE(?, search_name), owner_id = COALESCE(?, owner_id) \
-             WHERE id = ?",
+             WHERE id = ? AND dissolved_at IS NULL",
         )
         .bind(name)
         .bind(name.map(str::to_ascii_lowercase))
@@ -355,7 +357,7 @@ impl RoomStore for SqliteStore {
     async fn search_groups(&self, query: &str, after: RoomId, limit: u32) -> Result<Vec<Room>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {ROOM_COLUMNS} FROM rooms r WHERE r.is_group = 1 AND r.id > ? \
-             AND r.search_name LIKE ? ESCAPE '\\' ORDER BY r.id LIMIT ?"
+             AND r.dissolved_at IS NULL AND r.search_name LIKE ? ESCAPE '\\' ORDER BY r.id LIMIT ?"
         ));
         let rows = sqlx::query(sql)
             .bind(after)
@@ -419,7 +421,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()> {
-        sqlx::query("UPDATE rooms SET is_open = ? WHERE id = ?")
+        sqlx::query("UPDATE rooms SET is_open = ? WHERE id = ? AND dissolved_at IS NULL")
             .bind(open)
             .bind(room)
             .execute(&self.writer)
@@ -436,15 +438,19 @@ impl RoomStore for SqliteStore {
         now_ms: i64,
     ) -> Result<JoinRequest> {
         let done = sqlx::query(
-            "INSERT INTO join_requests (room_id, user_id, message, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO join_requests (room_id, user_id, message, created_at) \
+             SELECT id, ?, ?, ? FROM rooms WHERE id = ? AND dissolved_at IS NULL",
         )
-        .bind(room)
         .bind(user)
         .bind(message)
         .bind(now_ms)
+        .bind(room)
         .execute(&self.writer)
         .await
         .map_err(translate)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::RoomNotFound);
+        }
         Ok(JoinRequest {
             id: done.last_insert_rowid(),
             room_id: room,
@@ -544,7 +550,8 @@ impl RoomStore for SqliteStore {
     async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {ROOM_COLUMNS}, m.role, m.delivered_seq FROM room_members m \
-             JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? ORDER BY r.id"
+             JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? AND r.dissolved_at IS NULL \
+             ORDER BY r.id"
         ));
         let rows = sqlx::query(sql)
             .bind(user)
@@ -568,16 +575,18 @@ impl RoomStore for SqliteStore {
         room: RoomId,
         changes: ChangesFuture<'_>,
     ) -> Result<MemberChanges> {
-        // The single writer connection serializes this with every other write.
+        // The single writer connection serializes this with every other write (a dissolution
+        // included).
         let mut tx = self.writer.begin().await.map_err(translate)?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM rooms WHERE id = ?")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(translate)?;
-        if exists.is_none() {
+        let live: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM rooms WHERE id = ? AND dissolved_at IS NULL")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(translate)?;
+        if live.is_none() {
             tx.rollback().await.map_err(translate)?;
-            return Err(StoreError::Internal(format!("room {room} does not exist")));
+            return Err(StoreError::RoomNotFound);
         }
         let mut changes = match changes.await {
             Ok(c) => c,
@@ -623,6 +632,36 @@ impl RoomStore for SqliteStore {
         tx.commit().await.map_err(translate)?;
         Ok(changes)
     }
+
+    async fn dissolve_group(&self, room: RoomId, now_ms: i64) -> Result<bool> {
+        // The single writer serializes this with member writes and appends.
+        let mut tx = self.writer.begin().await.map_err(translate)?;
+        let done = sqlx::query(
+            "UPDATE rooms SET dissolved_at = ? \
+             WHERE id = ? AND is_group = 1 AND dissolved_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(room)
+        .execute(&mut *tx)
+        .await
+        .map_err(translate)?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await.map_err(translate)?;
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM room_members WHERE room_id = ?",
+            "DELETE FROM join_requests WHERE room_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(room)
+                .execute(&mut *tx)
+                .await
+                .map_err(translate)?;
+        }
+        tx.commit().await.map_err(translate)?;
+        Ok(true)
+    }
 }
 
 async fn fetch_room(tx: &mut Transaction<'_, Sqlite>, id: RoomId) -> Result<Option<Room>> {
@@ -642,6 +681,16 @@ async fn append_one(
     m: &NewMessage,
     members: MemberCheck,
 ) -> Result<std::result::Result<Appended, Rejected>> {
+    // The room first: a retry of a message to a room dissolved since is refused like any send.
+    let last: Option<Seq> =
+        sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = ? AND dissolved_at IS NULL")
+            .bind(m.room_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(translate)?;
+    let Some(last) = last else {
+        return Ok(Err(Rejected::RoomNotFound));
+    };
     if let Some(cid) = &m.client_msg_id {
         let prior = sqlx::query("SELECT * FROM messages WHERE sender_id = ? AND client_msg_id = ?")
             .bind(m.sender_id)
@@ -658,14 +707,6 @@ async fn append_one(
             });
         }
     }
-    let last: Option<Seq> = sqlx::query_scalar("SELECT last_seq FROM rooms WHERE id = ?")
-        .bind(m.room_id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(translate)?;
-    let Some(last) = last else {
-        return Ok(Err(Rejected::RoomNotFound));
-    };
     if members == MemberCheck::InTransaction {
         let member: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?")

@@ -509,7 +509,7 @@ async fn write_members_upserts_and_removes_memberships(s: &dyn Store) {
         )
         .await;
     assert!(
-        matches!(missing, Err(StoreError::Internal(_))),
+        matches!(missing, Err(StoreError::RoomNotFound)),
         "{missing:?}"
     );
     assert!(s.joined_rooms(n).await.expect("rooms").is_empty());
@@ -1815,4 +1815,222 @@ async fn sqlite_join_requests_are_one_per_user_and_taken_once() {
 async fn mysql_join_requests_are_one_per_user_and_taken_once() {
     let (_db, s) = mysql().await;
     join_requests_are_one_per_user_and_taken_once(s.as_ref()).await;
+}
+
+// ---- dissolving a group ----
+
+async fn dissolving_a_group_leaves_nothing_reachable_but_its_stored_messages(s: &dyn Store) {
+    let owner = user(s, "dg_owner").await;
+    let member = user(s, "dg_member").await;
+    let asker = user(s, "dg_asker").await;
+    let (room, _) = s
+        .create_group("doomed", owner, &[member], 1)
+        .await
+        .expect("create");
+    let (kept, _) = s
+        .create_group("doomed too", owner, &[member], 1)
+        .await
+        .expect("create");
+    let (direct, _) = s.direct_room(owner, member, 1).await.expect("direct");
+    s.create_join_request(room.id, asker, "hi", 2)
+        .await
+        .expect("request");
+    let stored = s
+        .append_messages(&[
+            msg(1, room.id, owner, Some("dg-1")),
+            msg(2, room.id, member, None),
+        ])
+        .await
+        .expect("append");
+    assert!(stored.iter().all(|r| matches!(r, Ok(Appended::Stored(_)))));
+    s.advance_cursors(&[(member, room.id, 1)])
+        .await
+        .expect("cursor");
+
+    assert!(
+        !s.dissolve_group(direct.id, 3).await.expect("direct"),
+        "a one-to-one room is not dissolved"
+    );
+    assert!(!s.dissolve_group(424_242, 3).await.expect("unknown"));
+    assert!(s.dissolve_group(room.id, 3).await.expect("dissolve"));
+    assert!(
+        !s.dissolve_group(room.id, 4).await.expect("again"),
+        "dissolved once"
+    );
+
+    // The room is gone for every read.
+    assert_eq!(s.room(room.id).await.expect("room"), None);
+    for u in [owner, member] {
+        let rooms: Vec<RoomId> = s
+            .joined_rooms(u)
+            .await
+            .expect("rooms")
+            .iter()
+            .map(|j| j.room.id)
+            .collect();
+        assert!(!rooms.contains(&room.id), "{rooms:?}");
+        assert!(
+            rooms.contains(&kept.id) && rooms.contains(&direct.id),
+            "{rooms:?}"
+        );
+        assert_eq!(s.member_role(room.id, u).await.expect("role"), None);
+        assert_eq!(s.access(room.id, u).await.expect("access"), Access::NoRoom);
+    }
+    assert!(s.members(room.id).await.expect("members").is_empty());
+    assert!(s.member_ids(room.id).await.expect("ids").is_empty());
+    assert!(s.join_requests(room.id).await.expect("requests").is_empty());
+    let found = s.search_groups("doomed", 0, 10).await.expect("search");
+    assert_eq!(ids_of(&found), vec![kept.id]);
+
+    // Nothing can be written to it: no message (not even a retry of a stored one), no member,
+    // no request; the update statements do nothing.
+    for (n, check) in [(0, MemberCheck::InTransaction), (10, MemberCheck::ByCaller)] {
+        let out = s
+            .append(
+                &[
+                    msg(3 + n, room.id, owner, None),
+                    msg(4 + n, room.id, owner, Some("dg-1")),
+                    msg(5 + n, kept.id, owner, None),
+                ],
+                check,
+            )
+            .await
+            .expect("append");
+        assert_eq!(out[0], Err(Rejected::RoomNotFound), "{check:?}");
+        assert_eq!(out[1], Err(Rejected::RoomNotFound), "{check:?}");
+        assert!(matches!(out[2], Ok(Appended::Stored(_))), "{check:?}");
+    }
+    let written = s
+        .write_members(
+            room.id,
+            Box::pin(async { panic!("the changes of a dissolved room are never read") }),
+        )
+        .await;
+    assert!(
+        matches!(written, Err(StoreError::RoomNotFound)),
+        "{written:?}"
+    );
+    let asked = s.create_join_request(room.id, asker, "again", 5).await;
+    assert!(matches!(asked, Err(StoreError::RoomNotFound)), "{asked:?}");
+    s.update_room(room.id, Some("revived"), Some(member))
+        .await
+        .expect("update");
+    s.set_room_open(room.id, true).await.expect("open");
+    assert_eq!(s.room(room.id).await.expect("room"), None);
+    assert!(
+        s.search_groups("revived", 0, 10)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    assert!(s.members(room.id).await.expect("members").is_empty());
+
+    // Its messages stay stored (the record), in order.
+    let messages = s.messages_after(room.id, 0, 10).await.expect("messages");
+    assert_eq!(
+        messages.iter().map(|m| (m.id, m.seq)).collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2)]
+    );
+    // The others are untouched.
+    assert_eq!(
+        s.members(kept.id).await.expect("members").len(),
+        2,
+        "another group of the same people"
+    );
+    assert_eq!(s.members(direct.id).await.expect("members").len(), 2);
+}
+
+/// A member write (the write-back flusher's) racing a dissolution: the two take the same room
+/// lock, so either the write commits first and its rows are deleted with the others, or it
+/// finds the room dissolved and writes nothing. Members never come back.
+async fn a_member_write_racing_a_dissolution_never_brings_members_back(
+    one: Arc<dyn Store>,
+    two: Arc<dyn Store>,
+) {
+    let owner = user(one.as_ref(), "race_owner").await;
+    let late = user(one.as_ref(), "race_late").await;
+    let (room, _) = one
+        .create_group("race", owner, &[], 1)
+        .await
+        .expect("create");
+
+    // The write holds the room while its changes are computed; the dissolution must wait.
+    let (started_tx, started_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let write = {
+        let s = one.clone();
+        tokio::spawn(async move {
+            let changes: ChangesFuture<'static> = Box::pin(async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                Ok(vec![(late, member_state(Role::Member, None, 10, 0))])
+            });
+            s.write_members(room.id, changes).await
+        })
+    };
+    started_rx.await.expect("the write holds the room");
+    let mut dissolve = {
+        let s = two.clone();
+        tokio::spawn(async move { s.dissolve_group(room.id, 20).await })
+    };
+    let early = tokio::time::timeout(Duration::from_millis(200), &mut dissolve).await;
+    assert!(
+        early.is_err(),
+        "the dissolution went ahead while a member write held the room"
+    );
+    let _ = release_tx.send(());
+    let limit = Duration::from_secs(30);
+    tokio::time::timeout(limit, write)
+        .await
+        .expect("the write finishes")
+        .expect("join")
+        .expect("the write went first");
+    let dissolved = tokio::time::timeout(limit, dissolve)
+        .await
+        .expect("the dissolution finishes (no deadlock)")
+        .expect("join")
+        .expect("dissolve");
+    assert!(dissolved);
+    assert!(one.members(room.id).await.expect("members").is_empty());
+    assert_eq!(joined(one.as_ref(), late, room.id).await, None);
+
+    // The other order: a write that comes after the dissolution writes nothing.
+    let after = two
+        .write_members(
+            room.id,
+            ready(vec![(late, member_state(Role::Admin, None, 30, 0))]),
+        )
+        .await;
+    assert!(matches!(after, Err(StoreError::RoomNotFound)), "{after:?}");
+    assert!(one.members(room.id).await.expect("members").is_empty());
+    assert_eq!(joined(one.as_ref(), late, room.id).await, None);
+}
+
+#[tokio::test]
+async fn sqlite_dissolving_a_group_leaves_nothing_reachable_but_its_stored_messages() {
+    let (_d, s) = sqlite().await;
+    dissolving_a_group_leaves_nothing_reachable_but_its_stored_messages(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_dissolving_a_group_leaves_nothing_reachable_but_its_stored_messages() {
+    let (_db, s) = mysql().await;
+    dissolving_a_group_leaves_nothing_reachable_but_its_stored_messages(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_member_write_racing_a_dissolution_never_brings_members_back() {
+    let (_d, s) = sqlite().await;
+    a_member_write_racing_a_dissolution_never_brings_members_back(s.clone(), s).await;
+}
+
+/// Two pools on one database: the flusher of one Meta instance and the dissolution in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_member_write_racing_a_dissolution_never_brings_members_back() {
+    let db = MySqlDb::create().await;
+    let (one, two) = tokio::join!(db.store(), db.store());
+    let (one, two) = (Arc::new(one), Arc::new(two));
+    a_member_write_racing_a_dissolution_never_brings_members_back(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
 }

@@ -364,6 +364,18 @@ impl Client {
         .await
     }
 
+    /// `DELETE /api/group/{room_id}`: dissolve the group.
+    pub async fn dissolve_group(&self, token: &str, room_id: RoomId) -> Reply {
+        self.request(
+            Method::DELETE,
+            Service::Meta,
+            &format!("/api/group/{room_id}"),
+            Some(token),
+            Body::None,
+        )
+        .await
+    }
+
     /// `POST /api/group/{room_id}/leave`.
     pub async fn leave(&self, token: &str, room_id: RoomId) -> Reply {
         self.request(

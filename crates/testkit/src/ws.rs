@@ -57,6 +57,8 @@ pub struct WsClient {
     /// Ids handed out by [`WsClient::next_new_chat`], to skip redeliveries.
     seen: HashSet<MessageId>,
     ended: Option<Ended>,
+    /// The reason of the server's close frame, once one arrived.
+    close_reason: Option<String>,
 }
 
 impl std::fmt::Debug for WsClient {
@@ -129,6 +131,7 @@ impl WsClient {
             pongs: 0,
             seen: HashSet::new(),
             ended: None,
+            close_reason: None,
         };
         match client.next_frame().await? {
             ServerFrame::System {
@@ -178,6 +181,7 @@ impl WsClient {
                     bail!("the gateway sent a binary frame ({} bytes)", b.len())
                 }
                 Some(Ok(Message::Close(frame))) => {
+                    self.close_reason = frame.as_ref().map(|f| f.reason.to_string());
                     let code = frame.map(|f| u16::from(f.code));
                     self.ended = Some(code);
                     bail!("the gateway closed the socket (close code {code:?})");
@@ -393,6 +397,12 @@ impl WsClient {
                 Err(_) => {}
             }
         }
+    }
+
+    /// The reason the server gave in its close frame, once [`WsClient::close_code`] (or a read)
+    /// saw one.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close_reason.as_deref()
     }
 
     /// Closes the socket from this side (code 1000) and waits until the server has answered the

@@ -775,3 +775,172 @@ async fn a_gateway_with_the_registry_url_and_a_wrong_internal_token_refuses_to_s
     );
     c.shutdown().await;
 }
+
+/// The write-back keys of `room`: `(pending states, is it dirty, its version token)`.
+async fn room_keys(c: &Cluster, room: i64) -> (usize, bool, Option<String>) {
+    let mut redis = c.backends.redis().await;
+    let p = &c.backends.redis.prefix;
+    let pending: usize = redis
+        .hlen(format!("{p}:{{grp}}:m:{room}"))
+        .await
+        .expect("hlen");
+    let score: Option<f64> = redis
+        .zscore(format!("{p}:{{grp}}:dirty"), room)
+        .await
+        .expect("zscore");
+    let version: Option<String> = redis
+        .get(format!("{p}:{{grp}}:v:{room}"))
+        .await
+        .expect("get");
+    (pending, score.is_some(), version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dissolved_group_is_gone_in_every_process_and_never_flushed_back() {
+    // Nothing is flushed until meta stops: the group's recent changes are write-back state.
+    let mut c = Cluster::spawn_with(|cfg| cfg.group_cache.flush_interval_ms = 3_600_000).await;
+    let (api1, api2) = (c.api(0, 0), c.api(1, 1));
+    let users = api1
+        .register_users(&["owner", "bob", "dave", "stranger"])
+        .await;
+    let (owner, bob, dave, stranger) = (&users[0], &users[1], &users[2], &users[3]);
+    let room = api1.create_group_ok(owner, "brief", &[bob]).await.room_id;
+    // Dave's membership and Bob's nickname exist only in Redis.
+    api1.add_members(&owner.token, room, &[dave.id])
+        .await
+        .assert_success();
+    api2.set_group_nickname(&bob.token, room, Some("b"))
+        .await
+        .assert_success();
+    let mut sockets = vec![
+        c.ws(0, owner).await,
+        c.ws(0, bob).await,
+        c.ws(1, dave).await,
+    ];
+    // Both Send instances and both gateways have the members cached now.
+    let first = api1.send_ok(owner, room, "one").await;
+    let daves = api2.send_ok(dave, room, "two").await;
+    let bobs = api1.send_ok(bob, room, "three").await;
+    for ws in &mut sockets {
+        let got: Vec<i64> = ws
+            .new_chats(3)
+            .await
+            .expect("every message")
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(
+            got,
+            vec![first.message_id, daves.message_id, bobs.message_id]
+        );
+    }
+    let (pending, dirty, version) = room_keys(&c, room).await;
+    assert!(
+        pending >= 2 && dirty,
+        "write-back state before: {pending} {dirty}"
+    );
+
+    api2.dissolve_group(&owner.token, room)
+        .await
+        .assert_success();
+    for ws in &mut sockets {
+        let n = ws.next_notice().await.expect("the dissolved notice");
+        assert_eq!(
+            (n.room_id, n.event),
+            (room, testkit::proto::frame::NoticeEvent::Dissolved)
+        );
+    }
+    // Gone through either Send instance, for a member whose membership was never flushed and
+    // for one in the database alike.
+    crate::dissolve::assert_room_gone(&api1, room, dave, stranger, daves.message_id).await;
+    crate::dissolve::assert_room_gone(&api2, room, bob, stranger, bobs.message_id).await;
+    let (pending, dirty, after) = room_keys(&c, room).await;
+    assert_eq!((pending, dirty), (0, false), "nothing pending for the room");
+    assert_ne!(after, version, "the version token was replaced");
+    for ws in &mut sockets {
+        ws.expect_no_chat_within(Duration::from_millis(300))
+            .await
+            .expect("nothing more of the room");
+    }
+
+    // A change that reached Redis after the dissolution (a lock that expired mid-change) is
+    // dropped by the flusher, never written back: the database refuses dissolved rooms.
+    {
+        let mut redis = c.backends.redis().await;
+        let p = &c.backends.redis.prefix;
+        let _: () = redis
+            .hset(format!("{p}:{{grp}}:m:{room}"), dave.id, "m|admin|1|0|")
+            .await
+            .expect("hset");
+        let _: () = redis
+            .hset(format!("{p}:{{grp}}:u:{}", dave.id), room, "m|admin|1|0|")
+            .await
+            .expect("hset");
+        let _: () = redis
+            .zadd(format!("{p}:{{grp}}:dirty"), room, 1)
+            .await
+            .expect("zadd");
+    }
+    assert!(
+        !crate::dissolve::joined_ids(&api1, dave)
+            .await
+            .contains(&room),
+        "a stray pending state does not bring the room back"
+    );
+    c.restart_meta().await;
+    assert_eq!(dirty_rooms(&c).await, 0);
+    assert_eq!(room_keys(&c, room).await.0, 0);
+    assert!(stored_members(&c, room).await.is_empty());
+    let api1 = c.api(0, 0);
+    api1.members(&owner.token, room)
+        .await
+        .assert_error(404, "room_not_found");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_closes_older_tokens_sockets_on_every_gateway() {
+    let c = Cluster::spawn().await;
+    let api = c.api(0, 0);
+    let users = api.register_users(&["pw", "peer"]).await;
+    let (me, peer) = (&users[0], &users[1]);
+    let room = api.create_group_ok(peer, "chat", &[me]).await.room_id;
+    let second: testkit::proto::api::LoginReply =
+        api.login(&me.username, testkit::PASSWORD).await.data();
+    let mut on_one = c.ws(0, me).await;
+    let mut on_two = testkit::WsClient::connect(c.gateway_addrs[1], &second.token)
+        .await
+        .expect("the second token connects to gateway 2");
+    let mut peers = c.ws(1, peer).await;
+
+    let fresh: testkit::proto::api::LoginReply = api
+        .change_password(&me.token, testkit::PASSWORD, "a-new-passphrase")
+        .await
+        .data();
+    for ws in [&mut on_one, &mut on_two] {
+        assert_eq!(ws.close_code().await.expect("closed"), Some(4401));
+        assert_eq!(ws.close_reason(), Some("token revoked"));
+    }
+    // Both gateways had the old version cached (the handshakes read it); the revocation made
+    // them forget it, so the old token is refused now, not a cache lifetime later.
+    for gateway in &c.gateway_addrs {
+        let url = testkit::ws::ws_url(*gateway, &second.token);
+        let status = testkit::ws::handshake_status(&url, None)
+            .await
+            .expect("handshake answers");
+        assert_eq!(status, 401, "gateway {gateway} refuses the revoked token");
+    }
+    let mut by_fresh = testkit::WsClient::connect(c.gateway_addrs[0], &fresh.token)
+        .await
+        .expect("the new token connects");
+    let sent = c.api(1, 1).send_ok(peer, room, "still with us?").await;
+    assert_eq!(
+        by_fresh.next_new_chat().await.expect("fresh").id,
+        sent.message_id
+    );
+    assert_eq!(
+        peers.next_new_chat().await.expect("peer").id,
+        sent.message_id
+    );
+    c.shutdown().await;
+}

@@ -10,6 +10,7 @@
 //! - `groups`: member management (add, remove, leave, roles, group nicknames): what it does to
 //!   delivery.
 //! - `rooms`: ownership transfer, rename, group search and one-to-one rooms.
+//! - `dissolve`: dissolving a group: only its owner, and nothing of it is left for anyone.
 //! - `joining`: open groups, join requests, approval and rejection; group notices.
 //! - `limits`: rate limits (429 with Retry-After).
 //! - `messages`: send, history, idempotency, content rules.
@@ -25,6 +26,7 @@
 mod accounts;
 mod cluster;
 mod delivery;
+mod dissolve;
 mod errors;
 mod groups;
 mod internal;

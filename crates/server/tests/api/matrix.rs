@@ -16,9 +16,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use testkit::proto::api::{
-    AddMembersReply, CreateGroupReply, DecisionReply, DirectRoomReply, HistoryReply,
-    JoinRequestView, JoinRequestsReply, JoinedRoomsReply, LoginReply, MemberRemovedReply,
-    MembersReply, MembershipReply, Role, RoomView, SearchGroupsReply, SendMessageReply, UserView,
+    AddMembersReply, CreateGroupReply, DecisionReply, DirectRoomReply, DissolvedReply,
+    HistoryReply, JoinRequestView, JoinRequestsReply, JoinedRoomsReply, LoginReply,
+    MemberRemovedReply, MembersReply, MembershipReply, Role, RoomView, SearchGroupsReply,
+    SendMessageReply, UserView,
 };
 use testkit::proto::{MessageId, RoomId, UserId};
 use testkit::{
@@ -179,6 +180,7 @@ enum Op {
     Transfer(Target),
     Rename,
     SetOpen,
+    Dissolve,
     Join { open: bool },
     AskToJoin { pending: bool },
     Requests,
@@ -212,6 +214,7 @@ impl Op {
             Self::Transfer(_) => "POST /api/group/{room_id}/transfer",
             Self::Rename => "PUT /api/group/{room_id}/name",
             Self::SetOpen => "PUT /api/group/{room_id}/open",
+            Self::Dissolve => "DELETE /api/group/{room_id}",
             Self::Join { .. } => "POST /api/group/{room_id}/join",
             Self::AskToJoin { .. } => "POST /api/group/{room_id}/requests",
             Self::Requests => "GET /api/group/{room_id}/requests",
@@ -288,6 +291,7 @@ const MATRIX: &[Row] = &[
     row(Op::Transfer(Target::NotInRoom),      [NOT_IN_GROUP, NOT_OWNER,    NOT_OWNER,    NOT_MEMBER,   UNAUTH,       NO_ROOM,      NOT_GROUP,    NOT_MEMBER]),
     row(Op::Rename,                           [OK,           OK,           NOT_ADMIN,    NOT_MEMBER,   UNAUTH,       NO_ROOM,      NOT_GROUP,    NOT_MEMBER]),
     row(Op::SetOpen,                          [OK,           OK,           NOT_ADMIN,    NOT_MEMBER,   UNAUTH,       NO_ROOM,      NOT_GROUP,    NOT_MEMBER]),
+    row(Op::Dissolve,                         [OK,           NOT_OWNER,    NOT_OWNER,    NOT_MEMBER,   UNAUTH,       NO_ROOM,      NOT_GROUP,    NOT_MEMBER]),
     // Joining: for outsiders; a one-to-one room is not one to join, whoever asks.
     row(Op::Join { open: false },             [ALREADY_IN,   ALREADY_IN,   ALREADY_IN,   ASK_FIRST,    UNAUTH,       NO_ROOM,      NOT_GROUP,    NOT_GROUP]),
     row(Op::Join { open: true },              [ALREADY_IN,   ALREADY_IN,   ALREADY_IN,   OK,           UNAUTH,       NO_ROOM,      NOT_GROUP,    NOT_GROUP]),
@@ -621,6 +625,7 @@ impl Scene {
             ),
             Op::Rename => (M::PUT, Meta, g("/name"), body(json!({"name": "renamed"}))),
             Op::SetOpen => (M::PUT, Meta, g("/open"), body(json!({"open": true}))),
+            Op::Dissolve => (M::DELETE, Meta, g(""), Body::None),
             Op::Join { .. } => (M::POST, Meta, g("/join"), Body::None),
             Op::AskToJoin { .. } => (
                 M::POST,
@@ -660,6 +665,22 @@ impl Scene {
                 body(json!({"message_id": self.message.expect("a message")})),
             ),
             Op::Sync => unreachable!("a WebSocket frame, not a request"),
+        }
+    }
+
+    /// A dissolved group: the reply names its members, and it is unknown from then on.
+    async fn dissolved(&self, rel: Rel, reply: &Reply) {
+        let room = self.room(rel);
+        let gone: DissolvedReply = reply.data();
+        assert_eq!(gone.room_id, room);
+        for user in [&self.owner, &self.admin, &self.member] {
+            assert!(gone.member_ids.contains(&user.id), "{gone:?}");
+            self.api
+                .members(&user.token, room)
+                .await
+                .assert_error(404, "room_not_found");
+            let joined: JoinedRoomsReply = self.api.joined_rooms(&user.token).await.data();
+            assert!(!joined.room_ids.contains(&room), "{joined:?}");
         }
     }
 
@@ -889,6 +910,7 @@ impl Scene {
                 );
             }
             Op::Sync => unreachable!("not a request"),
+            Op::Dissolve => unreachable!("checked by `dissolved`"),
         }
         want
     }
@@ -917,6 +939,8 @@ async fn run_cell(api: Client, op: Op, rel: Rel, want: Cell) {
             )
             .await;
         match want {
+            // The room is gone: there is no snapshot to take afterwards.
+            Cell::Ok if op == Op::Dissolve => return scene.dissolved(rel, &reply).await,
             Cell::Ok => scene.succeeded(op, rel, &reply, &before).await,
             Cell::Refused(status, error) => {
                 reply.assert_error(status, error);

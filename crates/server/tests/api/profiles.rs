@@ -1,5 +1,6 @@
 //! Profiles and the password change: one's own profile, another user's public one, nickname and
-//! avatar, and a password change that revokes every older token (HTTP and WebSocket handshake).
+//! avatar, and a password change that revokes every older token (HTTP, WebSocket handshake, and
+//! the sockets already open with one).
 
 use testkit::proto::api::{LoginReply, UserView};
 use testkit::{PASSWORD, TestApp, json};
@@ -115,4 +116,42 @@ async fn a_password_change_revokes_every_older_token() {
         .assert_error(401, "invalid_credentials");
     let again: LoginReply = app.api.login(&me.username, "a-new-passphrase").await.data();
     app.api.me(&again.token).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_closes_the_sockets_opened_with_older_tokens_only() {
+    let app = TestApp::spawn().await;
+    let users = app.users(&["pwws", "peer"]).await;
+    let (me, peer) = (&users[0], &users[1]);
+    let room = app.api.create_group_ok(peer, "chat", &[me]).await.room_id;
+    let second: LoginReply = app.api.login(&me.username, PASSWORD).await.data();
+    let mut by_first = app.ws(me).await;
+    let mut by_second = testkit::WsClient::connect(app.addrs().gateway, &second.token)
+        .await
+        .expect("the second token connects");
+    let mut peers = app.ws(peer).await;
+
+    let fresh: LoginReply = app
+        .api
+        .change_password(&me.token, PASSWORD, "a-new-passphrase")
+        .await
+        .data();
+    // Opened with the new token right away, maybe before the gateway handled the revocation.
+    let mut by_fresh = testkit::WsClient::connect(app.addrs().gateway, &fresh.token)
+        .await
+        .expect("the new token connects");
+    for ws in [&mut by_first, &mut by_second] {
+        assert_eq!(ws.close_code().await.expect("closed"), Some(4401));
+        assert_eq!(ws.close_reason(), Some("token revoked"));
+    }
+    // The new token's socket and everyone else's stay, and keep receiving.
+    let sent = app.api.send_ok(peer, room, "still with us?").await;
+    assert_eq!(
+        by_fresh.next_new_chat().await.expect("fresh").id,
+        sent.message_id
+    );
+    assert_eq!(
+        peers.next_new_chat().await.expect("peer").id,
+        sent.message_id
+    );
 }
