@@ -479,11 +479,12 @@ async fn ws_handshake(
     Ok(upgrade
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            let tracked =
-                state
-                    .0
-                    .conns
-                    .track_future(conn::serve(state.clone(), user.user_id, q.ack, socket));
+            // Every line a connection logs names its user (never its token).
+            let span = tracing::info_span!("ws", user_id = user.user_id, ack = q.ack);
+            let tracked = state.0.conns.track_future(tracing::Instrument::instrument(
+                conn::serve(state.clone(), user.user_id, q.ack, socket),
+                span,
+            ));
             tracked.await;
         })
         .into_response())

@@ -11,6 +11,7 @@ use proto::UserId;
 use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry, PushMessage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// What fan-out needs.
 #[derive(Clone)]
@@ -41,14 +42,19 @@ impl Fanout {
                         continue;
                     }
                 };
-                let mut entries = Vec::new();
-                for m in batch.drain(..) {
-                    // A room that is gone has nobody to deliver to.
-                    if let Some(Some(room)) = members.get(&m.room_id) {
-                        self.entries_for(m, room.ids(), &mut entries).await;
+                let span = tracing::debug_span!("fanout", messages = batch.len());
+                async {
+                    let mut entries = Vec::new();
+                    for m in batch.drain(..) {
+                        // A room that is gone has nobody to deliver to.
+                        if let Some(Some(room)) = members.get(&m.room_id) {
+                            self.entries_for(m, room.ids(), &mut entries).await;
+                        }
                     }
+                    self.publish(entries).await;
                 }
-                self.publish(entries).await;
+                .instrument(span)
+                .await;
             }
         });
         (tx, task)
@@ -89,6 +95,12 @@ impl Fanout {
                 out.push((gateway.clone(), entry));
             }
         }
+        tracing::debug!(
+            message_id = m.id,
+            room_id = room,
+            gateways = located.len(),
+            "message fanned out"
+        );
         for gateway in sender_gateways {
             let ack = PushEntry::Ack {
                 sender_id: m.sender_id,

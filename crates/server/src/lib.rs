@@ -51,25 +51,6 @@ impl Default for JwtConfig {
     }
 }
 
-/// Logging (the seed's `log:` block).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A level or an env-filter directive; `RUST_LOG` overrides it.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
-    }
-}
-
 /// The seed's Monitor (`monitor:`): per-route latency and success rate at `/debug/monitor`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,7 +76,7 @@ pub struct AllConfig {
     /// Seconds a graceful shutdown may take before it stops waiting.
     pub shutdown_timeout_secs: u64,
     pub jwt: JwtConfig,
-    pub log: LogConfig,
+    pub log: kit::telemetry::LogConfig,
     pub monitor: MonitorConfig,
     pub meta: meta::Config,
     pub send: send::Config,
@@ -259,7 +240,7 @@ impl Default for AllConfig {
             data_dir: PathBuf::from("./data"),
             shutdown_timeout_secs: 10,
             jwt: JwtConfig::default(),
-            log: LogConfig::default(),
+            log: kit::telemetry::LogConfig::default(),
             monitor: MonitorConfig::default(),
             meta: meta::Config::default(),
             send: send::Config::default(),

@@ -57,14 +57,19 @@ enum Cmd {
     },
 }
 
-fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<server::AllConfig> {
+/// Loads the config and installs logging and metrics. The guard keeps the log file's writer
+/// thread alive until `main` returns (dropping it flushes the file).
+fn load(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(server::AllConfig, kit::telemetry::LogGuard)> {
     let mut cfg = server::AllConfig::load(config.as_deref())?;
     if let Some(d) = data_dir {
         cfg.data_dir = d;
     }
-    kit::telemetry::init_logging(&cfg.log.level, cfg.log.format == "json");
+    let guard = kit::telemetry::init_logging(&cfg.log).map_err(anyhow::Error::msg)?;
     kit::telemetry::init_metrics();
-    Ok(cfg)
+    Ok((cfg, guard))
 }
 
 async fn shutdown_signal() {
@@ -111,7 +116,7 @@ async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()>
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::All { config, data_dir } => {
-            let cfg = load(config, data_dir)?;
+            let (cfg, _log) = load(config, data_dir)?;
             let data_dir = cfg.data_dir.clone();
             if cfg.mysql.is_none() {
                 println!("ruststacker all: data in {}", data_dir.display());
@@ -120,14 +125,24 @@ async fn main() -> anyhow::Result<()> {
             }
             run(cfg, server::Roles::ALL).await?;
         }
-        Cmd::Meta { config } => run(load(Some(config), None)?, server::Roles::META).await?,
-        Cmd::Send { config } => run(load(Some(config), None)?, server::Roles::SEND).await?,
-        Cmd::Gateway { config } => run(load(Some(config), None)?, server::Roles::GATEWAY).await?,
+        Cmd::Meta { config } => {
+            let (cfg, _log) = load(Some(config), None)?;
+            run(cfg, server::Roles::META).await?;
+        }
+        Cmd::Send { config } => {
+            let (cfg, _log) = load(Some(config), None)?;
+            run(cfg, server::Roles::SEND).await?;
+        }
+        Cmd::Gateway { config } => {
+            let (cfg, _log) = load(Some(config), None)?;
+            run(cfg, server::Roles::GATEWAY).await?;
+        }
         Cmd::Registry { config } => {
-            run(load(Some(config), None)?, server::Roles::REGISTRY).await?;
+            let (cfg, _log) = load(Some(config), None)?;
+            run(cfg, server::Roles::REGISTRY).await?;
         }
         Cmd::Migrate { config, data_dir } => {
-            let cfg = load(config, data_dir)?;
+            let (cfg, _log) = load(config, data_dir)?;
             server::migrate(&cfg).await?;
             match &cfg.mysql {
                 Some(m) => println!(

@@ -12,6 +12,7 @@
 //! - `rooms`: ownership transfer, rename, group search and one-to-one rooms.
 //! - `joining`: open groups, join requests, approval and rejection; group notices.
 //! - `limits`: rate limits (429 with Retry-After).
+//! - `logs`: the real binary's logs (stdout, rotated file, spans) never carry a secret.
 //! - `messages`: send, history, idempotency, content rules.
 //! - `errors`: every error status and stable name, and that no internal text leaks.
 //! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
@@ -30,6 +31,7 @@ mod groups;
 mod internal;
 mod joining;
 mod limits;
+mod logs;
 mod matrix;
 mod messages;
 mod openapi;
