@@ -72,6 +72,8 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(batch);
         while rx.recv_many(&mut jobs, batch).await > 0 {
+            metrics::gauge!("ruststacker_send_queue_length", "queue" => "commit")
+                .set(rx.len() as f64);
             let (messages, replies): (Vec<NewMessage>, Vec<_>) =
                 jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
             metrics::histogram!("ruststacker_send_commit_batch_size").record(messages.len() as f64);

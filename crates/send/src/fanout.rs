@@ -28,9 +28,14 @@ impl Fanout {
     /// Starts the fan-out task; it ends when the committer drops its sender and the queue is empty.
     pub fn spawn(self, queue: usize) -> (mpsc::Sender<Arc<PushMessage>>, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Arc<PushMessage>>(queue.max(1));
+        for stage in ["members", "routes", "publish"] {
+            metrics::counter!("ruststacker_fanout_failures_total", "stage" => stage).increment(0);
+        }
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                metrics::gauge!("ruststacker_send_queue_length", "queue" => "fanout")
+                    .set(rx.len() as f64);
                 let rooms: Vec<_> = batch.iter().map(|m| m.room_id).collect();
                 let members = match self.groups.current(&rooms).await {
                     Ok(m) => m,

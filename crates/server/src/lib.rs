@@ -522,10 +522,11 @@ enum Db {
 }
 
 impl Db {
+    /// The database every service uses, with each call timed (`ruststacker_db_call_*`).
     fn shared(&self) -> Arc<dyn store::Store> {
         match self {
-            Self::Sqlite(s) => Arc::new(s.clone()),
-            Self::MySql(s) => Arc::new(s.clone()),
+            Self::Sqlite(s) => Arc::new(store::metered::Metered(s.clone())),
+            Self::MySql(s) => Arc::new(store::metered::Metered(s.clone())),
         }
     }
 
@@ -876,6 +877,10 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             .push(serve(l, meta::router(state), stop.clone()));
     }
     if let Some(l) = registry_l {
+        running.background.push(tokio::spawn(count_instances(
+            running.shared.instances(),
+            stop.clone(),
+        )));
         let state = registry::RegistryState::new(
             running.shared.instances(),
             running.shared.routes(),
@@ -887,6 +892,26 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             .push(serve(l, registry::router(state), stop.clone()));
     }
     Ok(running)
+}
+
+/// The registry's view of live instances, as gauges (`ruststacker_registry_live_instances`),
+/// sampled every 5 s.
+async fn count_instances(instances: Arc<dyn bus::Instances>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(g) = instances.live_gateways().await {
+            metrics::gauge!("ruststacker_registry_live_instances", "kind" => "gateway")
+                .set(g.len() as f64);
+        }
+        if let Ok(s) = instances.live_sends().await {
+            metrics::gauge!("ruststacker_registry_live_instances", "kind" => "send")
+                .set(s.len() as f64);
+        }
+    }
 }
 
 impl Running {
