@@ -93,8 +93,19 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()> {
+/// Runs `roles` until SIGINT/SIGTERM, reloading the config from `file` on SIGHUP and on edits.
+async fn run(
+    cfg: server::AllConfig,
+    roles: server::Roles,
+    file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let running = server::start(cfg, roles).await?;
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watcher = server::reload::watch(
+        std::sync::Arc::new(running.reloader(file, data_dir)),
+        stop_watching.clone(),
+    );
     let show = |name: &str, scheme: &str, path: &str, addr: Option<std::net::SocketAddr>| {
         if let Some(a) = addr {
             println!("  {name:<9} {scheme}://{a}{path}");
@@ -107,6 +118,8 @@ async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()>
     println!("Ctrl-C stops it gracefully.");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    stop_watching.cancel();
+    let _ = watcher.await;
     running.shutdown().await?;
     println!("stopped");
     Ok(())
@@ -116,30 +129,29 @@ async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()>
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::All { config, data_dir } => {
-            let (cfg, _log) = load(config, data_dir)?;
-            let data_dir = cfg.data_dir.clone();
+            let (cfg, _log) = load(config.clone(), data_dir.clone())?;
             if cfg.mysql.is_none() {
-                println!("ruststacker all: data in {}", data_dir.display());
+                println!("ruststacker all: data in {}", cfg.data_dir.display());
             } else {
                 println!("ruststacker all: on MySQL and Redis");
             }
-            run(cfg, server::Roles::ALL).await?;
+            run(cfg, server::Roles::ALL, config, data_dir).await?;
         }
         Cmd::Meta { config } => {
-            let (cfg, _log) = load(Some(config), None)?;
-            run(cfg, server::Roles::META).await?;
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::META, Some(config), None).await?;
         }
         Cmd::Send { config } => {
-            let (cfg, _log) = load(Some(config), None)?;
-            run(cfg, server::Roles::SEND).await?;
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::SEND, Some(config), None).await?;
         }
         Cmd::Gateway { config } => {
-            let (cfg, _log) = load(Some(config), None)?;
-            run(cfg, server::Roles::GATEWAY).await?;
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::GATEWAY, Some(config), None).await?;
         }
         Cmd::Registry { config } => {
-            let (cfg, _log) = load(Some(config), None)?;
-            run(cfg, server::Roles::REGISTRY).await?;
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::REGISTRY, Some(config), None).await?;
         }
         Cmd::Migrate { config, data_dir } => {
             let (cfg, _log) = load(config, data_dir)?;

@@ -17,6 +17,7 @@
 //! - `errors`: every error status and stable name, and that no internal text leaks.
 //! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
+//! - `reload`: editing the config file (or SIGHUP) under the running binary.
 //! - `restart`: a graceful restart on the same data keeps everything.
 //! - `openapi`: the OpenAPI documents match the routes; JSON bodies must be objects.
 //! - `ops`: health, ping, metrics and the registry.
@@ -37,6 +38,7 @@ mod messages;
 mod openapi;
 mod ops;
 mod profiles;
+mod reload;
 mod restart;
 mod rooms;
 mod websocket;
