@@ -20,6 +20,7 @@
 //! - `reload`: editing the config file (or SIGHUP) under the running binary.
 //! - `restart`: a graceful restart on the same data keeps everything.
 //! - `openapi`: the OpenAPI documents match the routes; JSON bodies must be objects.
+//! - `deploy`: the dashboard's metrics exist in a live cluster; Prometheus scrapes every port.
 //! - `ops`: health, ping, metrics and the registry.
 //! - `internal`: the registry's internal endpoints and the internal token.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
@@ -27,6 +28,7 @@
 mod accounts;
 mod cluster;
 mod delivery;
+mod deploy;
 mod errors;
 mod groups;
 mod internal;
