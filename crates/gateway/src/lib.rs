@@ -563,3 +563,17 @@ async fn health(State(s): State<GatewayState>) -> Response {
     }
     kit::http::health_reply("gateway", &s.0.ready, checks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_check_fails_once_the_consumer_has_not_read_for_a_while() {
+        assert!(stream_check(0).ok);
+        assert!(stream_check(STREAM_STALE_MS - 1).ok);
+        let stale = stream_check(STREAM_STALE_MS + 5_000);
+        assert!(!stale.ok);
+        assert_eq!(stale.detail, "no successful read for 20 s");
+    }
+}

@@ -242,3 +242,25 @@ async fn record_request(
         .record(took.as_secs_f64());
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_503_and_not_ready_from_the_start_of_a_shutdown_even_with_every_check_ok() {
+        let ready = Ready::default();
+        let ok = || vec![Check::from_result::<()>("database", &Ok(()))];
+        assert_eq!(health_reply("meta", &ready, ok()).status(), StatusCode::OK);
+        ready.set_not_ready();
+        assert_eq!(
+            health_reply("meta", &ready, ok()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let down = vec![Check::from_result("database", &Err(()))];
+        assert_eq!(
+            health_reply("meta", &Ready::default(), down).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
