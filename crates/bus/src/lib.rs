@@ -3,7 +3,7 @@
 //! the instance registry ([`Instances`]). [`inproc`] implements them inside one process for
 //! `ruststacker all`; [`redis`] implements them over Redis for the distributed mode, and
 //! [`http::RegistryClient`] over the registry's HTTP API, for a gateway or Send instance configured
-//! with the seed's `registry.url`.
+//! with the seed's `registry.url`. [`metered`] times every Redis call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use proto::stream::PushEntry;
 pub mod cache;
 pub mod http;
 pub mod inproc;
+pub mod metered;
 pub mod redis;
 
 pub use cache::CachedRoutes;

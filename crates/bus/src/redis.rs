@@ -22,6 +22,7 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 
+use crate::metered::Metered;
 use crate::{BusError, GatewayId, GatewayRegistration, Instances, PushBus, Routes};
 
 const GROUP: &str = "gateways";
@@ -60,7 +61,8 @@ pub struct RedisSettings {
 #[derive(Clone)]
 pub struct RedisBus {
     client: redis::Client,
-    conn: ConnectionManager,
+    /// Every call through it is timed (`ruststacker_redis_call_duration_seconds`).
+    conn: Metered<ConnectionManager>,
     s: RedisSettings,
     /// Live gateway ids, re-read at most once per [`LIVE_CACHE_TTL`]: routes that point at a dead
     /// gateway (it crashed, its routes have not expired yet) are not pushed to.
@@ -97,7 +99,7 @@ impl RedisBus {
             .map_err(unavailable)?;
         Ok(Self {
             client,
-            conn,
+            conn: Metered(conn),
             s: settings,
             live: Default::default(),
         })
@@ -105,7 +107,7 @@ impl RedisBus {
 
     /// The shared request/response connection, for other Redis-backed parts (group data).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.0.clone()
     }
 
     pub fn settings(&self) -> &RedisSettings {
@@ -152,6 +154,41 @@ impl RedisBus {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    /// The state of `gateway`'s stream, in one round trip: its length, and for the consumer
+    /// group the entries not yet read (lag), read but not acknowledged (pending) and the age of
+    /// the oldest pending one.
+    pub async fn stream_stats(&self, gateway: &str) -> Result<StreamStats, BusError> {
+        let key = self.stream_key(gateway);
+        let mut c = self.conn.clone();
+        let (length, groups, pending): (
+            usize,
+            redis::streams::StreamInfoGroupsReply,
+            redis::streams::StreamPendingReply,
+        ) = redis::pipe()
+            .xlen(&key)
+            .xinfo_groups(&key)
+            .xpending(&key, GROUP)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let group = groups.groups.iter().find(|g| g.name == GROUP);
+        let oldest_pending_ms = match &pending {
+            redis::streams::StreamPendingReply::Data(d) => d
+                .start_id
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse::<i64>().ok())
+                .map(|at| (now_ms() - at).max(0)),
+            _ => None,
+        };
+        Ok(StreamStats {
+            length,
+            lag: group.and_then(|g| g.lag),
+            pending: pending.count(),
+            oldest_pending_ms,
+        })
     }
 
     /// Opens `gateway`'s stream for consuming, on a dedicated connection (a blocking read must not
@@ -702,6 +739,19 @@ impl Instances for RedisBus {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// What [`RedisBus::stream_stats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Entries in the stream (read or not; trimmed to about `stream_maxlen`).
+    pub length: usize,
+    /// Entries the consumer group has not read yet (`None` when Redis cannot tell).
+    pub lag: Option<usize>,
+    /// Entries read and not acknowledged.
+    pub pending: usize,
+    /// How long ago the oldest pending entry was appended, in milliseconds.
+    pub oldest_pending_ms: Option<i64>,
 }
 
 /// A gateway's end of its push stream.

@@ -77,6 +77,10 @@ struct Writer {
     ack_mode: bool,
     last_sent: HashMap<RoomId, Seq>,
     unflushed: HashMap<RoomId, Seq>,
+    /// Chat frames fed since the last flush, and when the first live one of them was stored
+    /// (0: none), for the metrics recorded once per flush.
+    fed: u64,
+    first_live_ms: i64,
 }
 
 impl Writer {
@@ -87,6 +91,7 @@ impl Writer {
         text: Utf8Bytes,
     ) -> Result<(), WriteError> {
         self.sink.feed(Message::Text(text)).await?;
+        self.fed += 1;
         self.last_sent.insert(room, seq);
         let e = self.unflushed.entry(room).or_insert(seq);
         *e = (*e).max(seq);
@@ -97,9 +102,18 @@ impl Writer {
     /// acknowledges for itself).
     async fn flush(&mut self) -> Result<(), WriteError> {
         self.sink.flush().await?;
+        if self.fed > 0 {
+            metrics::counter!("ruststacker_gateway_frames_sent_total")
+                .increment(std::mem::take(&mut self.fed));
+        }
+        if self.first_live_ms > 0 {
+            // Sampled once per flush: the oldest live frame in it (Send's clock to ours).
+            let took = kit::now_ms() - std::mem::take(&mut self.first_live_ms);
+            metrics::histogram!("ruststacker_push_latency_seconds")
+                .record(took.max(0) as f64 / 1000.0);
+        }
         let book = &self.state.0.cursors;
         for (room, seq) in self.unflushed.drain() {
-            metrics::counter!("ruststacker_gateway_frames_sent_total").increment(1);
             if !self.ack_mode {
                 book.advance(self.user, room, seq);
             }
@@ -175,6 +189,9 @@ impl Writer {
         match item {
             Outbound::Chat(chat) => {
                 let (room, seq) = (chat.room, chat.seq);
+                if self.first_live_ms == 0 {
+                    self.first_live_ms = chat.created_at_ms;
+                }
                 match self.last_sent.get(&room).copied() {
                     Some(last) if seq <= last => Ok(()),
                     Some(last) if seq > last + 1 => {
@@ -387,6 +404,8 @@ async fn write_loop(
         ack_mode,
         last_sent: HashMap::new(),
         unflushed: HashMap::new(),
+        fed: 0,
+        first_live_ms: 0,
     };
     let served = w.serve(&mut rx, &shared).await;
     let socket_ok = match served {

@@ -52,6 +52,10 @@ pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: 
         }
         match read {
             Ok(batch) => {
+                state
+                    .0
+                    .stream_read_ms
+                    .store(kit::now_ms(), std::sync::atomic::Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
                 let mut ids = Vec::with_capacity(batch.len());
                 let now = Instant::now();
@@ -71,6 +75,7 @@ pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: 
                 }
             }
             Err(e) => {
+                metrics::counter!("ruststacker_gateway_stream_read_errors_total").increment(1);
                 tracing::warn!(error = %e, "stream read failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -117,6 +122,38 @@ async fn fill_hole(state: &GatewayState, released: &Released) {
         }
         // The connections fill the gap themselves.
         Err(e) => tracing::debug!(error = %e, "hole fill failed"),
+    }
+}
+
+/// How often the stream's length, lag and pending entries are sampled.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// Samples this gateway's stream (XLEN, XINFO GROUPS, XPENDING in one round trip) into gauges
+/// labelled with the gateway's id.
+pub(crate) async fn stream_stats(state: GatewayState, bus: RedisBus, stop: CancellationToken) {
+    let gateway = state.0.id.to_string();
+    let mut tick = tokio::time::interval(STATS_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match bus.stream_stats(&gateway).await {
+            Ok(s) => {
+                let g = gateway.clone();
+                metrics::gauge!("ruststacker_gateway_stream_length", "gateway" => g.clone())
+                    .set(s.length as f64);
+                if let Some(lag) = s.lag {
+                    metrics::gauge!("ruststacker_gateway_stream_lag", "gateway" => g.clone())
+                        .set(lag as f64);
+                }
+                metrics::gauge!("ruststacker_gateway_stream_pending", "gateway" => g.clone())
+                    .set(s.pending as f64);
+                metrics::gauge!("ruststacker_gateway_stream_oldest_pending_seconds", "gateway" => g)
+                    .set(s.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0);
+            }
+            Err(e) => tracing::debug!(error = %e, "stream stats not read"),
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub const CLOSE_ABORT: u16 = 1006;
 pub struct ChatOut {
     pub room: RoomId,
     pub seq: Seq,
+    /// When Send stored the message (Unix ms), for the send-to-push latency.
+    pub created_at_ms: i64,
     pub text: Utf8Bytes,
 }
 
@@ -161,14 +163,19 @@ impl Hub {
     /// it. Full queues get their connection closed as slow consumers.
     pub fn deliver(&self, targets: &[UserId], item: &Outbound) -> usize {
         let mut queued = 0;
+        let (mut full, mut closed, mut deepest) = (0u64, 0u64, 0usize);
         for user in targets {
             let Some(conns) = self.conns.get(user) else {
                 continue;
             };
             for c in conns.iter() {
                 match c.tx.try_send(item.clone()) {
-                    Ok(()) => queued += 1,
+                    Ok(()) => {
+                        queued += 1;
+                        deepest = deepest.max(c.tx.max_capacity() - c.tx.capacity());
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        full += 1;
                         if !c.shared.kick.is_cancelled() {
                             tracing::info!(user_id = user, conn = c.id, "slow consumer closed");
                             metrics::counter!("ruststacker_gateway_slow_consumers_total")
@@ -176,11 +183,23 @@ impl Hub {
                         }
                         c.shared.close(CLOSE_SLOW_CONSUMER);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
                 }
             }
         }
+        // Once per entry, not per target: the push path stays free of per-delivery metric calls.
         metrics::counter!("ruststacker_gateway_frames_queued_total").increment(queued as u64);
+        if queued > 0 {
+            metrics::histogram!("ruststacker_gateway_queue_depth").record(deepest as f64);
+        }
+        if full > 0 {
+            metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => "queue_full")
+                .increment(full);
+        }
+        if closed > 0 {
+            metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => "closed")
+                .increment(closed);
+        }
         queued
     }
 

@@ -151,6 +151,9 @@ pub(crate) struct Inner {
     registry_http: bool,
     /// The push stream's Redis, for `/health` when routes do not go there (`registry_http`).
     stream_bus: std::sync::OnceLock<bus::redis::RedisBus>,
+    /// Distributed mode: when the stream consumer last read successfully (Unix ms; a read
+    /// returns at least once a second, empty or not). `/health` reports the consumer from it.
+    pub(crate) stream_read_ms: std::sync::atomic::AtomicI64,
     ready: Ready,
 }
 
@@ -180,6 +183,7 @@ impl GatewayState {
             catch_up: std::sync::atomic::AtomicBool::new(false),
             registry_http: deps.registry_http,
             stream_bus: std::sync::OnceLock::new(),
+            stream_read_ms: std::sync::atomic::AtomicI64::new(0),
             ready: deps.ready,
         }))
     }
@@ -197,6 +201,14 @@ impl GatewayState {
     /// flusher. `stream` is this gateway's push stream.
     pub async fn start(&self, stream: Stream) -> Result<Background, bus::BusError> {
         self.register().await?;
+        // Series that only count trouble exist from the start, at 0, so rates and alerts on
+        // them work before the first event.
+        metrics::gauge!("ruststacker_gateway_connections").set(self.connections() as f64);
+        metrics::counter!("ruststacker_gateway_slow_consumers_total").increment(0);
+        for reason in ["queue_full", "closed"] {
+            metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => reason)
+                .increment(0);
+        }
         let stop = CancellationToken::new();
         let consumer_stop = CancellationToken::new();
         let mut tasks = vec![
@@ -222,6 +234,15 @@ impl GatewayState {
                     self.clone(),
                     stop.clone(),
                 )));
+                tasks.push(tokio::spawn(distributed::stream_stats(
+                    self.clone(),
+                    bus.clone(),
+                    stop.clone(),
+                )));
+                // Healthy from the start: the consumer's first read is about to happen.
+                self.0
+                    .stream_read_ms
+                    .store(kit::now_ms(), std::sync::atomic::Ordering::Relaxed);
                 // Started once per state: the cell is empty.
                 let _ = self.0.stream_bus.set(bus);
                 tokio::spawn(distributed::consume(
@@ -262,6 +283,7 @@ impl GatewayState {
                 let item = Outbound::Chat(Arc::new(hub::ChatOut {
                     room: m.room_id,
                     seq: m.seq,
+                    created_at_ms: m.created_at_ms,
                     text,
                 }));
                 self.0.hub.deliver(&targets, &item);
@@ -379,8 +401,16 @@ impl GatewayState {
 }
 
 async fn consume(state: GatewayState, mut stream: mpsc::Receiver<PushEntry>) {
+    let length =
+        metrics::gauge!("ruststacker_gateway_stream_length", "gateway" => state.0.id.to_string());
+    let mut n: u32 = 0;
     while let Some(entry) = stream.recv().await {
         state.dispatch(entry);
+        // The in-process stream's backlog, sampled every 64 entries (and when it runs dry).
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(64) || stream.is_empty() {
+            length.set(stream.len() as f64);
+        }
     }
 }
 
@@ -497,17 +527,37 @@ async fn ws_handshake(
     Ok(upgrade
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            let tracked =
-                state
-                    .0
-                    .conns
-                    .track_future(conn::serve(state.clone(), user, q.ack, socket));
+            // Every line a connection logs names its user (never its token).
+            let span = tracing::info_span!("ws", user_id = user.user_id, ack = q.ack);
+            let tracked = state.0.conns.track_future(tracing::Instrument::instrument(
+                conn::serve(state.clone(), user, q.ack, socket),
+                span,
+            ));
             tracked.await;
         })
         .into_response())
 }
 
-/// The service and each dependency it needs (database, registry, bus).
+/// A read this old means the stream consumer is stuck or failing (a read blocks for at most a
+/// second, then retries back off to at most 5 s).
+const STREAM_STALE_MS: i64 = 15_000;
+
+/// The stream consumer's state for `/health`, from how long ago it last read.
+fn stream_check(since_read_ms: i64) -> Check {
+    let ok = since_read_ms < STREAM_STALE_MS;
+    Check {
+        name: "stream",
+        ok,
+        detail: if ok {
+            "ok".into()
+        } else {
+            format!("no successful read for {} s", since_read_ms / 1000)
+        },
+    }
+}
+
+/// The service and each dependency it needs (database, registry, bus, and in distributed mode
+/// the push stream's consumer).
 #[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<GatewayState>) -> Response {
     let db = s.0.store.ping().await;
@@ -521,5 +571,27 @@ async fn health(State(s): State<GatewayState>) -> Response {
     } else {
         checks.push(Check::from_result("bus", &routes));
     }
+    if s.0.stream_bus.get().is_some() {
+        checks.push(stream_check(
+            kit::now_ms()
+                - s.0
+                    .stream_read_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+        ));
+    }
     kit::http::health_reply("gateway", &s.0.ready, checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_check_fails_once_the_consumer_has_not_read_for_a_while() {
+        assert!(stream_check(0).ok);
+        assert!(stream_check(STREAM_STALE_MS - 1).ok);
+        let stale = stream_check(STREAM_STALE_MS + 5_000);
+        assert!(!stale.ok);
+        assert_eq!(stale.detail, "no successful read for 20 s");
+    }
 }

@@ -1,7 +1,7 @@
 //! What every service's router gets: common routes, limits, metrics and envelope fallbacks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
@@ -190,6 +191,9 @@ pub fn finish(router: OpenApiRouter, service: &'static str, limits: Limits) -> R
         ))
 }
 
+/// Numbers requests in logs (per process), so one request's lines can be found together.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
 async fn record_request(
     service: &'static str,
     monitor: Arc<Monitor>,
@@ -202,9 +206,24 @@ async fn record_request(
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = req.method().as_str().to_owned();
+    // The route template only: the raw path and query may carry ids and (`/api/ws?token=`) secrets.
+    let span = tracing::info_span!(
+        "request",
+        id = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed),
+        service,
+        method = %method,
+        route = %route,
+        status = tracing::field::Empty,
+    );
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let resp = next.run(req).instrument(span.clone()).await;
     let took = start.elapsed();
+    span.record("status", resp.status().as_u16());
+    if resp.status().is_server_error() {
+        span.in_scope(|| tracing::warn!(took_ms = took.as_millis() as u64, "request failed"));
+    } else {
+        span.in_scope(|| tracing::debug!(took_ms = took.as_millis() as u64, "request done"));
+    }
     monitor.record(
         &method,
         (route != "unmatched").then_some(route.as_str()),
@@ -222,4 +241,26 @@ async fn record_request(
     metrics::histogram!("ruststacker_http_request_duration_seconds", &labels[..3])
         .record(took.as_secs_f64());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_503_and_not_ready_from_the_start_of_a_shutdown_even_with_every_check_ok() {
+        let ready = Ready::default();
+        let ok = || vec![Check::from_result::<()>("database", &Ok(()))];
+        assert_eq!(health_reply("meta", &ready, ok()).status(), StatusCode::OK);
+        ready.set_not_ready();
+        assert_eq!(
+            health_reply("meta", &ready, ok()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let down = vec![Check::from_result("database", &Err(()))];
+        assert_eq!(
+            health_reply("meta", &Ready::default(), down).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

@@ -9,13 +9,15 @@
 //! - [`monitor`]: the seed's Monitor (per-route latency and success rate over a sliding window).
 //! - [`openapi`]: the OpenAPI document's shared parts (error replies, security schemes).
 //! - [`limit`]: rate limits per client IP, username or user (429 with `Retry-After`).
-//! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`telemetry`]: logging (stdout and/or a size-rotated file, [`logfile`]), its reloadable
+//!   level, and the Prometheus recorder.
 
 pub mod auth;
 pub mod config;
 pub mod envelope;
 pub mod http;
 pub mod limit;
+pub mod logfile;
 pub mod monitor;
 pub mod openapi;
 pub mod telemetry;

@@ -6,9 +6,11 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::UserId;
@@ -70,7 +72,8 @@ impl Default for RateLimitConfig {
 /// One keyed limit. Keys not seen for a while are forgotten now and then, so memory follows the
 /// number of recently active clients.
 pub struct Limiter<K: Hash + Eq + Clone> {
-    inner: Option<DefaultKeyedRateLimiter<K>>,
+    /// Swapped whole by [`Limiter::set`] (a config reload); a check reads it without a lock.
+    inner: ArcSwapOption<DefaultKeyedRateLimiter<K>>,
     what: &'static str,
     checks: AtomicU64,
 }
@@ -79,7 +82,7 @@ impl<K: Hash + Eq + Clone> std::fmt::Debug for Limiter<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
             .field("what", &self.what)
-            .field("on", &self.inner.is_some())
+            .field("on", &self.inner.load().is_some())
             .finish()
     }
 }
@@ -91,23 +94,32 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// `rate` with `what` naming the requests in the refusal ("login attempts"); `None` or a
     /// rate of 0 per minute limits nothing.
     pub fn new(rate: Option<Rate>, what: &'static str) -> Self {
-        let inner = rate.and_then(|r| {
-            let per_minute = NonZeroU32::new(r.per_minute)?;
-            let burst = NonZeroU32::new(r.burst.max(1))?;
-            Some(RateLimiter::keyed(
-                Quota::per_minute(per_minute).allow_burst(burst),
-            ))
-        });
         Self {
-            inner,
+            inner: ArcSwapOption::new(Self::build(rate)),
             what,
             checks: AtomicU64::new(0),
         }
     }
 
+    fn build(rate: Option<Rate>) -> Option<Arc<DefaultKeyedRateLimiter<K>>> {
+        rate.and_then(|r| {
+            let per_minute = NonZeroU32::new(r.per_minute)?;
+            let burst = NonZeroU32::new(r.burst.max(1))?;
+            Some(Arc::new(RateLimiter::keyed(
+                Quota::per_minute(per_minute).allow_burst(burst),
+            )))
+        })
+    }
+
+    /// Replaces the quota (a config reload). Every key starts afresh with a full burst.
+    pub fn set(&self, rate: Option<Rate>) {
+        self.inner.store(Self::build(rate));
+    }
+
     /// Counts one request of `key`: `429 rate_limited` with `Retry-After` when over the quota.
     pub fn check(&self, key: &K) -> Result<(), ApiError> {
-        let Some(limiter) = &self.inner else {
+        let guard = self.inner.load();
+        let Some(limiter) = guard.as_deref() else {
             return Ok(());
         };
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
@@ -165,6 +177,30 @@ impl RateLimits {
         }
     }
 
+    /// Applies a changed `rate_limits:` block to the running limits; only the limits whose rate
+    /// (or on/off state) changed are replaced. Returns the names of those.
+    pub fn apply(&self, old: &RateLimitConfig, new: &RateLimitConfig) -> Vec<&'static str> {
+        let rate = |cfg: &RateLimitConfig, r: Rate| cfg.enabled.then_some(r);
+        let mut changed = Vec::new();
+        macro_rules! each {
+            ($($field:ident),*) => {$(
+                if rate(old, old.$field) != rate(new, new.$field) {
+                    self.$field.set(rate(new, new.$field));
+                    changed.push(stringify!($field));
+                }
+            )*};
+        }
+        each!(
+            register_per_ip,
+            login_per_ip,
+            login_per_username,
+            send_per_user,
+            ws_connect_per_ip,
+            ws_connect_per_user
+        );
+        changed
+    }
+
     /// Nothing limited.
     pub fn off() -> Self {
         Self::new(&RateLimitConfig {
@@ -188,6 +224,28 @@ mod tests {
         assert_eq!((e.error, e.kind), ("rate_limited", ErrorKind::RateLimited));
         assert!(matches!(e.retry_after_secs, Some(1..=2)), "{e:?}");
         assert!(l.check(&2).is_ok(), "other keys are not affected");
+    }
+
+    #[test]
+    fn applying_a_new_config_replaces_only_the_changed_limits() {
+        let old = RateLimitConfig::default();
+        let limits = RateLimits::new(&old);
+        let mut new = old.clone();
+        new.send_per_user = Rate::new(60, 1);
+        assert_eq!(limits.apply(&old, &new), vec!["send_per_user"]);
+        assert!(limits.send_per_user.check(&7).is_ok());
+        assert!(
+            limits.send_per_user.check(&7).is_err(),
+            "the new burst of 1"
+        );
+        let off = RateLimitConfig {
+            enabled: false,
+            ..new.clone()
+        };
+        assert_eq!(limits.apply(&new, &off).len(), 6, "turning off changes all");
+        for _ in 0..100 {
+            assert!(limits.send_per_user.check(&7).is_ok());
+        }
     }
 
     #[test]

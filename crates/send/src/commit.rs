@@ -16,6 +16,7 @@ use proto::stream::PushMessage;
 use store::{Appended, MemberCheck, NewMessage, Rejected, Store};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 type Outcome = Result<Result<Appended, Rejected>, ApiError>;
 
@@ -71,11 +72,17 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(batch);
         while rx.recv_many(&mut jobs, batch).await > 0 {
+            metrics::gauge!("ruststacker_send_queue_length", "queue" => "commit")
+                .set(rx.len() as f64);
             let (messages, replies): (Vec<NewMessage>, Vec<_>) =
                 jobs.drain(..).map(|j| (j.message, j.reply)).unzip();
             metrics::histogram!("ruststacker_send_commit_batch_size").record(messages.len() as f64);
             let started = std::time::Instant::now();
-            match append(&*store, &groups, &messages).await {
+            let span = tracing::debug_span!("commit", messages = messages.len());
+            match append(&*store, &groups, &messages)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(results) => {
                     metrics::histogram!("ruststacker_send_commit_duration_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -88,6 +95,17 @@ pub fn spawn(
                         .collect();
                     metrics::counter!("ruststacker_messages_stored_total")
                         .increment(stored.len() as u64);
+                    span.in_scope(|| {
+                        for m in &stored {
+                            tracing::debug!(
+                                message_id = m.id,
+                                room_id = m.room_id,
+                                seq = m.seq,
+                                sender_id = m.sender_id,
+                                "message stored"
+                            );
+                        }
+                    });
                     for (reply, result) in replies.into_iter().zip(results) {
                         // A handler that gave up (client went away) does not undo the store.
                         let _ = reply.send(Ok(result));
@@ -99,6 +117,7 @@ pub fn spawn(
                     }
                 }
                 Err(e) => {
+                    span.in_scope(|| tracing::warn!(error = %e, "batch not stored"));
                     let err = crate::db(e);
                     for reply in replies {
                         let _ = reply.send(Err(err.clone()));

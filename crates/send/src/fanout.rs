@@ -11,6 +11,7 @@ use proto::UserId;
 use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry, PushMessage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// What fan-out needs.
 #[derive(Clone)]
@@ -27,9 +28,14 @@ impl Fanout {
     /// Starts the fan-out task; it ends when the committer drops its sender and the queue is empty.
     pub fn spawn(self, queue: usize) -> (mpsc::Sender<Arc<PushMessage>>, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Arc<PushMessage>>(queue.max(1));
+        for stage in ["members", "routes", "publish"] {
+            metrics::counter!("ruststacker_fanout_failures_total", "stage" => stage).increment(0);
+        }
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                metrics::gauge!("ruststacker_send_queue_length", "queue" => "fanout")
+                    .set(rx.len() as f64);
                 let rooms: Vec<_> = batch.iter().map(|m| m.room_id).collect();
                 let members = match self.groups.current(&rooms).await {
                     Ok(m) => m,
@@ -41,14 +47,19 @@ impl Fanout {
                         continue;
                     }
                 };
-                let mut entries = Vec::new();
-                for m in batch.drain(..) {
-                    // A room that is gone has nobody to deliver to.
-                    if let Some(Some(room)) = members.get(&m.room_id) {
-                        self.entries_for(m, room.ids(), &mut entries).await;
+                let span = tracing::debug_span!("fanout", messages = batch.len());
+                async {
+                    let mut entries = Vec::new();
+                    for m in batch.drain(..) {
+                        // A room that is gone has nobody to deliver to.
+                        if let Some(Some(room)) = members.get(&m.room_id) {
+                            self.entries_for(m, room.ids(), &mut entries).await;
+                        }
                     }
+                    self.publish(entries).await;
                 }
-                self.publish(entries).await;
+                .instrument(span)
+                .await;
             }
         });
         (tx, task)
@@ -89,6 +100,12 @@ impl Fanout {
                 out.push((gateway.clone(), entry));
             }
         }
+        tracing::debug!(
+            message_id = m.id,
+            room_id = room,
+            gateways = located.len(),
+            "message fanned out"
+        );
         for gateway in sender_gateways {
             let ack = PushEntry::Ack {
                 sender_id: m.sender_id,

@@ -6,6 +6,7 @@
 //! entries of at most 100 targets to each gateway's stream, then the sender's ACK.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::{FromRef, State};
@@ -120,6 +121,26 @@ struct Inner {
     cfg: Config,
     ids: Snowflake,
     d: Deps,
+    /// The limits a config reload may change while running (the rest of `cfg` is fixed).
+    live: Arc<ContentLimits>,
+}
+
+/// `send.max_content_bytes` and `send.history_max_limit`, read by every request and changed by a
+/// config reload. Holding it does not keep the Send pipeline alive.
+#[derive(Debug)]
+pub struct ContentLimits {
+    max_content_bytes: AtomicUsize,
+    history_max_limit: AtomicU32,
+}
+
+impl ContentLimits {
+    /// Applies new limits to the requests that come after.
+    pub fn set(&self, max_content_bytes: usize, history_max_limit: u32) {
+        self.max_content_bytes
+            .store(max_content_bytes, Ordering::Relaxed);
+        self.history_max_limit
+            .store(history_max_limit, Ordering::Relaxed);
+    }
 }
 
 /// Send's shared state.
@@ -135,7 +156,20 @@ impl FromRef<SendState> for Arc<Auth> {
 impl SendState {
     pub fn new(cfg: Config, deps: Deps) -> Result<Self, proto::ids::InvalidNode> {
         let ids = Snowflake::new(cfg.machine_id)?;
-        Ok(Self(Arc::new(Inner { cfg, ids, d: deps })))
+        Ok(Self(Arc::new(Inner {
+            live: Arc::new(ContentLimits {
+                max_content_bytes: AtomicUsize::new(cfg.max_content_bytes),
+                history_max_limit: AtomicU32::new(cfg.history_max_limit),
+            }),
+            cfg,
+            ids,
+            d: deps,
+        })))
+    }
+
+    /// The content limits, for a config reload to change.
+    pub fn content_limits(&self) -> Arc<ContentLimits> {
+        self.0.live.clone()
     }
 }
 
@@ -191,7 +225,8 @@ async fn send_message(
     Json(req): Json<SendMessageRequest>,
 ) -> ApiResult<SendMessageReply> {
     s.0.d.limits.send_per_user.check(&me.user_id)?;
-    match validate::content(&req.content, s.0.cfg.max_content_bytes) {
+    let max_content_bytes = s.0.live.max_content_bytes.load(Ordering::Relaxed);
+    match validate::content(&req.content, max_content_bytes) {
         Ok(()) => {}
         Err(ContentError::Empty) => {
             return Err(ApiError::invalid(
@@ -203,10 +238,7 @@ async fn send_message(
             return Err(ApiError::new(
                 ErrorKind::TooLarge,
                 "content_too_large",
-                format!(
-                    "content must be at most {} bytes",
-                    s.0.cfg.max_content_bytes
-                ),
+                format!("content must be at most {} bytes", max_content_bytes),
             ));
         }
     }
@@ -322,7 +354,7 @@ async fn history(
     me: AuthUser,
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult<HistoryReply> {
-    let max = s.0.cfg.history_max_limit;
+    let max = s.0.live.history_max_limit.load(Ordering::Relaxed);
     let limit = q.limit.unwrap_or(50);
     if q.after_seq < 0 || limit == 0 || limit > max {
         return Err(ApiError::invalid(

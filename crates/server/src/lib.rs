@@ -3,6 +3,7 @@
 //! instance table. `main.rs` only parses the command line and calls in here, so tests start
 //! exactly what users run.
 
+pub mod reload;
 mod tokens;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -51,25 +52,6 @@ impl Default for JwtConfig {
     }
 }
 
-/// Logging (the seed's `log:` block).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A level or an env-filter directive; `RUST_LOG` overrides it.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
-    }
-}
-
 /// The seed's Monitor (`monitor:`): per-route latency and success rate at `/debug/monitor`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -95,7 +77,7 @@ pub struct AllConfig {
     /// Seconds a graceful shutdown may take before it stops waiting.
     pub shutdown_timeout_secs: u64,
     pub jwt: JwtConfig,
-    pub log: LogConfig,
+    pub log: kit::telemetry::LogConfig,
     pub monitor: MonitorConfig,
     pub meta: meta::Config,
     pub send: send::Config,
@@ -259,7 +241,7 @@ impl Default for AllConfig {
             data_dir: PathBuf::from("./data"),
             shutdown_timeout_secs: 10,
             jwt: JwtConfig::default(),
-            log: LogConfig::default(),
+            log: kit::telemetry::LogConfig::default(),
             monitor: MonitorConfig::default(),
             meta: meta::Config::default(),
             send: send::Config::default(),
@@ -384,6 +366,29 @@ impl AllConfig {
         self.name = None;
         Ok(self)
     }
+}
+
+/// Checks what loading cannot (types and unknown keys are checked by loading), before any port
+/// is bound at start and before anything is applied on a reload.
+pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
+    cfg.log.validate().map_err(anyhow::Error::msg)?;
+    if let Some(t) = &cfg.internal_token
+        && (t.len() < MIN_SECRET_LEN || t == EXAMPLE_SECRET)
+    {
+        bail!("internal_token must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    }
+    if let Some(s) = &cfg.jwt.secret
+        && (s.len() < MIN_SECRET_LEN || s == EXAMPLE_SECRET)
+    {
+        bail!("jwt.secret must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    }
+    if proto::ids::Snowflake::new(cfg.send.machine_id).is_err() {
+        bail!("send.machine_id must be 0..=31");
+    }
+    if cfg.send.max_content_bytes == 0 || cfg.send.history_max_limit == 0 {
+        bail!("send.max_content_bytes and send.history_max_limit must be at least 1");
+    }
+    Ok(())
 }
 
 /// The example secret shipped in `config/`: refused, so it never guards a real deployment.
@@ -541,10 +546,11 @@ enum Db {
 }
 
 impl Db {
+    /// The database every service uses, with each call timed (`ruststacker_db_call_*`).
     fn shared(&self) -> Arc<dyn store::Store> {
         match self {
-            Self::Sqlite(s) => Arc::new(s.clone()),
-            Self::MySql(s) => Arc::new(s.clone()),
+            Self::Sqlite(s) => Arc::new(store::metered::Metered(s.clone())),
+            Self::MySql(s) => Arc::new(store::metered::Metered(s.clone())),
         }
     }
 
@@ -658,6 +664,11 @@ pub struct Running {
     gateway_part: Option<GatewayPart>,
     db: Option<Db>,
     deadline: Duration,
+    /// What a config reload needs: the config in force, and the parts it can change.
+    cfg: AllConfig,
+    roles: Roles,
+    limits: Arc<kit::limit::RateLimits>,
+    content_limits: Option<Arc<send::ContentLimits>>,
 }
 
 /// Starts every service in this process (`ruststacker all`).
@@ -672,11 +683,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     kit::telemetry::init_metrics();
     kit::monitor::set_window_secs(cfg.monitor.window_secs);
     let cfg = cfg.for_role(roles)?;
-    if let Some(t) = &cfg.internal_token
-        && (t.len() < MIN_SECRET_LEN || t == EXAMPLE_SECRET)
-    {
-        bail!("internal_token must be at least {MIN_SECRET_LEN} bytes and not the example value");
-    }
+    validate(&cfg)?;
     if roles != Roles::ALL && (cfg.mysql.is_none() && roles.needs_database() || cfg.redis.is_none())
     {
         bail!("a single service needs the mysql: and redis: blocks (only `all` runs embedded)");
@@ -729,6 +736,10 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         gateway_part: None,
         db: db.clone(),
         deadline: Duration::from_secs(cfg.shutdown_timeout_secs.max(1)),
+        cfg: cfg.clone(),
+        roles,
+        limits: limits.clone(),
+        content_limits: None,
     };
     let store = db.as_ref().map(Db::shared);
     let need = |what: &str| anyhow::anyhow!("internal: {what} missing for a service that needs it");
@@ -872,6 +883,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                 ready: ready.clone(),
             },
         )?;
+        running.content_limits = Some(state.content_limits());
         running
             .http
             .push(serve(l, send::router(state), stop.clone()));
@@ -899,6 +911,10 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             .push(serve(l, meta::router(state), stop.clone()));
     }
     if let Some(l) = registry_l {
+        running.background.push(tokio::spawn(count_instances(
+            running.shared.instances(),
+            stop.clone(),
+        )));
         let state = registry::RegistryState::new(
             running.shared.instances(),
             running.shared.routes(),
@@ -912,7 +928,39 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     Ok(running)
 }
 
+/// The registry's view of live instances, as gauges (`ruststacker_registry_live_instances`),
+/// sampled every 5 s.
+async fn count_instances(instances: Arc<dyn bus::Instances>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(g) = instances.live_gateways().await {
+            metrics::gauge!("ruststacker_registry_live_instances", "kind" => "gateway")
+                .set(g.len() as f64);
+        }
+        if let Ok(s) = instances.live_sends().await {
+            metrics::gauge!("ruststacker_registry_live_instances", "kind" => "send")
+                .set(s.len() as f64);
+        }
+    }
+}
+
 impl Running {
+    /// What reloads this process's config from `file` (and the environment), with `data_dir`
+    /// overriding the file's as it did at start. See [`reload::watch`].
+    pub fn reloader(&self, file: Option<PathBuf>, data_dir: Option<PathBuf>) -> reload::Reloader {
+        reload::Reloader::new(
+            self.cfg.clone(),
+            self.roles,
+            self.limits.clone(),
+            self.content_limits.clone(),
+        )
+        .with_source(file, data_dir)
+    }
+
     /// Simulates `kill -9` for fault tests: every task is aborted, sockets drop without close
     /// frames, nothing is flushed or deregistered. What a real crash leaves behind (pending stream
     /// entries, a registration that only expires, unflushed cursors) is left behind.

@@ -57,14 +57,19 @@ enum Cmd {
     },
 }
 
-fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<server::AllConfig> {
+/// Loads the config and installs logging and metrics. The guard keeps the log file's writer
+/// thread alive until `main` returns (dropping it flushes the file).
+fn load(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(server::AllConfig, kit::telemetry::LogGuard)> {
     let mut cfg = server::AllConfig::load(config.as_deref())?;
     if let Some(d) = data_dir {
         cfg.data_dir = d;
     }
-    kit::telemetry::init_logging(&cfg.log.level, cfg.log.format == "json");
+    let guard = kit::telemetry::init_logging(&cfg.log).map_err(anyhow::Error::msg)?;
     kit::telemetry::init_metrics();
-    Ok(cfg)
+    Ok((cfg, guard))
 }
 
 async fn shutdown_signal() {
@@ -88,8 +93,19 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()> {
+/// Runs `roles` until SIGINT/SIGTERM, reloading the config from `file` on SIGHUP and on edits.
+async fn run(
+    cfg: server::AllConfig,
+    roles: server::Roles,
+    file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let running = server::start(cfg, roles).await?;
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watcher = server::reload::watch(
+        std::sync::Arc::new(running.reloader(file, data_dir)),
+        stop_watching.clone(),
+    );
     let show = |name: &str, scheme: &str, path: &str, addr: Option<std::net::SocketAddr>| {
         if let Some(a) = addr {
             println!("  {name:<9} {scheme}://{a}{path}");
@@ -102,6 +118,8 @@ async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()>
     println!("Ctrl-C stops it gracefully.");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    stop_watching.cancel();
+    let _ = watcher.await;
     running.shutdown().await?;
     println!("stopped");
     Ok(())
@@ -111,23 +129,32 @@ async fn run(cfg: server::AllConfig, roles: server::Roles) -> anyhow::Result<()>
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::All { config, data_dir } => {
-            let cfg = load(config, data_dir)?;
-            let data_dir = cfg.data_dir.clone();
+            let (cfg, _log) = load(config.clone(), data_dir.clone())?;
             if cfg.mysql.is_none() {
-                println!("ruststacker all: data in {}", data_dir.display());
+                println!("ruststacker all: data in {}", cfg.data_dir.display());
             } else {
                 println!("ruststacker all: on MySQL and Redis");
             }
-            run(cfg, server::Roles::ALL).await?;
+            run(cfg, server::Roles::ALL, config, data_dir).await?;
         }
-        Cmd::Meta { config } => run(load(Some(config), None)?, server::Roles::META).await?,
-        Cmd::Send { config } => run(load(Some(config), None)?, server::Roles::SEND).await?,
-        Cmd::Gateway { config } => run(load(Some(config), None)?, server::Roles::GATEWAY).await?,
+        Cmd::Meta { config } => {
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::META, Some(config), None).await?;
+        }
+        Cmd::Send { config } => {
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::SEND, Some(config), None).await?;
+        }
+        Cmd::Gateway { config } => {
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::GATEWAY, Some(config), None).await?;
+        }
         Cmd::Registry { config } => {
-            run(load(Some(config), None)?, server::Roles::REGISTRY).await?;
+            let (cfg, _log) = load(Some(config.clone()), None)?;
+            run(cfg, server::Roles::REGISTRY, Some(config), None).await?;
         }
         Cmd::Migrate { config, data_dir } => {
-            let cfg = load(config, data_dir)?;
+            let (cfg, _log) = load(config, data_dir)?;
             server::migrate(&cfg).await?;
             match &cfg.mysql {
                 Some(m) => println!(

@@ -37,8 +37,12 @@ impl CachedTokenVersions {
 impl TokenVersions for CachedTokenVersions {
     async fn current(&self, user: UserId) -> Result<Option<i64>, ApiError> {
         if let Some(v) = self.cache.get(&user) {
+            metrics::counter!("ruststacker_token_cache_requests_total", "result" => "hit")
+                .increment(1);
             return Ok(v);
         }
+        metrics::counter!("ruststacker_token_cache_requests_total", "result" => "miss")
+            .increment(1);
         let epoch = self.epoch.load(Ordering::Acquire);
         let version = self
             .store

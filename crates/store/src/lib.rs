@@ -1,6 +1,6 @@
 //! Storage for RustStacker: one trait per domain ([`UserStore`], [`RoomStore`], [`MessageStore`])
 //! speaking domain operations, and the backends behind them ([`sqlite::SqliteStore`] embedded,
-//! [`mysql::MySqlStore`] shared by distributed instances).
+//! [`mysql::MySqlStore`] shared by distributed instances). [`metered::Metered`] times any of them.
 //!
 //! The message append is one trait method over a whole batch so each backend runs it as one
 //! transaction: idempotency check, membership check, `seq` bump and insert for every message of
@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use proto::api::{Access, MessageType, Role};
 use proto::{MessageId, RoomId, Seq, UserId};
 
+pub mod metered;
 pub mod mysql;
 pub mod sqlite;
 

@@ -10,6 +10,8 @@
 //! - [`ws`]: [`WsClient`] is a WebSocket client that parses server frames into
 //!   [`proto::frame::ServerFrame`] and keeps chat and ack frames apart, so a test can wait for one
 //!   kind without losing the other.
+//! - [`process`]: the real `ruststacker` binary as a child process (its logs, signals and config
+//!   file).
 //! - [`token`]: forged, tampered and expired JWTs for the 401 tests.
 //!
 //! Helpers that a test uses to set the scene (`register_and_login`, `send_ok`, ...) panic with the
@@ -20,6 +22,7 @@ pub mod app;
 pub mod cluster;
 pub mod http;
 pub mod names;
+pub mod process;
 pub mod token;
 pub mod ws;
 
@@ -27,6 +30,7 @@ pub use app::TestApp;
 pub use cluster::{Backends, Cluster, PrivateRedis};
 pub use http::{Addrs, Body, Client, Reply, Roster, Service, TestUser};
 pub use names::unique_username;
+pub use process::Process;
 pub use ws::{Ack, Chat, WsClient};
 
 /// Re-exported so test binaries need no dependency of their own to build requests and frames.

@@ -638,6 +638,10 @@ async fn gateways_configured_with_the_registry_url_register_and_report_routes_ov
             checks.contains(&"registry".to_owned()) && checks.contains(&"bus".to_owned()),
             "{checks:?}"
         );
+        assert!(
+            checks.contains(&"stream".to_owned()),
+            "a distributed gateway reports its stream consumer: {checks:?}"
+        );
     }
     let sends: testkit::proto::api::SendInstancesReply = api
         .get(testkit::Service::Registry, "/registry/send/instances", None)

@@ -13,12 +13,15 @@
 //! - `dissolve`: dissolving a group: only its owner, and nothing of it is left for anyone.
 //! - `joining`: open groups, join requests, approval and rejection; group notices.
 //! - `limits`: rate limits (429 with Retry-After).
+//! - `logs`: the real binary's logs (stdout, rotated file, spans) never carry a secret.
 //! - `messages`: send, history, idempotency, content rules.
 //! - `errors`: every error status and stable name, and that no internal text leaks.
 //! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
+//! - `reload`: editing the config file (or SIGHUP) under the running binary.
 //! - `restart`: a graceful restart on the same data keeps everything.
 //! - `openapi`: the OpenAPI documents match the routes; JSON bodies must be objects.
+//! - `deploy`: the dashboard's metrics exist in a live cluster; Prometheus scrapes every port.
 //! - `ops`: health, ping, metrics and the registry.
 //! - `internal`: the registry's internal endpoints and the internal token.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
@@ -26,17 +29,20 @@
 mod accounts;
 mod cluster;
 mod delivery;
+mod deploy;
 mod dissolve;
 mod errors;
 mod groups;
 mod internal;
 mod joining;
 mod limits;
+mod logs;
 mod matrix;
 mod messages;
 mod openapi;
 mod ops;
 mod profiles;
+mod reload;
 mod restart;
 mod rooms;
 mod websocket;

@@ -139,3 +139,75 @@ async fn the_monitor_reports_each_routes_latency_and_success_rate_and_mirrors_th
         "{metrics}"
     );
 }
+
+/// The series of `name` in a Prometheus text exposition (lines `name{...} v` or `name v`).
+fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_connections_deliveries_push_latency_queues_and_the_database() {
+    let app = TestApp::spawn().await;
+    let users = app.users(&["m-alice", "m-bob"]).await;
+    let (alice, bob) = (&users[0], &users[1]);
+    let room = app
+        .api
+        .create_group_ok(alice, "metrics", &[bob])
+        .await
+        .room_id;
+    let mut bob_ws = app.ws(bob).await;
+    app.api.send_ok(alice, room, "counted").await;
+    bob_ws.next_chat().await.expect("bob gets it");
+
+    let text = app.api.get(Service::Gateway, "/metrics", None).await.text;
+    let gauge = |name: &str| -> f64 {
+        let s = series(&text, name);
+        assert_eq!(s.len(), 1, "{name}: {s:?}");
+        s[0].rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a value")
+    };
+    assert_eq!(gauge("ruststacker_gateway_connections"), 1.0);
+    assert!(gauge("ruststacker_gateway_frames_sent_total") >= 1.0);
+    for name in [
+        "ruststacker_push_latency_seconds_bucket",
+        "ruststacker_gateway_queue_depth_bucket",
+        "ruststacker_gateway_frames_dropped_total",
+        "ruststacker_gateway_slow_consumers_total",
+        "ruststacker_gateway_stream_length",
+        "ruststacker_token_cache_requests_total",
+        "ruststacker_member_cache_requests_total",
+        "ruststacker_send_queue_length",
+        "ruststacker_registry_live_instances",
+    ] {
+        assert!(!series(&text, name).is_empty(), "no {name} in:\n{text}");
+    }
+    // The database, timed per operation: the append of the message above among them.
+    assert!(
+        series(&text, "ruststacker_db_call_duration_seconds_count")
+            .iter()
+            .any(|l| l.contains("op=\"append\"")),
+        "{text}"
+    );
+    // Bounded labels: no user or room id ever becomes a label value.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let labels = line
+            .split_once('{')
+            .and_then(|(_, rest)| rest.rsplit_once('}'))
+            .map_or("", |(labels, _)| labels);
+        for pair in labels.split("\",").filter(|p| !p.starts_with("le=")) {
+            for id in [alice.id, bob.id, room] {
+                assert!(
+                    pair.trim_end_matches('"').rsplit("=\"").next() != Some(&id.to_string()),
+                    "an id as a label value: {line}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The files under `deploy/` match what runs: the dashboard queries only metrics a live cluster
+//! exports, and Prometheus scrapes every port `scripts/cluster.sh` starts.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use testkit::{Cluster, Service};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every `ruststacker_*` name in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("ruststacker_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every PromQL expression of the dashboard (panels, nested rows, template variables).
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &testkit::Value, out: &mut Vec<String>) {
+        match v {
+            testkit::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("expr" | "query", testkit::Value::String(s)) => out.push(s.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            testkit::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let dashboard: testkit::Value =
+        testkit::serde_json::from_str(&read("deploy/grafana/ruststacker.json"))
+            .expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    walk(&dashboard, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_exists_in_a_live_cluster() {
+    let wanted: BTreeSet<String> = dashboard_exprs()
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .collect();
+    assert!(wanted.len() >= 20, "the dashboard queries {wanted:?}");
+    let documented = metric_names(&read("docs/metrics.md"));
+    for name in &wanted {
+        let base = name
+            .strip_suffix("_bucket")
+            .unwrap_or(name.as_str())
+            .to_owned();
+        assert!(
+            documented.contains(&base),
+            "{name} is on the dashboard but not in docs/metrics.md"
+        );
+    }
+
+    // A cluster with some traffic: users on both gateways, messages through both Send
+    // instances, a membership change through the write-back cache.
+    let c = Cluster::spawn().await;
+    let (api1, api2) = (c.api(0, 0), c.api(1, 1));
+    let users = api1.register_users(&["dash-a", "dash-b", "dash-c"]).await;
+    let (a, b, cc) = (&users[0], &users[1], &users[2]);
+    let room = api1.create_group_ok(a, "dashboard", &[b]).await.room_id;
+    api1.add_members(&a.token, room, &[cc.id])
+        .await
+        .assert_success();
+    let mut on_one = c.ws(0, a).await;
+    let mut on_two = c.ws(1, b).await;
+    api1.send_ok(a, room, "through send 1").await;
+    api2.send_ok(b, room, "through send 2").await;
+    for ws in [&mut on_one, &mut on_two] {
+        ws.new_chats(2).await.expect("both messages arrive");
+    }
+    api1.get(Service::Meta, "/api/no/such/route", None).await;
+
+    // Gauges sampled every few seconds (stream stats, flushes) come in their own time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let missing = loop {
+        // One process: every instance's metrics are in each /metrics.
+        let text = api1.get(Service::Meta, "/metrics", None).await.text;
+        let exported: BTreeSet<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
+            .collect();
+        let missing: Vec<&String> = wanted.iter().filter(|m| !exported.contains(*m)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing.into_iter().cloned().collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    c.shutdown().await;
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics no live /metrics has: {missing:?}"
+    );
+}
+
+#[test]
+fn prometheus_scrapes_every_port_of_the_local_cluster() {
+    let script = read("scripts/cluster.sh");
+    let services = script
+        .lines()
+        .find(|l| l.starts_with("SERVICES=("))
+        .map(|first| {
+            let start = script.find(first).expect("found");
+            let end = script[start..].find(')').expect("closing paren") + start;
+            script[start..end].to_owned()
+        })
+        .expect("scripts/cluster.sh lists its SERVICES");
+    let ports: Vec<&str> = services
+        .split('"')
+        .filter_map(|s| s.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(ports.len(), 6, "{services}");
+    let prometheus = read("deploy/prometheus/prometheus.yml");
+    for port in ports {
+        assert!(
+            prometheus.contains(&format!("\"127.0.0.1:{port}\"")),
+            "deploy/prometheus/prometheus.yml does not scrape :{port}"
+        );
+    }
+}
