@@ -11,7 +11,7 @@
 //! slot at a time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,17 @@ pub const SLOTS: usize = 12;
 const BUCKETS: usize = 128;
 
 static WINDOW_SECS: AtomicU64 = AtomicU64::new(60);
+static ENABLED: AtomicBool = AtomicBool::new(true);
 static MONITORS: Mutex<Vec<Weak<Monitor>>> = Mutex::new(Vec::new());
 
 /// Sets the window of monitors created from now on (`monitor.window_secs`; at least 12 s).
 pub fn set_window_secs(secs: u64) {
     WINDOW_SECS.store(secs.max(SLOTS as u64), Relaxed);
+}
+
+/// Turns recording on or off in every monitor (`monitor.enabled`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Relaxed);
 }
 
 fn bucket(micros: u64) -> usize {
@@ -200,6 +206,9 @@ impl Monitor {
 
     /// Records one answered request: lock-free, a handful of relaxed atomic adds.
     pub fn record(&self, method: &str, route: Option<&str>, status: u16, took: Duration) {
+        if !ENABLED.load(Relaxed) {
+            return;
+        }
         let i = route
             .and_then(|r| self.routes.get(r))
             .zip(method_index(method))

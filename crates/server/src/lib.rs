@@ -56,13 +56,33 @@ impl Default for JwtConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitorConfig {
+    /// Off: requests are not recorded (`/debug/monitor` lists no route). For measuring its cost.
+    pub enabled: bool,
     /// Length of the sliding window in seconds (at least 12; it slides by a twelfth).
     pub window_secs: u64,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        Self { window_secs: 60 }
+        Self {
+            enabled: true,
+            window_secs: 60,
+        }
+    }
+}
+
+/// Prometheus metrics (`metrics:`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Off: no recorder is installed, every metric call is a no-op and `/metrics` is empty.
+    /// For measuring their cost; takes a restart.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -76,9 +96,13 @@ pub struct AllConfig {
     pub data_dir: PathBuf,
     /// Seconds a graceful shutdown may take before it stops waiting.
     pub shutdown_timeout_secs: u64,
+    /// Seconds between turning not ready (`/health` answers 503) and closing the listeners at a
+    /// graceful shutdown, so a load balancer polling `/health` stops sending new work first.
+    pub shutdown_drain_secs: u64,
     pub jwt: JwtConfig,
     pub log: kit::telemetry::LogConfig,
     pub monitor: MonitorConfig,
+    pub metrics: MetricsConfig,
     pub meta: meta::Config,
     pub send: send::Config,
     pub gateway: gateway::Config,
@@ -240,9 +264,11 @@ impl Default for AllConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             data_dir: PathBuf::from("./data"),
             shutdown_timeout_secs: 10,
+            shutdown_drain_secs: 0,
             jwt: JwtConfig::default(),
             log: kit::telemetry::LogConfig::default(),
             monitor: MonitorConfig::default(),
+            metrics: MetricsConfig::default(),
             meta: meta::Config::default(),
             send: send::Config::default(),
             gateway: gateway::Config::default(),
@@ -680,8 +706,11 @@ pub async fn start_all(cfg: AllConfig) -> anyhow::Result<Running> {
 /// fails fast. Without `mysql:`/`redis:` blocks the embedded backends are used, which only make
 /// sense when every service runs in this process.
 pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
-    kit::telemetry::init_metrics();
+    if cfg.metrics.enabled {
+        kit::telemetry::init_metrics();
+    }
     kit::monitor::set_window_secs(cfg.monitor.window_secs);
+    kit::monitor::set_enabled(cfg.monitor.enabled);
     let cfg = cfg.for_role(roles)?;
     validate(&cfg)?;
     if roles != Roles::ALL && (cfg.mysql.is_none() && roles.needs_database() || cfg.redis.is_none())
@@ -982,11 +1011,19 @@ impl Running {
         }
     }
 
-    /// Graceful shutdown: not ready, stop accepting, finish in-flight requests, store and fan out
+    /// Graceful shutdown: not ready (for `shutdown_drain_secs`), stop accepting, finish in-flight requests, store and fan out
     /// every accepted message, write queued frames and close sockets with 1001, flush cursors,
     /// deregister, close the database. Every wait is bounded by `shutdown_timeout_secs`.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.ready.set_not_ready();
+        let drain = self.cfg.shutdown_drain_secs;
+        if drain > 0 {
+            tracing::info!(
+                drain_secs = drain,
+                "not ready; listeners close after the drain"
+            );
+            tokio::time::sleep(Duration::from_secs(drain)).await;
+        }
         self.stop.cancel();
         for h in self.http {
             let _ = tokio::time::timeout(self.deadline, h).await;

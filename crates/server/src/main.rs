@@ -68,7 +68,9 @@ fn load(
         cfg.data_dir = d;
     }
     let guard = kit::telemetry::init_logging(&cfg.log).map_err(anyhow::Error::msg)?;
-    kit::telemetry::init_metrics();
+    if cfg.metrics.enabled {
+        kit::telemetry::init_metrics();
+    }
     Ok((cfg, guard))
 }
 

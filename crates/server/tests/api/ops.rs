@@ -211,3 +211,35 @@ async fn metrics_cover_connections_deliveries_push_latency_queues_and_the_databa
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_health_answers_503_for_the_drain_before_the_listeners_close() {
+    let app = TestApp::spawn_with(|c| c.shutdown_drain_secs = 2).await;
+    let api = app.api.clone();
+    api.get(Service::Meta, "/health", None)
+        .await
+        .assert_success();
+    let stopping = tokio::spawn(app.shutdown());
+    // Within the drain the listener still answers, with 503 and `ready: false`.
+    let mut not_ready = None;
+    for _ in 0..100 {
+        let health = api.get(Service::Meta, "/health", None).await;
+        if health.status == 503 {
+            not_ready = Some(health);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let health = not_ready.expect("/health turns 503 while the listener still answers");
+    assert_eq!(health.json["data"]["ready"], false, "{}", health.text);
+    stopping.await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_monitor_records_nothing() {
+    let app = TestApp::spawn_with(|c| c.monitor.enabled = false).await;
+    let user = app.user("quiet").await;
+    app.api.joined_rooms(&user.token).await.assert_success();
+    let reply = app.api.get(Service::Meta, "/debug/monitor", None).await;
+    assert_eq!(reply.assert_success()["routes"], serde_json::json!([]));
+}
