@@ -10,7 +10,11 @@
 //! `fanout`: `--users` members of one group, one WebSocket each, `--messages` sent by the owner;
 //! verifies every receiver got every message once and in order, and reports deliveries per
 //! second, delivery latency and (optionally) Redis calls and server CPU per delivery.
+//!
+//! `bare-server`: a WebSocket broadcast server with no auth and no storage, the practical limit of
+//! the push path on this machine (DESIGN.md §5).
 
+mod bare;
 mod fanout;
 mod resp;
 
@@ -62,6 +66,8 @@ enum Cmd {
     },
     /// Group fan-out: deliveries per second, latency, and a check that nothing was lost.
     Fanout(Box<fanout::FanoutArgs>),
+    /// A bare WebSocket broadcast server (no auth, no storage) to measure the server against.
+    BareServer(bare::BareArgs),
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -221,5 +227,6 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => send_load(&meta, &send, concurrency, seconds).await,
         Cmd::Fanout(args) => fanout::run(*args).await,
+        Cmd::BareServer(args) => bare::run(args).await,
     }
 }
