@@ -9,10 +9,17 @@
 //!
 //! `fanout`: `--users` members of one group, one WebSocket each, `--messages` sent by the owner;
 //! verifies every receiver got every message once and in order, and reports deliveries per
-//! second, delivery latency and (optionally) Redis calls and server CPU per delivery.
+//! second, delivery latency and (optionally) Redis calls and server CPU per delivery. `--bare URL`
+//! drives a bare broadcast server instead, `--compare-bare` measures one first and reports the
+//! server's figures as ratios of its, and `--procs N` spreads the sockets over N client processes.
+//!
+//! `bare-server`: a WebSocket broadcast server with no auth and no storage, the practical limit of
+//! the push path on this machine (DESIGN.md §5).
 
+mod bare;
 mod fanout;
 mod resp;
+mod shard;
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +69,11 @@ enum Cmd {
     },
     /// Group fan-out: deliveries per second, latency, and a check that nothing was lost.
     Fanout(Box<fanout::FanoutArgs>),
+    /// A bare WebSocket broadcast server (no auth, no storage) to measure the server against.
+    BareServer(bare::BareArgs),
+    /// One client process of `fanout --procs N` (driven over stdin/stdout; not for direct use).
+    #[command(hide = true)]
+    FanoutShard,
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -221,5 +233,17 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => send_load(&meta, &send, concurrency, seconds).await,
         Cmd::Fanout(args) => fanout::run(*args).await,
+        Cmd::BareServer(args) => bare::run(args).await,
+        Cmd::FanoutShard => {
+            // Exit here: the runtime would otherwise wait on its blocking stdin reader.
+            let code = match shard::child_main().await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("fanout-shard: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
     }
 }
