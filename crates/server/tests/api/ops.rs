@@ -164,7 +164,15 @@ async fn metrics_cover_connections_deliveries_push_latency_queues_and_the_databa
     app.api.send_ok(alice, room, "counted").await;
     bob_ws.next_chat().await.expect("bob gets it");
 
-    let text = app.api.get(Service::Gateway, "/metrics", None).await.text;
+    // The writer counts a frame once its flush returned, which may be just after bob read it.
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = app.api.get(Service::Gateway, "/metrics", None).await.text;
+        if !series(&text, "ruststacker_gateway_frames_sent_total").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let gauge = |name: &str| -> f64 {
         let s = series(&text, name);
         assert_eq!(s.len(), 1, "{name}: {s:?}");
