@@ -18,7 +18,8 @@ cargo build -p server --bin ruststacker
 dir=$(mktemp -d)
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 offset=""
-for candidate in 30000 31000 32000 33000; do
+# Below the ephemeral range (32768+), where a client socket of an earlier test may hold the port.
+for candidate in 11000 12000 13000 14000; do
   ok=1
   for p in 8080 8081 8082 8084; do port_free $((p + candidate)) || ok=0; done
   if [ $ok = 1 ]; then offset=$candidate; break; fi
@@ -34,10 +35,17 @@ RUSTSTACKER_DATA_DIR=$dir RUSTSTACKER_RATE_LIMITS__ENABLED=false RUSTSTACKER_INT
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$registry/health" >/dev/null 2>&1 && break
+up=""
+for _ in $(seq 1 300); do
+  if curl -sf "http://127.0.0.1:$registry/health" >/dev/null 2>&1; then up=1; break; fi
+  kill -0 "$pid" 2>/dev/null || break
   sleep 0.1
 done
+if [ -z "$up" ]; then
+  echo "ruststacker all did not come up on ports $meta-$registry:" >&2
+  cat "$dir/all.log" >&2
+  exit 1
+fi
 
 # A user with a group, a message and a one-to-one room, so ids 1 and 2 name real things.
 post() { curl -sf -X POST "http://127.0.0.1:$meta$1" -H 'content-type: application/json' "${@:3}" -d "$2"; }
