@@ -301,6 +301,18 @@ impl WriteBack {
     }
 
     /// Queues the replacement of `room`'s version token on `pipe`.
+    /// Queues the room for the flusher (keeping its first-dirty time) and gives it a new
+    /// version token, in `pipe`.
+    fn mark_changed(&self, pipe: &mut redis::Pipeline, room: RoomId) {
+        pipe.cmd("ZADD")
+            .arg(self.dirty_key())
+            .arg("NX")
+            .arg(now_ms())
+            .arg(room)
+            .ignore();
+        self.new_version(pipe, room);
+    }
+
     fn new_version(&self, pipe: &mut redis::Pipeline, room: RoomId) {
         pipe.cmd("SET")
             .arg(self.version_key(room))
@@ -499,13 +511,7 @@ impl Groups for WriteBack {
                 .arg(&raw)
                 .ignore();
         }
-        pipe.cmd("ZADD")
-            .arg(self.dirty_key())
-            .arg("NX")
-            .arg(now_ms())
-            .arg(room)
-            .ignore();
-        self.new_version(&mut pipe, room);
+        self.mark_changed(&mut pipe, room);
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
         metrics::counter!("ruststacker_writeback_changes_total").increment(changes.len() as u64);
@@ -518,13 +524,7 @@ impl Groups for WriteBack {
         // happen, the flusher finds the room gone and does it.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("ZADD")
-            .arg(self.dirty_key())
-            .arg("NX")
-            .arg(now_ms())
-            .arg(room)
-            .ignore();
-        self.new_version(&mut pipe, room);
+        self.mark_changed(&mut pipe, room);
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
         if !self.store.dissolve_group(room, now).await? {
