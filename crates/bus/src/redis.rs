@@ -9,15 +9,18 @@
 //!   ever registered, so a dead one's stream can be reclaimed.
 //! - `p:route:{<user>}` — hash gateway -> `c:<expiry ms>` (connected, refreshed while connected) or
 //!   `d:<expiry ms>` (disconnected: the route lease that sends the user back to the same gateway).
+//! - `p:receipts:{<send instance>}` — what gateways report back to the Send instance that appended
+//!   chat entries (the entry's `o` field): the message ids each gateway took over ([`Receipt`]),
+//!   read by that instance's pending tracker; trimmed to about [`RECEIPTS_MAXLEN`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use proto::UserId;
 use proto::api::GatewayView;
 use proto::stream::PushEntry;
+use proto::{MessageId, UserId};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
@@ -27,6 +30,10 @@ use crate::{BusError, GatewayId, GatewayRegistration, Instances, PushBus, Routes
 
 const GROUP: &str = "gateways";
 const FIELD: &str = "e";
+/// The stream field naming the Send instance that appended a chat entry (it wants a receipt).
+const ORIGIN: &str = "o";
+/// Approximate most receipts kept per Send instance's receipt stream (it reads them at once).
+pub const RECEIPTS_MAXLEN: usize = 10_000;
 
 fn unavailable(e: redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
@@ -67,6 +74,9 @@ pub struct RedisBus {
     /// Live gateway ids, re-read at most once per [`LIVE_CACHE_TTL`]: routes that point at a dead
     /// gateway (it crashed, its routes have not expired yet) are not pushed to.
     live: Arc<Mutex<Option<LiveIds>>>,
+    /// The Send instance this bus appends chat entries for, named in each so that the gateway
+    /// reports back ([`RedisBus::with_origin`]).
+    origin: Option<Arc<str>>,
 }
 
 /// Live gateway ids and when they were read.
@@ -102,7 +112,67 @@ impl RedisBus {
             conn: Metered(conn),
             s: settings,
             live: Default::default(),
+            origin: None,
         })
+    }
+
+    /// The same bus, naming Send instance `instance` in every chat entry it appends: gateways
+    /// then report the message ids they took over to `instance`'s receipt stream
+    /// ([`RedisBus::receipts`]).
+    #[must_use]
+    pub fn with_origin(mut self, instance: &str) -> Self {
+        self.origin = Some(instance.into());
+        self
+    }
+
+    fn receipts_key(&self, instance: &str) -> String {
+        receipts_key(&self.s.prefix, instance)
+    }
+
+    /// Send instance `instance`'s end of its receipt stream, reading from now on.
+    pub async fn receipts(&self, instance: &str) -> Result<ReceiptStream, BusError> {
+        let conn = blocking_connection(&self.client, Duration::from_secs(2)).await?;
+        let key = self.receipts_key(instance);
+        // From the newest receipt on (`$` in every read would miss those appended between two).
+        let mut c = self.conn.clone();
+        let newest: redis::streams::StreamRangeReply = c
+            .xrevrange_count(&key, "+", "-", 1)
+            .await
+            .map_err(unavailable)?;
+        Ok(ReceiptStream {
+            client: self.client.clone(),
+            conn,
+            key,
+            last: newest
+                .ids
+                .into_iter()
+                .next()
+                .map_or_else(|| "0-0".to_owned(), |id| id.id),
+        })
+    }
+
+    /// Appends one entry to `pipe`: the entry as JSON, and this bus's origin on chat entries.
+    fn xadd(
+        &self,
+        pipe: &mut redis::Pipeline,
+        gateway: &str,
+        entry: &PushEntry,
+    ) -> Result<(), BusError> {
+        let json = serde_json::to_vec(entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let cmd = pipe
+            .cmd("XADD")
+            .arg(self.stream_key(gateway))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.s.stream_maxlen)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json);
+        if let (Some(origin), PushEntry::Chat { .. }) = (&self.origin, entry) {
+            cmd.arg(ORIGIN).arg(&**origin);
+        }
+        cmd.ignore();
+        Ok(())
     }
 
     /// The shared request/response connection, for other Redis-backed parts (group data).
@@ -194,19 +264,14 @@ impl RedisBus {
     /// Opens `gateway`'s stream for consuming, on a dedicated connection (a blocking read must not
     /// hold up other commands).
     pub async fn consume(&self, gateway: &str) -> Result<RedisStream, BusError> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(2)));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(unavailable)?;
+        let conn = blocking_connection(&self.client, Duration::from_secs(2)).await?;
         let mut stream = RedisStream {
             client: self.client.clone(),
             conn,
             key: self.stream_key(gateway),
             consumer: gateway.to_owned(),
+            prefix: self.s.prefix.clone(),
+            reset: false,
         };
         stream.create_group("$").await?;
         Ok(stream)
@@ -431,37 +496,17 @@ impl PushBus for RedisBus {
     async fn publish_many(&self, entries: Vec<(GatewayId, PushEntry)>) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
         for (gateway, entry) in &entries {
-            let json =
-                serde_json::to_vec(entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
-            pipe.cmd("XADD")
-                .arg(self.stream_key(gateway))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.s.stream_maxlen)
-                .arg("*")
-                .arg(FIELD)
-                .arg(json)
-                .ignore();
+            self.xadd(&mut pipe, gateway, entry)?;
         }
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 
     async fn publish(&self, gateway: &str, entry: PushEntry) -> Result<(), BusError> {
-        let json = serde_json::to_vec(&entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        self.xadd(&mut pipe, gateway, &entry)?;
         let mut c = self.conn.clone();
-        redis::cmd("XADD")
-            .arg(self.stream_key(gateway))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.s.stream_maxlen)
-            .arg("*")
-            .arg(FIELD)
-            .arg(json)
-            .query_async::<String>(&mut c)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
     }
 }
 
@@ -760,6 +805,53 @@ pub struct RedisStream {
     conn: MultiplexedConnection,
     key: String,
     consumer: String,
+    /// The key prefix, for the receipt streams of the entries' origins.
+    prefix: String,
+    /// The consumer group had to be created again: Redis lost everything (see
+    /// [`RedisStream::take_reset`]).
+    reset: bool,
+}
+
+/// One entry read from a gateway's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamItem {
+    /// The stream entry's id, to acknowledge.
+    pub id: String,
+    /// The entry (`None`: undecodable, logged and skipped).
+    pub entry: Option<PushEntry>,
+    /// The Send instance that appended it and wants a [`Receipt`].
+    pub origin: Option<String>,
+}
+
+/// A gateway's report to a Send instance: it took over these messages' entries (handed them to
+/// its connections' queues).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    pub gateway: String,
+    pub ids: Vec<MessageId>,
+}
+
+fn receipts_key(prefix: &str, instance: &str) -> String {
+    format!("{prefix}:receipts:{{{instance}}}")
+}
+
+/// A connection of its own for blocking reads (XREAD BLOCK would hold up every other command on
+/// a shared one), with no response timeout (a block outlasts any).
+async fn blocking_connection(
+    client: &redis::Client,
+    connect_timeout: Duration,
+) -> Result<MultiplexedConnection, BusError> {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(connect_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(unavailable)
+}
+
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 impl std::fmt::Debug for RedisStream {
@@ -774,7 +866,8 @@ impl RedisStream {
     /// Creates the consumer group, starting at new entries (`$`) on first start, or at the
     /// beginning (`0`) when Redis lost it (a restart keeps nothing here): everything in the stream
     /// then was appended after the restart and is still to be delivered.
-    async fn create_group(&mut self, from: &str) -> Result<(), BusError> {
+    /// Returns whether it was created (`false`: it existed).
+    async fn create_group(&mut self, from: &str) -> Result<bool, BusError> {
         let created: redis::RedisResult<String> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.key)
@@ -784,8 +877,8 @@ impl RedisStream {
             .query_async(&mut self.conn)
             .await;
         match created {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -799,7 +892,7 @@ impl RedisStream {
             if batch.is_empty() {
                 return Ok(discarded);
             }
-            let ids: Vec<String> = batch.into_iter().map(|(id, _)| id).collect();
+            let ids: Vec<String> = batch.into_iter().map(|item| item.id).collect();
             discarded += ids.len();
             self.ack(&ids).await?;
         }
@@ -810,7 +903,7 @@ impl RedisStream {
         &mut self,
         count: usize,
         block: Duration,
-    ) -> Result<Vec<(String, Option<PushEntry>)>, BusError> {
+    ) -> Result<Vec<StreamItem>, BusError> {
         self.read_from(">", count, Some(block)).await
     }
 
@@ -819,7 +912,7 @@ impl RedisStream {
         from: &str,
         count: usize,
         block: Option<Duration>,
-    ) -> Result<Vec<(String, Option<PushEntry>)>, BusError> {
+    ) -> Result<Vec<StreamItem>, BusError> {
         let mut opts = StreamReadOptions::default()
             .group(GROUP, &self.consumer)
             .count(count);
@@ -838,9 +931,10 @@ impl RedisStream {
             .into_iter()
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
-            .map(|id| {
-                let entry = decode(&id.map);
-                (id.id, entry)
+            .map(|id| StreamItem {
+                entry: decode(&id.map),
+                origin: id.get::<String>(ORIGIN),
+                id: id.id,
             })
             .collect())
     }
@@ -850,33 +944,69 @@ impl RedisStream {
     /// retries the read.
     async fn recover(&mut self, e: &redis::RedisError) {
         if e.code() == Some("NOGROUP") {
-            if let Err(e) = self.create_group("0").await {
-                tracing::warn!(error = %e, "could not recreate the consumer group");
+            match self.create_group("0").await {
+                Ok(created) => self.reset |= created,
+                Err(e) => tracing::warn!(error = %e, "could not recreate the consumer group"),
             }
             return;
         }
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-        {
-            let cfg = redis::AsyncConnectionConfig::new()
-                .set_response_timeout(None)
-                .set_connection_timeout(Some(Duration::from_secs(1)));
-            match self
-                .client
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await
-            {
+        if is_connection_error(e) {
+            match blocking_connection(&self.client, Duration::from_secs(1)).await {
                 Ok(conn) => {
                     self.conn = conn;
-                    if let Err(e) = self.create_group("0").await {
-                        tracing::warn!(error = %e, "could not recreate the consumer group");
+                    match self.create_group("0").await {
+                        Ok(created) => self.reset |= created,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not recreate the consumer group");
+                        }
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "stream reconnect failed; will retry"),
             }
         }
+    }
+
+    /// Whether, since the last call, the consumer group had to be created again after a failed
+    /// read: Redis restarted without its data, so this gateway's registration and its users'
+    /// routes are gone too, and messages stored meanwhile were pushed to nobody here.
+    pub fn take_reset(&mut self) -> bool {
+        std::mem::take(&mut self.reset)
+    }
+
+    /// Marks entries handled and, in the same round trip, reports to each origin the message ids
+    /// of its chat entries among them (`receipts`: origin -> ids), as `gateway`.
+    pub async fn ack_and_report(
+        &mut self,
+        ids: &[String],
+        receipts: HashMap<String, Vec<MessageId>>,
+        gateway: &str,
+    ) -> Result<(), BusError> {
+        if receipts.is_empty() {
+            return self.ack(ids).await;
+        }
+        let mut pipe = redis::pipe();
+        if !ids.is_empty() {
+            pipe.cmd("XACK").arg(&self.key).arg(GROUP).arg(ids).ignore();
+        }
+        for (origin, ids) in receipts {
+            let json = serde_json::to_vec(&Receipt {
+                gateway: gateway.to_owned(),
+                ids,
+            })
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            pipe.cmd("XADD")
+                .arg(receipts_key(&self.prefix, &origin))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(RECEIPTS_MAXLEN)
+                .arg("*")
+                .arg(FIELD)
+                .arg(json)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(unavailable)
     }
 
     /// Marks entries handled.
@@ -890,5 +1020,60 @@ impl RedisStream {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// A Send instance's end of its receipt stream: what gateways report back about the chat entries
+/// it appended.
+pub struct ReceiptStream {
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    key: String,
+    /// The id of the last receipt read (at first, the newest one there was).
+    last: String,
+}
+
+impl std::fmt::Debug for ReceiptStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptStream")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiptStream {
+    /// New receipts, waiting up to `block` for the first. After a connection failure the caller
+    /// retries; the connection is replaced first.
+    pub async fn read(&mut self, block: Duration) -> Result<Vec<Receipt>, BusError> {
+        let opts = StreamReadOptions::default()
+            .count(256)
+            .block(ms(block) as usize);
+        let reply: Option<StreamReadReply> = match self
+            .conn
+            .xread_options(&[&self.key], &[&self.last], &opts)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                if is_connection_error(&e)
+                    && let Ok(conn) =
+                        blocking_connection(&self.client, Duration::from_secs(1)).await
+                {
+                    self.conn = conn;
+                }
+                return Err(unavailable(e));
+            }
+        };
+        let mut out = Vec::new();
+        for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            if let Some(raw) = id.get::<Vec<u8>>(FIELD) {
+                match serde_json::from_slice::<Receipt>(&raw) {
+                    Ok(r) => out.push(r),
+                    Err(e) => tracing::error!(error = %e, "undecodable receipt skipped"),
+                }
+            }
+            self.last = id.id;
+        }
+        Ok(out)
     }
 }

@@ -71,7 +71,7 @@ async fn entries_arrive_in_order_and_stay_pending_until_acknowledged() {
     let got = s.read(10, Duration::from_secs(2)).await.expect("read");
     let seqs: Vec<i64> = got
         .iter()
-        .map(|(_, e)| match e {
+        .map(|item| match &item.entry {
             Some(PushEntry::Chat { message, .. }) => message.seq,
             other => panic!("unexpected {other:?}"),
         })
@@ -197,7 +197,12 @@ async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are
         .await
         .expect("read");
     match &got[..] {
-        [(_, Some(PushEntry::Chat { message, targets }))] => {
+        [
+            bus::redis::StreamItem {
+                entry: Some(PushEntry::Chat { message, targets }),
+                ..
+            },
+        ] => {
             assert_eq!(message.seq, 1);
             assert_eq!(targets, &vec![1]);
         }

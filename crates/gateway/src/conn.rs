@@ -239,6 +239,7 @@ impl Writer {
                 }
                 Ok(())
             }
+            Outbound::CatchUp => Box::pin(self.resync_all()).await,
         }
     }
 

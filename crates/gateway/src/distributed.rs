@@ -1,7 +1,10 @@
 //! The gateway's distributed-mode tasks: consuming its Redis Stream (acknowledging an entry only
-//! after every target in it was handed to its connections' queues), reclaiming what dead gateways
-//! left pending, and keeping this gateway's users' routes fresh.
+//! after every target in it was handed to its connections' queues, and in the same round trip
+//! reporting its chat entries' message ids to the Send instance that appended them, whose pending
+//! tracker then ACKs the sender), reclaiming what dead gateways left pending, and keeping this
+//! gateway's users' routes fresh.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bus::redis::{RedisBus, RedisStream};
@@ -11,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::GatewayState;
 use crate::reorder::{Released, Reorder};
-use proto::UserId;
 use proto::stream::{PushEntry, PushMessage};
+use proto::{MessageId, UserId};
 use std::sync::Arc;
 
 /// Most entries read per call.
@@ -58,23 +61,33 @@ pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: 
                     .store(kit::now_ms(), std::sync::atomic::Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
                 let mut ids = Vec::with_capacity(batch.len());
+                // Origin Send instance -> the messages of its chat entries taken over here.
+                let mut receipts: HashMap<String, Vec<MessageId>> = HashMap::new();
                 let now = Instant::now();
-                for (id, entry) in batch {
-                    if let Some(entry) = entry {
+                for item in batch {
+                    if let Some(entry) = item.entry {
+                        if let (Some(origin), PushEntry::Chat { message, .. }) =
+                            (item.origin, &entry)
+                        {
+                            receipts.entry(origin).or_default().push(message.id);
+                        }
                         for ready in reorder.accept(entry, now) {
                             state.dispatch(ready);
                         }
                     }
-                    ids.push(id);
+                    ids.push(item.id);
                 }
                 metrics::counter!("ruststacker_gateway_stream_entries_total")
                     .increment(ids.len() as u64);
-                if let Err(e) = stream.ack(&ids).await {
+                if let Err(e) = stream.ack_and_report(&ids, receipts, &state.0.id).await {
                     // Unacknowledged entries are reclaimed if we die; re-delivery is deduped by seq.
                     tracing::warn!(error = %e, "stream ack failed");
                 }
             }
             Err(e) => {
+                if stream.take_reset() {
+                    tokio::spawn(after_redis_reset(state.clone()));
+                }
                 metrics::counter!("ruststacker_gateway_stream_read_errors_total").increment(1);
                 tracing::warn!(error = %e, "stream read failed; retrying");
                 tokio::select! {
@@ -85,6 +98,26 @@ pub(crate) async fn consume(state: GatewayState, mut stream: RedisStream, stop: 
             }
         }
     }
+}
+
+/// Redis restarted without its data: this gateway's registration and its users' routes are gone,
+/// so Send instances pushed what they stored meanwhile to nobody here. Registers again, announces
+/// every connected user's route (as a connect, so Send instances also drop what they cached
+/// meanwhile), then has every connection resync from what it was last sent.
+async fn after_redis_reset(state: GatewayState) {
+    tracing::warn!("Redis lost its data; registering again, re-announcing routes and resyncing");
+    metrics::counter!("ruststacker_gateway_redis_resets_total").increment(1);
+    if let Err(e) = state.register().await {
+        tracing::warn!(error = %e, "re-registration failed; the heartbeat retries");
+    }
+    for user in state.0.hub.users() {
+        if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
+            // The periodic refresh writes them again; the resync below still runs.
+            tracing::warn!(error = %e, "route re-announcement failed");
+            break;
+        }
+    }
+    state.0.hub.catch_up_all();
 }
 
 /// Fetches a room's missing seqs once and hands them to every local recipient of the entries

@@ -49,6 +49,9 @@ pub enum Outbound {
     ClientAck(Box<(RoomId, Seq)>),
     /// The client asked for everything in `room` after the given seq.
     Sync(Box<(RoomId, Seq)>),
+    /// Resync every room from what this connection was last sent: messages may have been stored
+    /// without reaching this gateway (Redis lost its routes).
+    CatchUp,
 }
 
 /// What the hub and the connection's tasks share.
@@ -215,6 +218,13 @@ impl Hub {
             closed += 1;
         }
         closed
+    }
+
+    /// Queues a [`Outbound::CatchUp`] on every connection (one whose queue is full is closed as
+    /// a slow consumer: its reconnect resyncs all the same).
+    pub fn catch_up_all(&self) {
+        let users = self.users();
+        self.deliver(&users, &Outbound::CatchUp);
     }
 
     /// Asks every connection to close with `code`.

@@ -1,7 +1,9 @@
 //! Fan-out: for each stored message, in commit order, find the room's members (local cache in
 //! front of the group data, checked for changes once per batch), group the online ones by gateway, append one stream entry per gateway
-//! per 100 targets, then append the sender's ACK to the sender's gateways. A failed append is
-//! logged and counted; the message is already stored, so recipients get it from their cursor.
+//! per 100 targets, then append the sender's ACK to the sender's gateways — at once in `all`
+//! (one gateway, one ordered channel), or once every gateway reported taking its entries over
+//! when distributed ([`crate::pending`]). A failed append is logged and counted; the message is
+//! already stored, so recipients get it from their cursor.
 
 use std::sync::Arc;
 
@@ -13,12 +15,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::pending::Pending;
+
 /// What fan-out needs.
 #[derive(Clone)]
 pub struct Fanout {
     pub groups: CachedGroups,
     pub routes: Arc<dyn Routes>,
     pub bus: Arc<dyn PushBus>,
+    /// Distributed: hold each sender's ACK until the recipients' gateways report (`None` in
+    /// `all`).
+    pub pending: Option<Pending>,
 }
 
 /// Most stored messages fanned out together (their entries go to Redis in one pipeline).
@@ -74,6 +81,8 @@ impl Fanout {
         out: &mut Vec<(GatewayId, PushEntry)>,
     ) {
         let room = m.room_id;
+        // This message's entries start here.
+        let first = out.len();
         let located = match self.routes.locate(members).await {
             Ok(l) => l,
             Err(e) => {
@@ -106,19 +115,27 @@ impl Fanout {
             gateways = located.len(),
             "message fanned out"
         );
-        for gateway in sender_gateways {
-            let ack = PushEntry::Ack {
-                sender_id: m.sender_id,
-                message_id: m.id,
-                room_id: m.room_id,
-                seq: m.seq,
-                client_msg_id: m.client_msg_id.clone(),
-            };
-            out.push((gateway, ack));
+        let acks: Vec<(GatewayId, PushEntry)> = sender_gateways
+            .into_iter()
+            .map(|gateway| {
+                let ack = PushEntry::Ack {
+                    sender_id: m.sender_id,
+                    message_id: m.id,
+                    room_id: m.room_id,
+                    seq: m.seq,
+                    client_msg_id: m.client_msg_id.clone(),
+                };
+                (gateway, ack)
+            })
+            .collect();
+        match &self.pending {
+            Some(p) if out.len() > first => p.track(m.clone(), &out[first..], acks),
+            _ => out.extend(acks),
         }
     }
 
-    async fn publish(&self, entries: Vec<(GatewayId, PushEntry)>) {
+    /// Appends entries to their gateways' streams (one pipeline).
+    pub(crate) async fn publish(&self, entries: Vec<(GatewayId, PushEntry)>) {
         if entries.is_empty() {
             return;
         }

@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 
 pub mod commit;
 pub mod fanout;
+pub mod pending;
 
 /// Keeps this Send instance registered: a heartbeat every `interval` (registering again when
 /// it expired, e.g. after a registry or Redis restart) until `stop`.
@@ -77,6 +78,10 @@ pub struct Config {
     /// Distributed mode: seconds a user's route stays in the local cache; connect/disconnect
     /// events drop it sooner.
     pub route_cache_ttl_secs: u64,
+    /// Distributed mode: milliseconds a message may wait for its recipients' gateways to report
+    /// taking it over before its waiting recipients are re-routed; after twice this long the
+    /// sender's ACK goes out anyway (see [`pending`]).
+    pub pending_timeout_ms: u64,
     /// Instance id in the registry (default `send-<machine_id>`).
     pub name: Option<String>,
     /// Address the registry advertises (default: the bind address).
@@ -97,6 +102,7 @@ impl Default for Config {
             fanout_queue: 4096,
             history_max_limit: 200,
             route_cache_ttl_secs: 10,
+            pending_timeout_ms: 3000,
             name: None,
             address: None,
             heartbeat_interval_secs: 5,

@@ -864,6 +864,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             .register_send(reg.clone())
             .await
             .context("registering the send instance")?;
+        let reg_id = reg.instance_id.clone();
         running.send_registration = Some((reg.instance_id.clone(), instances.clone()));
         running.background.push(tokio::spawn(send::heartbeat(
             instances,
@@ -886,12 +887,29 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             Shared::InProc { routes, .. } => routes.clone(),
         };
         let groups = groups.clone().ok_or_else(|| need("group data"))?;
-        let (fanout_tx, fanout) = send::fanout::Fanout {
+        // Distributed: the entries name this instance, whose pending tracker holds each sender's
+        // ACK until the recipients' gateways report (send::pending).
+        let (bus, receipts): (Arc<dyn bus::PushBus>, _) = match &running.shared {
+            Shared::Redis(r) => {
+                let r = r.clone().with_origin(&reg_id);
+                let receipts = r
+                    .receipts(&reg_id)
+                    .await
+                    .context("opening the receipt stream")?;
+                (Arc::new(r), Some(receipts))
+            }
+            Shared::InProc { .. } => (running.shared.push(), None),
+        };
+        let pending = receipts.as_ref().map(|_| {
+            send::pending::Pending::new(Duration::from_millis(cfg.send.pending_timeout_ms))
+        });
+        let fanout_parts = send::fanout::Fanout {
             groups: groups.clone(),
             routes: routes.clone(),
-            bus: running.shared.push(),
-        }
-        .spawn(cfg.send.fanout_queue);
+            bus,
+            pending: pending.clone(),
+        };
+        let (fanout_tx, fanout) = fanout_parts.clone().spawn(cfg.send.fanout_queue);
         let (committer, commit) = send::commit::spawn(
             store.clone(),
             groups.clone(),
@@ -899,7 +917,24 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             cfg.send.commit_queue,
             fanout_tx,
         );
-        running.pipeline = vec![commit, fanout];
+        running.pipeline = vec![commit];
+        match (pending, receipts) {
+            (Some(pending), Some(receipts)) => {
+                let done = CancellationToken::new();
+                let fanout_done = done.clone();
+                running.pipeline.push(tokio::spawn(async move {
+                    let _ = fanout.await;
+                    fanout_done.cancel();
+                }));
+                running.pipeline.push(tokio::spawn(send::pending::run(
+                    pending,
+                    fanout_parts,
+                    receipts,
+                    done,
+                )));
+            }
+            _ => running.pipeline.push(fanout),
+        }
         let state = send::SendState::new(
             cfg.send.clone(),
             send::Deps {

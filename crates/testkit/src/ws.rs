@@ -321,11 +321,28 @@ impl WsClient {
         }
     }
 
+    /// Fails if an ACK frame is buffered or arrives within `wait` (chats meanwhile are kept).
+    pub async fn expect_no_ack_within(&mut self, wait: Duration) -> anyhow::Result<()> {
+        self.expect_none_within(wait, "ack", |c| c.acks.front().map(|a| format!("{a:?}")))
+            .await
+    }
+
     /// Fails if a chat frame is buffered or arrives within `wait`. Only for asserting absence: a
     /// short window proves little, but a frame inside it proves a bug.
     pub async fn expect_no_chat_within(&mut self, wait: Duration) -> anyhow::Result<()> {
-        if let Some(chat) = self.chats.front() {
-            bail!("expected no chat frame, but one is waiting: {chat:?}");
+        self.expect_none_within(wait, "chat", |c| c.chats.front().map(|m| format!("{m:?}")))
+            .await
+    }
+
+    /// Files every frame arriving within `wait`; fails as soon as `found` names one it should not.
+    async fn expect_none_within(
+        &mut self,
+        wait: Duration,
+        kind: &str,
+        found: fn(&Self) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        if let Some(f) = found(self) {
+            bail!("expected no {kind} frame, but one is waiting: {f}");
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -334,7 +351,10 @@ impl WsClient {
                 return Ok(());
             };
             if let Some(chat) = self.file(frame) {
-                bail!("expected no chat frame within {wait:?}, got {chat:?}");
+                self.chats.push_back(chat);
+            }
+            if let Some(f) = found(self) {
+                bail!("expected no {kind} frame within {wait:?}, got {f}");
             }
         }
     }

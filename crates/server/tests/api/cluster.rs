@@ -230,6 +230,49 @@ async fn a_crashed_gateway_is_no_longer_offered_and_its_users_get_everything_on_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_senders_ack_waits_for_a_silent_gateway_until_the_timeout_reroutes_its_recipient() {
+    // Only the pending tracker moves the message: no reclaim of the dead gateway's stream.
+    let mut c = Cluster::spawn_with(|cfg| {
+        cfg.send.pending_timeout_ms = 2000;
+        cfg.gateway.reclaim_interval_secs = 3600;
+    })
+    .await;
+    let api = c.api(0, 0);
+    let users = api.register_users(&["sender", "moved"]).await;
+    let (sender, moved) = (&users[0], &users[1]);
+    let room = api
+        .create_group_ok(sender, "pending", &[moved])
+        .await
+        .room_id;
+    let mut on_one = c.ws(0, sender).await;
+    let mut on_two = c.ws(1, moved).await;
+    // Both gateways report: the ACK follows.
+    let first = api.send_ok(sender, room, "first").await;
+    assert_eq!(
+        on_two.next_new_chat().await.expect("chat").id,
+        first.message_id
+    );
+    assert_eq!(on_one.next_ack().await.expect("ack").id, first.message_id);
+
+    // Gateway 1 dies with its routes still live: the next message's entry for it is never
+    // taken over, so the ACK waits.
+    c.crash_gateway(1);
+    let second = api.send_ok(sender, room, "second").await;
+    on_one
+        .expect_no_ack_within(Duration::from_millis(1000))
+        .await
+        .expect("no ACK while the recipient's gateway has not reported");
+    // The recipient comes back on gateway 0; the timeout re-routes the message there (or its
+    // resync brings it) and the ACK goes out.
+    let mut back = c.ws(0, moved).await;
+    let got = back.new_chats(2).await.expect("the recipient gets both");
+    assert!(got.iter().any(|m| m.id == second.message_id), "{got:?}");
+    let ack = on_one.next_ack().await.expect("the ACK comes after all");
+    assert_eq!((ack.id, ack.seq), (second.message_id, second.seq));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_runs_on_mysql_and_redis_when_configured() {
     let backends = testkit::Backends::fresh().await;
     let (mysql, redis) = (backends.mysql.clone(), backends.redis.clone());

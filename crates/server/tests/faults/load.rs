@@ -289,6 +289,8 @@ pub struct Verdict {
     pub receivers: usize,
     /// (receiver, acknowledged message) pairs never received.
     pub lost: u64,
+    /// The first few lost pairs, as (receiver's user id, message seq).
+    pub lost_examples: Vec<(i64, i64)>,
     /// Repeated receipts of an id (a client drops them by id).
     pub duplicates: u64,
     pub reordered: u64,
@@ -492,7 +494,20 @@ impl Traffic {
             reordered += s.reordered;
             reconnects += s.connects.saturating_sub(1);
         }
+        let mut lost_examples = Vec::new();
+        for (u, s) in &self.seen {
+            let s = lock(s);
+            for a in accepted
+                .iter()
+                .filter(|a| expected(u, a) && !s.ids.contains(&a.message_id))
+            {
+                if lost_examples.len() < 20 {
+                    lost_examples.push((u.id, a.seq));
+                }
+            }
+        }
         Verdict {
+            lost_examples,
             accepted: sent.accepted.len(),
             abandoned: sent.abandoned.len(),
             retried_attempts: sent
