@@ -324,3 +324,60 @@ impl Follow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Endpoints;
+
+    fn msg(room_id: RoomId, seq: Seq) -> MessageView {
+        MessageView {
+            id: room_id * 1000 + seq,
+            room_id,
+            sender_id: 1,
+            seq,
+            msg_type: proto::api::MessageType::Text,
+            content: format!("{seq}"),
+            timestamp: String::new(),
+            client_msg_id: None,
+        }
+    }
+
+    /// An API whose services refuse connections, so a gap fill fails at once.
+    fn nowhere() -> Api {
+        Api::new(Endpoints::new("http://127.0.0.1:1", None, None).expect("valid")).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_followed_room_shows_each_seq_once_in_order_and_nothing_of_other_rooms() {
+        let api = nowhere();
+        let mut f = Follow::new(7, 2);
+        let mut shown = Vec::new();
+        for m in [
+            msg(7, 1),
+            msg(7, 2),
+            msg(7, 3),
+            msg(8, 4),
+            msg(7, 3),
+            msg(7, 4),
+            msg(7, 2),
+        ] {
+            shown.extend(f.accept(&api, m).await.into_iter().map(|m| m.seq));
+        }
+        assert_eq!(shown, [3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_hole_that_history_cannot_fill_is_reported_and_the_message_still_shown() {
+        let api = nowhere();
+        let mut f = Follow::new(7, 0);
+        let shown: Vec<Seq> = f
+            .accept(&api, msg(7, 3))
+            .await
+            .into_iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(shown, [3]);
+        assert!(f.accept(&api, msg(7, 2)).await.is_empty(), "not shown late");
+    }
+}
