@@ -214,11 +214,16 @@ impl Chat {
                 }
             }
             Some(Event::Disconnected { reason, retry_in }) => {
-                if self.connected {
-                    println!("* connection lost: {reason}");
-                }
+                let was = if self.connected {
+                    "connection lost"
+                } else {
+                    "not connected"
+                };
+                println!(
+                    "* {was}: {reason}; retrying in {:.1}s",
+                    retry_in.as_secs_f64()
+                );
                 self.connected = false;
-                eprintln!("* reconnecting in {:.1}s", retry_in.as_secs_f64());
             }
             Some(Event::Chat(m)) => self.print_message(&m).await,
             Some(Event::Ack {
