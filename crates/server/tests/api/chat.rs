@@ -331,3 +331,21 @@ async fn a_listener_reconnects_and_loses_nothing_when_its_socket_keeps_dropping(
         done.transcript()
     );
 }
+
+#[test]
+fn the_clients_credential_variables_are_not_read_as_server_config() {
+    // A shell that exported them for `ruststacker chat` must still start a server.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let out = std::process::Command::new(BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .env("RUSTSTACKER_USER", "alice")
+        .env("RUSTSTACKER_PASSWORD", "password123")
+        .output()
+        .expect("run ruststacker migrate");
+    assert!(
+        out.status.success(),
+        "migrate refused the environment: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
