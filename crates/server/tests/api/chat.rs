@@ -266,22 +266,39 @@ async fn interactive_mode_takes_commands_and_messages_from_piped_stdin() {
     session.write_line("/join nowhere-at-all");
     session.write_line(&format!("/join {group}"));
     session.write_line("//slash at the start");
+    session.write_line(&format!("/dm {}", alice.id));
+    session.write_line("just between us");
+    session.write_line(&format!("/create {group}-2 {}", alice.id));
+    session.write_line("in the new group");
     session.write_line("/quit");
     let done = session.finish(RUN).await;
     assert_eq!(done.code(), 0, "{}", done.transcript());
 
-    let got = alice_ws.new_chats(2).await.expect("alice gets bob's lines");
+    let got = alice_ws.new_chats(4).await.expect("alice gets bob's lines");
     let texts: Vec<&str> = got.iter().map(|c| c.content.as_str()).collect();
-    assert_eq!(texts, ["hello", "/slash at the start"]);
-    assert!(
-        got.iter()
-            .all(|c| c.sender_id == bob_id && c.room_id == room_id)
+    assert_eq!(
+        texts,
+        [
+            "hello",
+            "/slash at the start",
+            "just between us",
+            "in the new group"
+        ]
+    );
+    assert!(got.iter().all(|c| c.sender_id == bob_id));
+    assert!(got[..2].iter().all(|c| c.room_id == room_id));
+    let rooms: std::collections::BTreeSet<i64> = got.iter().map(|c| c.room_id).collect();
+    assert_eq!(
+        rooms.len(),
+        3,
+        "the group, the direct room and the new group: {got:?}"
     );
 
     let out = done.stdout.join("\n");
     for expected in [
         format!("[{group}] {}: earlier, from alice", alice.username),
         format!("[{group}] {bob}: hello"),
+        format!("[{group}-2] {bob}: in the new group"),
         "delivered message".to_owned(),
     ] {
         assert!(
