@@ -25,8 +25,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The base URLs of the services the client talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
+    /// Meta: users, log-in, rooms and groups.
     pub meta: Url,
+    /// Send: sending and history.
     pub send: Url,
+    /// The registry: gateway placement and live Send instances.
     pub registry: Url,
 }
 
@@ -102,6 +105,7 @@ impl std::fmt::Debug for Api {
 }
 
 impl Api {
+    /// A client of `endpoints`, not logged in yet.
     pub fn new(endpoints: Endpoints) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -113,10 +117,6 @@ impl Api {
             endpoints,
             token: None,
         })
-    }
-
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
     }
 
     /// The token of the session, for the WebSocket handshake.
@@ -175,6 +175,7 @@ impl Api {
         }
     }
 
+    /// My rooms (`GET /api/joined_rooms`).
     pub async fn joined_rooms(&self) -> Result<Vec<RoomView>> {
         let reply: JoinedRoomsReply = self
             .call(Service::Meta, Method::GET, "/api/joined_rooms", None)
@@ -182,6 +183,7 @@ impl Api {
         Ok(reply.rooms)
     }
 
+    /// A user's public profile.
     pub async fn user(&self, user_id: UserId) -> Result<UserView> {
         self.call(
             Service::Meta,
@@ -210,6 +212,7 @@ impl Api {
             .await
     }
 
+    /// A new group of mine with `member_ids`.
     pub async fn create_group(
         &self,
         name: &str,

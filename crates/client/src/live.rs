@@ -276,6 +276,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Starts at `base`, never waits longer than `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
@@ -310,6 +311,7 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// Remembers the last `capacity` ids.
     pub fn new(capacity: usize) -> Self {
         Self {
             ids: HashSet::with_capacity(capacity.min(1024)),

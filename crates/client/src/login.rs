@@ -15,6 +15,7 @@ use crate::error::{ClientError, Result};
 pub struct Password(String);
 
 impl Password {
+    /// Wraps a password read from a flag or the environment.
     pub fn new(s: String) -> Self {
         Self(s)
     }
@@ -33,17 +34,22 @@ impl std::fmt::Debug for Password {
 /// Who to log in as, as given on the command line or in the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Given {
+    /// `--user` / `RUSTSTACKER_USER`.
     pub user: Option<String>,
+    /// `--password` / `RUSTSTACKER_PASSWORD`.
     pub password: Option<Password>,
     /// Register first (a taken username is fine: then this only logs in).
     pub register: bool,
+    /// The nickname to register with.
     pub nickname: Option<String>,
 }
 
 /// The logged-in user.
 #[derive(Debug, Clone)]
 pub struct Me {
+    /// My id (for gateway placement).
     pub user_id: UserId,
+    /// The name I logged in with.
     pub username: String,
 }
 

@@ -171,6 +171,7 @@ async fn connected(
 /// What `--listen` was asked for.
 #[derive(Debug, Clone)]
 pub struct Listen {
+    /// The room: an id or a name of one of mine.
     pub room: String,
     /// Print messages after this `seq` (default: the room's latest when starting).
     pub after_seq: Option<Seq>,
@@ -270,6 +271,7 @@ pub struct Follow {
 }
 
 impl Follow {
+    /// Follows `room_id` from the message after `after_seq`.
     pub fn new(room_id: RoomId, after_seq: Seq) -> Self {
         Self {
             room_id,
