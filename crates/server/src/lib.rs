@@ -24,8 +24,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// `RUSTSTACKER_*` variables that are not config: the test harness's and `scripts/cluster.sh`'s.
-pub const RESERVED_ENV: &[&str] = &["TEST_", "CLUSTER_", "BIN"];
+/// `RUSTSTACKER_*` variables that are not config: the test harness's, `scripts/cluster.sh`'s and
+/// the credentials of `ruststacker chat` (exported in the same shell that starts a server).
+pub const RESERVED_ENV: &[&str] = &["TEST_", "CLUSTER_", "BIN", "USER", "PASSWORD"];
 
 /// JWT settings (the `jwt:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]

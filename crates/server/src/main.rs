@@ -1,4 +1,5 @@
-//! `ruststacker`: parses the command line and hands over to the composition root in `lib.rs`.
+//! `ruststacker`: parses the command line and hands over to the composition root in `lib.rs`
+//! (or, for `chat`, to the terminal client in the `client` crate).
 
 use std::path::PathBuf;
 
@@ -55,6 +56,9 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// A terminal chat client for a running deployment (interactive, or scripted with --rooms,
+    /// --send, --listen).
+    Chat(client::ChatArgs),
 }
 
 /// Loads the config and installs logging and metrics. The guard keeps the log file's writer
@@ -155,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             let (cfg, _log) = load(Some(config.clone()), None)?;
             run(cfg, server::Roles::REGISTRY, Some(config), None).await?;
         }
+        Cmd::Chat(args) => std::process::exit(client::main(args).await),
         Cmd::Migrate { config, data_dir } => {
             let (cfg, _log) = load(config, data_dir)?;
             server::migrate(&cfg).await?;

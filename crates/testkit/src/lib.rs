@@ -12,6 +12,8 @@
 //!   kind without losing the other.
 //! - [`process`]: the real `ruststacker` binary as a child process (its logs, signals and config
 //!   file).
+//! - [`cli`]: a command-line program (`ruststacker chat`) as a child process, read line by line
+//!   as it prints and written to through its stdin.
 //! - [`token`]: forged, tampered and expired JWTs for the 401 tests.
 //!
 //! Helpers that a test uses to set the scene (`register_and_login`, `send_ok`, ...) panic with the
@@ -19,6 +21,7 @@
 //! events (a reply, a frame) with a generous timeout; nothing sleeps to synchronise.
 
 pub mod app;
+pub mod cli;
 pub mod cluster;
 pub mod http;
 pub mod names;
@@ -27,6 +30,7 @@ pub mod token;
 pub mod ws;
 
 pub use app::TestApp;
+pub use cli::{Cli, Finished};
 pub use cluster::{Backends, Cluster, PrivateRedis};
 pub use http::{Addrs, Body, Client, Reply, Roster, Service, TestUser};
 pub use names::unique_username;

@@ -24,9 +24,12 @@
 //! - `deploy`: the dashboard's metrics exist in a live cluster; Prometheus scrapes every port.
 //! - `ops`: health, ping, metrics and the registry.
 //! - `internal`: the registry's internal endpoints and the internal token.
+//! - `chat`: `ruststacker chat`, the terminal client, run as processes: scripted sends and
+//!   listeners, piped interactive sessions, exit codes, reconnects.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
 
 mod accounts;
+mod chat;
 mod cluster;
 mod delivery;
 mod deploy;

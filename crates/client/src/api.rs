@@ -1,0 +1,400 @@
+//! The HTTP side: where each service is ([`Endpoints`]) and the calls the client makes ([`Api`]),
+//! each returning the envelope's `data` parsed into the `proto` type or a [`ClientError`] made
+//! from the status and the stable error name.
+
+use std::time::Duration;
+
+use proto::api::{
+    CreateGroupReply, DirectRoomReply, GatewayView, HistoryReply, JoinedRoomsReply, LoginReply,
+    MessageView, RoomView, SendMessageReply, SendView, UserView,
+};
+use proto::{RoomId, Seq, UserId};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::{ClientError, Result};
+
+/// Meta's default port; Send's and the registry's defaults are on the same host.
+const SEND_PORT: u16 = 8081;
+const REGISTRY_PORT: u16 = 8084;
+/// A whole request, reply included; a gateway lookup or a send answers in milliseconds.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The base URLs of the services the client talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Meta: users, log-in, rooms and groups.
+    pub meta: Url,
+    /// Send: sending and history.
+    pub send: Url,
+    /// The registry: gateway placement and live Send instances.
+    pub registry: Url,
+}
+
+impl Endpoints {
+    /// Meta at `server`; Send and the registry at the given URLs, or else on Meta's host at
+    /// ports 8081 and 8084 (the seed's layout).
+    pub fn new(server: &str, send: Option<&str>, registry: Option<&str>) -> Result<Self> {
+        let meta = parse_base(server, "--server")?;
+        let beside = |port: u16| {
+            let mut u = meta.clone();
+            // A URL with a host always takes a port; `parse_base` refused the others.
+            let _ = u.set_port(Some(port));
+            u
+        };
+        Ok(Self {
+            send: match send {
+                Some(s) => parse_base(s, "--send-url")?,
+                None => beside(SEND_PORT),
+            },
+            registry: match registry {
+                Some(r) => parse_base(r, "--registry-url")?,
+                None => beside(REGISTRY_PORT),
+            },
+            meta,
+        })
+    }
+}
+
+fn parse_base(s: &str, flag: &str) -> Result<Url> {
+    let url = Url::parse(s).map_err(|e| ClientError::Usage(format!("{flag} {s:?}: {e}")))?;
+    if url.scheme() != "http" || url.host_str().is_none() {
+        return Err(ClientError::Usage(format!(
+            "{flag} {s:?}: expected http://HOST[:PORT] (this build has no TLS client)"
+        )));
+    }
+    Ok(url)
+}
+
+/// Which service a call goes to, for URLs and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Meta,
+    Send,
+    Registry,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Send => "send",
+            Self::Registry => "registry",
+        }
+    }
+}
+
+/// An API client; after [`Api::login`] it carries the token (never printed: it has no `Debug`
+/// output beyond the endpoints).
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("endpoints", &self.endpoints)
+            .field("logged_in", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Api {
+    /// A client of `endpoints`, not logged in yet.
+    pub fn new(endpoints: Endpoints) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| ClientError::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            endpoints,
+            token: None,
+        })
+    }
+
+    /// The token of the session, for the WebSocket handshake.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Asks the registry for a live Send instance and uses it from now on; keeps the configured
+    /// URL when the registry has none or cannot be reached (in `all` they are the same).
+    pub async fn discover_send(&mut self) {
+        let picked: Result<SendView> = self
+            .call(
+                Service::Registry,
+                Method::GET,
+                "/registry/send/available",
+                None,
+            )
+            .await;
+        if let Ok(view) = picked
+            && let Ok(url) = parse_base(&view.url, "the registry's Send URL")
+        {
+            self.endpoints.send = url;
+        }
+    }
+
+    /// Logs in and keeps the token.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<LoginReply> {
+        let body = json!({"username": username, "password": password});
+        let reply: LoginReply = self
+            .call(Service::Meta, Method::POST, "/api/user/login", Some(body))
+            .await?;
+        self.token = Some(reply.token.clone());
+        Ok(reply)
+    }
+
+    /// Registers a user; `Ok(None)` when the username is taken (409).
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        nickname: Option<&str>,
+    ) -> Result<Option<UserView>> {
+        let body = json!({"username": username, "password": password, "nickname": nickname});
+        match self
+            .call(
+                Service::Meta,
+                Method::POST,
+                "/api/user/register",
+                Some(body),
+            )
+            .await
+        {
+            Ok(user) => Ok(Some(user)),
+            Err(ClientError::Server { status: 409, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// My rooms (`GET /api/joined_rooms`).
+    pub async fn joined_rooms(&self) -> Result<Vec<RoomView>> {
+        let reply: JoinedRoomsReply = self
+            .call(Service::Meta, Method::GET, "/api/joined_rooms", None)
+            .await?;
+        Ok(reply.rooms)
+    }
+
+    /// A user's public profile.
+    pub async fn user(&self, user_id: UserId) -> Result<UserView> {
+        self.call(
+            Service::Meta,
+            Method::GET,
+            &format!("/api/user/{user_id}"),
+            None,
+        )
+        .await
+    }
+
+    /// Joins an open group (`POST /api/group/{room_id}/join`).
+    pub async fn join_open_group(&self, room_id: RoomId) -> Result<Value> {
+        self.call(
+            Service::Meta,
+            Method::POST,
+            &format!("/api/group/{room_id}/join"),
+            None,
+        )
+        .await
+    }
+
+    /// The one-to-one room with `user_id` (made on first use).
+    pub async fn direct_room(&self, user_id: UserId) -> Result<DirectRoomReply> {
+        let body = json!({"user_id": user_id});
+        self.call(Service::Meta, Method::POST, "/api/room/direct", Some(body))
+            .await
+    }
+
+    /// A new group of mine with `member_ids`.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        member_ids: &[UserId],
+    ) -> Result<CreateGroupReply> {
+        let body = json!({"name": name, "member_ids": member_ids});
+        self.call(Service::Meta, Method::POST, "/api/group/create", Some(body))
+            .await
+    }
+
+    /// Sends `content` to `room_id` with an idempotency key; answers once it is stored.
+    pub async fn send_message(
+        &self,
+        room_id: RoomId,
+        content: &str,
+        client_msg_id: &str,
+    ) -> Result<SendMessageReply> {
+        let body = json!({"room_id": room_id, "content": content, "client_msg_id": client_msg_id});
+        self.call(
+            Service::Send,
+            Method::POST,
+            "/api/chat/send_message",
+            Some(body),
+        )
+        .await
+    }
+
+    /// Up to `limit` messages of `room_id` after `after_seq`, in `seq` order, and whether more
+    /// follow.
+    pub async fn history(
+        &self,
+        room_id: RoomId,
+        after_seq: Seq,
+        limit: u32,
+    ) -> Result<(Vec<MessageView>, bool)> {
+        let path =
+            format!("/api/chat/history?room_id={room_id}&after_seq={after_seq}&limit={limit}");
+        let reply: HistoryReply = self.call(Service::Send, Method::GET, &path, None).await?;
+        Ok((reply.messages, reply.has_more))
+    }
+
+    /// The gateway the registry places `user_id` on.
+    pub async fn gateway_for(&self, user_id: UserId) -> Result<GatewayView> {
+        let path = format!("/registry/gateway/available?user_id={user_id}");
+        self.call(Service::Registry, Method::GET, &path, None).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
+        let base = match service {
+            Service::Meta => &self.endpoints.meta,
+            Service::Send => &self.endpoints.send,
+            Service::Registry => &self.endpoints.registry,
+        };
+        let url = format!("{}{path}", base.as_str().trim_end_matches('/'));
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        // The URL in errors is the base only: paths carry no secret, but keep lines short.
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                ClientError::Timeout(format!(
+                    "{} at {base} did not answer within {}s",
+                    service.name(),
+                    REQUEST_TIMEOUT.as_secs()
+                ))
+            } else {
+                ClientError::Unreachable {
+                    service: service.name(),
+                    url: base.to_string(),
+                    cause: root_cause(&e),
+                }
+            }
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        decode(service, status, &text)
+    }
+}
+
+/// The innermost cause of a transport error ("Connection refused (os error 111)"), which is
+/// what a person needs; reqwest's outer layers only say "error sending request".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The envelope's `data` as `T`, or the error the status and the `error` name stand for.
+fn decode<T: DeserializeOwned>(service: Service, status: StatusCode, text: &str) -> Result<T> {
+    let envelope: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return serde_json::from_value(envelope["data"].clone()).map_err(|e| {
+            ClientError::Other(format!(
+                "{} answered a reply this client does not understand: {e}",
+                service.name()
+            ))
+        });
+    }
+    let name = envelope["error"].as_str().unwrap_or("error").to_owned();
+    let message = envelope["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+    Err(match status.as_u16() {
+        401 => ClientError::Auth(format!("{name}: {message}")),
+        403 | 404 => ClientError::NotFound(format!("{name}: {message}")),
+        code => ClientError::Server {
+            service: service.name(),
+            status: code,
+            name,
+            message,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_and_registry_default_to_the_servers_host_on_the_seeds_ports() {
+        let e = Endpoints::new("http://10.1.2.3:9000", None, None).expect("valid");
+        assert_eq!(e.meta.as_str(), "http://10.1.2.3:9000/");
+        assert_eq!(e.send.as_str(), "http://10.1.2.3:8081/");
+        assert_eq!(e.registry.as_str(), "http://10.1.2.3:8084/");
+        let e = Endpoints::new("http://localhost", Some("http://s:1"), Some("http://r:2"))
+            .expect("valid");
+        assert_eq!(
+            (e.send.as_str(), e.registry.as_str()),
+            ("http://s:1/", "http://r:2/")
+        );
+    }
+
+    #[test]
+    fn only_plain_http_base_urls_are_accepted() {
+        for bad in ["localhost:8080", "https://x", "ftp://x", "http://"] {
+            assert!(
+                matches!(Endpoints::new(bad, None, None), Err(ClientError::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_become_the_errors_scripts_branch_on() {
+        let err = |status: u16, body: &str| {
+            decode::<Value>(
+                Service::Send,
+                StatusCode::from_u16(status).expect("status"),
+                body,
+            )
+            .expect_err("an error status")
+        };
+        let body = r#"{"code":404,"message":"no such room","error":"room_not_found"}"#;
+        assert!(
+            matches!(err(404, body), ClientError::NotFound(m) if m == "room_not_found: no such room")
+        );
+        assert!(matches!(err(403, "{}"), ClientError::NotFound(_)));
+        assert!(matches!(err(401, "{}"), ClientError::Auth(_)));
+        assert!(matches!(
+            err(503, "not json"),
+            ClientError::Server { status: 503, .. }
+        ));
+        let ok: Value = decode(
+            Service::Meta,
+            StatusCode::OK,
+            r#"{"code":200,"data":{"a":1}}"#,
+        )
+        .expect("success");
+        assert_eq!(ok, json!({"a": 1}));
+    }
+}

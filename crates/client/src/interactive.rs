@@ -1,0 +1,453 @@
+//! The interactive mode: reads lines from stdin (a terminal or a pipe) while printing what the
+//! live connection delivers. A line is a command (`/join`, `/rooms`, …) or a message for the
+//! open room. Messages of every room print as `[room] sender: text`, each once.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use proto::api::{MessageView, RoomView};
+use proto::frame::{Notice, NoticeEvent};
+use proto::{MessageId, RoomId, Seq, UserId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::api::Api;
+use crate::error::{ClientError, Result};
+use crate::live::{Event, Live, Seen};
+use crate::login::Me;
+use crate::script::client_msg_id;
+use crate::view::{self, Names};
+
+/// How long to wait for the first connection before reading input (sending works without it;
+/// only live messages and ACKs need it).
+const FIRST_CONNECT: Duration = Duration::from_secs(5);
+/// How long `/quit` (or the end of input) waits for the ACKs of messages just sent.
+const ACK_GRACE: Duration = Duration::from_secs(3);
+/// Message ids remembered for deduplication.
+const SEEN: usize = 10_000;
+
+const HELP: &str = "\
+commands:
+  /rooms                 list your rooms (* marks the open one)
+  /join ROOM             open a room by id or name (joins an open group you are not in)
+  /dm USER_ID            open the one-to-one room with a user
+  /create NAME [ID,ID]   create a group with these members and open it
+  /history [N]           show the open room's last N messages (default as --history)
+  /help                  this text
+  /quit                  leave (also Ctrl-D)
+any other line is sent to the open room; start it with // to send a line beginning with /";
+
+/// A parsed input line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Input {
+    Empty,
+    Help,
+    Quit,
+    Rooms,
+    Join(String),
+    Dm(UserId),
+    Create { name: String, members: Vec<UserId> },
+    History(Option<u32>),
+    Say(String),
+    Bad(String),
+}
+
+fn parse(line: &str) -> Input {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Input::Empty;
+    }
+    if let Some(literal) = line.strip_prefix("//") {
+        return Input::Say(format!("/{literal}"));
+    }
+    let Some(command) = line.strip_prefix('/') else {
+        return Input::Say(line.to_owned());
+    };
+    let (name, rest) = command
+        .trim()
+        .split_once(char::is_whitespace)
+        .map_or((command.trim(), ""), |(n, r)| (n, r.trim()));
+    match (name, rest) {
+        ("help" | "?", _) => Input::Help,
+        ("quit" | "exit" | "q", _) => Input::Quit,
+        ("rooms", _) => Input::Rooms,
+        ("join" | "open", "") => Input::Bad("usage: /join ROOM_ID or /join NAME".into()),
+        ("join" | "open", room) => Input::Join(room.to_owned()),
+        ("dm", id) => match id.parse() {
+            Ok(id) => Input::Dm(id),
+            Err(_) => Input::Bad("usage: /dm USER_ID".into()),
+        },
+        ("create", "") => Input::Bad("usage: /create NAME [ID,ID,...]".into()),
+        ("create", args) => parse_create(args),
+        ("history", "") => Input::History(None),
+        ("history", n) => match n.parse() {
+            Ok(n) => Input::History(Some(n)),
+            Err(_) => Input::Bad("usage: /history [N]".into()),
+        },
+        (other, _) => Input::Bad(format!("unknown command /{other}; /help lists them")),
+    }
+}
+
+/// `NAME [ID,ID]`: the last word is the member list when it is one; the name may have spaces.
+fn parse_create(args: &str) -> Input {
+    let ids = |s: &str| -> Option<Vec<UserId>> {
+        s.split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.trim().parse().ok())
+            .collect()
+    };
+    match args.rsplit_once(char::is_whitespace) {
+        Some((name, last)) if ids(last).is_some() => Input::Create {
+            name: name.trim().to_owned(),
+            members: ids(last).unwrap_or_default(),
+        },
+        _ => Input::Create {
+            name: args.to_owned(),
+            members: Vec::new(),
+        },
+    }
+}
+
+/// The session state of the interactive mode.
+struct Chat {
+    api: Api,
+    me: Me,
+    live: Live,
+    names: Names,
+    rooms: Vec<RoomView>,
+    open: Option<RoomId>,
+    /// Messages shown, by id: history and live frames overlap, and reconnects repeat.
+    seen: Seen,
+    /// The highest `seq` shown per room, for `sync` after a reconnect.
+    last: HashMap<RoomId, Seq>,
+    /// My messages stored but not ACKed yet.
+    unacked: HashSet<MessageId>,
+    connected: bool,
+    history: u32,
+}
+
+/// Runs the interactive mode until `/quit` or the end of input.
+pub async fn run(api: Api, me: Me, history: u32) -> Result<()> {
+    let (live, mut events) = Live::spawn(api.clone(), me.user_id);
+    let mut chat = Chat {
+        api,
+        me,
+        live,
+        names: Names::default(),
+        rooms: Vec::new(),
+        open: None,
+        seen: Seen::new(SEEN),
+        last: HashMap::new(),
+        unacked: HashSet::new(),
+        connected: false,
+        history: history.clamp(1, 200),
+    };
+    println!(
+        "logged in as {} (user {}); /help lists the commands",
+        chat.me.username, chat.me.user_id
+    );
+    chat.refresh_rooms().await?;
+    chat.print_rooms();
+    chat.pump_until(&mut events, Instant::now() + FIRST_CONNECT, |c| c.connected)
+        .await?;
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let line = match line {
+                    Ok(Some(l)) => l,
+                    Ok(None) => break,
+                    Err(e) => return Err(ClientError::Other(format!("cannot read stdin: {e}"))),
+                };
+                let input = parse(&line);
+                if input == Input::Quit {
+                    break;
+                }
+                match chat.handle(input).await {
+                    Ok(()) => {}
+                    Err(e @ ClientError::Auth(_)) => return Err(e),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
+            ev = events.recv() => chat.show(ev).await?,
+        }
+    }
+    if !chat.unacked.is_empty() && chat.connected {
+        chat.pump_until(&mut events, Instant::now() + ACK_GRACE, |c| {
+            c.unacked.is_empty()
+        })
+        .await?;
+    }
+    println!("bye");
+    Ok(())
+}
+
+impl Chat {
+    /// Shows events until `done` holds or `deadline` passes.
+    async fn pump_until(
+        &mut self,
+        events: &mut mpsc::Receiver<Event>,
+        deadline: Instant,
+        done: impl Fn(&Self) -> bool,
+    ) -> Result<()> {
+        while !done(self) {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(ev) => self.show(ev).await?,
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn show(&mut self, ev: Option<Event>) -> Result<()> {
+        match ev {
+            Some(Event::Connected { gateway }) => {
+                if self.connected {
+                    return Ok(());
+                }
+                println!("* connected to {gateway}");
+                self.connected = true;
+                for (&room, &seq) in &self.last {
+                    self.live.sync(room, seq);
+                }
+            }
+            Some(Event::Disconnected { reason, retry_in }) => {
+                let was = if self.connected {
+                    "connection lost"
+                } else {
+                    "not connected"
+                };
+                println!(
+                    "* {was}: {reason}; retrying in {:.1}s",
+                    retry_in.as_secs_f64()
+                );
+                self.connected = false;
+            }
+            Some(Event::Chat(m)) => self.print_message(&m).await,
+            Some(Event::Ack {
+                id, room_id, seq, ..
+            }) => {
+                if self.unacked.remove(&id) {
+                    println!(
+                        "[{}] delivered message {id} (seq {seq})",
+                        self.names.room(room_id)
+                    );
+                }
+            }
+            Some(Event::Notice(n)) => self.print_notice(&n).await,
+            Some(Event::Fatal(e)) => return Err(e),
+            None => return Err(ClientError::Other("the connection task ended".into())),
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, input: Input) -> Result<()> {
+        match input {
+            Input::Empty | Input::Quit => {}
+            Input::Help => println!("{HELP}"),
+            Input::Bad(why) => eprintln!("{why}"),
+            Input::Rooms => {
+                self.refresh_rooms().await?;
+                self.print_rooms();
+            }
+            Input::Join(key) => self.join(&key).await?,
+            Input::Dm(user_id) => {
+                let reply = self.api.direct_room(user_id).await?;
+                self.refresh_rooms().await?;
+                self.open_room(reply.room.room_id).await?;
+            }
+            Input::Create { name, members } => {
+                let reply = self.api.create_group(&name, &members).await?;
+                self.refresh_rooms().await?;
+                self.open_room(reply.room_id).await?;
+            }
+            Input::History(n) => {
+                let room = self.open.ok_or_else(no_room)?;
+                let n = n.unwrap_or(self.history).clamp(1, 200);
+                self.show_history(room, n, true).await?;
+            }
+            Input::Say(text) => {
+                let room = self.open.ok_or_else(no_room)?;
+                let reply = self.api.send_message(room, &text, &client_msg_id()).await?;
+                // The ACK frame may even have come before this reply; not waiting for it then.
+                if self.connected {
+                    self.unacked.insert(reply.message_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn join(&mut self, key: &str) -> Result<()> {
+        self.refresh_rooms().await?;
+        let found: Vec<RoomId> = view::find_rooms(&self.rooms, key)
+            .iter()
+            .map(|r| r.room_id)
+            .collect();
+        let room_id = match found.as_slice() {
+            [one] => *one,
+            [] => {
+                let Ok(id) = key.parse::<RoomId>() else {
+                    return Err(ClientError::NotFound(format!(
+                        "no room named {key:?} among yours; /rooms lists them"
+                    )));
+                };
+                // Not a member yet: an open group lets anyone in.
+                self.api.join_open_group(id).await?;
+                self.refresh_rooms().await?;
+                id
+            }
+            many => {
+                return Err(ClientError::Usage(format!(
+                    "{} rooms are named {key:?} (ids {many:?}): /join the id",
+                    many.len()
+                )));
+            }
+        };
+        self.open_room(room_id).await
+    }
+
+    async fn open_room(&mut self, room_id: RoomId) -> Result<()> {
+        self.open = Some(room_id);
+        println!(
+            "* now in [{}] (room {room_id}); type to send",
+            self.names.room(room_id)
+        );
+        self.show_history(room_id, self.history, false).await
+    }
+
+    /// The room's last `n` messages; with `again`, also those already shown.
+    async fn show_history(&mut self, room_id: RoomId, n: u32, again: bool) -> Result<()> {
+        let last_seq = self
+            .rooms
+            .iter()
+            .find(|r| r.room_id == room_id)
+            .map_or(0, |r| r.last_seq);
+        let after = (last_seq - Seq::from(n)).max(0);
+        let (messages, _) = self.api.history(room_id, after, n).await?;
+        for m in &messages {
+            if again {
+                let line = self.names.line(&self.api, m).await;
+                println!("{line}");
+                self.seen.insert(m.id);
+            } else {
+                self.print_message(m).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn print_message(&mut self, m: &MessageView) {
+        if !self.seen.insert(m.id) {
+            return;
+        }
+        let last = self.last.entry(m.room_id).or_default();
+        *last = (*last).max(m.seq);
+        if self.names.room(m.room_id).starts_with('#') {
+            // A room I was just added to: learn its name.
+            let _ = self.refresh_rooms().await;
+        }
+        let line = self.names.line(&self.api, m).await;
+        println!("{line}");
+    }
+
+    async fn print_notice(&mut self, n: &Notice) {
+        let _ = self.refresh_rooms().await;
+        let room = self.names.room(n.room_id);
+        let mut who = Vec::new();
+        for &u in &n.user_ids {
+            who.push(self.names.user(&self.api, u).await);
+        }
+        let by = match n.by {
+            Some(u) => format!(" by {}", self.names.user(&self.api, u).await),
+            None => String::new(),
+        };
+        let detail = n
+            .detail
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        let event = serde_json::to_value(n.event)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+            .unwrap_or_default();
+        println!("[{room}] * {event} {}{by}{detail}", who.join(", "));
+        if n.event == NoticeEvent::Dissolved && self.open == Some(n.room_id) {
+            self.open = None;
+            println!("* [{room}] is gone; /rooms, /join another");
+        }
+    }
+
+    async fn refresh_rooms(&mut self) -> Result<()> {
+        self.rooms = self.api.joined_rooms().await?;
+        self.names.learn_rooms(&self.rooms);
+        Ok(())
+    }
+
+    fn print_rooms(&self) {
+        if self.rooms.is_empty() {
+            println!("you are in no room yet: /dm USER_ID or /create NAME ID,ID");
+            return;
+        }
+        println!("your rooms:");
+        for r in &self.rooms {
+            let mark = if self.open == Some(r.room_id) {
+                '*'
+            } else {
+                ' '
+            };
+            println!("{mark}{}", view::room_row(r));
+        }
+    }
+}
+
+fn no_room() -> ClientError {
+    ClientError::Usage("no room is open: /join ROOM first (/rooms lists yours)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_commands_or_messages() {
+        assert_eq!(parse("hello"), Input::Say("hello".into()));
+        assert_eq!(parse("  "), Input::Empty);
+        assert_eq!(parse("//join me"), Input::Say("/join me".into()));
+        assert_eq!(parse("/join 12"), Input::Join("12".into()));
+        assert_eq!(parse("/join dev team"), Input::Join("dev team".into()));
+        assert_eq!(parse("/dm 7"), Input::Dm(7));
+        assert!(matches!(parse("/dm bob"), Input::Bad(_)));
+        assert_eq!(parse("/quit\r\n"), Input::Quit);
+        assert_eq!(parse("/history 5"), Input::History(Some(5)));
+        assert!(matches!(parse("/frobnicate"), Input::Bad(_)));
+    }
+
+    #[test]
+    fn create_takes_a_name_with_spaces_and_an_optional_member_list() {
+        assert_eq!(
+            parse("/create dev team 2,3"),
+            Input::Create {
+                name: "dev team".into(),
+                members: vec![2, 3]
+            }
+        );
+        assert_eq!(
+            parse("/create solo"),
+            Input::Create {
+                name: "solo".into(),
+                members: vec![]
+            }
+        );
+        assert_eq!(
+            parse("/create release 2026"),
+            Input::Create {
+                name: "release".into(),
+                members: vec![2026]
+            },
+            "a trailing number is a member list of one"
+        );
+    }
+}
