@@ -534,3 +534,69 @@ async fn a_member_who_was_never_online_can_read_everything_from_history() {
     ws.ping().await.expect("ping");
     ws.next_pong().await.expect("pong");
 }
+
+/// DESIGN.md §4.8: a client that stops reading is not buffered without bound. Once the kernel's
+/// socket buffers are full its queue (`send_channel_size` frames) fills, and the gateway closes
+/// it with 4008; everything written before arrives, and the reconnect's resync delivers the rest,
+/// in order, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_as_slow_and_catches_up_on_reconnect() {
+    const MESSAGES: usize = 300;
+    const SIZE: usize = 48 * 1024;
+    let app = TestApp::spawn_with(|cfg| {
+        cfg.gateway.send_channel_size = 4;
+        cfg.send.max_content_bytes = SIZE + 64;
+        cfg.send.max_body_bytes = 2 * SIZE;
+        cfg.rate_limits.enabled = false;
+    })
+    .await;
+    let users = app.users(&["fast", "stalled"]).await;
+    let (fast, stalled) = (&users[0], &users[1]);
+    let room = app
+        .api
+        .create_group_ok(fast, "firehose", &[stalled])
+        .await
+        .room_id;
+    // Connected, and then not read from while ~14 MiB are sent: more than the loopback socket
+    // buffers on both ends hold.
+    let mut slow = app.ws(stalled).await;
+    let filler = "x".repeat(SIZE);
+    let mut sent = Vec::new();
+    for i in 0..MESSAGES {
+        sent.push(
+            app.api
+                .send_ok(fast, room, &format!("{i:04} {filler}"))
+                .await
+                .message_id,
+        );
+    }
+    assert_eq!(
+        slow.close_code()
+            .await
+            .expect("the gateway ends the socket"),
+        Some(4008),
+        "closed as a slow consumer"
+    );
+    let mut got: Vec<Chat> = slow.take_chats();
+    assert!(
+        got.len() < MESSAGES,
+        "the socket was closed before it was sent everything"
+    );
+    let mut again = app.ws(stalled).await;
+    let mut seen: HashSet<i64> = got.iter().map(|c| c.id).collect();
+    while seen.len() < MESSAGES {
+        let c = again
+            .next_chat()
+            .await
+            .expect("the resync delivers the rest");
+        if seen.insert(c.id) {
+            got.push(c);
+        }
+    }
+    assert_seq_order("the stalled client", &got);
+    assert_eq!(
+        got.iter().map(|c| c.id).collect::<Vec<_>>(),
+        sent,
+        "every message once, in order"
+    );
+}
