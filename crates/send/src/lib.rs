@@ -80,7 +80,8 @@ pub struct Config {
     pub route_cache_ttl_secs: u64,
     /// Distributed mode: milliseconds a message may wait for its recipients' gateways to report
     /// taking it over before its waiting recipients are re-routed; after twice this long the
-    /// sender's ACK goes out anyway (see [`pending`]).
+    /// sender's ACK goes out anyway (see [`pending`]). 0 turns the tracking off: the ACK entry
+    /// then follows the chat entries in the sender's gateway stream, as in `all`.
     pub pending_timeout_ms: u64,
     /// Instance id in the registry (default `send-<machine_id>`).
     pub name: Option<String>,

@@ -891,7 +891,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         // Distributed: the entries name this instance, whose pending tracker holds each sender's
         // ACK until the recipients' gateways report (send::pending).
         let (bus, receipts): (Arc<dyn bus::PushBus>, _) = match &running.shared {
-            Shared::Redis(r) => {
+            Shared::Redis(r) if cfg.send.pending_timeout_ms > 0 => {
                 let r = r.clone().with_origin(&reg_id);
                 let receipts = r
                     .receipts(&reg_id)
@@ -899,7 +899,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                     .context("opening the receipt stream")?;
                 (Arc::new(r), Some(receipts))
             }
-            Shared::InProc { .. } => (running.shared.push(), None),
+            _ => (running.shared.push(), None),
         };
         let pending = receipts.as_ref().map(|_| {
             send::pending::Pending::new(Duration::from_millis(cfg.send.pending_timeout_ms))
