@@ -540,9 +540,6 @@ pub(crate) struct SearchQuery {
     limit: Option<u32>,
 }
 
-/// Most groups on one page of a search.
-const SEARCH_MAX_LIMIT: u32 = 100;
-
 /// Groups whose name contains `q` (ASCII case-insensitive), by id, a page at a time.
 #[utoipa::path(get, path = "/api/group/search", tag = "groups",
     security(("bearer" = [])),
@@ -556,28 +553,15 @@ pub(crate) async fn search(
     _me: AuthUser,
     Query(q): Query<SearchQuery>,
 ) -> ApiResult<SearchGroupsReply> {
-    let limit = q.limit.unwrap_or(20);
-    if limit == 0 || limit > SEARCH_MAX_LIMIT || q.after_id < 0 {
-        return Err(ApiError::invalid(
-            "invalid_query",
-            format!("limit must be 1-{SEARCH_MAX_LIMIT} and after_id >= 0"),
-        ));
-    }
-    if q.q.chars().count() > 64 || q.q.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "invalid_query",
-            "q must be at most 64 characters without control characters",
-        ));
-    }
-    let mut rooms =
+    let page = crate::SearchPage::check(&q.q, q.after_id, q.limit)?;
+    let rooms =
         s.0.store
-            .search_groups(q.q.trim(), q.after_id, limit + 1)
+            .search_groups(page.q, page.after_id, page.limit + 1)
             .await
             .map_err(db)?;
-    let more = rooms.len() > limit as usize;
-    rooms.truncate(limit as usize);
+    let (rooms, next_after_id) = page.cut(rooms, |r| r.id);
     Ok(ok(SearchGroupsReply {
-        next_after_id: more.then(|| rooms.last().map(|r| r.id)).flatten(),
+        next_after_id,
         groups: rooms.iter().map(crate::room_view).collect(),
     }))
 }

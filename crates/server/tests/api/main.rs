@@ -25,6 +25,7 @@
 //! - `ops`: health, ping, metrics and the registry.
 //! - `internal`: the registry's internal endpoints and the internal token.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
+//! - `web`: the web page Meta serves, its config endpoint, user search and CORS.
 
 mod accounts;
 mod cluster;
@@ -45,4 +46,5 @@ mod profiles;
 mod reload;
 mod restart;
 mod rooms;
+mod web;
 mod websocket;
