@@ -21,15 +21,10 @@ fi
 cargo build -p server --bin ruststacker
 bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ruststacker
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-offset=""
+. scripts/ports.sh
 # Below the ephemeral range (32768+); clear of the defaults and of scripts/schemathesis.sh's.
-for candidate in 7000 8000 9000 10000; do
-  ok=1
-  for p in 8080 8081 8082 8084; do port_free $((p + candidate)) || ok=0; done
-  if [ $ok = 1 ]; then offset=$candidate; break; fi
-done
-[ -n "$offset" ] || { echo "no free port range for the browser test" >&2; exit 1; }
+offset=$(pick_port_offset 7000 8000 9000 10000) \
+  || { echo "no free port range for the browser test" >&2; exit 1; }
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT

@@ -524,26 +524,10 @@ async fn fresh_view(s: &MetaState, room_id: RoomId) -> ApiResult<RoomView> {
     Ok(ok(view))
 }
 
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct SearchQuery {
-    /// Part of the name (at most 64 characters); empty matches every group.
-    #[serde(default)]
-    #[param(max_length = 64)]
-    q: String,
-    /// Groups with a greater id (the previous page's `next_after_id`; default 0).
-    #[serde(default)]
-    #[param(value_type = i64, minimum = 0)]
-    after_id: RoomId,
-    /// At most this many (1-100, default 20).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-}
-
 /// Groups whose name contains `q` (ASCII case-insensitive), by id, a page at a time.
 #[utoipa::path(get, path = "/api/group/search", tag = "groups",
     security(("bearer" = [])),
-    params(SearchQuery),
+    params(crate::SearchQuery),
     responses(
         (status = 200, description = "A page of groups", body = Envelope<SearchGroupsReply>),
         (status = 400, description = "`invalid_query`", body = ErrorReply),
@@ -551,9 +535,9 @@ pub(crate) struct SearchQuery {
 pub(crate) async fn search(
     State(s): State<MetaState>,
     _me: AuthUser,
-    Query(q): Query<SearchQuery>,
+    Query(q): Query<crate::SearchQuery>,
 ) -> ApiResult<SearchGroupsReply> {
-    let page = crate::SearchPage::check(&q.q, q.after_id, q.limit)?;
+    let page = crate::SearchPage::check(&q)?;
     let rooms =
         s.0.store
             .search_groups(page.q, page.after_id, page.limit + 1)

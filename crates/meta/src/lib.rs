@@ -155,6 +155,24 @@ pub fn router(state: MetaState) -> Router {
     kit::http::finish(api, "meta", limits)
 }
 
+/// The query of a search (groups by name, users by username or nickname), a page at a time.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SearchQuery {
+    /// Text to find (in a group's name; in a user's username or nickname), at most 64
+    /// characters; empty matches everything.
+    #[serde(default)]
+    #[param(max_length = 64)]
+    q: String,
+    /// Results with a greater id (the previous page's `next_after_id`; default 0).
+    #[serde(default)]
+    #[param(value_type = i64, minimum = 0)]
+    after_id: i64,
+    /// At most this many (1-100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+}
+
 /// Most results on one page of a search (groups or users).
 const SEARCH_MAX_LIMIT: u32 = 100;
 
@@ -167,8 +185,9 @@ pub(crate) struct SearchPage<'a> {
 }
 
 impl<'a> SearchPage<'a> {
-    pub(crate) fn check(q: &'a str, after_id: i64, limit: Option<u32>) -> Result<Self, ApiError> {
-        let limit = limit.unwrap_or(20);
+    pub(crate) fn check(query: &'a SearchQuery) -> Result<Self, ApiError> {
+        let (q, after_id) = (query.q.as_str(), query.after_id);
+        let limit = query.limit.unwrap_or(20);
         if limit == 0 || limit > SEARCH_MAX_LIMIT || after_id < 0 {
             return Err(ApiError::invalid(
                 "invalid_query",

@@ -29,27 +29,11 @@ async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
         .ok_or_else(user_not_found)
 }
 
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct UserSearchQuery {
-    /// Part of the username or nickname (at most 64 characters); empty matches everyone.
-    #[serde(default)]
-    #[param(max_length = 64)]
-    q: String,
-    /// Users with a greater id (the previous page's `next_after_id`; default 0).
-    #[serde(default)]
-    #[param(value_type = i64, minimum = 0)]
-    after_id: UserId,
-    /// At most this many (1-100, default 20).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-}
-
 /// Users whose username or nickname contains `q` (ASCII case-insensitive), by id, a page at a
 /// time: public profiles, to pick members or a one-to-one peer by name.
 #[utoipa::path(get, path = "/api/user/search", tag = "users",
     security(("bearer" = [])),
-    params(UserSearchQuery),
+    params(crate::SearchQuery),
     responses(
         (status = 200, description = "A page of public profiles", body = Envelope<SearchUsersReply>),
         (status = 400, description = "`invalid_query`", body = ErrorReply),
@@ -57,9 +41,9 @@ pub(crate) struct UserSearchQuery {
 pub(crate) async fn search(
     State(s): State<MetaState>,
     _me: AuthUser,
-    Query(q): Query<UserSearchQuery>,
+    Query(q): Query<crate::SearchQuery>,
 ) -> ApiResult<SearchUsersReply> {
-    let page = crate::SearchPage::check(&q.q, q.after_id, q.limit)?;
+    let page = crate::SearchPage::check(&q)?;
     let users =
         s.0.store
             .search_users(page.q, page.after_id, page.limit + 1)
