@@ -48,3 +48,26 @@ for k in ("lost", "duplicates", "reordered", "send_errors"):
     assert d.get(k, 0) == 0, f"{k} = {d.get(k)}"
 print(f"cluster smoke: {d['deliveries']} deliveries over {gws}, nothing lost")
 PY
+
+# The web page on meta finds the cluster's send-1 and registry, and each lets the page's origin
+# call it (CORS) while another origin gets no allow header.
+meta=http://127.0.0.1:$((8080 + offset))
+curl -fsS "$meta/" | grep -q '/web/app.js' || { echo "meta does not serve the web page" >&2; exit 1; }
+curl -fsS "$meta/api/web/config" | python3 -c "
+import json, sys
+d = json.load(sys.stdin)['data']
+want = {'send_url': 'http://127.0.0.1:$((8081 + offset))', 'registry_url': 'http://127.0.0.1:$((8084 + offset))'}
+assert d == want, f'web config {d}, want {want}'
+"
+preflight() {
+  curl -fsS -o /dev/null -D - -X OPTIONS "$1" -H "Origin: $2" \
+    -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: authorization,content-type' \
+    | tr -d '\r' | sed -n 's/^access-control-allow-origin: //Ip'
+}
+for url in "http://127.0.0.1:$((8081 + offset))/api/chat/send_message" \
+           "http://127.0.0.1:$((8181 + offset))/api/chat/send_message" \
+           "http://127.0.0.1:$((8084 + offset))/registry/gateway/available"; do
+  [ "$(preflight "$url" "$meta")" = "$meta" ] || { echo "$url refuses the page's origin $meta" >&2; exit 1; }
+  [ -z "$(preflight "$url" http://evil.example)" ] || { echo "$url allows another origin" >&2; exit 1; }
+done
+echo "cluster smoke: the web page's config and CORS point at the cluster"

@@ -7,6 +7,8 @@
 #   scripts/cluster.sh down      SIGTERM exactly the processes `up` started (graceful), wait for them
 #   scripts/cluster.sh status    each process: pid, alive, /health
 #
+# The web chat page is on meta: http://127.0.0.1:8080/ (plus the offset).
+#
 # Environment: RUSTSTACKER_CLUSTER_DIR (logs, pid files, the generated JWT secret; default
 # ./cluster), RUSTSTACKER_CLUSTER_DB (MySQL database, default ruststacker),
 # RUSTSTACKER_CLUSTER_PREFIX (Redis key prefix, default ruststacker), RUSTSTACKER_CLUSTER_PORT_OFFSET
@@ -24,10 +26,12 @@ OFFSET=${RUSTSTACKER_CLUSTER_PORT_OFFSET:-0}
 SERVICES=("registry registry 8084" "meta meta 8080" "send-1 send 8081" "send-2 send 8181"
           "gateway-1 gateway 8082" "gateway-2 gateway 8182")
 
+# Every service lets the web page on meta's origin call it (CORS), wherever the offset puts meta.
 env_for() {
   echo "RUSTSTACKER_JWT__SECRET=$(cat "$DIR/jwt_secret")" \
        "RUSTSTACKER_INTERNAL_TOKEN=$(cat "$DIR/internal_token")" \
-       "RUSTSTACKER_MYSQL__DBNAME=$DB" "RUSTSTACKER_REDIS__PREFIX=$PREFIX"
+       "RUSTSTACKER_MYSQL__DBNAME=$DB" "RUSTSTACKER_REDIS__PREFIX=$PREFIX" \
+       "RUSTSTACKER_HTTP__CORS_ORIGINS=http://127.0.0.1:$(port_of 8080),http://localhost:$(port_of 8080)"
 }
 
 alive() { [ -f "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
@@ -38,8 +42,13 @@ port_of() { echo $(( $1 + OFFSET )); }
 
 # Gateways talk to the registry over HTTP (registry.url, the seed's model); its URL moves with the
 # port offset. The other services find each other through Redis.
+# The web page served by meta finds send-1 and the registry at their offset ports.
 env_for_kind() {
   if [ "$1" = gateway ]; then echo "RUSTSTACKER_REGISTRY__URL=http://127.0.0.1:$(port_of 8084)"; fi
+  if [ "$1" = meta ]; then
+    echo "RUSTSTACKER_WEB__SEND_URL=http://127.0.0.1:$(port_of 8081)" \
+         "RUSTSTACKER_WEB__REGISTRY_URL=http://127.0.0.1:$(port_of 8084)"
+  fi
 }
 
 up() {

@@ -16,15 +16,10 @@ fi
 
 cargo build -p server --bin ruststacker
 dir=$(mktemp -d)
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-offset=""
+. scripts/ports.sh
 # Below the ephemeral range (32768+), where a client socket of an earlier test may hold the port.
-for candidate in 11000 12000 13000 14000; do
-  ok=1
-  for p in 8080 8081 8082 8084; do port_free $((p + candidate)) || ok=0; done
-  if [ $ok = 1 ]; then offset=$candidate; break; fi
-done
-[ -n "$offset" ] || { echo "no free port range for schemathesis" >&2; exit 1; }
+offset=$(pick_port_offset 11000 12000 13000 14000) \
+  || { echo "no free port range for schemathesis" >&2; exit 1; }
 meta=$((8080 + offset)) send=$((8081 + offset)) gateway=$((8082 + offset)) registry=$((8084 + offset))
 internal=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 

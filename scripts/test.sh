@@ -35,3 +35,6 @@ scripts/cluster-smoke.sh
 
 # Every operation of the OpenAPI documents, fuzzed against a running `ruststacker all`.
 scripts/schemathesis.sh
+
+# The web chat page in Debian's chromium (playwright-core): two users, offline and restart.
+scripts/browser-test.sh

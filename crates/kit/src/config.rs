@@ -59,3 +59,57 @@ pub fn load<T: DeserializeOwned>(
     })?;
     Ok(cfg.try_deserialize()?)
 }
+
+/// Deserializes an optional list of strings from a list (YAML) or from one comma-separated string
+/// (an environment variable, e.g. `RUSTSTACKER_HTTP__CORS_ORIGINS=http://a:1,http://b:2`), with
+/// blanks around items dropped. Use with `#[serde(default, deserialize_with = ...)]`.
+pub fn comma_list<'de, D>(d: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+    }
+    let items = match <Option<Either> as serde::Deserialize>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Either::List(l)) => l,
+        Some(Either::One(s)) => s.split(',').map(str::to_owned).collect(),
+    };
+    Ok(Some(
+        items
+            .into_iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Origins {
+        #[serde(default, deserialize_with = "comma_list")]
+        list: Option<Vec<String>>,
+    }
+
+    #[test]
+    fn a_list_is_read_from_yaml_or_from_one_comma_separated_variable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "list: [\"http://a:1\", \"http://b:2\"]\n").expect("write");
+        let from_file: Origins = load(Some(&path), "KITCOMMATEST", &[]).expect("loads");
+        let want = Some(vec!["http://a:1".to_owned(), "http://b:2".to_owned()]);
+        assert_eq!(from_file.list, want);
+        let one: Origins =
+            serde_json::from_value(serde_json::json!({"list": "http://a:1, http://b:2,"}))
+                .expect("a string");
+        assert_eq!(one.list, want);
+        let unset: Origins = serde_json::from_value(serde_json::json!({})).expect("unset");
+        assert_eq!(unset.list, None);
+    }
+}

@@ -1,4 +1,5 @@
-//! What every service's router gets: common routes, limits, metrics and envelope fallbacks.
+//! What every service's router gets: common routes, limits, metrics and envelope fallbacks
+//! ([`finish`]), and the CORS policy every listener answers with ([`cors_layer`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -191,6 +193,61 @@ pub fn finish(router: OpenApiRouter, service: &'static str, limits: Limits) -> R
         ))
 }
 
+/// How long a browser may cache a preflight's answer.
+const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The CORS policy of every service: pages from `origins` (each `http(s)://host[:port]`, or the
+/// single entry `*` for any origin) may call the API with `Authorization` and JSON bodies and read
+/// the answers, `Retry-After` included. Credentials (cookies) are never allowed: the API
+/// authenticates with bearer tokens that a page sends explicitly, so an origin that is allowed
+/// gains nothing a token does not already give it, and one that is not cannot read answers.
+///
+/// Applied outside [`finish`]'s router (by the composition root, around each listener's
+/// service), so a preflight `OPTIONS` is answered before routing and never reaches the 405
+/// fallback, the metrics or the Monitor. Fails with a sentence naming the bad origin.
+pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, String> {
+    use axum::http::{HeaderValue, Method, header};
+    let allow = if origins.iter().any(|o| o == "*") {
+        if origins.len() > 1 {
+            return Err("http.cors_origins: `*` allows every origin; list it alone".into());
+        }
+        AllowOrigin::any()
+    } else {
+        let mut list = Vec::with_capacity(origins.len());
+        for o in origins {
+            list.push(parse_origin(o)?);
+        }
+        AllowOrigin::list(list)
+    };
+    fn parse_origin(o: &str) -> Result<HeaderValue, String> {
+        let bad = || format!("http.cors_origins: `{o}` is not an origin like http://host:port");
+        let rest = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .ok_or_else(bad)?;
+        let host_ok = !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !host_ok {
+            return Err(bad());
+        }
+        HeaderValue::from_str(o).map_err(|_| bad())
+    }
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(CORS_MAX_AGE))
+}
+
 /// Numbers requests in logs (per process), so one request's lines can be found together.
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
@@ -246,6 +303,83 @@ async fn record_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn preflight(router: Router, origin: &str) -> Response {
+        use tower::ServiceExt;
+        let req = Request::builder()
+            .method("OPTIONS")
+            .uri("/api/anything")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        router.oneshot(req).await.expect("infallible")
+    }
+
+    fn allowed_origin(resp: &Response) -> Option<&str> {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_preflight_from_a_listed_origin_is_allowed_and_another_is_not() {
+        let origins = vec![
+            "http://127.0.0.1:8080".to_owned(),
+            "http://localhost:8080".into(),
+        ];
+        let router = || {
+            Router::new()
+                .fallback(not_found)
+                .layer(cors_layer(&origins).expect("valid origins"))
+        };
+        let ok = preflight(router(), "http://localhost:8080").await;
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(allowed_origin(&ok), Some("http://localhost:8080"));
+        let headers = ok.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("ascii");
+        assert!(headers.contains("authorization") && headers.contains("content-type"));
+        assert!(
+            ok.headers()
+                .get("access-control-allow-credentials")
+                .is_none(),
+            "never credentials"
+        );
+        let other = preflight(router(), "http://evil.example").await;
+        assert_eq!(
+            allowed_origin(&other),
+            None,
+            "an unlisted origin reads nothing"
+        );
+        let any = Router::new()
+            .fallback(not_found)
+            .layer(cors_layer(&["*".to_owned()]).expect("valid"));
+        assert_eq!(
+            allowed_origin(&preflight(any, "http://anywhere.example:1234").await),
+            Some("*")
+        );
+    }
+
+    #[test]
+    fn an_origin_with_a_path_or_another_scheme_is_refused() {
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://host",
+            "http://host/path",
+            "http://",
+            "http://a b",
+        ] {
+            let err = cors_layer(&[bad.to_owned()]).expect_err(bad);
+            assert!(err.contains(bad), "{err}");
+        }
+        assert!(cors_layer(&["*".to_owned(), "http://a".to_owned()]).is_err());
+        assert!(cors_layer(&[]).is_ok(), "no origin: no page may call");
+    }
 
     #[test]
     fn health_is_503_and_not_ready_from_the_start_of_a_shutdown_even_with_every_check_ok() {

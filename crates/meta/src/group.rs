@@ -524,29 +524,10 @@ async fn fresh_view(s: &MetaState, room_id: RoomId) -> ApiResult<RoomView> {
     Ok(ok(view))
 }
 
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct SearchQuery {
-    /// Part of the name (at most 64 characters); empty matches every group.
-    #[serde(default)]
-    #[param(max_length = 64)]
-    q: String,
-    /// Groups with a greater id (the previous page's `next_after_id`; default 0).
-    #[serde(default)]
-    #[param(value_type = i64, minimum = 0)]
-    after_id: RoomId,
-    /// At most this many (1-100, default 20).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
-}
-
-/// Most groups on one page of a search.
-const SEARCH_MAX_LIMIT: u32 = 100;
-
 /// Groups whose name contains `q` (ASCII case-insensitive), by id, a page at a time.
 #[utoipa::path(get, path = "/api/group/search", tag = "groups",
     security(("bearer" = [])),
-    params(SearchQuery),
+    params(crate::SearchQuery),
     responses(
         (status = 200, description = "A page of groups", body = Envelope<SearchGroupsReply>),
         (status = 400, description = "`invalid_query`", body = ErrorReply),
@@ -554,30 +535,17 @@ const SEARCH_MAX_LIMIT: u32 = 100;
 pub(crate) async fn search(
     State(s): State<MetaState>,
     _me: AuthUser,
-    Query(q): Query<SearchQuery>,
+    Query(q): Query<crate::SearchQuery>,
 ) -> ApiResult<SearchGroupsReply> {
-    let limit = q.limit.unwrap_or(20);
-    if limit == 0 || limit > SEARCH_MAX_LIMIT || q.after_id < 0 {
-        return Err(ApiError::invalid(
-            "invalid_query",
-            format!("limit must be 1-{SEARCH_MAX_LIMIT} and after_id >= 0"),
-        ));
-    }
-    if q.q.chars().count() > 64 || q.q.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "invalid_query",
-            "q must be at most 64 characters without control characters",
-        ));
-    }
-    let mut rooms =
+    let page = crate::SearchPage::check(&q)?;
+    let rooms =
         s.0.store
-            .search_groups(q.q.trim(), q.after_id, limit + 1)
+            .search_groups(page.q, page.after_id, page.limit + 1)
             .await
             .map_err(db)?;
-    let more = rooms.len() > limit as usize;
-    rooms.truncate(limit as usize);
+    let (rooms, next_after_id) = page.cut(rooms, |r| r.id);
     Ok(ok(SearchGroupsReply {
-        next_after_id: more.then(|| rooms.last().map(|r| r.id)).flatten(),
+        next_after_id,
         groups: rooms.iter().map(crate::room_view).collect(),
     }))
 }

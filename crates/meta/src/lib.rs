@@ -3,6 +3,8 @@
 //! - [`Config`]: the service's settings.
 //! - [`MetaState`] and [`router`]: the HTTP API under `/api/user` and `/api/group`.
 //! - [`password`]: argon2id hashing off the async runtime, with a concurrency cap.
+//! - [`web`]: the web chat page (`GET /`, `GET /web/{file}`) and where it finds Send and the
+//!   registry (`GET /api/web/config`).
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ mod group;
 pub mod notify;
 pub mod password;
 mod user;
+pub mod web;
 
 /// Meta's settings (the `meta:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +72,7 @@ struct Inner {
     auth: Arc<Auth>,
     hasher: password::Hasher,
     ready: Ready,
+    links: web::Links,
 }
 
 /// Meta's shared state.
@@ -95,7 +99,17 @@ impl MetaState {
             auth,
             hasher,
             ready,
+            links: web::Links::default(),
         })))
+    }
+
+    /// Where the web page finds Send and the registry (default: the seed's ports on the page's
+    /// host). Call it right after [`MetaState::new`]: it panics on a state already cloned.
+    pub fn with_web_links(mut self, links: web::Links) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("with_web_links is called before the state is shared")
+            .links = links;
+        self
     }
 }
 
@@ -116,6 +130,7 @@ pub fn router(state: MetaState) -> Router {
         .routes(routes!(user::me, user::update_profile))
         .routes(routes!(user::change_password))
         .routes(routes!(user::profile))
+        .routes(routes!(user::search))
         .routes(routes!(create_group))
         .routes(routes!(group::dissolve))
         .routes(routes!(members, group::add_members))
@@ -132,9 +147,78 @@ pub fn router(state: MetaState) -> Router {
         .routes(routes!(group::search))
         .routes(routes!(group::direct_room))
         .routes(routes!(joined_rooms))
+        .routes(routes!(web::index))
+        .routes(routes!(web::asset))
+        .routes(routes!(web::config))
         .routes(routes!(health))
         .with_state(state);
     kit::http::finish(api, "meta", limits)
+}
+
+/// The query of a search (groups by name, users by username or nickname), a page at a time.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SearchQuery {
+    /// Text to find (in a group's name; in a user's username or nickname), at most 64
+    /// characters; empty matches everything.
+    #[serde(default)]
+    #[param(max_length = 64)]
+    q: String,
+    /// Results with a greater id (the previous page's `next_after_id`; default 0).
+    #[serde(default)]
+    #[param(value_type = i64, minimum = 0)]
+    after_id: i64,
+    /// At most this many (1-100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+}
+
+/// Most results on one page of a search (groups or users).
+const SEARCH_MAX_LIMIT: u32 = 100;
+
+/// A search's checked query and page: `q` trimmed, at most 64 characters without control
+/// characters; `after_id` at least 0; `limit` 1-100 (default 20).
+pub(crate) struct SearchPage<'a> {
+    pub q: &'a str,
+    pub after_id: i64,
+    pub limit: u32,
+}
+
+impl<'a> SearchPage<'a> {
+    pub(crate) fn check(query: &'a SearchQuery) -> Result<Self, ApiError> {
+        let (q, after_id) = (query.q.as_str(), query.after_id);
+        let limit = query.limit.unwrap_or(20);
+        if limit == 0 || limit > SEARCH_MAX_LIMIT || after_id < 0 {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                format!("limit must be 1-{SEARCH_MAX_LIMIT} and after_id >= 0"),
+            ));
+        }
+        if q.chars().count() > 64 || q.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                "q must be at most 64 characters without control characters",
+            ));
+        }
+        Ok(Self {
+            q: q.trim(),
+            after_id,
+            limit,
+        })
+    }
+
+    /// Cuts what the store found (asked for `limit + 1`) to the page, with the `next_after_id`
+    /// to ask for the next one when there is more.
+    pub(crate) fn cut<T>(
+        &self,
+        mut found: Vec<T>,
+        id: impl Fn(&T) -> i64,
+    ) -> (Vec<T>, Option<i64>) {
+        let more = found.len() > self.limit as usize;
+        found.truncate(self.limit as usize);
+        let next = more.then(|| found.last().map(id)).flatten();
+        (found, next)
+    }
 }
 
 pub(crate) fn db(e: StoreError) -> ApiError {

@@ -1,5 +1,6 @@
 //! Profiles: one's own (`GET`/`PUT /api/user/me`), another user's public one
-//! (`GET /api/user/{user_id}`), and the password change (`PUT /api/user/password`), which
+//! (`GET /api/user/{user_id}`), finding users by name (`GET /api/user/search`), and the
+//! password change (`PUT /api/user/password`), which
 //! revokes every token issued before it (closing the WebSockets opened with one) and answers
 //! with a fresh one.
 
@@ -7,8 +8,10 @@ use axum::extract::State;
 use kit::auth::AuthUser;
 use kit::envelope::Envelope;
 use kit::openapi::ErrorReply;
-use kit::{ApiError, ApiResult, Json, Path, ok};
-use proto::api::{ChangePasswordRequest, LoginReply, UpdateProfileRequest, UserView};
+use kit::{ApiError, ApiResult, Json, Path, Query, ok};
+use proto::api::{
+    ChangePasswordRequest, LoginReply, SearchUsersReply, UpdateProfileRequest, UserView,
+};
 use proto::error::ErrorKind;
 use proto::{UserId, validate};
 
@@ -24,6 +27,33 @@ async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
         .await
         .map_err(db)?
         .ok_or_else(user_not_found)
+}
+
+/// Users whose username or nickname contains `q` (ASCII case-insensitive), by id, a page at a
+/// time: public profiles, to pick members or a one-to-one peer by name.
+#[utoipa::path(get, path = "/api/user/search", tag = "users",
+    security(("bearer" = [])),
+    params(crate::SearchQuery),
+    responses(
+        (status = 200, description = "A page of public profiles", body = Envelope<SearchUsersReply>),
+        (status = 400, description = "`invalid_query`", body = ErrorReply),
+    ))]
+pub(crate) async fn search(
+    State(s): State<MetaState>,
+    _me: AuthUser,
+    Query(q): Query<crate::SearchQuery>,
+) -> ApiResult<SearchUsersReply> {
+    let page = crate::SearchPage::check(&q)?;
+    let users =
+        s.0.store
+            .search_users(page.q, page.after_id, page.limit + 1)
+            .await
+            .map_err(db)?;
+    let (users, next_after_id) = page.cut(users, |u| u.id);
+    Ok(ok(SearchUsersReply {
+        users: users.iter().map(user_view).collect(),
+        next_after_id,
+    }))
 }
 
 /// The caller's own profile.

@@ -32,6 +32,24 @@ pub struct UserView {
     pub created_at: String,
 }
 
+/// Reply of `GET /api/user/search`: a page of public profiles; ask for the next one with
+/// `after_id=next_after_id` while it is present.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchUsersReply {
+    pub users: Vec<UserView>,
+    pub next_after_id: Option<UserId>,
+}
+
+/// Reply of `GET /api/web/config`: where the web page (served by Meta) reaches the services it
+/// calls besides Meta. Both are `http://host:port` base URLs without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebConfigReply {
+    /// Send's base URL (`send_message`, `history`).
+    pub send_url: String,
+    /// The registry's base URL (`/registry/gateway/available`: which gateway to connect to).
+    pub registry_url: String,
+}
+
 /// `PUT /api/user/me`: fields left out are kept.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UpdateProfileRequest {

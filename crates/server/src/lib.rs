@@ -23,6 +23,7 @@ use store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::CorsLayer;
 
 /// `RUSTSTACKER_*` variables that are not config: the test harness's, `scripts/cluster.sh`'s and
 /// the credentials of `ruststacker chat` (exported in the same shell that starts a server).
@@ -87,6 +88,40 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Settings every service's HTTP listener shares (`http:`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins (`http(s)://host[:port]`, or `*` alone for any) whose pages may call the API from
+    /// a browser (CORS). Unset: Meta's own origins, where the web page is served —
+    /// `http://127.0.0.1:<meta port>`, `http://localhost:<meta port>` and, when `bind` is one
+    /// specific address, `http://<bind>:<meta port>`. No cookies are ever allowed: the API's
+    /// credentials are bearer tokens a page sends itself.
+    #[serde(deserialize_with = "kit::config::comma_list")]
+    pub cors_origins: Option<Vec<String>>,
+}
+
+impl HttpConfig {
+    /// The origins allowed by CORS (see [`HttpConfig::cors_origins`]) when Meta listens on
+    /// `meta_port` of `bind`.
+    pub fn origins(&self, bind: IpAddr, meta_port: u16) -> Vec<String> {
+        if let Some(list) = &self.cors_origins {
+            return list.clone();
+        }
+        let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        if !bind.is_loopback() && !bind.is_unspecified() {
+            hosts.push(match bind {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            });
+        }
+        hosts
+            .into_iter()
+            .map(|h| format!("http://{h}:{meta_port}"))
+            .collect()
+    }
+}
+
 /// The configuration of `ruststacker all`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,6 +139,10 @@ pub struct AllConfig {
     pub log: kit::telemetry::LogConfig,
     pub monitor: MonitorConfig,
     pub metrics: MetricsConfig,
+    /// CORS, shared by every service's listener.
+    pub http: HttpConfig,
+    /// Where the web page served by Meta finds Send and the registry.
+    pub web: meta::web::WebConfig,
     pub meta: meta::Config,
     pub send: send::Config,
     pub gateway: gateway::Config,
@@ -270,6 +309,8 @@ impl Default for AllConfig {
             log: kit::telemetry::LogConfig::default(),
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
+            web: meta::web::WebConfig::default(),
             meta: meta::Config::default(),
             send: send::Config::default(),
             gateway: gateway::Config::default(),
@@ -415,6 +456,10 @@ pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
     if cfg.send.max_content_bytes == 0 || cfg.send.history_max_limit == 0 {
         bail!("send.max_content_bytes and send.history_max_limit must be at least 1");
     }
+    kit::http::cors_layer(&cfg.http.origins(cfg.bind, cfg.meta.port))
+        .map(drop)
+        .map_err(anyhow::Error::msg)?;
+    cfg.web.validate().map_err(anyhow::Error::msg)?;
     Ok(())
 }
 
@@ -477,7 +522,15 @@ async fn bind(ip: IpAddr, port: u16, service: &str) -> anyhow::Result<TcpListene
         .with_context(|| format!("{service}: cannot listen on {ip}:{port}"))
 }
 
-fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> JoinHandle<()> {
+/// Serves `router` on `listener` until `stop`, behind the CORS policy (outermost, so a preflight
+/// is answered before routing).
+fn serve(
+    listener: TcpListener,
+    router: Router,
+    cors: &CorsLayer,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let router = router.layer(cors.clone());
     tokio::spawn(async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
@@ -749,6 +802,18 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     let ready = Ready::default();
     let stop = CancellationToken::new();
     let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let port_of =
+        |l: &Option<TcpListener>, configured: u16| addr(l).map_or(configured, |a| a.port());
+    let cors = kit::http::cors_layer(&cfg.http.origins(cfg.bind, port_of(&meta_l, cfg.meta.port)))
+        .map_err(anyhow::Error::msg)?;
+    // The page finds this process's Send and registry where they really listen (port 0 in tests).
+    let links = meta::web::Links {
+        send: meta::web::Link::new(cfg.web.send_url.as_deref(), port_of(&send_l, cfg.send.port)),
+        registry: meta::web::Link::new(
+            cfg.web.registry_url.as_deref(),
+            port_of(&registry_l, cfg.registry.port),
+        ),
+    };
     let mut running = Running {
         meta: addr(&meta_l),
         send: addr(&send_l),
@@ -834,7 +899,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             },
         };
         let bg = gw.start(stream).await.context("registering the gateway")?;
-        let http = serve(l, gateway::router(gw.clone()), stop.clone());
+        let http = serve(l, gateway::router(gw.clone()), &cors, stop.clone());
         running.gateway_part = Some(GatewayPart {
             state: gw,
             bg,
@@ -951,7 +1016,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         running.content_limits = Some(state.content_limits());
         running
             .http
-            .push(serve(l, send::router(state), stop.clone()));
+            .push(serve(l, send::router(state), &cors, stop.clone()));
     }
     if let Some(l) = meta_l {
         let state = meta::MetaState::new(
@@ -967,13 +1032,14 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
             auth.clone(),
             ready.clone(),
         )
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .with_web_links(links.clone());
         if let Some(wb) = &writeback {
             running.flusher = Some((wb.spawn_flusher(running.flusher_stop.clone()), wb.clone()));
         }
         running
             .http
-            .push(serve(l, meta::router(state), stop.clone()));
+            .push(serve(l, meta::router(state), &cors, stop.clone()));
     }
     if let Some(l) = registry_l {
         running.background.push(tokio::spawn(count_instances(
@@ -988,7 +1054,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         );
         running
             .http
-            .push(serve(l, registry::router(state), stop.clone()));
+            .push(serve(l, registry::router(state), &cors, stop.clone()));
     }
     Ok(running)
 }

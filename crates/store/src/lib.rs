@@ -202,6 +202,10 @@ pub trait UserStore: Send + Sync {
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
     /// The users among `ids` that exist, in id order.
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>>;
+    /// Users whose username or nickname contains `query` (ASCII letters in any case, every other
+    /// character exactly), with ids above `after`, in id order, at most `limit`. An empty
+    /// `query` matches everyone.
+    async fn search_users(&self, query: &str, after: UserId, limit: u32) -> Result<Vec<User>>;
     /// Sets the nickname and/or the avatar; `None` keeps a field. Returns the user as stored.
     async fn update_profile(
         &self,

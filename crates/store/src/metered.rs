@@ -54,6 +54,9 @@ impl<S: Store> UserStore for Metered<S> {
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
         timed!("users_by_ids", self.0.users_by_ids(ids))
     }
+    async fn search_users(&self, query: &str, after: UserId, limit: u32) -> Result<Vec<User>> {
+        timed!("search_users", self.0.search_users(query, after, limit))
+    }
     async fn update_profile(
         &self,
         id: UserId,

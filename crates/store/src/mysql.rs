@@ -291,6 +291,29 @@ impl UserStore for MySqlStore {
         Ok(out)
     }
 
+    async fn search_users(&self, query: &str, after: UserId, limit: u32) -> Result<Vec<User>> {
+        // MySQL's LOWER() folds far more than ASCII, so the nickname is folded letter by letter
+        // (as the rooms' search_name migration does); usernames are ASCII already. The binary
+        // collation leaves every other character exact, as in SQLite.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT * FROM users WHERE id > ? AND (LOWER(username) LIKE ? COLLATE utf8mb4_bin \
+             OR {} LIKE ? COLLATE utf8mb4_bin) ORDER BY id LIMIT ?",
+            ascii_lower("nickname")
+        ));
+        let pattern = crate::contains_pattern(&query.to_ascii_lowercase());
+        sqlx::query(sql)
+            .bind(after)
+            .bind(&pattern)
+            .bind(&pattern)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(translate)?
+            .iter()
+            .map(|r| user_from(r).map_err(translate))
+            .collect()
+    }
+
     async fn update_profile(
         &self,
         id: UserId,
@@ -1076,4 +1099,14 @@ impl Store for MySqlStore {
             .map(|_| ())
             .map_err(translate)
     }
+}
+
+/// An SQL expression: `column` with its ASCII capital letters lowered and nothing else changed.
+fn ascii_lower(column: &str) -> String {
+    ('A'..='Z').fold(format!("{column} COLLATE utf8mb4_bin"), |expr, c| {
+        format!(
+            "REPLACE({expr}, '{c}', '{}') COLLATE utf8mb4_bin",
+            c.to_ascii_lowercase()
+        )
+    })
 }

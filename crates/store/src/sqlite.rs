@@ -196,6 +196,25 @@ impl UserStore for SqliteStore {
         Ok(out)
     }
 
+    async fn search_users(&self, query: &str, after: UserId, limit: u32) -> Result<Vec<User>> {
+        // SQLite's lower() folds ASCII letters only, the same folding as the pattern's.
+        let pattern = crate::contains_pattern(&query.to_ascii_lowercase());
+        sqlx::query(
+            "SELECT * FROM users WHERE id > ? AND (lower(username) LIKE ? ESCAPE '\\' \
+             OR lower(nickname) LIKE ? ESCAPE '\\') ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(translate)?
+        .iter()
+        .map(user_from)
+        .collect()
+    }
+
     async fn update_profile(
         &self,
         id: UserId,

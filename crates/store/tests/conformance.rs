@@ -1373,6 +1373,94 @@ async fn search_groups_matches_literally_in_any_ascii_case_and_pages(s: &dyn Sto
     );
 }
 
+async fn named_user(s: &dyn Store, username: &str, nickname: &str) -> UserId {
+    s.create_user(NewUser {
+        username: username.into(),
+        password_hash: "x".into(),
+        nickname: nickname.into(),
+        now_ms: 1,
+    })
+    .await
+    .expect("create user")
+    .id
+}
+
+/// User search matches the username or the nickname, ASCII letters in any case and every other
+/// character (`%`, `_`, `\`, accents) literally, and pages by id.
+async fn search_users_matches_username_or_nickname_and_pages(s: &dyn Store) {
+    let alice = named_user(s, "su_alice", "Alice Liddell").await;
+    let bob = named_user(s, "su_bob", "Bobby Tables").await;
+    let carol = named_user(s, "su_Carol", "100% Café").await;
+    let dave = named_user(s, "su_dave", "under_score").await;
+    let search = |q: &'static str, after: UserId, limit: u32| async move {
+        let found = s.search_users(q, after, limit).await.expect("search");
+        found.iter().map(|u| u.id).collect::<Vec<_>>()
+    };
+    assert_eq!(search("su_", 0, 100).await, vec![alice, bob, carol, dave]);
+    assert_eq!(
+        search("ALICE", 0, 100).await,
+        vec![alice],
+        "username, any case"
+    );
+    assert_eq!(
+        search("liddell", 0, 100).await,
+        vec![alice],
+        "nickname, any case"
+    );
+    assert_eq!(search("bobby t", 0, 100).await, vec![bob]);
+    assert_eq!(search("carol", 0, 100).await, vec![carol]);
+    assert_eq!(search("%", 0, 100).await, vec![carol], "% is itself");
+    assert_eq!(
+        search("b_b", 0, 100).await,
+        Vec::<UserId>::new(),
+        "_ is itself"
+    );
+    assert_eq!(search("r_sc", 0, 100).await, vec![dave]);
+    assert_eq!(
+        search("CAFé", 0, 100).await,
+        vec![carol],
+        "ASCII letters fold"
+    );
+    assert_eq!(
+        search("CAFÉ", 0, 100).await,
+        Vec::<UserId>::new(),
+        "É is not é"
+    );
+    assert_eq!(search("\\", 0, 100).await, Vec::<UserId>::new());
+    assert_eq!(
+        search("nobody like that", 0, 100).await,
+        Vec::<UserId>::new()
+    );
+    let found = s.search_users("liddell", 0, 100).await.expect("search");
+    assert_eq!(
+        found,
+        vec![s.user_by_id(alice).await.expect("user").expect("alice")],
+        "a found user is the user"
+    );
+    let everyone = search("", 0, 1000).await;
+    for id in [alice, bob, carol, dave] {
+        assert!(everyone.contains(&id), "the empty query matches everyone");
+    }
+    for limit in 1..=3u32 {
+        let mut walked = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = search("su_", after, limit).await;
+            assert!(page.len() <= limit as usize, "limit {limit}: {page:?}");
+            let Some(last) = page.last() else { break };
+            after = *last;
+            walked.extend(page);
+        }
+        assert_eq!(walked, vec![alice, bob, carol, dave], "limit {limit}");
+    }
+    // A changed nickname is found by its new value only.
+    s.update_profile(bob, Some("Robert"), None, 2)
+        .await
+        .expect("update");
+    assert_eq!(search("bobby", 0, 100).await, Vec::<UserId>::new());
+    assert_eq!(search("ROBERT", 0, 100).await, vec![bob]);
+}
+
 /// Only ASCII letters match in any case: other characters match only themselves (SQLite's LIKE
 /// folds ASCII only; a MySQL collation must not fold accents or other scripts either).
 async fn search_groups_folds_ascii_case_only(s: &dyn Store) {
@@ -1567,6 +1655,12 @@ async fn sqlite_search_groups_matches_literally_in_any_ascii_case_and_pages() {
 }
 
 #[tokio::test]
+async fn sqlite_search_users_matches_username_or_nickname_and_pages() {
+    let (_d, s) = sqlite().await;
+    search_users_matches_username_or_nickname_and_pages(s.as_ref()).await;
+}
+
+#[tokio::test]
 async fn sqlite_search_groups_folds_ascii_case_only() {
     let (_d, s) = sqlite().await;
     search_groups_folds_ascii_case_only(s.as_ref()).await;
@@ -1600,6 +1694,12 @@ async fn mysql_update_room_renames_and_changes_the_owner_alone_or_together() {
 async fn mysql_search_groups_matches_literally_in_any_ascii_case_and_pages() {
     let (_db, s) = mysql().await;
     search_groups_matches_literally_in_any_ascii_case_and_pages(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_search_users_matches_username_or_nickname_and_pages() {
+    let (_db, s) = mysql().await;
+    search_users_matches_username_or_nickname_and_pages(s.as_ref()).await;
 }
 
 #[tokio::test]

@@ -491,6 +491,16 @@ impl Client {
         .await
     }
 
+    /// `GET /api/user/search?{query}` with the query as given (already encoded).
+    pub async fn search_users(&self, token: &str, query: &str) -> Reply {
+        self.get(
+            Service::Meta,
+            &format!("/api/user/search?{query}"),
+            Some(token),
+        )
+        .await
+    }
+
     /// `PUT /api/group/{room_id}/open`.
     pub async fn set_open(&self, token: &str, room_id: RoomId, open: bool) -> Reply {
         self.request(

@@ -27,6 +27,7 @@
 //! - `chat`: `ruststacker chat`, the terminal client, run as processes: scripted sends and
 //!   listeners, piped interactive sessions, exit codes, reconnects.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
+//! - `web`: the web page Meta serves, its config endpoint, user search and CORS.
 
 mod accounts;
 mod chat;
@@ -48,4 +49,5 @@ mod profiles;
 mod reload;
 mod restart;
 mod rooms;
+mod web;
 mod websocket;

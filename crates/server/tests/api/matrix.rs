@@ -19,7 +19,7 @@ use testkit::proto::api::{
     AddMembersReply, CreateGroupReply, DecisionReply, DirectRoomReply, DissolvedReply,
     HistoryReply, JoinRequestView, JoinRequestsReply, JoinedRoomsReply, LoginReply,
     MemberRemovedReply, MembersReply, MembershipReply, Role, RoomView, SearchGroupsReply,
-    SendMessageReply, UserView,
+    SearchUsersReply, SendMessageReply, UserView,
 };
 use testkit::proto::{MessageId, RoomId, UserId};
 use testkit::{
@@ -170,6 +170,7 @@ enum Op {
     CreateGroup,
     JoinedRooms,
     Search,
+    SearchUsers,
     Direct(Target),
     Members,
     Add,
@@ -204,6 +205,7 @@ impl Op {
             Self::CreateGroup => "POST /api/group/create",
             Self::JoinedRooms => "GET /api/joined_rooms",
             Self::Search => "GET /api/group/search",
+            Self::SearchUsers => "GET /api/user/search",
             Self::Direct(_) => "POST /api/room/direct",
             Self::Members => "GET /api/group/{room_id}/members",
             Self::Add => "POST /api/group/{room_id}/members",
@@ -259,6 +261,7 @@ const MATRIX: &[Row] = &[
     row(Op::Profile(Target::Member),          [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
     row(Op::Profile(Target::Nobody),          [NO_USER,      NO_USER,      NO_USER,      NO_USER,      UNAUTH,       NA,           NA,           NA]),
     row(Op::JoinedRooms,                      [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
+    row(Op::SearchUsers,                      [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
     // Groups and one-to-one rooms anyone signed in may make or find.
     row(Op::CreateGroup,                      [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
     row(Op::Search,                           [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
@@ -585,6 +588,12 @@ impl Scene {
                 format!("/api/group/search?q={}", self.group_name),
                 Body::None,
             ),
+            Op::SearchUsers => (
+                M::GET,
+                Meta,
+                format!("/api/user/search?q={}", self.member2.username),
+                Body::None,
+            ),
             Op::Direct(t) => (
                 M::POST,
                 Meta,
@@ -753,6 +762,11 @@ impl Scene {
                 let hit = found.groups.iter().find(|g| g.room_id == self.group);
                 let hit = hit.unwrap_or_else(|| panic!("the group is found: {found:?}"));
                 assert_eq!(hit.name, self.group_name);
+            }
+            Op::SearchUsers => {
+                let found: SearchUsersReply = reply.data();
+                let ids: Vec<UserId> = found.users.iter().map(|u| u.user_id).collect();
+                assert_eq!(ids, vec![self.member2.id], "exactly the user named");
             }
             Op::Direct(t) => {
                 let made: DirectRoomReply = reply.data();

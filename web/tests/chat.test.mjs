@@ -1,0 +1,338 @@
+// Browser test of the web chat page: two people in two browser contexts (Debian's chromium,
+// driven by playwright-core) against a `ruststacker all` this script starts, stops and restarts.
+//
+// Run by scripts/browser-test.sh, which gives: RUSTSTACKER_BIN (the binary), WEB_TEST_DATA (a
+// fresh data dir), WEB_TEST_PORTS ("meta,send,gateway,registry"), SCREENSHOTS (where to save
+// them) and CHROMIUM (the browser's path). Exits non-zero when any check fails, printing the
+// server's log. No fixed sleeps: every wait is on a selector, a page condition or an HTTP answer,
+// each with a timeout, and the whole run has a deadline.
+import { spawn } from 'node:child_process';
+import { mkdirSync, createWriteStream, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BIN = need('RUSTSTACKER_BIN');
+const DATA = need('WEB_TEST_DATA');
+const [META, SEND, GATEWAY, REGISTRY] = need('WEB_TEST_PORTS').split(',').map(Number);
+const SHOTS = need('SCREENSHOTS');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const BASE = `http://127.0.0.1:${META}`;
+const LOG = join(DATA, 'server.log');
+/** The whole run's deadline. */
+const DEADLINE_MS = 150_000;
+/** One wait's limit (a reconnect after a restart waits for the backoff, at most 10 s). */
+const WAIT_MS = 30_000;
+const PASSWORD = 'password-123';
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set (run scripts/browser-test.sh)`);
+  return v;
+}
+
+// ---- the server ----
+
+let server = null;
+
+function startServer() {
+  const log = createWriteStream(LOG, { flags: 'a' });
+  const env = {
+    ...process.env,
+    RUSTSTACKER_DATA_DIR: DATA,
+    RUSTSTACKER_RATE_LIMITS__ENABLED: 'false',
+    RUSTSTACKER_META__PORT: String(META),
+    RUSTSTACKER_SEND__PORT: String(SEND),
+    RUSTSTACKER_GATEWAY__PORT: String(GATEWAY),
+    RUSTSTACKER_REGISTRY__PORT: String(REGISTRY),
+  };
+  const child = spawn(BIN, ['all'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.pipe(log);
+  child.stderr.pipe(log);
+  child.exited = new Promise((resolve) => child.on('exit', resolve));
+  server = child;
+  return child;
+}
+
+async function stopServer() {
+  const child = server;
+  server = null;
+  if (!child || child.exitCode !== null) return;
+  child.kill('SIGTERM');
+  await child.exited;
+}
+
+/** Polls every service's /health until all answer 200 (or the server exits, or time is up). */
+async function waitHealthy() {
+  const until = Date.now() + WAIT_MS;
+  for (;;) {
+    if (server.exitCode !== null) throw new Error(`the server exited with ${server.exitCode}`);
+    const ok = await Promise.all([META, SEND, GATEWAY, REGISTRY].map((p) => fetch(
+      `http://127.0.0.1:${p}/health`).then((r) => r.ok, () => false)));
+    if (ok.every(Boolean)) return;
+    if (Date.now() > until) throw new Error('the server did not become healthy');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+// ---- checks ----
+
+let checks = 0;
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  checks += 1;
+}
+
+const pageErrors = [];
+
+async function newPage(browser, name, options = {}) {
+  const context = await browser.newContext(options);
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/ERR_CONNECTION_REFUSED|WebSocket connection|Failed to load resource/.test(m.text())) {
+      pageErrors.push(`${name} console: ${m.text()}`);
+    }
+  });
+  await page.goto(BASE);
+  return { context, page };
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
+}
+
+async function register(page, username, nickname) {
+  await page.fill('#username', username);
+  await page.fill('#password', PASSWORD);
+  await page.fill('#nickname', nickname);
+  await page.click('#register-btn');
+  await online(page);
+}
+
+async function login(page, username) {
+  await page.fill('#username', username);
+  await page.fill('#password', PASSWORD);
+  await page.click('#login-btn');
+  await online(page);
+}
+
+function online(page) {
+  return page.waitForSelector('#conn-status[data-state="online"]');
+}
+
+/** The room's entry in the list, by its shown name. */
+function roomEntry(page, name) {
+  return page.locator('#room-list li.room', { has: page.locator('.room-name', { hasText: name }) });
+}
+
+async function openRoom(page, name) {
+  await roomEntry(page, name).click();
+  await page.waitForFunction((n) => document.getElementById('room-title').textContent === n, name);
+}
+
+async function sendText(page, text) {
+  await page.fill('#message-input', text);
+  await page.click('#send-btn');
+}
+
+/** Waits until a message with exactly this text is shown; answers its locator. */
+async function shown(page, text, { mine = false } = {}) {
+  const item = page.locator(mine ? '#messages li.message.mine' : '#messages li.message:not(.mine)', {
+    has: page.locator('.content', { hasText: text }),
+  }).last();
+  await item.waitFor();
+  return item;
+}
+
+async function delivered(page, text) {
+  const item = await shown(page, text, { mine: true });
+  await item.locator('.state[data-status="delivered"]').waitFor();
+}
+
+async function unreadOf(page, name) {
+  const badge = roomEntry(page, name).locator('.unread');
+  return (await badge.isVisible()) ? Number(await badge.textContent()) : 0;
+}
+
+async function waitUnread(page, name, n) {
+  await page.waitForFunction(([room, want]) => {
+    for (const li of document.querySelectorAll('#room-list li.room')) {
+      if (li.querySelector('.room-name').textContent === room) {
+        const b = li.querySelector('.unread');
+        return (b.hidden ? 0 : Number(b.textContent)) === want;
+      }
+    }
+    return false;
+  }, [name, n]);
+}
+
+/** The seqs shown in the open room, in page order. */
+function shownSeqs(page) {
+  return page.$$eval('#messages li.message', (lis) => lis.map((li) => Number(li.dataset.seq)));
+}
+
+// ---- the scenario ----
+
+async function scenario(browser) {
+  const tag = Date.now().toString(36).slice(-6);
+  const alice = `alice_${tag}`;
+  const bob = `bob_${tag}`;
+  const group = `Team ${tag}`;
+
+  const a = await newPage(browser, 'alice', { viewport: { width: 1100, height: 720 } });
+  await a.page.waitForSelector('#login-form');
+  await shot(a.page, '01-login');
+  await register(a.page, alice, 'Alice');
+  const b = await newPage(browser, 'bob', { viewport: { width: 1100, height: 720 } });
+  await register(b.page, bob, 'Bob');
+
+  // Alice makes a group, picking Bob by name.
+  await a.page.click('#new-group-btn');
+  await a.page.fill('#group-name', group);
+  await a.page.fill('#user-search', bob.slice(0, 8));
+  await a.page.locator(`#user-results li[data-username="${bob}"] button`).click();
+  await a.page.waitForSelector('#picked .chip');
+  await a.page.click('#picker-create');
+  await a.page.waitForFunction((n) => document.getElementById('room-title').textContent === n, group);
+  check(await a.page.locator('#picker').evaluate((d) => !d.open), 'the picker closed');
+
+  // Alice writes; her message gets the delivered mark; Bob's list shows the room, unread.
+  await sendText(a.page, 'hello bob');
+  await delivered(a.page, 'hello bob');
+  await roomEntry(b.page, group).waitFor();
+  await waitUnread(b.page, group, 1);
+
+  // A one-to-one room too, from Alice, found by Bob's nickname.
+  await a.page.click('#new-direct-btn');
+  await a.page.fill('#user-search', 'Bob');
+  await a.page.locator(`#user-results li[data-username="${bob}"] button`).click();
+  await a.page.waitForFunction(() => document.getElementById('room-title').textContent === 'Bob');
+  await sendText(a.page, 'just between us');
+  await delivered(a.page, 'just between us');
+  await sendText(a.page, 'two of them');
+  await delivered(a.page, 'two of them');
+  await roomEntry(b.page, 'Alice').waitFor();
+  await waitUnread(b.page, 'Alice', 2);
+  check(await unreadOf(b.page, group) === 1, 'the group still has one unread message');
+  await shot(b.page, '02-rooms-unread');
+
+  // Bob reads the group (its unread count goes to 0) and answers; both see it live.
+  await openRoom(b.page, group);
+  await shown(b.page, 'hello bob');
+  await waitUnread(b.page, group, 0);
+  await sendText(b.page, 'hi alice');
+  await delivered(b.page, 'hi alice');
+  await openRoom(a.page, group);
+  await shown(a.page, 'hi alice');
+  // Markup in a message is text, never HTML.
+  const markup = '<img src=x onerror="window.__pwned=1"><b>bold?</b>';
+  await sendText(a.page, markup);
+  await delivered(a.page, markup);
+  const item = await shown(b.page, markup);
+  check(await item.locator('.content').textContent() === markup, 'markup is shown as text');
+  check(await b.page.locator('#messages img, #messages b').count() === 0, 'no element made from a message');
+  check(await b.page.evaluate(() => window.__pwned === undefined), 'no script ran from a message');
+  await shot(b.page, '03-chat');
+
+  // Bob goes away (his browser closes); Alice writes three messages; Bob comes back in a fresh
+  // browser, logs in and finds them, in order, after what he had.
+  await b.context.close();
+  const away = ['while you were away 1', 'while you were away 2', 'while you were away 3'];
+  for (const text of away) {
+    await sendText(a.page, text);
+    await delivered(a.page, text);
+  }
+  const b2 = await newPage(browser, 'bob again', { viewport: { width: 1100, height: 720 } });
+  await login(b2.page, bob);
+  await roomEntry(b2.page, group).waitFor();
+  check(await unreadOf(b2.page, group) >= away.length, 'the missed messages count as unread');
+  await openRoom(b2.page, group);
+  for (const text of away) await shown(b2.page, text);
+  const seqs = await shownSeqs(b2.page);
+  check(seqs.every((s, i) => i === 0 || s === seqs[i - 1] + 1), `seqs in order without holes: ${seqs}`);
+  check(seqs.length === 6, `the whole conversation is shown once: ${seqs}`);
+
+  // The server restarts on the same data dir: both open pages reconnect by themselves and get
+  // what is sent after the restart, live.
+  await stopServer();
+  await a.page.waitForSelector('#conn-status:not([data-state="online"])');
+  await b2.page.waitForSelector('#conn-status:not([data-state="online"])');
+  startServer();
+  await waitHealthy();
+  await online(a.page);
+  await online(b2.page);
+  await sendText(a.page, 'after the restart');
+  await delivered(a.page, 'after the restart');
+  await shown(b2.page, 'after the restart');
+  await sendText(b2.page, 'welcome back');
+  await shown(a.page, 'welcome back');
+  const after = await shownSeqs(b2.page);
+  check(new Set(after).size === after.length, `no message twice after the restart: ${after}`);
+
+  // A phone-sized screen: one pane at a time, nothing wider than the screen.
+  const phone = await newPage(browser, 'phone', {
+    viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
+  });
+  await login(phone.page, bob);
+  await roomEntry(phone.page, group).waitFor();
+  check(await phone.page.locator('#chat').isHidden(), 'the list alone on a phone');
+  await shot(phone.page, '04-phone-rooms');
+  await openRoom(phone.page, group);
+  await shown(phone.page, 'after the restart');
+  check(await phone.page.locator('#sidebar').isHidden(), 'the chat alone on a phone');
+  check(await phone.page.locator('#back-btn').isVisible(), 'a way back to the list');
+  const wide = await phone.page.evaluate(() => document.documentElement.scrollWidth);
+  check(wide <= 390, `nothing wider than the phone: ${wide}px`);
+  await shot(phone.page, '05-phone-chat');
+  await phone.page.click('#back-btn');
+  await phone.page.locator('#sidebar').waitFor();
+
+  check(pageErrors.length === 0, `no script errors: ${pageErrors.join('; ')}`);
+}
+
+async function main() {
+  mkdirSync(SHOTS, { recursive: true });
+  startServer();
+  let browser = null;
+  let failed = null;
+  const deadline = setTimeout(() => {
+    failed = new Error(`the run took more than ${DEADLINE_MS / 1000} s`);
+    console.error(failed.message);
+    printLogAndExit();
+  }, DEADLINE_MS);
+  try {
+    await waitHealthy();
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    await scenario(browser);
+  } catch (e) {
+    failed = e;
+  } finally {
+    clearTimeout(deadline);
+    if (browser) await browser.close().catch(() => {});
+    await stopServer().catch(() => {});
+  }
+  if (failed) {
+    console.error(`FAILED after ${checks} checks: ${failed.stack || failed}`);
+    printLogAndExit();
+  }
+  console.log(`browser test passed: ${checks} checks; screenshots in ${SHOTS}`);
+}
+
+function printLogAndExit() {
+  try {
+    console.error('---- server log ----');
+    console.error(readFileSync(LOG, 'utf8'));
+  } catch {
+    console.error('(no server log)');
+  }
+  if (server) server.kill('SIGKILL');
+  process.exit(1);
+}
+
+main();
