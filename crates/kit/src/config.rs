@@ -17,6 +17,23 @@ pub enum ConfigError {
     Invalid(#[from] config::ConfigError),
 }
 
+/// A setting whose value cannot be used: which key, and what is wrong with it in a sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl InvalidSetting {
+    pub fn new(key: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
 /// Loads `T` from its defaults, the YAML file at `file` (if any) and the environment under `prefix`.
 /// Variables `<prefix>_<R>...` for each `R` in `reserved` belong to tools (the test harness, the
 /// cluster script), not to the config, and are skipped.

@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::config::InvalidSetting;
 use crate::monitor::{Monitor, Snapshot};
 use crate::{ApiError, envelope::Envelope, telemetry};
 
@@ -205,11 +206,15 @@ const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 /// Applied outside [`finish`]'s router (by the composition root, around each listener's
 /// service), so a preflight `OPTIONS` is answered before routing and never reaches the 405
 /// fallback, the metrics or the Monitor. Fails with a sentence naming the bad origin.
-pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, String> {
+pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, InvalidSetting> {
     use axum::http::{HeaderValue, Method, header};
+    const KEY: &str = "http.cors_origins";
     let allow = if origins.iter().any(|o| o == "*") {
         if origins.len() > 1 {
-            return Err("http.cors_origins: `*` allows every origin; list it alone".into());
+            return Err(InvalidSetting::new(
+                KEY,
+                "`*` allows every origin; list it alone",
+            ));
         }
         AllowOrigin::any()
     } else {
@@ -219,8 +224,9 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, String> {
         }
         AllowOrigin::list(list)
     };
-    fn parse_origin(o: &str) -> Result<HeaderValue, String> {
-        let bad = || format!("http.cors_origins: `{o}` is not an origin like http://host:port");
+    fn parse_origin(o: &str) -> Result<HeaderValue, InvalidSetting> {
+        let bad =
+            || InvalidSetting::new(KEY, format!("`{o}` is not an origin like http://host:port"));
         let rest = o
             .strip_prefix("http://")
             .or_else(|| o.strip_prefix("https://"))
@@ -375,7 +381,8 @@ mod tests {
             "http://a b",
         ] {
             let err = cors_layer(&[bad.to_owned()]).expect_err(bad);
-            assert!(err.contains(bad), "{err}");
+            assert_eq!(err.key, "http.cors_origins");
+            assert!(err.to_string().contains(bad), "{err}");
         }
         assert!(cors_layer(&["*".to_owned(), "http://a".to_owned()]).is_err());
         assert!(cors_layer(&[]).is_ok(), "no origin: no page may call");

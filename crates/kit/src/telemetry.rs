@@ -15,6 +15,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
+use crate::config::InvalidSetting;
+
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Latency buckets in seconds, from 100 µs to 10 s.
@@ -111,46 +113,59 @@ impl Default for LogConfig {
 
 impl LogConfig {
     /// Checks every key, so a bad edit is refused before anything is applied.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         parse_level(&self.level)?;
         if !matches!(self.format.as_str(), "text" | "json") {
-            return Err(format!(
-                "log.format must be text or json, not {:?}",
-                self.format
+            return Err(InvalidSetting::new(
+                "log.format",
+                format!("must be text or json, not {:?}", self.format),
             ));
         }
         if self.max_size == 0 {
-            return Err("log.max_size must be at least 1 (megabytes)".into());
+            return Err(InvalidSetting::new(
+                "log.max_size",
+                "must be at least 1 (megabytes)",
+            ));
         }
         if self
             .filename
             .as_ref()
             .is_some_and(|f| f.as_os_str().is_empty())
         {
-            return Err("log.filename must not be empty (leave it unset for stdout only)".into());
+            return Err(InvalidSetting::new(
+                "log.filename",
+                "must not be empty (leave it unset for stdout only)",
+            ));
         }
         Ok(())
     }
 }
 
 /// Parses a level or env-filter directive, refusing what `EnvFilter` would silently ignore.
-pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
+pub fn parse_level(level: &str) -> Result<EnvFilter, InvalidSetting> {
+    const KEY: &str = "log.level";
     if level.trim().is_empty() {
-        return Err("log.level must not be empty".into());
+        return Err(InvalidSetting::new(KEY, "must not be empty"));
     }
     // A bare word is a target to EnvFilter ("debgu" would enable everything under a target of
     // that name and silently log nothing else): here a directive without `=` must be a level.
     const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
     for part in level.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if !part.contains('=') && !LEVELS.contains(&part.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "log.level {level:?}: {part:?} is not a level (trace, debug, info, warn, error, off); write target=level for a target"
+            return Err(InvalidSetting::new(
+                KEY,
+                format!(
+                    "{level:?}: {part:?} is not a level (trace, debug, info, warn, error, off); write target=level for a target"
+                ),
             ));
         }
     }
-    EnvFilter::builder()
-        .parse(level)
-        .map_err(|e| format!("log.level {level:?} is not a level or filter directive: {e}"))
+    EnvFilter::builder().parse(level).map_err(|e| {
+        InvalidSetting::new(
+            KEY,
+            format!("{level:?} is not a level or filter directive: {e}"),
+        )
+    })
 }
 
 type FilterHandle = reload::Handle<EnvFilter, Registry>;
@@ -167,7 +182,7 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 
 /// Installs the global `tracing` subscriber described by `cfg` (validated first). A second call
 /// in one process (tests) changes nothing.
-pub fn init_logging(cfg: &LogConfig) -> Result<LogGuard, String> {
+pub fn init_logging(cfg: &LogConfig) -> Result<LogGuard, InvalidSetting> {
     cfg.validate()?;
     let from_env = EnvFilter::try_from_default_env().ok();
     let _ = RUST_LOG_SET.set(from_env.is_some());
@@ -193,7 +208,7 @@ pub fn init_logging(cfg: &LogConfig) -> Result<LogGuard, String> {
             cfg.max_backups,
             (cfg.max_age > 0).then(|| Duration::from_secs(cfg.max_age.saturating_mul(86_400))),
         )
-        .map_err(|e| format!("log.filename {}: {e}", path.display()))?;
+        .map_err(|e| InvalidSetting::new("log.filename", format!("{}: {e}", path.display())))?;
         let (writer, g) = tracing_appender::non_blocking(file);
         guard = Some(g);
         layers.push(if json {
@@ -231,7 +246,7 @@ pub enum LevelChange {
 }
 
 /// Changes the log level of the running process.
-pub fn set_log_level(level: &str) -> Result<LevelChange, String> {
+pub fn set_log_level(level: &str) -> Result<LevelChange, InvalidSetting> {
     let filter = parse_level(level)?;
     if RUST_LOG_SET.get().copied().unwrap_or(false) {
         return Ok(LevelChange::OverriddenByRustLog);
@@ -241,7 +256,7 @@ pub fn set_log_level(level: &str) -> Result<LevelChange, String> {
     };
     handle
         .reload(filter)
-        .map_err(|e| format!("log level not changed: {e}"))?;
+        .map_err(|e| InvalidSetting::new("log.level", format!("not changed: {e}")))?;
     Ok(LevelChange::Applied)
 }
 

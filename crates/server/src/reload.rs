@@ -161,7 +161,7 @@ impl Reloader {
                     ));
                 }
                 Ok(_) => applied.push(format!("log.level={}", new.log.level)),
-                Err(e) => return Outcome::Refused(e),
+                Err(e) => return Outcome::Refused(e.to_string()),
             }
             current.log.level = new.log.level.clone();
         }

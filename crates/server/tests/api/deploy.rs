@@ -55,6 +55,56 @@ fn dashboard_exprs() -> Vec<String> {
     out
 }
 
+/// The `.rs` files under `dir`, recursively.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_metric_the_code_emits_is_in_docs_metrics() {
+    let documented = metric_names(&read("docs/metrics.md"));
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(repo("crates")).expect("crates/") {
+        let src = krate.expect("a crate").path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    // A metric is named by a whole string literal (`metrics::counter!("ruststacker_...")`);
+    // names in comments, like `ruststacker_db_call_*`, are not emitted.
+    let mut emitted = BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("a source file");
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("\"ruststacker_") {
+            let tail = &rest[at + 1..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            if tail[end..].starts_with('"') {
+                emitted.insert((tail[..end].to_owned(), file.clone()));
+            }
+            rest = &tail[end..];
+        }
+    }
+    assert!(emitted.len() >= 40, "found only {emitted:?}");
+    let missing: Vec<_> = emitted
+        .iter()
+        .filter(|(name, _)| !documented.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "emitted but not listed in docs/metrics.md: {missing:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_exists_in_a_live_cluster() {
     let wanted: BTreeSet<String> = dashboard_exprs()

@@ -16,12 +16,14 @@
 //! - `logs`: the real binary's logs (stdout, rotated file, spans) never carry a secret.
 //! - `messages`: send, history, idempotency, content rules.
 //! - `errors`: every error status and stable name, and that no internal text leaks.
-//! - `delivery`: the delivery contract over WebSockets (DESIGN.md §4).
+//! - `delivery`: the delivery contract over WebSockets (docs/protocol.md).
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
 //! - `reload`: editing the config file (or SIGHUP) under the running binary.
 //! - `restart`: a graceful restart on the same data keeps everything.
 //! - `openapi`: the OpenAPI documents match the routes; JSON bodies must be objects.
-//! - `deploy`: the dashboard's metrics exist in a live cluster; Prometheus scrapes every port.
+//! - `deploy`: the dashboard's metrics exist in a live cluster; Prometheus scrapes every port;
+//!   every metric the code emits is in docs/metrics.md.
+//! - `layout`: the crate graph follows ARCHITECTURE.md's dependency rules.
 //! - `ops`: health, ping, metrics and the registry.
 //! - `internal`: the registry's internal endpoints and the internal token.
 //! - `chat`: `ruststacker chat`, the terminal client, run as processes: scripted sends and
@@ -39,6 +41,7 @@ mod errors;
 mod groups;
 mod internal;
 mod joining;
+mod layout;
 mod limits;
 mod logs;
 mod matrix;

@@ -1,0 +1,597 @@
+//! The configuration of every role, as one type: [`AllConfig`] is what `ruststacker all` reads,
+//! and a service started alone reads the same type and keeps only its own blocks
+//! ([`AllConfig::for_role`] maps the seed's top-level per-service keys onto them). [`validate`] is
+//! the one check of what loading cannot check (secrets included), run before any port is bound
+//! and before a reload applies anything.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use kit::auth::MIN_SECRET_LEN;
+use serde::{Deserialize, Serialize};
+
+/// `RUSTSTACKER_*` variables that are not config: the test harness's, `scripts/cluster.sh`'s and
+/// the credentials of `ruststacker chat` (exported in the same shell that starts a server).
+pub const RESERVED_ENV: &[&str] = &["TEST_", "CLUSTER_", "BIN", "USER", "PASSWORD"];
+
+/// JWT settings (the `jwt:` block).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 secret, at least 32 bytes. In `all`, when unset, a random one is generated on first
+    /// start and kept in `<data_dir>/jwt_secret` (mode 0600).
+    pub secret: Option<String>,
+    /// Token lifetime in seconds.
+    pub expire_secs: u64,
+    /// Seconds a service may keep trusting a user's token version: after a password change,
+    /// older tokens are refused at once by the Meta that made it and by every live gateway (told
+    /// by Meta, which also closes their sockets), and within this time by every other process.
+    pub revocation_check_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            expire_secs: 7200,
+            revocation_check_secs: 10,
+        }
+    }
+}
+
+/// The seed's Monitor (`monitor:`): per-route latency and success rate at `/debug/monitor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Off: requests are not recorded (`/debug/monitor` lists no route). For measuring its cost.
+    pub enabled: bool,
+    /// Length of the sliding window in seconds (at least 12; it slides by a twelfth).
+    pub window_secs: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_secs: 60,
+        }
+    }
+}
+
+/// Prometheus metrics (`metrics:`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Off: no recorder is installed, every metric call is a no-op and `/metrics` is empty.
+    /// For measuring their cost; takes a restart.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Settings every service's HTTP listener shares (`http:`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins (`http(s)://host[:port]`, or `*` alone for any) whose pages may call the API from
+    /// a browser (CORS). Unset: Meta's own origins, where the web page is served —
+    /// `http://127.0.0.1:<meta port>`, `http://localhost:<meta port>` and, when `bind` is one
+    /// specific address, `http://<bind>:<meta port>`. No cookies are ever allowed: the API's
+    /// credentials are bearer tokens a page sends itself.
+    #[serde(deserialize_with = "kit::config::comma_list")]
+    pub cors_origins: Option<Vec<String>>,
+}
+
+impl HttpConfig {
+    /// The origins allowed by CORS (see [`HttpConfig::cors_origins`]) when Meta listens on
+    /// `meta_port` of `bind`.
+    pub fn origins(&self, bind: IpAddr, meta_port: u16) -> Vec<String> {
+        if let Some(list) = &self.cors_origins {
+            return list.clone();
+        }
+        let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        if !bind.is_loopback() && !bind.is_unspecified() {
+            hosts.push(match bind {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            });
+        }
+        hosts
+            .into_iter()
+            .map(|h| format!("http://{h}:{meta_port}"))
+            .collect()
+    }
+}
+
+/// The configuration of `ruststacker all`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllConfig {
+    /// Address every service binds (127.0.0.1 keeps it local).
+    pub bind: IpAddr,
+    /// Where the SQLite database and the generated JWT secret live.
+    pub data_dir: PathBuf,
+    /// Seconds a graceful shutdown may take before it stops waiting.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds between turning not ready (`/health` answers 503) and closing the listeners at a
+    /// graceful shutdown, so a load balancer polling `/health` stops sending new work first.
+    pub shutdown_drain_secs: u64,
+    pub jwt: JwtConfig,
+    pub log: kit::telemetry::LogConfig,
+    pub monitor: MonitorConfig,
+    pub metrics: MetricsConfig,
+    /// CORS, shared by every service's listener.
+    pub http: HttpConfig,
+    /// Where the web page served by Meta finds Send and the registry.
+    pub web: meta::web::WebConfig,
+    pub meta: meta::Config,
+    pub send: send::Config,
+    pub gateway: gateway::Config,
+    pub registry: registry::Config,
+    /// MySQL (the seed's `mysql:` block). Unset: the embedded SQLite file (`all` only).
+    pub mysql: Option<MysqlConfig>,
+    /// Redis (the seed's `redis:` block). Unset: in-process streams and tables (`all` only).
+    pub redis: Option<RedisConfig>,
+    /// Seconds a room's member list may stay in a process's local cache (a backstop: changes
+    /// drop it at once, in every process).
+    pub member_cache_ttl_secs: u64,
+    /// The write-back cache of group data (the seed's `group_cache:` block; used with Redis).
+    pub group_cache: GroupCacheConfig,
+    /// Rate limits per client IP, username and user.
+    pub rate_limits: kit::limit::RateLimitConfig,
+    /// Shared secret (at least 32 bytes) of the internal endpoints between services (the
+    /// registry's writes and route lookups), sent as `X-Internal-Token`. Unset: those endpoints
+    /// refuse every call.
+    pub internal_token: Option<String>,
+    /// The seed's per-service keys, for a file that configures one service (`config.gateway.yaml`
+    /// style): they apply to the service being started — see [`AllConfig::for_role`].
+    pub name: Option<String>,
+    pub port: Option<u16>,
+    pub address: Option<String>,
+    pub machine_id: Option<u64>,
+    pub dispatcher: Option<DispatcherConfig>,
+}
+
+/// The seed's `dispatcher:` block of a gateway file. Its other keys (`worker_count`,
+/// `stream_name`, `group_name`, `consumer_name`, `interval`) are not accepted: here the stream and
+/// group are named after the gateway and entries are consumed as they arrive.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    pub max_connections: Option<usize>,
+    pub send_channel_size: Option<usize>,
+}
+
+/// The seed's `group_cache:` block: group changes are kept in Redis and written to the database
+/// by a flusher in every Meta instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupCacheConfig {
+    /// How often the flusher writes changed rooms to the database, in milliseconds. A Redis
+    /// that keeps nothing on disk loses at most this much of group changes when it restarts.
+    pub flush_interval_ms: u64,
+    /// Most rooms written per flush round (the seed's `batch_size`).
+    pub batch_size: usize,
+}
+
+impl Default for GroupCacheConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 500,
+            batch_size: 100,
+        }
+    }
+}
+
+/// The seed's `mysql:` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MysqlConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 3306,
+            user: "root".into(),
+            password: String::new(),
+            dbname: "ruststacker".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl MysqlConfig {
+    pub fn url(&self) -> String {
+        let auth = if self.password.is_empty() {
+            enc(&self.user)
+        } else {
+            format!("{}:{}", enc(&self.user), enc(&self.password))
+        };
+        format!(
+            "mysql://{auth}@{}:{}/{}",
+            self.host,
+            self.port,
+            enc(&self.dbname)
+        )
+    }
+}
+
+/// Percent-encodes what may not appear raw in a URL's user info or path.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The seed's `redis:` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    pub db: u8,
+    /// Prefix of every key, so deployments can share a Redis.
+    pub prefix: String,
+    /// Approximate most entries kept in each gateway stream.
+    pub stream_maxlen: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            password: None,
+            db: 0,
+            prefix: "ruststacker".into(),
+            stream_maxlen: 100_000,
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!(
+                "redis://:{}@{}:{}/{}",
+                enc(p),
+                self.host,
+                self.port,
+                self.db
+            ),
+            None => format!("redis://{}:{}/{}", self.host, self.port, self.db),
+        }
+    }
+}
+
+impl Default for AllConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            data_dir: PathBuf::from("./data"),
+            shutdown_timeout_secs: 10,
+            shutdown_drain_secs: 0,
+            jwt: JwtConfig::default(),
+            log: kit::telemetry::LogConfig::default(),
+            monitor: MonitorConfig::default(),
+            metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
+            web: meta::web::WebConfig::default(),
+            meta: meta::Config::default(),
+            send: send::Config::default(),
+            gateway: gateway::Config::default(),
+            registry: registry::Config::default(),
+            mysql: None,
+            redis: None,
+            member_cache_ttl_secs: 300,
+            group_cache: GroupCacheConfig::default(),
+            rate_limits: kit::limit::RateLimitConfig::default(),
+            internal_token: None,
+            name: None,
+            port: None,
+            address: None,
+            machine_id: None,
+            dispatcher: None,
+        }
+    }
+}
+
+impl AllConfig {
+    /// Every port 0 (the OS picks), cheap password hashing, otherwise the defaults.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut cfg = Self {
+            data_dir,
+            ..Self::default()
+        };
+        cfg.meta.port = 0;
+        cfg.send.port = 0;
+        cfg.gateway.port = 0;
+        cfg.registry.port = 0;
+        cfg.meta.argon2_memory_kib = 256;
+        cfg.meta.argon2_iterations = 1;
+        // Tests drive many users from one address; the limits have tests of their own.
+        cfg.rate_limits.enabled = false;
+        cfg
+    }
+
+    /// Loads defaults, then `file`, then `RUSTSTACKER_<SECTION>__<KEY>` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(kit::config::load(file, "RUSTSTACKER", RESERVED_ENV)?)
+    }
+
+    /// Applies the seed's top-level per-service keys (`name`, `port`, `address`, `machine_id`,
+    /// `dispatcher.*`) to the one service `roles` names. In `all` they are refused: four services
+    /// cannot share one port.
+    pub fn for_role(mut self, roles: Roles) -> anyhow::Result<Self> {
+        let seed_keys = self.name.is_some()
+            || self.port.is_some()
+            || self.address.is_some()
+            || self.machine_id.is_some()
+            || self.dispatcher.is_some();
+        if !seed_keys {
+            return Ok(self);
+        }
+        if roles == Roles::ALL {
+            bail!(
+                "top-level name/port/address/machine_id/dispatcher configure one service; in `all` use the meta:/send:/gateway:/registry: blocks"
+            );
+        }
+        let refuse = |key: &str, service: &str| {
+            anyhow::anyhow!("`{key}` does not apply to {service}; remove it from its config file")
+        };
+        if roles.gateway {
+            if let Some(n) = self.name.take() {
+                self.gateway.name = n;
+            }
+            if let Some(p) = self.port.take() {
+                self.gateway.port = p;
+            }
+            if let Some(a) = self.address.take() {
+                self.gateway.address = Some(a);
+            }
+            if let Some(d) = self.dispatcher.take() {
+                if let Some(m) = d.max_connections {
+                    self.gateway.max_connections = m;
+                }
+                if let Some(c) = d.send_channel_size {
+                    self.gateway.send_channel_size = c;
+                }
+            }
+            if self.machine_id.is_some() {
+                return Err(refuse("machine_id", "a gateway (it mints no ids)"));
+            }
+            return Ok(self);
+        }
+        let service = if roles.send {
+            "send"
+        } else if roles.meta {
+            "meta"
+        } else {
+            "registry"
+        };
+        if self.dispatcher.is_some() {
+            return Err(refuse("dispatcher", service));
+        }
+        if roles.send {
+            if let Some(n) = self.name.take() {
+                self.send.name = Some(n);
+            }
+            if let Some(a) = self.address.take() {
+                self.send.address = Some(a);
+            }
+        }
+        if self.address.is_some() {
+            return Err(refuse("address", service));
+        }
+        if let Some(p) = self.port.take() {
+            match service {
+                "send" => self.send.port = p,
+                "meta" => self.meta.port = p,
+                _ => self.registry.port = p,
+            }
+        }
+        if let Some(m) = self.machine_id.take() {
+            if !roles.send {
+                return Err(refuse("machine_id", service));
+            }
+            self.send.machine_id = m;
+        }
+        // `name` names an instance in logs; only gateways use it as an identity.
+        self.name = None;
+        Ok(self)
+    }
+}
+
+/// Checks what loading cannot (types and unknown keys are checked by loading), before any port
+/// is bound at start and before anything is applied on a reload.
+pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
+    cfg.log.validate()?;
+    if let Some(t) = &cfg.internal_token
+        && (t.len() < MIN_SECRET_LEN || t == EXAMPLE_SECRET)
+    {
+        bail!("internal_token must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    }
+    if let Some(s) = &cfg.jwt.secret
+        && (s.len() < MIN_SECRET_LEN || s == EXAMPLE_SECRET)
+    {
+        bail!("jwt.secret must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    }
+    if proto::ids::Snowflake::new(cfg.send.machine_id).is_err() {
+        bail!("send.machine_id must be 0..=31");
+    }
+    if cfg.send.max_content_bytes == 0 || cfg.send.history_max_limit == 0 {
+        bail!("send.max_content_bytes and send.history_max_limit must be at least 1");
+    }
+    kit::http::cors_layer(&cfg.http.origins(cfg.bind, cfg.meta.port))
+        .map(drop)
+        .map_err(anyhow::Error::msg)?;
+    cfg.web.validate().map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// The example secret shipped in `config/`: refused, so it never guards a real deployment.
+pub const EXAMPLE_SECRET: &str = "change-me-to-32-or-more-random-bytes-before-use";
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub meta: bool,
+    pub send: bool,
+    pub gateway: bool,
+    pub registry: bool,
+}
+
+impl Roles {
+    /// `ruststacker all`.
+    pub const ALL: Self = Self {
+        meta: true,
+        send: true,
+        gateway: true,
+        registry: true,
+    };
+    const NONE: Self = Self {
+        meta: false,
+        send: false,
+        gateway: false,
+        registry: false,
+    };
+    pub const META: Self = Self {
+        meta: true,
+        ..Self::NONE
+    };
+    pub const SEND: Self = Self {
+        send: true,
+        ..Self::NONE
+    };
+    pub const GATEWAY: Self = Self {
+        gateway: true,
+        ..Self::NONE
+    };
+    pub const REGISTRY: Self = Self {
+        registry: true,
+        ..Self::NONE
+    };
+
+    pub(crate) fn needs_database(self) -> bool {
+        self.meta || self.send || self.gateway
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/all.yaml");
+        let loaded = AllConfig::load(Some(&path)).expect("config/all.yaml loads");
+        let defaults = AllConfig::default();
+        assert_eq!(
+            serde_json_like(&loaded),
+            serde_json_like(&defaults),
+            "config/all.yaml documents the defaults"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, "send:\n  max_content_byte: 5\n").expect("write");
+        let err = AllConfig::load(Some(&path)).expect_err("typo must be refused");
+        assert!(format!("{err:#}").contains("max_content_byte"), "{err:#}");
+    }
+
+    fn serde_json_like(cfg: &AllConfig) -> String {
+        format!("{cfg:?}")
+    }
+
+    #[test]
+    fn every_shipped_example_config_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut loaded = 0;
+        for dir in [root.clone(), root.join("cluster")] {
+            for entry in std::fs::read_dir(&dir).expect("config dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    let cfg = AllConfig::load(Some(&path))
+                        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                    if path.parent() == Some(root.join("cluster").as_path()) {
+                        assert!(
+                            cfg.redis.is_some(),
+                            "{}: a cluster service needs redis:",
+                            path.display()
+                        );
+                    }
+                    loaded += 1;
+                }
+            }
+        }
+        assert!(
+            loaded >= 7,
+            "expected all.yaml and six cluster files, loaded {loaded}"
+        );
+    }
+
+    #[test]
+    fn the_seeds_gateway_keys_configure_the_gateway() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.gateway.yaml");
+        std::fs::write(
+            &path,
+            "name: gateway-7\nport: 9082\naddress: 10.0.0.7\ndispatcher:\n  max_connections: 500\n  send_channel_size: 64\nregistry:\n  gateway_heartbeat_timeout: 12\nredis:\n  host: 127.0.0.1\n  port: 6379\n",
+        )
+        .expect("write");
+        let cfg = AllConfig::load(Some(&path))
+            .expect("loads")
+            .for_role(Roles::GATEWAY)
+            .expect("applies");
+        assert_eq!(cfg.gateway.name, "gateway-7");
+        assert_eq!(cfg.gateway.port, 9082);
+        assert_eq!(cfg.gateway.address.as_deref(), Some("10.0.0.7"));
+        assert_eq!(cfg.gateway.max_connections, 500);
+        assert_eq!(cfg.gateway.send_channel_size, 64);
+        assert_eq!(cfg.registry.gateway_heartbeat_timeout, 12);
+        let seed_only = AllConfig::load(Some(&path)).expect("loads");
+        assert!(
+            seed_only.clone().for_role(Roles::ALL).is_err(),
+            "all has four ports"
+        );
+        assert!(
+            seed_only.for_role(Roles::SEND).is_err(),
+            "dispatcher is a gateway's"
+        );
+    }
+
+    #[test]
+    fn urls_escape_credentials() {
+        let m = MysqlConfig {
+            password: "p@ss:w/rd".into(),
+            ..MysqlConfig::default()
+        };
+        assert_eq!(
+            m.url(),
+            "mysql://root:p%40ss%3Aw%2Frd@127.0.0.1:3306/ruststacker"
+        );
+    }
+}
