@@ -9,6 +9,7 @@
 //! - [`monitor`]: the seed's Monitor (per-route latency and success rate over a sliding window).
 //! - [`openapi`]: the OpenAPI document's shared parts (error replies, security schemes).
 //! - [`limit`]: rate limits per client IP, username or user (429 with `Retry-After`).
+//! - [`secret`]: [`secret::Secret`], a configured secret that never prints.
 //! - [`telemetry`]: logging (stdout and/or a size-rotated file, [`logfile`]), its reloadable
 //!   level, and the Prometheus recorder.
 
@@ -20,6 +21,7 @@ pub mod limit;
 pub mod logfile;
 pub mod monitor;
 pub mod openapi;
+pub mod secret;
 pub mod telemetry;
 
 pub use envelope::{ApiError, ApiResult, Json, Path, Query, ok};

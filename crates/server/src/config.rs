@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use kit::auth::MIN_SECRET_LEN;
+use kit::config::InvalidSetting;
+use kit::secret::Secret;
 use serde::{Deserialize, Serialize};
 
 /// `RUSTSTACKER_*` variables that are not config: the test harness's, `scripts/cluster.sh`'s and
@@ -21,7 +23,7 @@ pub const RESERVED_ENV: &[&str] = &["TEST_", "CLUSTER_", "BIN", "USER", "PASSWOR
 pub struct JwtConfig {
     /// HS256 secret, at least 32 bytes. In `all`, when unset, a random one is generated on first
     /// start and kept in `<data_dir>/jwt_secret` (mode 0600).
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Token lifetime in seconds.
     pub expire_secs: u64,
     /// Seconds a service may keep trusting a user's token version: after a password change,
@@ -147,7 +149,7 @@ pub struct AllConfig {
     /// Shared secret (at least 32 bytes) of the internal endpoints between services (the
     /// registry's writes and route lookups), sent as `X-Internal-Token`. Unset: those endpoints
     /// refuse every call.
-    pub internal_token: Option<String>,
+    pub internal_token: Option<Secret>,
     /// The seed's per-service keys, for a file that configures one service (`config.gateway.yaml`
     /// style): they apply to the service being started — see [`AllConfig::for_role`].
     pub name: Option<String>,
@@ -195,7 +197,7 @@ pub struct MysqlConfig {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: String,
+    pub password: Secret,
     pub dbname: String,
     /// Connections in the pool.
     pub max_connections: u32,
@@ -207,7 +209,7 @@ impl Default for MysqlConfig {
             host: "127.0.0.1".into(),
             port: 3306,
             user: "root".into(),
-            password: String::new(),
+            password: Secret::default(),
             dbname: "ruststacker".into(),
             max_connections: 16,
         }
@@ -219,7 +221,7 @@ impl MysqlConfig {
         let auth = if self.password.is_empty() {
             enc(&self.user)
         } else {
-            format!("{}:{}", enc(&self.user), enc(&self.password))
+            format!("{}:{}", enc(&self.user), enc(self.password.expose()))
         };
         format!(
             "mysql://{auth}@{}:{}/{}",
@@ -248,7 +250,7 @@ fn enc(s: &str) -> String {
 pub struct RedisConfig {
     pub host: String,
     pub port: u16,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub db: u8,
     /// Prefix of every key, so deployments can share a Redis.
     pub prefix: String,
@@ -274,7 +276,7 @@ impl RedisConfig {
         match &self.password {
             Some(p) => format!(
                 "redis://:{}@{}:{}/{}",
-                enc(p),
+                enc(p.expose()),
                 self.host,
                 self.port,
                 self.db
@@ -426,15 +428,11 @@ impl AllConfig {
 /// is bound at start and before anything is applied on a reload.
 pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
     cfg.log.validate()?;
-    if let Some(t) = &cfg.internal_token
-        && (t.len() < MIN_SECRET_LEN || t == EXAMPLE_SECRET)
-    {
-        bail!("internal_token must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    if let Some(t) = &cfg.internal_token {
+        check_secret("internal_token", t)?;
     }
-    if let Some(s) = &cfg.jwt.secret
-        && (s.len() < MIN_SECRET_LEN || s == EXAMPLE_SECRET)
-    {
-        bail!("jwt.secret must be at least {MIN_SECRET_LEN} bytes and not the example value");
+    if let Some(s) = &cfg.jwt.secret {
+        check_secret("jwt.secret", s)?;
     }
     if proto::ids::Snowflake::new(cfg.send.machine_id).is_err() {
         bail!("send.machine_id must be 0..=31");
@@ -451,6 +449,24 @@ pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
 
 /// The example secret shipped in `config/`: refused, so it never guards a real deployment.
 pub const EXAMPLE_SECRET: &str = "change-me-to-32-or-more-random-bytes-before-use";
+
+/// The one rule for a secret that guards something (`jwt.secret`, `internal_token`): long enough
+/// to resist guessing, and not the example value anyone can read in the repository.
+pub fn check_secret(key: &'static str, secret: &Secret) -> Result<(), InvalidSetting> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(InvalidSetting::new(
+            key,
+            format!("must be at least {MIN_SECRET_LEN} bytes"),
+        ));
+    }
+    if secret.expose() == EXAMPLE_SECRET {
+        return Err(InvalidSetting::new(
+            key,
+            "is the example value from config/; set your own",
+        ));
+    }
+    Ok(())
+}
 
 /// Which services a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

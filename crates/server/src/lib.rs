@@ -31,13 +31,8 @@ use tower_http::cors::CorsLayer;
 /// first start. Separate services share a configured secret and refuse to start without one.
 fn jwt_secret(cfg: &AllConfig, generate: bool) -> anyhow::Result<Vec<u8>> {
     if let Some(s) = &cfg.jwt.secret {
-        if s.len() < MIN_SECRET_LEN {
-            bail!("jwt.secret must be at least {MIN_SECRET_LEN} bytes");
-        }
-        if s == EXAMPLE_SECRET {
-            bail!("jwt.secret is the example value from config/; set your own");
-        }
-        return Ok(s.as_bytes().to_vec());
+        check_secret("jwt.secret", s)?;
+        return Ok(s.expose().as_bytes().to_vec());
     }
     if !generate {
         bail!(
@@ -130,7 +125,7 @@ fn registry_client(cfg: &AllConfig, roles: Roles) -> anyhow::Result<Option<Regis
         return Ok(None);
     }
     Ok(Some(
-        RegistryClient::new(base, token).context("creating the registry's HTTP client")?,
+        RegistryClient::new(base, token.expose()).context("creating the registry's HTTP client")?,
     ))
 }
 
@@ -565,7 +560,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         let state = registry::RegistryState::new(
             running.shared.instances(),
             running.shared.routes(),
-            cfg.internal_token.clone(),
+            cfg.internal_token.as_ref().map(|t| t.expose().to_owned()),
             ready.clone(),
         );
         running
@@ -690,7 +685,7 @@ mod tests {
                 .expect("unset is fine")
                 .is_none()
         );
-        cfg.internal_token = Some("t".repeat(40));
+        cfg.internal_token = Some("t".repeat(40).into());
         for bad in ["localhost:8084", "ftp://registry:8084", "http://"] {
             cfg.registry.url = Some(bad.into());
             let err = registry_client(&cfg, Roles::GATEWAY).expect_err(bad);
@@ -729,7 +724,7 @@ mod tests {
         assert!(jwt_secret(&cfg, false).is_err());
         cfg.jwt.secret = Some("short".into());
         assert!(jwt_secret(&cfg, false).is_err());
-        cfg.jwt.secret = Some("x".repeat(40));
+        cfg.jwt.secret = Some("x".repeat(40).into());
         assert!(jwt_secret(&cfg, false).is_ok());
     }
 }

@@ -41,7 +41,7 @@ impl Backends {
             host: m.host_str().unwrap_or("127.0.0.1").to_owned(),
             port: m.port().unwrap_or(3306),
             user: m.username().to_owned(),
-            password: m.password().unwrap_or_default().to_owned(),
+            password: m.password().unwrap_or_default().into(),
             dbname: format!("rsc_{id}"),
             max_connections: 8,
         };
@@ -49,7 +49,7 @@ impl Backends {
         let redis = RedisConfig {
             host: r.host_str().unwrap_or("127.0.0.1").to_owned(),
             port: r.port().unwrap_or(6379),
-            password: r.password().map(str::to_owned),
+            password: r.password().map(Into::into),
             db: 0,
             prefix: format!("rsc{id}"),
             stream_maxlen: 10_000,
@@ -131,7 +131,7 @@ fn base_config(b: &Backends, configure: &Configure) -> AllConfig {
     let mut cfg = AllConfig::for_tests(std::env::temp_dir());
     cfg.mysql = Some(b.mysql.clone());
     cfg.redis = Some(b.redis.clone());
-    cfg.jwt.secret = Some(format!("cluster-test-secret-{}", b.redis.prefix));
+    cfg.jwt.secret = Some(format!("cluster-test-secret-{}", b.redis.prefix).into());
     cfg.gateway.heartbeat_interval_secs = 1;
     cfg.registry.gateway_heartbeat_timeout = 3;
     cfg.shutdown_timeout_secs = 5;

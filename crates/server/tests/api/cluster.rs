@@ -280,7 +280,7 @@ async fn all_runs_on_mysql_and_redis_when_configured() {
         cfg.mysql = Some(mysql.clone());
         cfg.redis = Some(redis.clone());
         // Shared, so a token from the first process works on the second.
-        cfg.jwt.secret = Some(format!("all-on-mysql-and-redis-{}", redis.prefix));
+        cfg.jwt.secret = Some(format!("all-on-mysql-and-redis-{}", redis.prefix).into());
     };
     let app = testkit::TestApp::spawn_with(configure.clone()).await;
     let users = app.users(&["anna", "ben"]).await;
@@ -792,7 +792,7 @@ async fn a_gateway_with_the_registry_url_and_a_wrong_internal_token_refuses_to_s
     .await;
     let mut cfg = c.gateway_config(0);
     cfg.gateway.name = "gateway-wrong-token".into();
-    cfg.internal_token = Some(format!("{REGISTRY_TOKEN}-but-another-one"));
+    cfg.internal_token = Some(format!("{REGISTRY_TOKEN}-but-another-one").into());
     let err = match server::start(cfg, server::Roles::GATEWAY).await {
         Ok(_) => panic!("a gateway whose registration is refused must not start"),
         Err(e) => format!("{e:#}"),

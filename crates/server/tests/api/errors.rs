@@ -494,7 +494,7 @@ async fn a_post_without_a_json_content_type_is_unsupported() {
 async fn an_expired_token_is_refused_as_expired_over_http_and_websocket() {
     // A known secret, so that the test can sign a token whose only fault is its age.
     const SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
-    let app = TestApp::spawn_with(|cfg| cfg.jwt.secret = Some(SECRET.to_owned())).await;
+    let app = TestApp::spawn_with(|cfg| cfg.jwt.secret = Some(SECRET.into())).await;
     let user = app.user("old").await;
     let expired = token::expired(&user.token, SECRET.as_bytes()).expect("signing an old token");
 

@@ -276,7 +276,14 @@ fn config(
          send:\n  heartbeat_interval_secs: 1\n  route_cache_ttl_secs: 2\n\
          mysql:\n  host: {}\n  port: {}\n  user: {}\n  password: \"{}\"\n  dbname: {}\n\
          redis:\n  host: {}\n  port: {}\n  prefix: {}\n",
-        m.host, m.port, m.user, m.password, m.dbname, r.host, r.port, r.prefix
+        m.host,
+        m.port,
+        m.user,
+        m.password.expose(),
+        m.dbname,
+        r.host,
+        r.port,
+        r.prefix
     )
 }
 
