@@ -16,8 +16,8 @@
 //! `for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>` plus `Encode + Type` bounds for
 //! every type it binds or reads, restated on every function, which buries the SQL under bounds.
 //! Each expansion of the macro is concrete code for one driver, type-checked and optimised like
-//! hand-written code, and the shared SQL text is `concat!`ed at compile time (no formatting per
-//! call).
+//! hand-written code, and the shared SQL text is `concat!`ed at compile time (only an `IN (...)`
+//! list is formatted per call).
 //!
 //! The bodies take MySQL's concurrency shape, which is also correct under SQLite's single
 //! writer: an append batch reads (and, on MySQL, locks) its rooms once in id order, checks
