@@ -291,6 +291,140 @@ async fn concurrent_batches_never_leave_gaps(s: Arc<dyn Store>) {
     );
 }
 
+/// What a write returns is what a later read finds: the backends build some of it from what they
+/// inserted instead of reading it back.
+async fn what_a_write_returns_reads_back_the_same(s: &dyn Store) {
+    let created = s
+        .create_user(NewUser {
+            username: "rb_a".into(),
+            password_hash: "h".into(),
+            nickname: "Ann".into(),
+            now_ms: 7,
+        })
+        .await
+        .expect("create user");
+    let read = s.user_by_id(created.id).await.expect("read").expect("user");
+    assert_eq!(created, read);
+    assert_eq!(s.user_by_username("rb_a").await.expect("read"), Some(read));
+    let b = user(s, "rb_b").await;
+    let (group, _) = s
+        .create_group("Readback", created.id, &[b], 8)
+        .await
+        .expect("create group");
+    assert_eq!(s.room(group.id).await.expect("room"), Some(group.clone()));
+    assert_eq!(
+        (group.is_group, group.is_open, group.member_count),
+        (true, false, 2)
+    );
+    let (direct, _) = s.direct_room(created.id, b, 9).await.expect("direct");
+    assert_eq!(s.room(direct.id).await.expect("room"), Some(direct.clone()));
+    assert_eq!((direct.is_group, direct.member_count), (false, 2));
+    let c = user(s, "rb_c").await;
+    let asked = s
+        .create_join_request(group.id, c, "let me in", 10)
+        .await
+        .expect("ask");
+    assert_eq!(s.join_requests(group.id).await.expect("list"), vec![asked]);
+    let out = s
+        .append_messages(&[msg(9_001, group.id, b, Some("rb1"))])
+        .await
+        .expect("append");
+    let Ok(Appended::Stored(stored)) = &out[0] else {
+        panic!("stored: {out:?}");
+    };
+    assert_eq!(
+        s.message_by_id(9_001).await.expect("read").as_ref(),
+        Some(stored)
+    );
+}
+
+/// One batch over several rooms gives each room its own gapless sequence, checks membership
+/// per room, and the next batch goes on from there.
+async fn a_batch_over_several_rooms_sequences_each_room(s: &dyn Store) {
+    let a = user(s, "mr_a").await;
+    let b = user(s, "mr_b").await;
+    let (one, _) = s.create_group("one", a, &[b], 1).await.expect("create");
+    let (two, _) = s.create_group("two", a, &[], 1).await.expect("create");
+    let (gone, _) = s.create_group("gone", a, &[b], 1).await.expect("create");
+    assert!(s.dissolve_group(gone.id, 2).await.expect("dissolve"));
+    let batch = vec![
+        msg(8_001, two.id, a, None),
+        msg(8_002, one.id, b, Some("mr1")),
+        msg(8_003, two.id, b, None),
+        msg(8_004, gone.id, a, None),
+        msg(8_005, one.id, a, None),
+        msg(8_006, two.id, a, Some("mr1")),
+        msg(8_007, one.id, b, None),
+    ];
+    let seqs: Vec<_> = s
+        .append_messages(&batch)
+        .await
+        .expect("append")
+        .into_iter()
+        .map(|r| match r {
+            Ok(Appended::Stored(m)) => Ok((m.room_id, m.seq)),
+            Ok(Appended::Duplicate(m)) => panic!("not a duplicate: {m:?}"),
+            Err(e) => Err(e),
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            Ok((two.id, 1)),
+            Ok((one.id, 1)),
+            Err(Rejected::NotMember),
+            Err(Rejected::RoomNotFound),
+            Ok((one.id, 2)),
+            Ok((two.id, 2)),
+            Ok((one.id, 3)),
+        ]
+    );
+    let next = s
+        .append_messages(&[msg(8_008, one.id, a, None), msg(8_009, two.id, a, None)])
+        .await
+        .expect("append");
+    let next: Vec<_> = next
+        .iter()
+        .map(|r| match r {
+            Ok(Appended::Stored(m)) => m.seq,
+            other => panic!("stored: {other:?}"),
+        })
+        .collect();
+    assert_eq!(next, vec![4, 3]);
+    for (room, last) in [(one.id, 4), (two.id, 3)] {
+        assert_eq!(room_now(s, room).await.last_seq, last);
+        let stored = s.messages_after(room, 0, 100).await.expect("read");
+        assert_eq!(
+            stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_what_a_write_returns_reads_back_the_same() {
+    let (_dir, s) = sqlite().await;
+    what_a_write_returns_reads_back_the_same(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_what_a_write_returns_reads_back_the_same() {
+    let (_db, s) = mysql().await;
+    what_a_write_returns_reads_back_the_same(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_over_several_rooms_sequences_each_room() {
+    let (_dir, s) = sqlite().await;
+    a_batch_over_several_rooms_sequences_each_room(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_a_batch_over_several_rooms_sequences_each_room() {
+    let (_db, s) = mysql().await;
+    a_batch_over_several_rooms_sequences_each_room(s.as_ref()).await;
+}
+
 /// A [`ChangesFuture`] that is ready at once.
 fn ready(changes: MemberChanges) -> ChangesFuture<'static> {
     Box::pin(async move { Ok(changes) })

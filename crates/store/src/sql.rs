@@ -1,0 +1,938 @@
+//! What the two SQL backends share, written once: driver error translation, the decoding of enum
+//! columns, and [`sql_store!`], which expands the store traits over one backend.
+//!
+//! Every trait method has one body for both databases; a backend supplies only its dialect seam:
+//!
+//! - the SQL fragments that differ, as literals handed to the macro (`for_update`, `share_lock`:
+//!   MySQL's row locks, empty for SQLite, whose single writer connection already serializes
+//!   every write; `contains`: how `LIKE` escapes and compares; `greatest`: `MAX` or `GREATEST`;
+//!   `upsert_member`: the membership upsert; `search_users`: how each folds ASCII case);
+//! - four inherent functions on the store: `reader()` and `writer()` (the pools reads and writes
+//!   go through: two for SQLite, the same one for MySQL), `inserted_id` (the id an `INSERT`
+//!   generated) and `retry` (runs a transaction again when the database chose it as a deadlock
+//!   victim; SQLite runs it once).
+//!
+//! A macro rather than code generic over [`sqlx::Database`]: generic sqlx code needs
+//! `for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>` plus `Encode + Type` bounds for
+//! every type it binds or reads, restated on every function, which buries the SQL under bounds.
+//! Each expansion of the macro is concrete code for one driver, type-checked and optimised like
+//! hand-written code, and the shared SQL text is `concat!`ed at compile time (only an `IN (...)`
+//! list is formatted per call).
+//!
+//! The bodies take MySQL's concurrency shape, which is also correct under SQLite's single
+//! writer: an append batch reads (and, on MySQL, locks) its rooms once in id order, checks
+//! idempotency by a plain read backed by the unique key, and writes each room's `last_seq` once;
+//! a one-to-one room is looked up, then created, and a unique-key conflict means another request
+//! created it first.
+
+use proto::api::{MessageType, Role};
+
+use crate::StoreError;
+
+/// Most ids bound in one `IN (...)`.
+pub(crate) const ID_CHUNK: usize = 500;
+
+/// Driver errors become store errors here, for both backends.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) if crate::mysql::is_busy(db.as_ref()) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// `n` comma-separated placeholders, for an `IN (...)` list.
+pub(crate) fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// A text column holding the name of an enum ([`Role`], [`MessageType`]): the derived row
+/// mappers decode it, then convert it with `TryFrom`, so an unknown name is a decode error.
+#[derive(sqlx::Type)]
+#[sqlx(transparent, no_pg_array)]
+pub(crate) struct Text(String);
+
+impl TryFrom<Text> for Role {
+    type Error = String;
+
+    fn try_from(t: Text) -> Result<Self, String> {
+        Role::parse(&t.0).ok_or_else(|| format!("unknown role {:?} in database", t.0))
+    }
+}
+
+impl TryFrom<Text> for MessageType {
+    type Error = String;
+
+    fn try_from(t: Text) -> Result<Self, String> {
+        MessageType::parse(&t.0)
+            .ok_or_else(|| format!("unknown message type {:?} in database", t.0))
+    }
+}
+
+/// The columns of a [`crate::Room`] read from `rooms r`, as one literal for `concat!`.
+macro_rules! room_columns {
+    () => {
+        "r.id, r.name, r.is_group, r.is_open, r.owner_id, r.last_seq, r.created_at, \
+         (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id) AS member_count"
+    };
+}
+pub(crate) use room_columns;
+
+/// Implements [`crate::UserStore`], [`crate::RoomStore`], [`crate::MessageStore`] and
+/// [`crate::Store`] for `$store`, a store over the sqlx database `$db` with the dialect seam the
+/// module docs describe.
+macro_rules! sql_store {
+    (
+        store: $store:ident,
+        db: $db:ty,
+        for_update: $for_update:literal,
+        share_lock: $share_lock:literal,
+        contains: $contains:literal,
+        greatest: $greatest:literal,
+        upsert_member: $upsert_member:literal,
+        search_users: $search_users:expr $(,)?
+    ) => {
+        mod shared {
+            use std::collections::HashMap;
+
+            use async_trait::async_trait;
+            use proto::api::Role;
+            use proto::{MessageId, RoomId, Seq, UserId};
+
+            use super::$store;
+            use $crate::sql::{ID_CHUNK, Text, is_unique_violation, marks, room_columns};
+            use $crate::{
+                Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges,
+                MemberCheck, MemberState, Message, MessageStore, NewMessage, NewUser, Rejected,
+                Result, Room, RoomStore, Store, StoreError, User, UserStore,
+            };
+
+            type Pool = sqlx::Pool<$db>;
+            type Tx<'c> = sqlx::Transaction<'c, $db>;
+            type Verdict = std::result::Result<Appended, Rejected>;
+
+            const USER_BY_ID: &str = "SELECT * FROM users WHERE id = ?";
+            /// Adds a member when the user exists (no row inserted: an unknown user).
+            const ADD_MEMBER: &str = "INSERT INTO room_members (room_id, user_id, role, joined_at) \
+                 SELECT ?, id, ?, ? FROM users WHERE id = ?";
+            const ROOM_BY_ID: &str =
+                concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.id = ?");
+
+            #[async_trait]
+            impl UserStore for $store {
+                async fn create_user(&self, new: NewUser) -> Result<User> {
+                    let done = sqlx::query(
+                        "INSERT INTO users (username, password_hash, nickname, created_at, \
+                         updated_at) VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(&new.username)
+                    .bind(&new.password_hash)
+                    .bind(&new.nickname)
+                    .bind(new.now_ms)
+                    .bind(new.now_ms)
+                    .execute(self.writer())
+                    .await?;
+                    // The columns not inserted hold their defaults: no avatar, token version 0.
+                    Ok(User {
+                        id: Self::inserted_id(&done)?,
+                        username: new.username,
+                        password_hash: new.password_hash,
+                        nickname: new.nickname,
+                        avatar: String::new(),
+                        created_at_ms: new.now_ms,
+                        token_version: 0,
+                    })
+                }
+
+                async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
+                    Ok(sqlx::query_as("SELECT * FROM users WHERE username = ?")
+                        .bind(username)
+                        .fetch_optional(self.reader())
+                        .await?)
+                }
+
+                async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
+                    Ok(sqlx::query_as(USER_BY_ID)
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?)
+                }
+
+                async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
+                    let mut out: Vec<User> = Vec::with_capacity(ids.len());
+                    for chunk in ids.chunks(ID_CHUNK) {
+                        let sql = format!(
+                            "SELECT * FROM users WHERE id IN ({}) ORDER BY id",
+                            marks(chunk.len())
+                        );
+                        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                        for id in chunk {
+                            q = q.bind(id);
+                        }
+                        out.extend(q.fetch_all(self.reader()).await?);
+                    }
+                    out.sort_unstable_by_key(|u| u.id);
+                    out.dedup_by_key(|u| u.id);
+                    Ok(out)
+                }
+
+                async fn search_users(
+                    &self,
+                    query: &str,
+                    after: UserId,
+                    limit: u32,
+                ) -> Result<Vec<User>> {
+                    let pattern = $crate::contains_pattern(&query.to_ascii_lowercase());
+                    Ok(sqlx::query_as($search_users)
+                        .bind(after)
+                        .bind(&pattern)
+                        .bind(&pattern)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?)
+                }
+
+                async fn update_profile(
+                    &self,
+                    id: UserId,
+                    nickname: Option<&str>,
+                    avatar: Option<&str>,
+                    now_ms: i64,
+                ) -> Result<Option<User>> {
+                    sqlx::query(
+                        "UPDATE users SET nickname = COALESCE(?, nickname), \
+                         avatar = COALESCE(?, avatar), updated_at = ? WHERE id = ?",
+                    )
+                    .bind(nickname)
+                    .bind(avatar)
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                    // Read back through the writer: it has certainly seen the update.
+                    Ok(sqlx::query_as(USER_BY_ID)
+                        .bind(id)
+                        .fetch_optional(self.writer())
+                        .await?)
+                }
+
+                async fn change_password(
+                    &self,
+                    id: UserId,
+                    old_hash: &str,
+                    new_hash: &str,
+                    now_ms: i64,
+                ) -> Result<Option<i64>> {
+                    let mut tx = self.writer().begin().await?;
+                    let done = sqlx::query(
+                        "UPDATE users SET password_hash = ?, token_version = token_version + 1, \
+                         updated_at = ? WHERE id = ? AND password_hash = ?",
+                    )
+                    .bind(new_hash)
+                    .bind(now_ms)
+                    .bind(id)
+                    .bind(old_hash)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        // Explicitly: a dropped transaction is only rolled back when its
+                        // connection is used again, and until then MySQL keeps its locks.
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                    let version: i64 =
+                        sqlx::query_scalar("SELECT token_version FROM users WHERE id = ?")
+                            .bind(id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    tx.commit().await?;
+                    Ok(Some(version))
+                }
+            }
+
+            #[async_trait]
+            impl RoomStore for $store {
+                async fn create_group(
+                    &self,
+                    name: &str,
+                    owner: UserId,
+                    members: &[UserId],
+                    now_ms: i64,
+                ) -> Result<(Room, Vec<UserId>)> {
+                    let mut tx = self.writer().begin().await?;
+                    let done = sqlx::query(
+                        "INSERT INTO rooms (name, search_name, is_group, creator_id, owner_id, \
+                         created_at) VALUES (?, ?, TRUE, ?, ?, ?)",
+                    )
+                    .bind(name)
+                    .bind(name.to_ascii_lowercase())
+                    .bind(owner)
+                    .bind(owner)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    let room_id = Self::inserted_id(&done)?;
+                    let mut ids = vec![owner];
+                    for m in members {
+                        if !ids.contains(m) {
+                            ids.push(*m);
+                        }
+                    }
+                    let mut unknown = Vec::new();
+                    for (i, user) in ids.iter().enumerate() {
+                        let role = if i == 0 { Role::Owner } else { Role::Member };
+                        if !add_member(&mut tx, room_id, *user, role, now_ms).await? {
+                            unknown.push(*user);
+                        }
+                    }
+                    if !unknown.is_empty() {
+                        tx.rollback().await?;
+                        return Err(StoreError::UnknownUsers(unknown));
+                    }
+                    let room = created_room(&mut tx, room_id).await?;
+                    tx.commit().await?;
+                    Ok((room, ids))
+                }
+
+                async fn room(&self, id: RoomId) -> Result<Option<Room>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ",
+                        room_columns!(),
+                        " FROM rooms r WHERE r.id = ? AND r.dissolved_at IS NULL"
+                    ))
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?)
+                }
+
+                async fn update_room(
+                    &self,
+                    room: RoomId,
+                    name: Option<&str>,
+                    owner: Option<UserId>,
+                ) -> Result<()> {
+                    sqlx::query(
+                        "UPDATE rooms SET name = COALESCE(?, name), \
+                         search_name = COALESCE(?, search_name), owner_id = COALESCE(?, owner_id) \
+                         WHERE id = ? AND dissolved_at IS NULL",
+                    )
+                    .bind(name)
+                    .bind(name.map(str::to_ascii_lowercase))
+                    .bind(owner)
+                    .bind(room)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn set_room_open(&self, room: RoomId, open: bool) -> Result<()> {
+                    sqlx::query(
+                        "UPDATE rooms SET is_open = ? WHERE id = ? AND dissolved_at IS NULL",
+                    )
+                    .bind(open)
+                    .bind(room)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn create_join_request(
+                    &self,
+                    room: RoomId,
+                    user: UserId,
+                    message: &str,
+                    now_ms: i64,
+                ) -> Result<JoinRequest> {
+                    // On MySQL, reading the room share-locks its row: a dissolution either waits
+                    // for this request (and deletes it) or committed before (and the request
+                    // finds no room).
+                    let done = sqlx::query(
+                        "INSERT INTO join_requests (room_id, user_id, message, created_at) \
+                         SELECT id, ?, ?, ? FROM rooms WHERE id = ? AND dissolved_at IS NULL",
+                    )
+                    .bind(user)
+                    .bind(message)
+                    .bind(now_ms)
+                    .bind(room)
+                    .execute(self.writer())
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::RoomNotFound);
+                    }
+                    Ok(JoinRequest {
+                        id: Self::inserted_id(&done)?,
+                        room_id: room,
+                        user_id: user,
+                        message: message.to_owned(),
+                        created_at_ms: now_ms,
+                    })
+                }
+
+                async fn join_requests(&self, room: RoomId) -> Result<Vec<JoinRequest>> {
+                    Ok(
+                        sqlx::query_as("SELECT * FROM join_requests WHERE room_id = ? ORDER BY id")
+                            .bind(room)
+                            .fetch_all(self.reader())
+                            .await?,
+                    )
+                }
+
+                async fn take_join_request(
+                    &self,
+                    room: RoomId,
+                    id: i64,
+                ) -> Result<Option<JoinRequest>> {
+                    let mut tx = self.writer().begin().await?;
+                    let request: Option<JoinRequest> = sqlx::query_as(concat!(
+                        "SELECT * FROM join_requests WHERE id = ? AND room_id = ?",
+                        $for_update
+                    ))
+                    .bind(id)
+                    .bind(room)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(request) = request else {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    };
+                    let done = sqlx::query("DELETE FROM join_requests WHERE id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok((done.rows_affected() == 1).then_some(request))
+                }
+
+                async fn drop_join_request(&self, room: RoomId, user: UserId) -> Result<()> {
+                    sqlx::query("DELETE FROM join_requests WHERE room_id = ? AND user_id = ?")
+                        .bind(room)
+                        .bind(user)
+                        .execute(self.writer())
+                        .await?;
+                    Ok(())
+                }
+
+                async fn search_groups(
+                    &self,
+                    query: &str,
+                    after: RoomId,
+                    limit: u32,
+                ) -> Result<Vec<Room>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ",
+                        room_columns!(),
+                        " FROM rooms r WHERE r.is_group = TRUE AND r.id > ? \
+                         AND r.dissolved_at IS NULL AND r.search_name ",
+                        $contains,
+                        " ORDER BY r.id LIMIT ?"
+                    ))
+                    .bind(after)
+                    .bind($crate::contains_pattern(&query.to_ascii_lowercase()))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn direct_room(
+                    &self,
+                    a: UserId,
+                    b: UserId,
+                    now_ms: i64,
+                ) -> Result<(Room, bool)> {
+                    let key = $crate::direct_key(a, b);
+                    if let Some(room) = direct_by_key(self.reader(), &key).await? {
+                        return Ok((room, false));
+                    }
+                    // Checked before inserting: a room row rolled back because the peer is
+                    // unknown makes the requests queued on its unique key deadlock each other
+                    // (InnoDB).
+                    let known = self.users_by_ids(&[a, b]).await?;
+                    if let Some(unknown) = [a, b]
+                        .into_iter()
+                        .find(|u| !known.iter().any(|k| k.id == *u))
+                    {
+                        return Err(StoreError::UnknownUsers(vec![unknown]));
+                    }
+                    let mut tx = self.writer().begin().await?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO rooms (name, is_group, creator_id, owner_id, created_at, \
+                         direct_key) VALUES ('', FALSE, ?, ?, ?, ?)",
+                    )
+                    .bind(a)
+                    .bind(a)
+                    .bind(now_ms)
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await;
+                    let done = match inserted {
+                        Ok(done) => done,
+                        // Another request created it first: that one is the room.
+                        Err(e) if is_unique_violation(&e) => {
+                            tx.rollback().await?;
+                            let room = direct_by_key(self.reader(), &key).await?.ok_or_else(|| {
+                                StoreError::Internal("direct room vanished after a conflict".into())
+                            })?;
+                            return Ok((room, false));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let room_id = Self::inserted_id(&done)?;
+                    for user in [a, b] {
+                        // Still checked: the user may have gone since the read above.
+                        if !add_member(&mut tx, room_id, user, Role::Member, now_ms).await? {
+                            tx.rollback().await?;
+                            return Err(StoreError::UnknownUsers(vec![user]));
+                        }
+                    }
+                    let room = created_room(&mut tx, room_id).await?;
+                    tx.commit().await?;
+                    Ok((room, true))
+                }
+
+                async fn member_role(&self, room: RoomId, user: UserId) -> Result<Option<Role>> {
+                    let role: Option<Text> = sqlx::query_scalar(
+                        "SELECT role FROM room_members WHERE room_id = ? AND user_id = ?",
+                    )
+                    .bind(room)
+                    .bind(user)
+                    .fetch_optional(self.reader())
+                    .await?;
+                    role.map(Role::try_from)
+                        .transpose()
+                        .map_err(StoreError::Internal)
+                }
+
+                async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
+                    Ok(sqlx::query_as(
+                        "SELECT m.user_id, u.username, u.nickname, m.role, m.group_nickname, \
+                         m.joined_at, m.joined_seq \
+                         FROM room_members m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = ? ORDER BY m.joined_at, m.user_id",
+                    )
+                    .bind(room)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn member_ids(&self, room: RoomId) -> Result<Vec<UserId>> {
+                    Ok(
+                        sqlx::query_scalar("SELECT user_id FROM room_members WHERE room_id = ?")
+                            .bind(room)
+                            .fetch_all(self.reader())
+                            .await?,
+                    )
+                }
+
+                async fn joined_rooms(&self, user: UserId) -> Result<Vec<JoinedRoom>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ",
+                        room_columns!(),
+                        ", m.role, m.delivered_seq FROM room_members m \
+                         JOIN rooms r ON r.id = m.room_id \
+                         WHERE m.user_id = ? AND r.dissolved_at IS NULL ORDER BY r.id"
+                    ))
+                    .bind(user)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn write_members(
+                    &self,
+                    room: RoomId,
+                    changes: ChangesFuture<'_>,
+                ) -> Result<MemberChanges> {
+                    let mut tx = self.writer().begin().await?;
+                    // The room row lock (or SQLite's single writer) orders this against every
+                    // other writer of the room's members, a dissolution included; a locking read
+                    // sees the latest commit, so a flush that waited for a dissolution finds the
+                    // room dissolved and writes nothing.
+                    let dissolved: Option<Option<i64>> = sqlx::query_scalar(concat!(
+                        "SELECT dissolved_at FROM rooms WHERE id = ?",
+                        $for_update
+                    ))
+                    .bind(room)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if !matches!(dissolved, Some(None)) {
+                        tx.rollback().await?;
+                        return Err(StoreError::RoomNotFound);
+                    }
+                    let mut changes = match changes.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tx.rollback().await?;
+                            return Err(e);
+                        }
+                    };
+                    // Rows in (room, user) order, the order cursor batches lock them in: no
+                    // deadlock.
+                    changes.sort_unstable_by_key(|(user, _)| *user);
+                    for (user, state) in &changes {
+                        match state {
+                            MemberState::Member {
+                                role,
+                                group_nickname,
+                                joined_at_ms,
+                                joined_seq,
+                            } => sqlx::query($upsert_member)
+                                .bind(room)
+                                .bind(user)
+                                .bind(role.as_str())
+                                .bind(group_nickname)
+                                .bind(joined_at_ms)
+                                .bind(joined_seq)
+                                .bind(joined_seq),
+                            MemberState::Removed => sqlx::query(
+                                "DELETE FROM room_members WHERE room_id = ? AND user_id = ?",
+                            )
+                            .bind(room)
+                            .bind(user),
+                        }
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(changes)
+                }
+
+                async fn dissolve_group(&self, room: RoomId, now_ms: i64) -> Result<bool> {
+                    Self::retry("dissolution", || dissolve_once(self.writer(), room, now_ms))
+                        .await
+                }
+            }
+
+            #[async_trait]
+            impl MessageStore for $store {
+                async fn append(
+                    &self,
+                    batch: &[NewMessage],
+                    members: MemberCheck,
+                ) -> Result<Vec<Verdict>> {
+                    Self::retry("append batch", || append_batch(self.writer(), batch, members))
+                        .await
+                }
+
+                async fn messages_after(
+                    &self,
+                    room: RoomId,
+                    after_seq: Seq,
+                    limit: u32,
+                ) -> Result<Vec<Message>> {
+                    Ok(sqlx::query_as(
+                        "SELECT * FROM messages WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    )
+                    .bind(room)
+                    .bind(after_seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn message_by_id(&self, id: MessageId) -> Result<Option<Message>> {
+                    Ok(sqlx::query_as("SELECT * FROM messages WHERE id = ?")
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?)
+                }
+
+                async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()> {
+                    if updates.is_empty() {
+                        return Ok(());
+                    }
+                    // Rows locked in one global order (room, user), so concurrent flushes queue,
+                    // not deadlock.
+                    let mut sorted = updates.to_vec();
+                    sorted.sort_unstable_by_key(|&(user, room, seq)| (room, user, seq));
+                    Self::retry("cursor batch", || advance_batch(self.writer(), &sorted)).await
+                }
+            }
+
+            #[async_trait]
+            impl Store for $store {
+                async fn ping(&self) -> Result<()> {
+                    sqlx::query("SELECT 1").execute(self.reader()).await?;
+                    Ok(())
+                }
+            }
+
+            /// Adds `user` to `room` with `role`; `false` when there is no such user.
+            async fn add_member(
+                tx: &mut Tx<'_>,
+                room: RoomId,
+                user: UserId,
+                role: Role,
+                now_ms: i64,
+            ) -> Result<bool> {
+                let done = sqlx::query(ADD_MEMBER)
+                    .bind(room)
+                    .bind(role.as_str())
+                    .bind(now_ms)
+                    .bind(user)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(done.rows_affected() != 0)
+            }
+
+            /// The room `id` inserted by this transaction.
+            async fn created_room(tx: &mut Tx<'_>, id: RoomId) -> Result<Room> {
+                sqlx::query_as(ROOM_BY_ID)
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Internal("room vanished inside its transaction".into())
+                    })
+            }
+
+            async fn direct_by_key(pool: &Pool, key: &str) -> Result<Option<Room>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    room_columns!(),
+                    " FROM rooms r WHERE r.direct_key = ?"
+                ))
+                .bind(key)
+                .fetch_optional(pool)
+                .await?)
+            }
+
+            /// The room row is updated first: that takes its lock, the one member writes (the
+            /// write-back flusher) and append batches take, so they run wholly before or wholly
+            /// after this.
+            async fn dissolve_once(
+                pool: &Pool,
+                room: RoomId,
+                now_ms: i64,
+            ) -> std::result::Result<bool, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE rooms SET dissolved_at = ? \
+                     WHERE id = ? AND is_group = TRUE AND dissolved_at IS NULL",
+                )
+                .bind(now_ms)
+                .bind(room)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for sql in [
+                    "DELETE FROM room_members WHERE room_id = ?",
+                    "DELETE FROM join_requests WHERE room_id = ?",
+                ] {
+                    sqlx::query(sql).bind(room).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            /// The sender's earlier message with this `client_msg_id`. `locking` reads the
+            /// latest committed row (and, on MySQL, share-locks it) instead of the transaction's
+            /// snapshot.
+            async fn by_client_id(
+                tx: &mut Tx<'_>,
+                sender: UserId,
+                cid: &str,
+                locking: bool,
+            ) -> std::result::Result<Option<Message>, sqlx::Error> {
+                const PLAIN: &str =
+                    "SELECT * FROM messages WHERE sender_id = ? AND client_msg_id = ?";
+                const LOCKING: &str = concat!(
+                    "SELECT * FROM messages WHERE sender_id = ? AND client_msg_id = ?",
+                    $share_lock
+                );
+                sqlx::query_as(if locking { LOCKING } else { PLAIN })
+                    .bind(sender)
+                    .bind(cid)
+                    .fetch_optional(&mut **tx)
+                    .await
+            }
+
+            fn earlier(prior: Message, m: &NewMessage) -> Verdict {
+                if prior.room_id == m.room_id {
+                    Ok(Appended::Duplicate(prior))
+                } else {
+                    Err(Rejected::ClientIdConflict)
+                }
+            }
+
+            /// The live rooms of a batch: `(last_seq when read, last seq handed out)`.
+            type Seqs = HashMap<RoomId, (Seq, Seq)>;
+
+            /// Reads (on MySQL: locks, in ascending id order, so two batches over the same rooms
+            /// queue instead of deadlocking) every room the batch touches. Holding the room row
+            /// is what makes `seq = last_seq + 1` gapless.
+            async fn lock_rooms(
+                tx: &mut Tx<'_>,
+                batch: &[NewMessage],
+            ) -> std::result::Result<Seqs, sqlx::Error> {
+                let mut ids: Vec<RoomId> = batch.iter().map(|m| m.room_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let mut seqs = Seqs::with_capacity(ids.len());
+                for chunk in ids.chunks(ID_CHUNK) {
+                    let sql = format!(
+                        concat!(
+                            "SELECT id, last_seq, dissolved_at FROM rooms WHERE id IN ({}) \
+                             ORDER BY id",
+                            $for_update
+                        ),
+                        marks(chunk.len())
+                    );
+                    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    let rows: Vec<(RoomId, Seq, Option<i64>)> = q.fetch_all(&mut **tx).await?;
+                    for (id, last, dissolved_at) in rows {
+                        // A dissolved room stays locked (harmless) but takes no message.
+                        if dissolved_at.is_none() {
+                            seqs.insert(id, (last, last));
+                        }
+                    }
+                }
+                Ok(seqs)
+            }
+
+            async fn append_one(
+                tx: &mut Tx<'_>,
+                seqs: &mut Seqs,
+                is_member: &mut HashMap<(RoomId, UserId), bool>,
+                m: &NewMessage,
+                members: MemberCheck,
+            ) -> std::result::Result<Verdict, sqlx::Error> {
+                // The room first: a retry of a message to a room dissolved since is refused like
+                // any send.
+                let Some(&(_, last)) = seqs.get(&m.room_id) else {
+                    return Ok(Err(Rejected::RoomNotFound));
+                };
+                if let Some(cid) = &m.client_msg_id
+                    && let Some(prior) = by_client_id(tx, m.sender_id, cid, false).await?
+                {
+                    return Ok(earlier(prior, m));
+                }
+                let member = match is_member.get(&(m.room_id, m.sender_id)) {
+                    _ if members == MemberCheck::ByCaller => true,
+                    Some(&known) => known,
+                    None => {
+                        let found: Option<i64> = sqlx::query_scalar(
+                            "SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?",
+                        )
+                        .bind(m.room_id)
+                        .bind(m.sender_id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        is_member.insert((m.room_id, m.sender_id), found.is_some());
+                        found.is_some()
+                    }
+                };
+                if !member {
+                    return Ok(Err(Rejected::NotMember));
+                }
+                let seq = last + 1;
+                let inserted = sqlx::query(
+                    "INSERT INTO messages (id, room_id, seq, sender_id, msg_type, content, \
+                     client_msg_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(m.id)
+                .bind(m.room_id)
+                .bind(seq)
+                .bind(m.sender_id)
+                .bind(m.msg_type.as_str())
+                .bind(&m.content)
+                .bind(&m.client_msg_id)
+                .bind(m.created_at_ms)
+                .execute(&mut **tx)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => {
+                        // Only the statement was rolled back. Another transaction committed this
+                        // (sender, client_msg_id) after our snapshot was taken (MySQL, where we do
+                        // not hold the other room's lock): return its message.
+                        if let Some(cid) = &m.client_msg_id
+                            && let Some(prior) = by_client_id(tx, m.sender_id, cid, true).await?
+                        {
+                            return Ok(earlier(prior, m));
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+                if let Some(entry) = seqs.get_mut(&m.room_id) {
+                    entry.1 = seq;
+                }
+                Ok(Ok(Appended::Stored(Message {
+                    id: m.id,
+                    room_id: m.room_id,
+                    seq,
+                    sender_id: m.sender_id,
+                    msg_type: m.msg_type,
+                    content: m.content.clone(),
+                    client_msg_id: m.client_msg_id.clone(),
+                    created_at_ms: m.created_at_ms,
+                })))
+            }
+
+            /// One attempt at a batch: every message's insert is its only write, and each room's
+            /// `last_seq` is written once at the end, so a message refused by the unique key
+            /// leaves nothing to undo (no savepoint).
+            async fn append_batch(
+                pool: &Pool,
+                batch: &[NewMessage],
+                members: MemberCheck,
+            ) -> std::result::Result<Vec<Verdict>, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let mut seqs = lock_rooms(&mut tx, batch).await?;
+                let mut is_member = HashMap::new();
+                let mut out = Vec::with_capacity(batch.len());
+                for m in batch {
+                    out.push(append_one(&mut tx, &mut seqs, &mut is_member, m, members).await?);
+                }
+                for (room, (before, after)) in &seqs {
+                    if after != before {
+                        sqlx::query("UPDATE rooms SET last_seq = ? WHERE id = ?")
+                            .bind(after)
+                            .bind(room)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn advance_batch(
+                pool: &Pool,
+                updates: &[(UserId, RoomId, Seq)],
+            ) -> std::result::Result<(), sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                for (user, room, seq) in updates {
+                    sqlx::query(concat!(
+                        "UPDATE room_members SET delivered_seq = ",
+                        $greatest,
+                        "(delivered_seq, ?) WHERE room_id = ? AND user_id = ?"
+                    ))
+                    .bind(seq)
+                    .bind(room)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            }
+        }
+    };
+}
+pub(crate) use sql_store;
