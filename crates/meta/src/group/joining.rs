@@ -202,7 +202,7 @@ pub(crate) async fn decide(
     Json(req): Json<DecideRequest>,
 ) -> ApiResult<DecisionReply> {
     let max = s.cfg().max_group_members;
-    let (request, joined, members) = under_lock(&s, room_id, async |lock, room| {
+    let (request, joined, members) = under_lock(s.groups(), room_id, async |lock, room| {
         let room = allow(Op::AnswerRequest, room.as_ref(), me.user_id)?;
         // Under the room's lock nobody else adds members: the room has space or the request
         // stays for later.

@@ -153,7 +153,7 @@ pub(crate) async fn dissolve(
     Path(room_id): Path<RoomId>,
 ) -> ApiResult<DissolvedReply> {
     let now = kit::now_ms();
-    let members = under_lock(&s, room_id, async |lock, room| {
+    let members = under_lock(s.groups(), room_id, async |lock, room| {
         let room = allow(Op::Dissolve, room.as_ref(), me.user_id)?;
         if !s.groups().dissolve(lock, now).await.map_err(db)? {
             // Not a live group in the database although the group data had it: gone meanwhile.

@@ -283,7 +283,7 @@ pub(crate) async fn transfer(
     Json(req): Json<TransferRequest>,
 ) -> ApiResult<RoomView> {
     let to = req.user_id;
-    let targets = under_lock(&s, room_id, async |lock, room| {
+    let targets = under_lock(s.groups(), room_id, async |lock, room| {
         let op = Op::Transfer(target(room.as_ref(), me.user_id, to));
         let room = allow(op, room.as_ref(), me.user_id)?;
         let (Some(mine), Some(theirs)) = (room.get(me.user_id), room.get(to)) else {

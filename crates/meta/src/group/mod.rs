@@ -29,11 +29,10 @@ pub(crate) mod membership;
 /// Runs `f` under `room_id`'s change lock with the room's current state (`None`: there is no
 /// such room, or no longer), and gives the lock back whatever `f` answers.
 async fn under_lock<T>(
-    s: &MetaState,
+    groups: &(impl Groups + ?Sized),
     room_id: RoomId,
     f: impl AsyncFnOnce(&RoomLock, Option<RoomMembers>) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let groups = s.groups();
     let lock = groups.lock(room_id).await.map_err(db)?;
     let done = match groups.room(room_id).await {
         Ok(current) => f(&lock, current).await,
@@ -50,7 +49,7 @@ async fn change<T>(
     room_id: RoomId,
     f: impl FnOnce(Option<&RoomMembers>) -> Result<(MemberChanges, T), ApiError>,
 ) -> Result<T, ApiError> {
-    under_lock(s, room_id, async |lock, current| {
+    under_lock(s.groups(), room_id, async |lock, current| {
         let (changes, out) = f(current.as_ref())?;
         s.groups().write(lock, changes).await.map_err(db)?;
         Ok(out)
@@ -198,4 +197,119 @@ pub(crate) async fn search(
         next_after_id,
         groups: rooms.iter().map(room_view).collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use groups::{DirectGroups, JoinedRoom, MemberCheck, MemberState};
+    use store::Store;
+    use store::sqlite::SqliteStore;
+
+    use super::*;
+
+    /// Group data that counts the locks taken and given back.
+    struct Counting {
+        inner: DirectGroups,
+        taken: AtomicUsize,
+        given_back: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Groups for Counting {
+        async fn room(&self, room: RoomId) -> store::Result<Option<RoomMembers>> {
+            self.inner.room(room).await
+        }
+        async fn joined_rooms(&self, user: UserId) -> store::Result<Vec<JoinedRoom>> {
+            self.inner.joined_rooms(user).await
+        }
+        async fn lock(&self, room: RoomId) -> store::Result<RoomLock> {
+            self.taken.fetch_add(1, Ordering::SeqCst);
+            self.inner.lock(room).await
+        }
+        async fn unlock(&self, lock: RoomLock) {
+            self.given_back.fetch_add(1, Ordering::SeqCst);
+            self.inner.unlock(lock).await;
+        }
+        async fn write(&self, lock: &RoomLock, changes: MemberChanges) -> store::Result<()> {
+            self.inner.write(lock, changes).await
+        }
+        async fn dissolve(&self, lock: &RoomLock, now_ms: i64) -> store::Result<bool> {
+            self.inner.dissolve(lock, now_ms).await
+        }
+        async fn versions(&self, rooms: &[RoomId]) -> store::Result<Vec<u64>> {
+            self.inner.versions(rooms).await
+        }
+        fn member_check(&self) -> MemberCheck {
+            self.inner.member_check()
+        }
+        async fn ping(&self) -> store::Result<()> {
+            self.inner.ping().await
+        }
+    }
+
+    async fn user(s: &dyn Store, name: &str) -> UserId {
+        s.create_user(store::NewUser {
+            username: name.into(),
+            password_hash: "x".into(),
+            nickname: name.into(),
+            now_ms: 1,
+        })
+        .await
+        .expect("user")
+        .id
+    }
+
+    #[tokio::test]
+    async fn the_room_lock_is_given_back_whatever_the_change_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("db.sqlite"))
+                .await
+                .expect("open"),
+        );
+        let (owner, member, outsider) = (
+            user(&*store, "owner").await,
+            user(&*store, "member").await,
+            user(&*store, "outsider").await,
+        );
+        let (room, _) = store
+            .create_group("g", owner, &[member], 1)
+            .await
+            .expect("group");
+        let groups = Counting {
+            inner: DirectGroups::new(store.clone()),
+            taken: AtomicUsize::new(0),
+            given_back: AtomicUsize::new(0),
+        };
+
+        let refused = under_lock(&groups, room.id, async |_, current| {
+            allow(Op::Leave, current.as_ref(), outsider).map(drop)
+        })
+        .await
+        .expect_err("an outsider does not leave");
+        assert_eq!(refused.error, "not_a_member");
+
+        let unknown = under_lock(&groups, 987_654, async |_, current| {
+            allow(Op::Leave, current.as_ref(), member).map(drop)
+        })
+        .await
+        .expect_err("no such room");
+        assert_eq!(unknown.error, "room_not_found");
+
+        under_lock(&groups, room.id, async |lock, current| {
+            allow(Op::Leave, current.as_ref(), member)?;
+            let left = vec![(member, MemberState::Removed)];
+            groups.write(lock, left).await.map_err(db)
+        })
+        .await
+        .expect("a member leaves");
+        let now = groups.room(room.id).await.expect("read").expect("room");
+        assert_eq!(&**now.ids(), &[owner]);
+
+        assert_eq!(groups.taken.load(Ordering::SeqCst), 3);
+        assert_eq!(groups.given_back.load(Ordering::SeqCst), 3);
+    }
 }
