@@ -133,9 +133,6 @@ pub(crate) async fn set_open(
     fresh_view(&s, room_id).await
 }
 
-// Under the room's lock, so no change is made to it meanwhile; once answered the room is gone in
-// every process (see `Groups::dissolve`).
-
 /// Dissolves a group (owner only): from the answer on it is unknown everywhere, and the members
 /// who are online get a `dissolved` notice.
 #[utoipa::path(delete, path = "/api/group/{room_id}", tag = "groups",
@@ -153,6 +150,8 @@ pub(crate) async fn dissolve(
     Path(room_id): Path<RoomId>,
 ) -> ApiResult<DissolvedReply> {
     let now = kit::now_ms();
+    // Under the room's lock, so no change is made to it meanwhile; once answered the room is gone
+    // in every process (see `Groups::dissolve`).
     let members = under_lock(s.groups(), room_id, async |lock, room| {
         let room = allow(Op::Dissolve, room.as_ref(), me.user_id)?;
         if !s.groups().dissolve(lock, now).await.map_err(db)? {
