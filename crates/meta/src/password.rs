@@ -9,6 +9,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use kit::ApiError;
 use tokio::sync::Semaphore;
 
+use crate::ConfigError;
+
 /// Hashes and verifies passwords.
 #[derive(Clone)]
 pub struct Hasher {
@@ -18,13 +20,13 @@ pub struct Hasher {
 }
 
 impl Hasher {
-    pub fn new(memory_kib: u32, iterations: u32) -> Result<Self, String> {
-        let params = Params::new(memory_kib, iterations, 1, None)
-            .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    pub fn new(memory_kib: u32, iterations: u32) -> Result<Self, ConfigError> {
+        let params =
+            Params::new(memory_kib, iterations, 1, None).map_err(ConfigError::Argon2Params)?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let dummy = argon
             .hash_password(b"timing-equaliser")
-            .map_err(|e| format!("argon2 failed: {e}"))?
+            .map_err(ConfigError::Argon2)?
             .to_string();
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {

@@ -1,28 +1,132 @@
-//! Profiles: one's own (`GET`/`PUT /api/user/me`), another user's public one
-//! (`GET /api/user/{user_id}`), finding users by name (`GET /api/user/search`), and the
-//! password change (`PUT /api/user/password`), which
-//! revokes every token issued before it (closing the WebSockets opened with one) and answers
-//! with a fresh one.
+//! Users: registering and logging in (`POST /api/user/register`, `POST /api/user/login`), one's
+//! own profile (`GET`/`PUT /api/user/me`), another user's public one (`GET /api/user/{user_id}`),
+//! finding users by name (`GET /api/user/search`), and the password change
+//! (`PUT /api/user/password`), which revokes every token issued before it (closing the
+//! WebSockets opened with one) and answers with a fresh one.
 
 use axum::extract::State;
 use kit::auth::AuthUser;
 use kit::envelope::Envelope;
-use kit::openapi::ErrorReply;
+use kit::limit::ClientIp;
+use kit::openapi::{ErrorReply, RateLimited};
 use kit::{ApiError, ApiResult, Json, Path, Query, ok};
 use proto::api::{
-    ChangePasswordRequest, LoginReply, SearchUsersReply, UpdateProfileRequest, UserView,
+    ChangePasswordRequest, LoginReply, LoginRequest, RegisterRequest, SearchUsersReply,
+    UpdateProfileRequest, UserView,
 };
 use proto::error::ErrorKind;
 use proto::{UserId, validate};
 
-use crate::{MetaState, db, user_view};
+use store::StoreError;
+
+use crate::search::{SearchPage, SearchQuery};
+use crate::{MetaState, db};
+
+fn user_view(u: &store::User) -> UserView {
+    UserView {
+        user_id: u.id,
+        username: u.username.clone(),
+        nickname: u.nickname.clone(),
+        avatar: u.avatar.clone(),
+        created_at: kit::rfc3339_ms(u.created_at_ms),
+    }
+}
+
+/// Registers a user. The nickname defaults to the username.
+#[utoipa::path(post, path = "/api/user/register", tag = "users",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "The new user", body = Envelope<UserView>),
+        (status = 409, description = "`username_taken`", body = ErrorReply),
+        RateLimited,
+    ))]
+pub(crate) async fn register(
+    State(s): State<MetaState>,
+    ip: ClientIp,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<UserView> {
+    ip.check(&s.limits().register_per_ip)?;
+    validate::username(&req.username)?;
+    validate::password(&req.password)?;
+    let nickname = req.nickname.unwrap_or_default();
+    validate::nickname(&nickname)?;
+    let nickname = if nickname.trim().is_empty() {
+        req.username.clone()
+    } else {
+        nickname
+    };
+    let password_hash = s.hasher().hash(req.password).await?;
+    let created = s
+        .store()
+        .create_user(store::NewUser {
+            username: req.username,
+            password_hash,
+            nickname,
+            now_ms: kit::now_ms(),
+        })
+        .await;
+    match created {
+        Ok(user) => {
+            tracing::info!(user_id = user.id, "user registered");
+            Ok(ok(user_view(&user)))
+        }
+        Err(StoreError::Conflict) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "username_taken",
+            "that username is already taken",
+        )),
+        Err(e) => Err(db(e)),
+    }
+}
+
+/// Logs in and returns a JWT for `Authorization: Bearer`.
+#[utoipa::path(post, path = "/api/user/login", tag = "users",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A token and when it expires", body = Envelope<LoginReply>),
+        (status = 401, description = "`invalid_credentials`: wrong username or password", body = ErrorReply),
+        RateLimited,
+    ))]
+pub(crate) async fn login(
+    State(s): State<MetaState>,
+    ip: ClientIp,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<LoginReply> {
+    ip.check(&s.limits().login_per_ip)?;
+    s.limits().login_per_username.check(&req.username)?;
+    let user = s
+        .store()
+        .user_by_username(&req.username)
+        .await
+        .map_err(db)?;
+    // Unknown users cost a verification too, so timing does not tell which usernames exist.
+    let (hash, user) = match user {
+        Some(u) => (u.password_hash.clone(), Some(u)),
+        None => (s.hasher().dummy_hash().to_owned(), None),
+    };
+    let matches = s.hasher().verify(req.password, hash).await?;
+    let Some(user) = user.filter(|_| matches) else {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong username or password",
+        ));
+    };
+    let issued = s
+        .auth()
+        .issue(user.id, &user.username, user.token_version)?;
+    Ok(ok(LoginReply {
+        token: issued.token,
+        user_id: user.id,
+        expires_at: kit::rfc3339_ms(issued.expires_at_ms),
+    }))
+}
 
 fn user_not_found() -> ApiError {
     ApiError::not_found("user_not_found", "no such user")
 }
 
 async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
-    s.0.store
+    s.store()
         .user_by_id(id)
         .await
         .map_err(db)?
@@ -33,7 +137,7 @@ async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
 /// time: public profiles, to pick members or a one-to-one peer by name.
 #[utoipa::path(get, path = "/api/user/search", tag = "users",
     security(("bearer" = [])),
-    params(crate::SearchQuery),
+    params(SearchQuery),
     responses(
         (status = 200, description = "A page of public profiles", body = Envelope<SearchUsersReply>),
         (status = 400, description = "`invalid_query`", body = ErrorReply),
@@ -41,14 +145,14 @@ async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
 pub(crate) async fn search(
     State(s): State<MetaState>,
     _me: AuthUser,
-    Query(q): Query<crate::SearchQuery>,
+    Query(q): Query<SearchQuery>,
 ) -> ApiResult<SearchUsersReply> {
-    let page = crate::SearchPage::check(&q)?;
-    let users =
-        s.0.store
-            .search_users(page.q, page.after_id, page.limit + 1)
-            .await
-            .map_err(db)?;
+    let page = SearchPage::check(&q)?;
+    let users = s
+        .store()
+        .search_users(page.q, page.after_id, page.limit + 1)
+        .await
+        .map_err(db)?;
     let (users, next_after_id) = page.cut(users, |u| u.id);
     Ok(ok(SearchUsersReply {
         users: users.iter().map(user_view).collect(),
@@ -113,12 +217,12 @@ pub(crate) async fn update_profile(
     if let Some(a) = &req.avatar {
         validate::avatar(a)?;
     }
-    let user =
-        s.0.store
-            .update_profile(me.user_id, nickname, req.avatar.as_deref(), kit::now_ms())
-            .await
-            .map_err(db)?
-            .ok_or_else(user_not_found)?;
+    let user = s
+        .store()
+        .update_profile(me.user_id, nickname, req.avatar.as_deref(), kit::now_ms())
+        .await
+        .map_err(db)?
+        .ok_or_else(user_not_found)?;
     Ok(ok(user_view(&user)))
 }
 
@@ -142,8 +246,7 @@ pub(crate) async fn change_password(
     validate::password(&req.new_password)?;
     let user = load(&s, me.user_id).await?;
     if !s
-        .0
-        .hasher
+        .hasher()
         .verify(req.old_password, user.password_hash.clone())
         .await?
     {
@@ -152,29 +255,29 @@ pub(crate) async fn change_password(
             "old_password is not the current password",
         ));
     }
-    let new_hash = s.0.hasher.hash(req.new_password).await?;
-    let version =
-        s.0.store
-            .change_password(me.user_id, &user.password_hash, &new_hash, kit::now_ms())
-            .await
-            .map_err(db)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::Conflict,
-                    "password_changed_concurrently",
-                    "the password was changed by another request; log in again",
-                )
-            })?;
-    if let Some(versions) = s.0.auth.versions() {
+    let new_hash = s.hasher().hash(req.new_password).await?;
+    let version = s
+        .store()
+        .change_password(me.user_id, &user.password_hash, &new_hash, kit::now_ms())
+        .await
+        .map_err(db)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Conflict,
+                "password_changed_concurrently",
+                "the password was changed by another request; log in again",
+            )
+        })?;
+    if let Some(versions) = s.auth().versions() {
         versions.forget(me.user_id);
     }
     // Open sockets with an older token are closed (4401), wherever they are.
-    s.0.notifier.revoke_tokens(me.user_id, version).await;
+    s.notifier().revoke_tokens(me.user_id, version).await;
     tracing::info!(
         user_id = me.user_id,
         "password changed; older tokens revoked"
     );
-    let issued = s.0.auth.issue(user.id, &user.username, version)?;
+    let issued = s.auth().issue(user.id, &user.username, version)?;
     Ok(ok(LoginReply {
         token: issued.token,
         user_id: user.id,

@@ -15,7 +15,7 @@ use kit::{ApiError, Path, ok};
 use proto::api::WebConfigReply;
 use serde::{Deserialize, Serialize};
 
-use crate::MetaState;
+use crate::{ConfigError, MetaState};
 
 /// Where the page finds Send and the registry (the `web:` block). Unset, Meta answers the port
 /// that service listens on in this process (`all`) or its configured port (a Meta alone), on the
@@ -31,7 +31,7 @@ pub struct WebConfig {
 
 impl WebConfig {
     /// Checks that each URL set is an `http(s)://host[:port]` base URL.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, url) in [
             ("web.send_url", &self.send_url),
             ("web.registry_url", &self.registry_url),
@@ -42,7 +42,7 @@ impl WebConfig {
                 .or_else(|| url.strip_prefix("https://"))
                 .map(|r| r.trim_end_matches('/'));
             if !rest.is_some_and(host_port) {
-                return Err(format!("{key} must be a base URL like http://host:port"));
+                return Err(ConfigError::WebUrl { key });
             }
         }
         Ok(())
@@ -200,7 +200,7 @@ pub(crate) async fn asset(Path(file): Path<String>) -> Result<Response, ApiError
     ))]
 pub(crate) async fn config(State(s): State<MetaState>, headers: HeaderMap) -> Response {
     let host = page_host(&headers);
-    let links = &s.0.links;
+    let links = &s.links();
     let reply = WebConfigReply {
         send_url: links.send.resolve(&host),
         registry_url: links.registry.resolve(&host),

@@ -532,19 +532,20 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     if let Some(l) = meta_l {
         let state = meta::MetaState::new(
             cfg.meta.clone(),
-            store.clone().ok_or_else(|| need("database"))?,
-            groups.clone().ok_or_else(|| need("group data"))?,
-            meta::notify::Notifier::new(
-                running.shared.routes(),
-                running.shared.push(),
-                running.shared.instances(),
-            ),
-            limits.clone(),
-            auth.clone(),
-            ready.clone(),
-        )
-        .map_err(anyhow::Error::msg)?
-        .with_web_links(links.clone());
+            meta::Deps {
+                store: store.clone().ok_or_else(|| need("database"))?,
+                groups: groups.clone().ok_or_else(|| need("group data"))?,
+                notifier: meta::notify::Notifier::new(
+                    running.shared.routes(),
+                    running.shared.push(),
+                    running.shared.instances(),
+                ),
+                limits: limits.clone(),
+                auth: auth.clone(),
+                ready: ready.clone(),
+                links: links.clone(),
+            },
+        )?;
         if let Some(wb) = &writeback {
             running.flusher = Some((wb.spawn_flusher(running.flusher_stop.clone()), wb.clone()));
         }
