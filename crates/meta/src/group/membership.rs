@@ -271,7 +271,7 @@ pub(crate) async fn set_nickname(
     params(("room_id" = i64, Path, description = "The room")),
     request_body = TransferRequest,
     responses(
-        (status = 200, description = "The new owner", body = Envelope<MembershipReply>),
+        (status = 200, description = "The room with its new owner", body = Envelope<RoomView>),
         (status = 400, description = "`already_the_owner` or `not_a_group`", body = ErrorReply),
         (status = 403, description = "`not_a_member` or `not_the_owner`", body = ErrorReply),
         (status = 404, description = "`room_not_found` or `member_not_found`", body = ErrorReply),
