@@ -9,9 +9,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use proto::api::MessageView;
 use proto::frame::{ClientFrame, Notice, ServerFrame};
-use proto::{MessageId, RoomId, Seq, UserId};
+use proto::{CloseCode, MessageId, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::api::Api;
@@ -171,8 +172,8 @@ async fn session(
                     Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = frame
                             .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                            .unwrap_or((1005, String::new()));
-                        if code == 4401 {
+                            .unwrap_or((WsCloseCode::Status.into(), String::new()));
+                        if CloseCode::try_from(code) == Ok(CloseCode::TokenRevoked) {
                             return End::Fatal(ClientError::Auth(
                                 "the token was revoked (password changed); log in again".into(),
                             ));
