@@ -1,6 +1,6 @@
 //! One WebSocket connection: the handshake's follow-up (hub registration, revocation check,
-//! route), a reader (client frames, keepalive, limits) and the writer (`writer.rs`), run together in
-//! the connection's one task.
+//! route), a reader (client frames, keepalive, limits) and the writer (`writer.rs`), run
+//! together in the connection's one task.
 
 use std::sync::Arc;
 use std::time::Duration;

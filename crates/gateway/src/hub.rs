@@ -1,9 +1,9 @@
 //! The connections of this gateway, by user, and the hand-off of frames to their queues.
 //!
 //! Each connection has a bounded queue. The hub never waits on a queue: a connection whose queue is
-//! full is a slow consumer and is closed with [`CloseCode::SlowConsumer`]; its delivery cursor stops at
-//! what it was actually sent, so it gets the rest from the database when it reconnects. Memory stays
-//! bounded and nothing is lost silently.
+//! full is a slow consumer and is closed with [`CloseCode::SlowConsumer`]; its delivery cursor
+//! stops at what it was actually sent, so it gets the rest from the database when it reconnects.
+//! Memory stays bounded and nothing is lost silently.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
