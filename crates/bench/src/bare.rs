@@ -1,5 +1,5 @@
 //! `bare-server`: the practical limit of the push path on this machine, to measure RustStacker
-//! against (DESIGN.md §5). No auth, no storage, no registry: a WebSocket endpoint and an HTTP
+//! against. No auth, no storage, no registry: a WebSocket endpoint and an HTTP
 //! endpoint that broadcasts one message to every connected socket.
 //!
 //! It keeps what the gateway's push path does that any server must do, and nothing else:
@@ -9,7 +9,7 @@
 //!   per-room `seq`, the content, a timestamp and the `client_msg_id`;
 //! - each message serialized **once**, its bytes shared (a `Utf8Bytes` clone) with every
 //!   connection's bounded queue, which is never waited on (a full queue closes the connection
-//!   with 4008, as the gateway's slow-consumer policy does);
+//!   with [`CloseCode::SlowConsumer`], as the gateway's slow-consumer policy does);
 //! - one task per connection, reader and writer joined, the writer coalescing up to 64 queued
 //!   frames into one flush.
 //!
@@ -31,6 +31,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
+use proto::CloseCode;
 use proto::api::MessageType;
 use proto::frame::{ChatPayload, ServerFrame};
 use serde::Deserialize;
@@ -39,8 +40,6 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The gateway's close code for a slow consumer.
-const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Most queued frames written per flush (the gateway's `COALESCE`).
 const COALESCE: usize = 64;
 /// Message ids start here, so they look like the server's (and never collide with seq).
@@ -264,8 +263,8 @@ async fn serve_conn(s: AppState, socket: WebSocket) {
         shared.kick.cancel();
         if ok && shared.slow.load(Ordering::Relaxed) {
             let frame = CloseFrame {
-                code: CLOSE_SLOW_CONSUMER,
-                reason: "slow consumer".into(),
+                code: CloseCode::SlowConsumer.code(),
+                reason: CloseCode::SlowConsumer.reason().into(),
             };
             let _ = sink.send(Message::Close(Some(frame))).await;
         }

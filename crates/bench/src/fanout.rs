@@ -9,7 +9,7 @@
 //! `--bare URL` drives a bare broadcast server (`ruststacker-bench bare-server`) the same way:
 //! same sockets, messages, in-flight requests and verifier, no users or group. `--compare-bare`
 //! starts one as a child process, measures it first, then the server, and reports every figure
-//! of the server as a ratio of the bare server's (DESIGN.md §5).
+//! of the server as a ratio of the bare server's.
 //!
 //! The sockets live in shards ([`crate::shard`]): one in this process, or `--procs N` child
 //! processes, each with its own open-files limit, optionally binding to `--source-addrs`.

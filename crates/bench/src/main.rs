@@ -14,7 +14,7 @@
 //! server's figures as ratios of its, and `--procs N` spreads the sockets over N client processes.
 //!
 //! `bare-server`: a WebSocket broadcast server with no auth and no storage, the practical limit of
-//! the push path on this machine (DESIGN.md §5).
+//! the push path on this machine.
 
 mod bare;
 mod fanout;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use proto::api::MessageView;
 use proto::frame::{ClientFrame, Notice, ServerFrame};
-use proto::{MessageId, RoomId, Seq, UserId};
+use proto::{CloseCode, MessageId, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::api::Api;
@@ -91,6 +92,23 @@ enum End {
     },
 }
 
+/// How a connection the gateway closed ends: a revoked token is fatal (reconnecting would be
+/// refused), anything else is retried.
+fn closed(frame: Option<tungstenite::protocol::CloseFrame>, connected: bool) -> End {
+    let (code, reason) = frame
+        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+        .unwrap_or((WsCloseCode::Status.into(), String::new()));
+    if CloseCode::try_from(code) == Ok(CloseCode::TokenRevoked) {
+        return End::Fatal(ClientError::Auth(
+            "the token was revoked (password changed); log in again".into(),
+        ));
+    }
+    End::Lost {
+        reason: format!("gateway closed the connection ({code} {reason})"),
+        connected,
+    }
+}
+
 async fn run(
     api: Api,
     user_id: UserId,
@@ -168,20 +186,7 @@ async fn session(
                 silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = frame
-                            .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                            .unwrap_or((1005, String::new()));
-                        if code == 4401 {
-                            return End::Fatal(ClientError::Auth(
-                                "the token was revoked (password changed); log in again".into(),
-                            ));
-                        }
-                        return End::Lost {
-                            reason: format!("gateway closed the connection ({code} {reason})"),
-                            connected: welcomed,
-                        };
-                    }
+                    Some(Ok(Message::Close(frame))) => return closed(frame, welcomed),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return End::Lost { reason: e.to_string(), connected: welcomed },
                     None => return End::Lost { reason: "connection closed".into(), connected: welcomed },
@@ -338,6 +343,41 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close_frame(code: CloseCode) -> Option<tungstenite::protocol::CloseFrame> {
+        Some(tungstenite::protocol::CloseFrame {
+            code: code.code().into(),
+            reason: code.reason().into(),
+        })
+    }
+
+    #[test]
+    fn a_revoked_token_ends_the_session_and_other_closes_are_retried() {
+        assert!(matches!(
+            closed(close_frame(CloseCode::TokenRevoked), true),
+            End::Fatal(ClientError::Auth(_))
+        ));
+        for code in [
+            CloseCode::SlowConsumer,
+            CloseCode::GoingAway,
+            CloseCode::Idle,
+        ] {
+            match closed(close_frame(code), true) {
+                End::Lost { reason, connected } => {
+                    assert!(connected);
+                    assert!(reason.contains(&code.to_string()), "{reason}");
+                }
+                _ => panic!("{code} is retried"),
+            }
+        }
+        assert!(matches!(
+            closed(None, false),
+            End::Lost {
+                connected: false,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_starts_over_after_a_connection() {

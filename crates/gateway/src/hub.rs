@@ -1,28 +1,24 @@
 //! The connections of this gateway, by user, and the hand-off of frames to their queues.
 //!
 //! Each connection has a bounded queue. The hub never waits on a queue: a connection whose queue is
-//! full is a slow consumer and is closed with [`CLOSE_SLOW_CONSUMER`]; its delivery cursor stops at
-//! what it was actually sent, so it gets the rest from the database when it reconnects. Memory stays
-//! bounded and nothing is lost silently.
+//! full is a slow consumer and is closed with [`CloseCode::SlowConsumer`]; its delivery cursor
+//! stops at what it was actually sent, so it gets the rest from the database when it reconnects.
+//! Memory stays bounded and nothing is lost silently.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use proto::{RoomId, Seq, UserId};
+use proto::{CloseCode, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Close code for a client whose queue overflowed: reconnect and the server resyncs you.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// Close code for a connection whose token was revoked (its user changed their password).
-pub const CLOSE_TOKEN_REVOKED: u16 = 4401;
-/// Close code at shutdown.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Not a code sent on the wire: the gateway is simulating a crash (tests), so sockets are dropped
-/// without a close frame and nothing is cleaned up.
-pub const CLOSE_ABORT: u16 = 1006;
+/// The code every connection closes with at shutdown.
+pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::GoingAway;
+/// The gateway is simulating a crash (tests): sockets are dropped without a close frame and
+/// nothing is cleaned up.
+pub const CLOSE_ABORT: CloseCode = CloseCode::Abnormal;
 
 /// A chat frame of `room` with `seq`, serialized once and shared by every recipient.
 #[derive(Debug)]
@@ -35,20 +31,18 @@ pub struct ChatOut {
 }
 
 /// What a connection's writer is asked to do, in order. Kept to 16 bytes (everything behind a
-/// pointer): every connection's queue allocates its first block of 32 slots up front.
+/// pointer): every connection's queue allocates its first block of 32 slots up front. What the
+/// client itself asks for (acks, syncs, pings) does not come this way but through
+/// its own queue (`writer::Commands`), so it is never dropped with a full one.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A chat frame.
     Chat(Arc<ChatOut>),
-    /// Any other frame (ack, pong, notice).
+    /// Any other frame (ack, notice).
     Frame(Arc<Utf8Bytes>),
     /// The `dissolved` notice of a room: written like any frame, and from then on this
     /// connection drops whatever of the room is still on its way.
     RoomGone(Arc<(RoomId, Utf8Bytes)>),
-    /// The client acknowledged everything in `room` up to `seq`.
-    ClientAck(Box<(RoomId, Seq)>),
-    /// The client asked for everything in `room` after the given seq.
-    Sync(Box<(RoomId, Seq)>),
     /// Resync every room from what this connection was last sent: messages may have been stored
     /// without reaching this gateway (Redis lost its routes).
     CatchUp,
@@ -71,18 +65,18 @@ impl ConnShared {
     }
 
     /// Asks the connection to close with `code` (the first reason wins).
-    pub fn close(&self, code: u16) {
-        let _ = self
-            .close_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    pub fn close(&self, code: CloseCode) {
+        let _ =
+            self.close_code
+                .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
         self.kick.cancel();
     }
 
     /// The code to close with: the first reason given, else going away (shutdown).
-    pub fn close_code(&self) -> u16 {
+    pub fn close_code(&self) -> CloseCode {
         match self.close_code.load(Ordering::Acquire) {
-            0 => CLOSE_GOING_AWAY,
-            c => c,
+            0 => CloseCode::GoingAway,
+            c => CloseCode::try_from(c).expect("only CloseCode numbers are stored"),
         }
     }
 }
@@ -184,7 +178,7 @@ impl Hub {
                             metrics::counter!("ruststacker_gateway_slow_consumers_total")
                                 .increment(1);
                         }
-                        c.shared.close(CLOSE_SLOW_CONSUMER);
+                        c.shared.close(CloseCode::SlowConsumer);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
                 }
@@ -207,14 +201,14 @@ impl Hub {
     }
 
     /// Closes every connection of `user` authenticated with a token older than `version`, with
-    /// [`CLOSE_TOKEN_REVOKED`]. Returns how many.
+    /// [`CloseCode::TokenRevoked`]. Returns how many.
     pub fn revoke(&self, user: UserId, version: i64) -> usize {
         let Some(conns) = self.conns.get(&user) else {
             return 0;
         };
         let mut closed = 0;
         for c in conns.iter().filter(|c| c.token_version < version) {
-            c.shared.close(CLOSE_TOKEN_REVOKED);
+            c.shared.close(CloseCode::TokenRevoked);
             closed += 1;
         }
         closed
@@ -228,7 +222,7 @@ impl Hub {
     }
 
     /// Asks every connection to close with `code`.
-    pub fn close_all(&self, code: u16) {
+    pub fn close_all(&self, code: CloseCode) {
         for conns in &self.conns {
             for c in conns.iter() {
                 c.shared.close(code);
@@ -260,11 +254,11 @@ mod tests {
         let item = Outbound::Frame(Arc::new(Utf8Bytes::from_static("{}")));
         assert_eq!(hub.deliver(&[1, 2], &item), 2);
         assert_eq!(hub.deliver(&[1, 2], &item), 1);
-        assert_eq!(a.close_code(), CLOSE_SLOW_CONSUMER);
+        assert_eq!(a.close_code(), CloseCode::SlowConsumer);
         assert!(!b.kick.is_cancelled());
         assert!(rx_b.recv().await.is_some());
         root.cancel();
-        assert_eq!(b.close_code(), CLOSE_GOING_AWAY);
+        assert_eq!(b.close_code(), CloseCode::GoingAway);
     }
 
     #[test]
@@ -282,8 +276,8 @@ mod tests {
         let (current, _c) = conn(1, 3);
         let (someone_else, _d) = conn(2, 0);
         assert_eq!(hub.revoke(1, 3), 2);
-        assert_eq!(old.close_code(), CLOSE_TOKEN_REVOKED);
-        assert_eq!(older.close_code(), CLOSE_TOKEN_REVOKED);
+        assert_eq!(old.close_code(), CloseCode::TokenRevoked);
+        assert_eq!(older.close_code(), CloseCode::TokenRevoked);
         assert!(
             !current.kick.is_cancelled(),
             "the new token's connection stays"

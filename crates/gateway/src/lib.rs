@@ -1,7 +1,7 @@
 //! The Gateway service: holds WebSocket connections and is the push path's last hop.
 //!
 //! - [`hub`]: connections by user, bounded queues, the slow-consumer policy.
-//! - [`conn`]: one connection's reader and writer (resync, ordering, coalesced flushes).
+//! - [`conn`]: one connection's reader; `writer`: its writer (resync, ordering, coalesced flushes).
 //! - [`cursor`]: delivery cursors, batched to the database.
 //! - this module: config, state, the `/api/ws` handshake, the stream consumer that serializes each
 //!   entry once and shares the bytes with every local recipient, heartbeats to the registry, and
@@ -37,6 +37,7 @@ pub mod cursor;
 mod distributed;
 pub mod hub;
 pub mod reorder;
+mod writer;
 
 use hub::{CLOSE_GOING_AWAY, Hub, Outbound};
 

@@ -1,4 +1,4 @@
-//! Request and reply bodies of the public HTTP API (DESIGN.md §3). Field names follow the seed;
+//! Request and reply bodies of the public HTTP API. Field names follow the seed;
 //! fields we add never change the meaning of the seed's.
 
 use serde::{Deserialize, Serialize};

@@ -76,7 +76,7 @@ pub enum ServerFrame {
         client_msg_id: Option<String>,
     },
     /// To the sender: the message was handed to every recipient's gateway or stored for their
-    /// return (DESIGN.md §4.7).
+    /// return.
     Ack {
         id: MessageId,
         room_id: RoomId,

@@ -6,13 +6,18 @@
 //! - [`error`]: the error kinds and their HTTP statuses (the envelope lives in `kit`).
 //! - [`api`]: request and reply bodies of the public HTTP API.
 //! - [`frame`]: WebSocket frames in both directions.
+//! - [`close`]: the WebSocket close codes, with their reason texts.
+//! - [`stream`]: entries of a gateway's push stream.
 //! - [`validate`]: username, password, nickname, room name and content rules.
 
 pub mod api;
+pub mod close;
 pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod validate;
+
+pub use close::CloseCode;
 
 /// A user's id (database auto-increment). Always below 2^53.
 pub type UserId = i64;
