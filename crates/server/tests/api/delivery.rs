@@ -1,4 +1,4 @@
-//! The delivery contract over WebSockets (DESIGN.md §4): every member's every connection gets each
+//! The delivery contract over WebSockets (ARCHITECTURE.md, Invariants; docs/protocol.md): every member's every connection gets each
 //! message once and in seq order, offline members catch up on reconnect, retries are delivered
 //! once, outsiders can neither send nor receive, and the sender gets an ack.
 
@@ -535,7 +535,7 @@ async fn a_member_who_was_never_online_can_read_everything_from_history() {
     ws.next_pong().await.expect("pong");
 }
 
-/// DESIGN.md §4.8: a client that stops reading is not buffered without bound. Once the kernel's
+/// Nothing is unbounded (ARCHITECTURE.md, Invariants): a client that stops reading is not buffered without bound. Once the kernel's
 /// socket buffers are full its queue (`send_channel_size` frames) fills, and the gateway closes
 /// it with 4008; everything written before arrives, and the reconnect's resync delivers the rest,
 /// in order, with nothing lost.
