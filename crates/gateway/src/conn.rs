@@ -259,16 +259,7 @@ impl Writer {
         // fanned out with a route cached before this connection existed (another Send instance's
         // cache had not yet seen the connect event) reached the wrong gateway or none. A later
         // message would reveal the gap; this pass does not wait for one.
-        let catch_up_after = if self
-            .state
-            .0
-            .catch_up
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            self.state.0.cfg.catch_up_secs
-        } else {
-            0
-        };
+        let catch_up_after = self.state.0.cfg.catch_up_secs;
         let catch_up = tokio::time::sleep(Duration::from_secs(catch_up_after));
         tokio::pin!(catch_up);
         let mut caught_up = catch_up_after == 0;
