@@ -423,7 +423,7 @@ mod tests {
         stream.ack().await.expect("reported");
         stream.read(&mut got, 10, block).await.expect("read");
         assert!(
-            matches!(&got[..], [(PushEntry::Ack { message_id: 7, .. })]),
+            matches!(&got[..], [PushEntry::Ack { message_id: 7, .. }]),
             "{got:?}"
         );
         assert_eq!(p.stats().0, 0);
