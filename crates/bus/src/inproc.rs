@@ -43,6 +43,7 @@ impl InProcBus {
             rx,
             receipts: self.receipts.clone(),
             taken: Vec::new(),
+            idle: Box::pin(tokio::time::sleep_until(Instant::now())),
         }
     }
 
@@ -120,6 +121,8 @@ pub struct InProcStream {
     receipts: Arc<OnceLock<mpsc::Sender<Receipt>>>,
     /// The chat entries' message ids read since the last ack, when a Send instance wants receipts.
     taken: Vec<MessageId>,
+    /// When a read that found nothing gives up.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl PushStream for InProcStream {
@@ -135,11 +138,17 @@ impl PushStream for InProcStream {
         block: Duration,
     ) -> Result<usize, BusError> {
         let before = out.len();
-        // Without waiting when entries are there: no timer on the hot path.
         let n = if self.rx.is_empty() {
-            match tokio::time::timeout(block, self.rx.recv_many(out, max)).await {
-                Ok(n) => n,
-                Err(_) => return Ok(0),
+            // One timer for every read, moved only when it fired or must fire sooner: arming a
+            // timer per read would take the timer wheel's lock once per entry when they trickle.
+            let now = Instant::now();
+            if self.idle.deadline() <= now || now + block < self.idle.deadline() {
+                self.idle.as_mut().reset(now + block);
+            }
+            tokio::select! {
+                biased;
+                n = self.rx.recv_many(out, max) => n,
+                () = &mut self.idle => return Ok(0),
             }
         } else {
             self.rx.recv_many(out, max).await

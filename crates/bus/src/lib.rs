@@ -84,7 +84,7 @@ pub trait PushStream: Send + 'static {
     /// many.
     fn discard_stale(&mut self) -> impl Future<Output = Result<usize, BusError>> + Send;
 
-    /// Moves at most `max` entries into `out`, waiting up to `block` for the first (none when
+    /// Moves at most `max` entries into `out`, waiting at most `block` for the first (none when
     /// nothing came in time). Returns how many stream entries were read, undecodable ones
     /// included (logged and skipped): [`PushStream::ack`] acknowledges them. Fails with
     /// [`BusError::Closed`] once the stream ended; other errors are worth a retry.
