@@ -39,6 +39,8 @@ pub(crate) async fn consume<S: PushStream>(
         Err(e) => tracing::warn!(error = %e, "could not discard old pending entries"),
     }
     let drains = stream.drains_at_stop();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let mut stopping = false;
     let mut backoff = Duration::from_millis(100);
     let mut reorder = Reorder::new(Duration::from_millis(state.0.cfg.reorder_window_ms));
@@ -52,15 +54,18 @@ pub(crate) async fn consume<S: PushStream>(
             d.saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1))
         });
+        // The read first: the stop future is polled (and registers its waker, under a lock)
+        // only when no entry is waiting.
         let read = tokio::select! {
-            () = stop.cancelled(), if !stopping => {
+            biased;
+            r = stream.read(&mut batch, READ_COUNT, block) => r,
+            () = &mut stopped, if !stopping => {
                 if !drains {
                     return;
                 }
                 stopping = true;
                 continue;
             }
-            r = stream.read(&mut batch, READ_COUNT, block) => r,
         };
         for released in reorder.expire(Instant::now()) {
             fill_hole(&state, &released).await;
@@ -109,7 +114,7 @@ pub(crate) async fn consume<S: PushStream>(
                 metrics::counter!("ruststacker_gateway_stream_read_errors_total").increment(1);
                 tracing::warn!(error = %e, "stream read failed; retrying");
                 tokio::select! {
-                    () = stop.cancelled(), if !stopping => {
+                    () = &mut stopped, if !stopping => {
                         if !drains {
                             return;
                         }
