@@ -255,6 +255,18 @@ mod tests {
         }
     }
 
+    /// Waits (at most 10 s) for the consumer's first acknowledgement.
+    async fn acked(acks: &AtomicUsize) {
+        let first = async {
+            while acks.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .expect("a batch read and acknowledged");
+    }
+
     fn chat(seq: i64) -> PushEntry {
         PushEntry::Chat {
             message: Arc::new(PushMessage {
@@ -350,14 +362,7 @@ mod tests {
         let acks = stream.acks.clone();
         let stop = CancellationToken::new();
         let task = tokio::spawn(consume(state, stream, stop.clone()));
-        let read = async {
-            while acks.load(Ordering::SeqCst) == 0 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), read)
-            .await
-            .expect("the batch is read and acknowledged");
+        acked(&acks).await;
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
@@ -391,14 +396,7 @@ mod tests {
             .await
             .expect("registered again after the reset");
         // After the failed read's back-off, reading goes on.
-        let read_again = async {
-            while acks.load(Ordering::SeqCst) == 0 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), read_again)
-            .await
-            .expect("read again after the back-off");
+        acked(&acks).await;
         stop.cancel();
         task.await.expect("join");
     }
