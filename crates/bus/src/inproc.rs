@@ -65,17 +65,40 @@ impl InProcBus {
     }
 }
 
+impl InProcBus {
+    fn sender(&self, gateway: &str) -> Result<mpsc::Sender<PushEntry>, BusError> {
+        self.streams
+            .get(gateway)
+            .map(|s| s.clone())
+            .ok_or_else(|| BusError::NoSuchGateway(gateway.to_owned()))
+    }
+}
+
 #[async_trait]
 impl PushBus for InProcBus {
     async fn publish(&self, gateway: &str, entry: PushEntry) -> Result<(), BusError> {
-        let tx = self
-            .streams
-            .get(gateway)
-            .map(|s| s.clone())
-            .ok_or_else(|| BusError::NoSuchGateway(gateway.to_owned()))?;
-        tx.send(entry)
+        self.sender(gateway)?
+            .send(entry)
             .await
             .map_err(|_| BusError::NoSuchGateway(gateway.to_owned()))
+    }
+
+    /// As the default, without a boxed future per entry: fan-out's every entry passes here.
+    async fn publish_many(&self, entries: Vec<(GatewayId, PushEntry)>) -> Result<(), BusError> {
+        for (gateway, entry) in entries {
+            let sent = match self.sender(&gateway) {
+                Ok(tx) => tx
+                    .send(entry)
+                    .await
+                    .map_err(|_| BusError::NoSuchGateway(gateway.to_string())),
+                Err(e) => Err(e),
+            };
+            // A gateway that went away loses only its own entries (its users resync).
+            if let Err(e) = sent {
+                tracing::debug!(%gateway, error = %e, "entry not appended");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -551,6 +574,25 @@ mod tests {
             stream.read(&mut got, 10, Duration::from_secs(1)).await,
             Err(BusError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn many_entries_keep_their_order_and_a_missing_gateway_loses_only_its_own() {
+        let bus = InProcBus::default();
+        let mut stream = bus.attach("g", 8);
+        bus.publish_many(vec![
+            ("g".into(), chat(1)),
+            ("gone".into(), chat(2)),
+            ("g".into(), chat(3)),
+        ])
+        .await
+        .expect("published");
+        let mut got = Vec::new();
+        stream
+            .read(&mut got, 10, Duration::ZERO)
+            .await
+            .expect("read");
+        assert_eq!(got, vec![chat(1), chat(3)]);
     }
 
     #[tokio::test]
