@@ -128,8 +128,4 @@ impl crate::Routes for CachedRoutes {
         // Where the users are does not change: the cached entries stay right.
         self.inner.refresh(users, gateway).await
     }
-
-    async fn ping(&self) -> Result<(), crate::BusError> {
-        self.inner.ping().await
-    }
 }

@@ -23,7 +23,7 @@ use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{BusError, GatewayId, GatewayRegistration, Instances, Routes, SendRegistration};
+use crate::{BusError, GatewayId, GatewayRegistration, Instances, Ping, Routes, SendRegistration};
 
 /// The header the registry's internal endpoints check.
 pub const INTERNAL_TOKEN_HEADER: &str = "x-internal-token";
@@ -381,7 +381,10 @@ impl Routes for RegistryClient {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl Ping for RegistryClient {
     async fn ping(&self) -> Result<(), BusError> {
         self.call(self.public(&["ping"]))
             .await

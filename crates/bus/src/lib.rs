@@ -1,22 +1,32 @@
-//! The seams between services that are not the database: the push path ([`PushBus`]), the
-//! user -> gateway route table ([`Routes`]) with Send's local cache of it ([`CachedRoutes`]), and
-//! the instance registry ([`Instances`]). [`inproc`] implements them inside one process for
-//! `ruststacker all`; [`redis`] implements them over Redis for the distributed mode, and
-//! [`http::RegistryClient`] over the registry's HTTP API, for a gateway or Send instance configured
-//! with the seed's `registry.url`. [`metered`] times every Redis call.
+//! The seams between services that are not the database: the push path, both ends of it
+//! ([`PushBus`] appends to a gateway's stream, [`PushStream`] is the gateway's end, [`Receipts`]
+//! carries the gateways' reports back to Send, [`StreamUpkeep`] reclaims and measures streams),
+//! the user -> gateway route table ([`Routes`]) with Send's local cache of it ([`CachedRoutes`]),
+//! the instance registry ([`Instances`]), and what `/health` pings ([`HealthCheck`]).
+//! [`plan`] turns "these users get this" into stream entries, the one place that sorts and cuts
+//! recipients into entries.
+//!
+//! [`inproc`] implements the traits inside one process for `ruststacker all`; [`redis`] implements
+//! them over Redis for the distributed mode, and [`http::RegistryClient`] over the registry's HTTP
+//! API, for a gateway or Send instance configured with the seed's `registry.url`. [`metered`]
+//! times every Redis call. Services see only the traits: which implementation they get is the
+//! composition root's choice.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use proto::UserId;
 use proto::api::GatewayView;
 use proto::stream::PushEntry;
+use proto::{MessageId, UserId};
 
 pub mod cache;
 pub mod http;
 pub mod inproc;
 pub mod metered;
+pub mod plan;
 pub mod redis;
 
 pub use cache::CachedRoutes;
@@ -40,6 +50,9 @@ pub enum BusError {
     /// invalid id); retrying the same call will not help.
     #[error("refused: {0}")]
     Refused(String),
+    /// The stream ended: its producer side closed it and every entry was read.
+    #[error("stream closed")]
+    Closed,
 }
 
 /// Appends entries to gateways' push streams.
@@ -60,6 +73,114 @@ pub trait PushBus: Send + Sync {
     }
 }
 
+/// A gateway's end of its push stream: entries in the order they were appended, acknowledged
+/// once handed to the connections' queues.
+///
+/// Generic rather than `dyn` (the consumer is generic over it): it is the push path's hot loop, and
+/// a boxed future per read would be an allocation per entry when entries trickle in one by one.
+pub trait PushStream: Send + 'static {
+    /// Before the first read: acknowledges, without delivering, what this consumer read before a
+    /// restart and never acknowledged (its clients reconnected and resynced since). Returns how
+    /// many.
+    fn discard_stale(&mut self) -> impl Future<Output = Result<usize, BusError>> + Send;
+
+    /// Moves at most `max` entries into `out`, waiting at most `block` for the first (none when
+    /// nothing came in time). Returns how many stream entries were read, undecodable ones
+    /// included (logged and skipped): [`PushStream::ack`] acknowledges them. Fails with
+    /// [`BusError::Closed`] once the stream ended; other errors are worth a retry.
+    fn read(
+        &mut self,
+        out: &mut Vec<PushEntry>,
+        max: usize,
+        block: Duration,
+    ) -> impl Future<Output = Result<usize, BusError>> + Send;
+
+    /// Acknowledges every entry read so far and, with it, reports to each Send instance that
+    /// asked for it the message ids of its chat entries among them (a [`Receipt`]).
+    fn ack(&mut self) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Whether, since the last call, the backend lost its data (Redis restarted empty), so this
+    /// gateway's registration and its users' routes are gone too, and messages stored meanwhile
+    /// were pushed to nobody here.
+    fn take_reset(&mut self) -> bool;
+
+    /// Whether the consumer keeps reading until the stream ends once its gateway stops. An
+    /// in-process stream's entries exist nowhere else, and its producer stops first; a shared
+    /// stream's unread entries stay there for another gateway to reclaim.
+    fn drains_at_stop(&self) -> bool;
+}
+
+/// A gateway's report to a Send instance: it took over these messages' chat entries (handed them
+/// to its connections' queues, or holds them in its reorder window).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    pub gateway: String,
+    pub ids: Vec<MessageId>,
+}
+
+/// A Send instance's end of its receipt stream: what gateways report back about the chat entries
+/// it appended.
+#[async_trait]
+pub trait Receipts: Send {
+    /// New receipts, waiting up to `block` for the first; none when nothing came in time. After
+    /// an error the caller retries (the implementation reconnects first).
+    async fn read(&mut self, block: Duration) -> Result<Vec<Receipt>, BusError>;
+}
+
+/// What [`StreamUpkeep::stream_stats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Entries in the stream (read or not; a Redis stream is trimmed to about `stream_maxlen`).
+    pub length: usize,
+    /// Entries not read yet (`None` when the backend cannot tell).
+    pub lag: Option<usize>,
+    /// Entries read and not acknowledged.
+    pub pending: usize,
+    /// How long ago the oldest pending entry was appended, in milliseconds.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// Looking after gateways' streams: measuring them, and handing on what a dead gateway read
+/// and never acknowledged.
+#[async_trait]
+pub trait StreamUpkeep: Send + Sync {
+    /// The state of `gateway`'s stream.
+    async fn stream_stats(&self, gateway: &str) -> Result<StreamStats, BusError>;
+    /// Gateways that registered once and are not alive now (their streams may hold entries).
+    async fn dead_gateways(&self) -> Result<Vec<String>, BusError>;
+    /// Takes over the entries that `dead` read but never acknowledged (idle for at least
+    /// `min_idle`) and hands each to the gateways where its targets are now. Targets now offline
+    /// get the message from the database when they return. Returns the entries handed on.
+    async fn reclaim(&self, dead: &str, min_idle: Duration) -> Result<usize, BusError>;
+}
+
+/// A round trip to a backend, for `/health`.
+#[async_trait]
+pub trait Ping: Send + Sync {
+    async fn ping(&self) -> Result<(), BusError>;
+}
+
+/// A backend a service's `/health` reports on, under `name` (`bus`, `registry`).
+#[derive(Clone)]
+pub struct HealthCheck {
+    pub name: &'static str,
+    pub target: Arc<dyn Ping>,
+}
+
+impl HealthCheck {
+    pub fn new(name: &'static str, target: Arc<dyn Ping>) -> Self {
+        Self { name, target }
+    }
+}
+
+impl std::fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthCheck")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where users are connected.
 #[async_trait]
 pub trait Routes: Send + Sync {
@@ -76,8 +197,6 @@ pub trait Routes: Send + Sync {
     /// periodically (`gateway.route_refresh_secs`) so that connected routes, which expire after
     /// `registry.user_route_ttl`, outlive the connections and not the gateway.
     async fn refresh(&self, users: &[UserId], gateway: &GatewayId) -> Result<(), BusError>;
-    /// A round trip to the backend, for `/health`.
-    async fn ping(&self) -> Result<(), BusError>;
 }
 
 /// What a gateway registers.

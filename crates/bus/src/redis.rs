@@ -10,7 +10,8 @@
 //! - `p:route:{<user>}` — hash gateway -> `c:<expiry ms>` (connected, refreshed while connected) or
 //!   `d:<expiry ms>` (disconnected: the route lease that sends the user back to the same gateway).
 //! - `p:receipts:{<send instance>}` — what gateways report back to the Send instance that appended
-//!   chat entries (the entry's `o` field): the message ids each gateway took over ([`Receipt`]),
+//!   chat entries (the entry's `o` field): the message ids each gateway took over
+//!   ([`Receipt`](crate::Receipt)),
 //!   read by that instance's pending tracker; trimmed to about [`RECEIPTS_MAXLEN`].
 
 use std::collections::{HashMap, HashSet};
@@ -26,7 +27,10 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 
 use crate::metered::Metered;
-use crate::{BusError, GatewayId, GatewayRegistration, Instances, PushBus, Routes};
+use crate::{
+    BusError, GatewayId, GatewayRegistration, Instances, Ping, PushBus, PushStream, Receipt,
+    Receipts, Routes, StreamStats, StreamUpkeep,
+};
 
 const GROUP: &str = "gateways";
 const FIELD: &str = "e";
@@ -216,51 +220,6 @@ impl RedisBus {
         format!("{}:route:{{{user}}}", self.s.prefix)
     }
 
-    /// A round trip, for `/health`.
-    pub async fn ping_redis(&self) -> Result<(), BusError> {
-        let mut c = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
-    /// The state of `gateway`'s stream, in one round trip: its length, and for the consumer
-    /// group the entries not yet read (lag), read but not acknowledged (pending) and the age of
-    /// the oldest pending one.
-    pub async fn stream_stats(&self, gateway: &str) -> Result<StreamStats, BusError> {
-        let key = self.stream_key(gateway);
-        let mut c = self.conn.clone();
-        let (length, groups, pending): (
-            usize,
-            redis::streams::StreamInfoGroupsReply,
-            redis::streams::StreamPendingReply,
-        ) = redis::pipe()
-            .xlen(&key)
-            .xinfo_groups(&key)
-            .xpending(&key, GROUP)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let group = groups.groups.iter().find(|g| g.name == GROUP);
-        let oldest_pending_ms = match &pending {
-            redis::streams::StreamPendingReply::Data(d) => d
-                .start_id
-                .split('-')
-                .next()
-                .and_then(|ms| ms.parse::<i64>().ok())
-                .map(|at| (now_ms() - at).max(0)),
-            _ => None,
-        };
-        Ok(StreamStats {
-            length,
-            lag: group.and_then(|g| g.lag),
-            pending: pending.count(),
-            oldest_pending_ms,
-        })
-    }
-
     /// Opens `gateway`'s stream for consuming, on a dedicated connection (a blocking read must not
     /// hold up other commands).
     pub async fn consume(&self, gateway: &str) -> Result<RedisStream, BusError> {
@@ -272,102 +231,43 @@ impl RedisBus {
             consumer: gateway.to_owned(),
             prefix: self.s.prefix.clone(),
             reset: false,
+            unacked: Vec::new(),
+            receipts: HashMap::new(),
         };
         stream.create_group("$").await?;
         Ok(stream)
     }
 
-    /// Gateways that registered once and are not alive now.
-    pub async fn dead_gateways(&self) -> Result<Vec<String>, BusError> {
-        let mut c = self.conn.clone();
-        let known: Vec<String> = c.smembers(self.known_key()).await.map_err(unavailable)?;
-        let mut dead = Vec::new();
-        for g in known {
-            let alive: bool = c.exists(self.info_key(&g)).await.map_err(unavailable)?;
-            if !alive {
-                dead.push(g);
-            }
-        }
-        Ok(dead)
-    }
-
-    /// Takes over entries that `dead` read but never acknowledged (idle for at least `min_idle`)
-    /// and hands each to the gateways where its targets are now, then acknowledges it on the dead
-    /// stream. Targets now offline get the message from the database when they return. Once
-    /// nothing is pending, the dead gateway's stream is deleted. Returns the entries re-routed.
-    pub async fn reclaim(&self, dead: &str, min_idle: Duration) -> Result<usize, BusError> {
-        let key = self.stream_key(dead);
-        let mut c = self.conn.clone();
-        let mut start = "0-0".to_owned();
-        let mut moved = 0;
-        loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(&key)
-                .arg(GROUP)
-                .arg("reclaimer")
-                .arg(ms(min_idle))
-                .arg(&start)
-                .arg("COUNT")
-                .arg(100)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            for id in &reply.claimed {
-                if let Some(entry) = decode(&id.map) {
-                    self.reroute(entry).await?;
-                    moved += 1;
-                }
-                let _: i64 = c.xack(&key, GROUP, &[&id.id]).await.map_err(unavailable)?;
-            }
-            if reply.next_stream_id == "0-0" {
-                break;
-            }
-            start = reply.next_stream_id;
-        }
-        let pending: redis::streams::StreamPendingReply =
-            c.xpending(&key, GROUP).await.map_err(unavailable)?;
-        if pending.count() == 0 {
-            let _: i64 = c.del(&key).await.map_err(unavailable)?;
-            let _: i64 = c.srem(self.known_key(), dead).await.map_err(unavailable)?;
-        }
-        Ok(moved)
-    }
-
+    /// Hands one of a dead gateway's entries to the gateways where its targets are now.
     async fn reroute(&self, entry: PushEntry) -> Result<(), BusError> {
-        match entry {
+        let entries = match entry {
             PushEntry::Chat { message, targets } => {
-                for (gateway, users) in self.locate(&targets).await? {
-                    self.publish(
-                        &gateway,
-                        PushEntry::Chat {
-                            message: message.clone(),
-                            targets: users,
-                        },
-                    )
-                    .await?;
-                }
+                crate::plan::locate(self, &targets, |targets| PushEntry::Chat {
+                    message: message.clone(),
+                    targets,
+                })
+                .await?
             }
             PushEntry::Notice { notice, targets } => {
-                for (gateway, users) in self.locate(&targets).await? {
-                    self.publish(
-                        &gateway,
-                        PushEntry::Notice {
-                            notice: notice.clone(),
-                            targets: users,
-                        },
-                    )
-                    .await?;
-                }
+                crate::plan::locate(self, &targets, |targets| PushEntry::Notice {
+                    notice: notice.clone(),
+                    targets,
+                })
+                .await?
             }
-            PushEntry::Ack { sender_id, .. } => {
-                for gateway in self.locate(&[sender_id]).await?.into_keys() {
-                    self.publish(&gateway, entry.clone()).await?;
-                }
-            }
+            PushEntry::Ack { sender_id, .. } => self
+                .locate(&[sender_id])
+                .await?
+                .into_keys()
+                .map(|gateway| (gateway, entry.clone()))
+                .collect(),
             // Every live gateway got its own copy; the dead one's connections are gone.
-            PushEntry::Revoke { .. } => {}
+            PushEntry::Revoke { .. } => Vec::new(),
+        };
+        if entries.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.publish_many(entries).await
     }
 
     /// Ids of live gateways, cached for [`LIVE_CACHE_TTL`].
@@ -511,11 +411,109 @@ impl PushBus for RedisBus {
 }
 
 #[async_trait]
-impl Routes for RedisBus {
+impl Ping for RedisBus {
     async fn ping(&self) -> Result<(), BusError> {
-        self.ping_redis().await
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl StreamUpkeep for RedisBus {
+    /// In one round trip: the stream's length, and for the consumer group the entries not yet
+    /// read (lag), read but not acknowledged (pending) and the age of the oldest pending one.
+    async fn stream_stats(&self, gateway: &str) -> Result<StreamStats, BusError> {
+        let key = self.stream_key(gateway);
+        let mut c = self.conn.clone();
+        let (length, groups, pending): (
+            usize,
+            redis::streams::StreamInfoGroupsReply,
+            redis::streams::StreamPendingReply,
+        ) = redis::pipe()
+            .xlen(&key)
+            .xinfo_groups(&key)
+            .xpending(&key, GROUP)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let group = groups.groups.iter().find(|g| g.name == GROUP);
+        let oldest_pending_ms = match &pending {
+            redis::streams::StreamPendingReply::Data(d) => d
+                .start_id
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse::<i64>().ok())
+                .map(|at| (now_ms() - at).max(0)),
+            _ => None,
+        };
+        Ok(StreamStats {
+            length,
+            lag: group.and_then(|g| g.lag),
+            pending: pending.count(),
+            oldest_pending_ms,
+        })
     }
 
+    async fn dead_gateways(&self) -> Result<Vec<String>, BusError> {
+        let mut c = self.conn.clone();
+        let known: Vec<String> = c.smembers(self.known_key()).await.map_err(unavailable)?;
+        let mut dead = Vec::new();
+        for g in known {
+            let alive: bool = c.exists(self.info_key(&g)).await.map_err(unavailable)?;
+            if !alive {
+                dead.push(g);
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Each entry is acknowledged on the dead stream once handed on; once nothing is pending
+    /// there, the dead gateway's stream is deleted and forgotten.
+    async fn reclaim(&self, dead: &str, min_idle: Duration) -> Result<usize, BusError> {
+        let key = self.stream_key(dead);
+        let mut c = self.conn.clone();
+        let mut start = "0-0".to_owned();
+        let mut moved = 0;
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&key)
+                .arg(GROUP)
+                .arg("reclaimer")
+                .arg(ms(min_idle))
+                .arg(&start)
+                .arg("COUNT")
+                .arg(100)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for id in &reply.claimed {
+                if let Some(entry) = decode(&id.map) {
+                    self.reroute(entry).await?;
+                    moved += 1;
+                }
+                let _: i64 = c.xack(&key, GROUP, &[&id.id]).await.map_err(unavailable)?;
+            }
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            start = reply.next_stream_id;
+        }
+        let pending: redis::streams::StreamPendingReply =
+            c.xpending(&key, GROUP).await.map_err(unavailable)?;
+        if pending.count() == 0 {
+            let _: i64 = c.del(&key).await.map_err(unavailable)?;
+            let _: i64 = c.srem(self.known_key(), dead).await.map_err(unavailable)?;
+        }
+        Ok(moved)
+    }
+}
+
+#[async_trait]
+impl Routes for RedisBus {
     async fn connected(&self, user: UserId, gateway: &GatewayId) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
         self.route_write(&mut pipe, user, gateway, true);
@@ -786,19 +784,6 @@ impl Instances for RedisBus {
     }
 }
 
-/// What [`RedisBus::stream_stats`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamStats {
-    /// Entries in the stream (read or not; trimmed to about `stream_maxlen`).
-    pub length: usize,
-    /// Entries the consumer group has not read yet (`None` when Redis cannot tell).
-    pub lag: Option<usize>,
-    /// Entries read and not acknowledged.
-    pub pending: usize,
-    /// How long ago the oldest pending entry was appended, in milliseconds.
-    pub oldest_pending_ms: Option<i64>,
-}
-
 /// A gateway's end of its push stream.
 pub struct RedisStream {
     client: redis::Client,
@@ -808,27 +793,23 @@ pub struct RedisStream {
     /// The key prefix, for the receipt streams of the entries' origins.
     prefix: String,
     /// The consumer group had to be created again: Redis lost everything (see
-    /// [`RedisStream::take_reset`]).
+    /// [`PushStream::take_reset`]).
     reset: bool,
+    /// Ids of the entries read since the last ack.
+    unacked: Vec<String>,
+    /// Origin Send instance -> the message ids of its chat entries read since the last ack.
+    receipts: HashMap<String, Vec<MessageId>>,
 }
 
 /// One entry read from a gateway's stream.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StreamItem {
+struct StreamItem {
     /// The stream entry's id, to acknowledge.
-    pub id: String,
+    id: String,
     /// The entry (`None`: undecodable, logged and skipped).
-    pub entry: Option<PushEntry>,
+    entry: Option<PushEntry>,
     /// The Send instance that appended it and wants a [`Receipt`].
-    pub origin: Option<String>,
-}
-
-/// A gateway's report to a Send instance: it took over these messages' entries (handed them to
-/// its connections' queues).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Receipt {
-    pub gateway: String,
-    pub ids: Vec<MessageId>,
+    origin: Option<String>,
 }
 
 fn receipts_key(prefix: &str, instance: &str) -> String {
@@ -883,30 +864,6 @@ impl RedisStream {
         }
     }
 
-    /// Acknowledges, without delivering, what this consumer read before a restart: its clients
-    /// reconnected and resynced from the database since.
-    pub async fn discard_own_pending(&mut self) -> Result<usize, BusError> {
-        let mut discarded = 0;
-        loop {
-            let batch = self.read_from("0", 100, None).await?;
-            if batch.is_empty() {
-                return Ok(discarded);
-            }
-            let ids: Vec<String> = batch.into_iter().map(|item| item.id).collect();
-            discarded += ids.len();
-            self.ack(&ids).await?;
-        }
-    }
-
-    /// New entries, waiting up to `block` for the first; at most `count`.
-    pub async fn read(
-        &mut self,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<StreamItem>, BusError> {
-        self.read_from(">", count, Some(block)).await
-    }
-
     async fn read_from(
         &mut self,
         from: &str,
@@ -944,45 +901,43 @@ impl RedisStream {
     /// retries the read.
     async fn recover(&mut self, e: &redis::RedisError) {
         if e.code() == Some("NOGROUP") {
-            match self.create_group("0").await {
-                Ok(created) => self.reset |= created,
-                Err(e) => tracing::warn!(error = %e, "could not recreate the consumer group"),
-            }
+            self.recreate_group().await;
             return;
         }
         if is_connection_error(e) {
             match blocking_connection(&self.client, Duration::from_secs(1)).await {
                 Ok(conn) => {
                     self.conn = conn;
-                    match self.create_group("0").await {
-                        Ok(created) => self.reset |= created,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not recreate the consumer group");
-                        }
-                    }
+                    self.recreate_group().await;
                 }
                 Err(e) => tracing::debug!(error = %e, "stream reconnect failed; will retry"),
             }
         }
     }
 
-    /// Whether, since the last call, the consumer group had to be created again after a failed
-    /// read: Redis restarted without its data, so this gateway's registration and its users'
-    /// routes are gone too, and messages stored meanwhile were pushed to nobody here.
-    pub fn take_reset(&mut self) -> bool {
-        std::mem::take(&mut self.reset)
+    /// Creates the consumer group again if Redis lost it, and remembers that it did.
+    async fn recreate_group(&mut self) {
+        match self.create_group("0").await {
+            Ok(true) => {
+                if !self.reset {
+                    metrics::counter!("ruststacker_gateway_redis_resets_total").increment(1);
+                }
+                self.reset = true;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not recreate the consumer group"),
+        }
     }
 
     /// Marks entries handled and, in the same round trip, reports to each origin the message ids
-    /// of its chat entries among them (`receipts`: origin -> ids), as `gateway`.
-    pub async fn ack_and_report(
+    /// of its chat entries among them (`receipts`: origin -> ids), as this consumer.
+    async fn ack_and_report(
         &mut self,
         ids: &[String],
         receipts: HashMap<String, Vec<MessageId>>,
-        gateway: &str,
     ) -> Result<(), BusError> {
         if receipts.is_empty() {
-            return self.ack(ids).await;
+            return self.ack_ids(ids).await;
         }
         let mut pipe = redis::pipe();
         if !ids.is_empty() {
@@ -990,7 +945,7 @@ impl RedisStream {
         }
         for (origin, ids) in receipts {
             let json = serde_json::to_vec(&Receipt {
-                gateway: gateway.to_owned(),
+                gateway: self.consumer.clone(),
                 ids,
             })
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
@@ -1010,7 +965,7 @@ impl RedisStream {
     }
 
     /// Marks entries handled.
-    pub async fn ack(&mut self, ids: &[String]) -> Result<(), BusError> {
+    async fn ack_ids(&mut self, ids: &[String]) -> Result<(), BusError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -1020,6 +975,57 @@ impl RedisStream {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+impl PushStream for RedisStream {
+    async fn discard_stale(&mut self) -> Result<usize, BusError> {
+        let mut discarded = 0;
+        loop {
+            let batch = self.read_from("0", 100, None).await?;
+            if batch.is_empty() {
+                return Ok(discarded);
+            }
+            let ids: Vec<String> = batch.into_iter().map(|item| item.id).collect();
+            discarded += ids.len();
+            self.ack_ids(&ids).await?;
+        }
+    }
+
+    async fn read(
+        &mut self,
+        out: &mut Vec<PushEntry>,
+        max: usize,
+        block: Duration,
+    ) -> Result<usize, BusError> {
+        let batch = self.read_from(">", max, Some(block)).await?;
+        let n = batch.len();
+        for item in batch {
+            if let Some(entry) = item.entry {
+                if let (Some(origin), PushEntry::Chat { message, .. }) = (item.origin, &entry) {
+                    self.receipts.entry(origin).or_default().push(message.id);
+                }
+                out.push(entry);
+            }
+            self.unacked.push(item.id);
+        }
+        Ok(n)
+    }
+
+    async fn ack(&mut self) -> Result<(), BusError> {
+        // Not kept for a retry when this fails: unacknowledged entries are reclaimed if this
+        // gateway dies, and the Send instances' pending trackers time out without the receipts.
+        let ids = std::mem::take(&mut self.unacked);
+        let receipts = std::mem::take(&mut self.receipts);
+        self.ack_and_report(&ids, receipts).await
+    }
+
+    fn take_reset(&mut self) -> bool {
+        std::mem::take(&mut self.reset)
+    }
+
+    fn drains_at_stop(&self) -> bool {
+        false
     }
 }
 
@@ -1041,10 +1047,10 @@ impl std::fmt::Debug for ReceiptStream {
     }
 }
 
-impl ReceiptStream {
-    /// New receipts, waiting up to `block` for the first. After a connection failure the caller
-    /// retries; the connection is replaced first.
-    pub async fn read(&mut self, block: Duration) -> Result<Vec<Receipt>, BusError> {
+#[async_trait]
+impl Receipts for ReceiptStream {
+    /// After a connection failure the connection is replaced before the error is returned.
+    async fn read(&mut self, block: Duration) -> Result<Vec<Receipt>, BusError> {
         let opts = StreamReadOptions::default()
             .count(256)
             .block(ms(block) as usize);

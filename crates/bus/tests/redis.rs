@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::redis::{RedisBus, RedisSettings};
-use bus::{GatewayId, GatewayRegistration, Instances, PushBus, Routes};
+use bus::{
+    GatewayId, GatewayRegistration, Instances, Ping, PushBus, PushStream, Receipt, Receipts,
+    Routes, StreamUpkeep,
+};
 use proto::api::MessageType;
 use proto::stream::{PushEntry, PushMessage};
 
@@ -50,6 +53,20 @@ fn chat(seq: i64, targets: Vec<i64>) -> PushEntry {
     }
 }
 
+/// Reads what is there (waiting up to `block` for the first entry).
+async fn read(s: &mut impl PushStream, block: Duration) -> Vec<PushEntry> {
+    let mut out = Vec::new();
+    s.read(&mut out, 10, block).await.expect("read");
+    out
+}
+
+fn seq_of(e: &PushEntry) -> i64 {
+    match e {
+        PushEntry::Chat { message, .. } => message.seq,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 fn reg(id: &str, max: u64) -> GatewayRegistration {
     GatewayRegistration {
         gateway_id: id.into(),
@@ -68,26 +85,84 @@ async fn entries_arrive_in_order_and_stay_pending_until_acknowledged() {
             .await
             .expect("publish");
     }
-    let got = s.read(10, Duration::from_secs(2)).await.expect("read");
-    let seqs: Vec<i64> = got
-        .iter()
-        .map(|item| match &item.entry {
-            Some(PushEntry::Chat { message, .. }) => message.seq,
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
+    let got = read(&mut s, Duration::from_secs(2)).await;
+    let seqs: Vec<i64> = got.iter().map(seq_of).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert!(!s.drains_at_stop(), "unread entries stay for the reclaimer");
+    assert_eq!(b.stream_stats("g1").await.expect("stats").pending, 5);
     // Not acknowledged: a restarted consumer finds them pending and discards them.
     let mut again = b.consume("g1").await.expect("consume");
-    assert_eq!(again.discard_own_pending().await.expect("discard"), 5);
-    assert_eq!(again.discard_own_pending().await.expect("discard"), 0);
+    assert_eq!(again.discard_stale().await.expect("discard"), 5);
+    assert_eq!(again.discard_stale().await.expect("discard"), 0);
+    assert!(read(&mut again, Duration::from_millis(50)).await.is_empty());
+    assert!(!again.take_reset());
+}
+
+#[tokio::test]
+async fn acknowledged_entries_leave_the_pending_list_and_their_origin_gets_a_receipt() {
+    let b = bus().await;
+    let mut s = b.consume("g1").await.expect("consume");
+    let send_a = b.clone().with_origin("send-a");
+    let mut receipts = send_a.receipts("send-a").await.expect("receipts");
+    // From send-a (it wants receipts), from an instance without an origin, and a non-chat entry.
+    send_a
+        .publish_many(vec![
+            ("g1".into(), chat(1, vec![1])),
+            ("g1".into(), chat(2, vec![2])),
+        ])
+        .await
+        .expect("publish");
+    b.publish("g1", chat(3, vec![1])).await.expect("publish");
+    send_a
+        .publish(
+            "g1",
+            PushEntry::Ack {
+                sender_id: 1,
+                message_id: 1001,
+                room_id: 7,
+                seq: 1,
+                client_msg_id: None,
+            },
+        )
+        .await
+        .expect("publish");
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "read {got:?}");
+        s.read(&mut got, 10, Duration::from_millis(200))
+            .await
+            .expect("read");
+    }
     assert!(
-        again
-            .read(10, Duration::from_millis(50))
+        receipts
+            .read(Duration::from_millis(50))
+            .await
+            .expect("read")
+            .is_empty(),
+        "nothing reported before the ack"
+    );
+    let stats = b.stream_stats("g1").await.expect("stats");
+    assert_eq!((stats.length, stats.pending, stats.lag), (4, 4, Some(0)));
+    s.ack().await.expect("ack");
+    assert_eq!(b.stream_stats("g1").await.expect("stats").pending, 0);
+    assert_eq!(
+        receipts.read(Duration::from_secs(2)).await.expect("read"),
+        vec![Receipt {
+            gateway: "g1".into(),
+            ids: vec![1001, 1002]
+        }]
+    );
+    // An ack with nothing read is no round trip and no receipt.
+    s.ack().await.expect("empty ack");
+    assert!(
+        receipts
+            .read(Duration::from_millis(50))
             .await
             .expect("read")
             .is_empty()
     );
+    Ping::ping(&b).await.expect("ping");
 }
 
 #[tokio::test]
@@ -176,11 +251,7 @@ async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are
         .expect("publish");
     // The dead gateway read the entry but crashed before acknowledging it.
     assert_eq!(
-        dead_stream
-            .read(10, Duration::from_secs(2))
-            .await
-            .expect("read")
-            .len(),
+        read(&mut dead_stream, Duration::from_secs(2)).await.len(),
         1
     );
     b.deregister_gateway("dead").await.expect("gone");
@@ -192,17 +263,9 @@ async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are
         vec!["dead".to_owned()]
     );
     assert_eq!(b.reclaim("dead", Duration::ZERO).await.expect("reclaim"), 1);
-    let got = live_stream
-        .read(10, Duration::from_secs(2))
-        .await
-        .expect("read");
+    let got = read(&mut live_stream, Duration::from_secs(2)).await;
     match &got[..] {
-        [
-            bus::redis::StreamItem {
-                entry: Some(PushEntry::Chat { message, targets }),
-                ..
-            },
-        ] => {
+        [PushEntry::Chat { message, targets }] => {
             assert_eq!(message.seq, 1);
             assert_eq!(targets, &vec![1]);
         }

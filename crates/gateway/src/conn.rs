@@ -61,8 +61,9 @@ impl Env for GatewayState {
     }
 
     fn catch_up_after(&self) -> Option<Duration> {
-        let on = self.0.catch_up.load(std::sync::atomic::Ordering::Relaxed);
-        (on && self.0.cfg.catch_up_secs > 0).then(|| Duration::from_secs(self.0.cfg.catch_up_secs))
+        // Zero (the composition root's choice where routes change synchronously): no catch-up.
+        let secs = self.0.cfg.catch_up_secs;
+        (secs > 0).then(|| Duration::from_secs(secs))
     }
 }
 

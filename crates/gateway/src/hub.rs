@@ -14,8 +14,6 @@ use proto::{CloseCode, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The code every connection closes with at shutdown.
-pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::GoingAway;
 /// The gateway is simulating a crash (tests): sockets are dropped without a close frame and
 /// nothing is cleaned up.
 pub const CLOSE_ABORT: CloseCode = CloseCode::Abnormal;

@@ -3,9 +3,15 @@
 //! - [`hub`]: connections by user, bounded queues, the slow-consumer policy.
 //! - [`conn`]: one connection's reader; `writer`: its writer (resync, ordering, coalesced flushes).
 //! - [`cursor`]: delivery cursors, batched to the database.
-//! - this module: config, state, the `/api/ws` handshake, the stream consumer that serializes each
-//!   entry once and shares the bytes with every local recipient, heartbeats to the registry, and
-//!   the shutdown sequence.
+//! - [`reorder`]: the short per-room reorder window in front of dispatch.
+//! - `consumer`: the one stream consumer, over any [`bus::PushStream`] (reorder, dispatch,
+//!   acknowledge); `upkeep`: stream gauges, reclaiming dead gateways' entries, route refreshes.
+//! - this module: config, state, the `/api/ws` handshake, dispatch (each entry serialized once,
+//!   the bytes shared with every local recipient), heartbeats to the registry, `/health` (the
+//!   database, the checks the composition root hands in, the consumer) and the shutdown sequence.
+//!
+//! Nothing here knows which backend is behind the bus: in-process and distributed gateways run
+//! the same code, and differ only in the values they are given.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +22,9 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use bus::{GatewayId, GatewayRegistration, Instances, Routes};
+use bus::{
+    GatewayId, GatewayRegistration, HealthCheck, Instances, PushStream, Routes, StreamUpkeep,
+};
 use kit::auth::Auth;
 use kit::http::{Check, Ready};
 use kit::openapi::{ErrorReply, HealthResponses, RateLimited};
@@ -25,7 +33,6 @@ use proto::frame::{NoticeEvent, ServerFrame};
 use proto::stream::PushEntry;
 use serde::{Deserialize, Serialize};
 use store::Store;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,13 +40,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub mod conn;
+mod consumer;
 pub mod cursor;
-mod distributed;
 pub mod hub;
 pub mod reorder;
+mod upkeep;
 mod writer;
 
-use hub::{CLOSE_GOING_AWAY, Hub, Outbound};
+use hub::{Hub, Outbound};
 
 /// Gateway's settings (the `gateway:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,10 +84,12 @@ pub struct Config {
     pub cursor_flush_ms: u64,
     /// Distributed mode: milliseconds an entry that arrived ahead of its room's next `seq` waits
     /// for the missing one (Send instances fan out independently), so connections do not each
-    /// fill the gap from the database (0: off).
+    /// fill the gap from the database (0: off; `ruststacker all` runs with 0, its one Send
+    /// appends in order).
     pub reorder_window_ms: u64,
     /// Distributed mode: seconds after connect of a second resync pass that catches messages
-    /// whose fan-out raced the connection's route change (0: off).
+    /// whose fan-out raced the connection's route change (0: off; `ruststacker all` runs with 0,
+    /// its routes change synchronously).
     pub catch_up_secs: u64,
     /// Distributed mode: seconds between looks for dead gateways whose pending entries to reclaim.
     pub reclaim_interval_secs: u64,
@@ -125,9 +135,11 @@ pub struct Deps {
     pub limits: Arc<kit::limit::RateLimits>,
     pub routes: Arc<dyn Routes>,
     pub instances: Arc<dyn Instances>,
-    /// `routes` and `instances` are the registry's HTTP API (`registry.url`), not the bus:
-    /// `/health` reports the registry and, separately, the Redis of the push stream.
-    pub registry_http: bool,
+    /// Measures this gateway's stream and reclaims what dead gateways left in theirs.
+    pub upkeep: Arc<dyn StreamUpkeep>,
+    /// What `/health` reports besides the database and the stream consumer (the bus, the
+    /// registry when routes and instances go there).
+    pub checks: Vec<HealthCheck>,
     pub ready: Ready,
 }
 
@@ -142,18 +154,14 @@ pub(crate) struct Inner {
     limits: Arc<kit::limit::RateLimits>,
     pub(crate) routes: Arc<dyn Routes>,
     instances: Arc<dyn Instances>,
+    upkeep: Arc<dyn StreamUpkeep>,
+    checks: Vec<HealthCheck>,
     pub(crate) hub: Hub,
     pub(crate) cursors: Arc<cursor::CursorBook>,
     pub(crate) closing: CancellationToken,
     conns: TaskTracker,
-    /// Routes are distributed (Send instances cache them), so a connection's fan-out can race its
-    /// connect: run the catch-up resync. In one process routes change synchronously: no need.
-    pub(crate) catch_up: std::sync::atomic::AtomicBool,
-    registry_http: bool,
-    /// The push stream's Redis, for `/health` when routes do not go there (`registry_http`).
-    stream_bus: std::sync::OnceLock<bus::redis::RedisBus>,
-    /// Distributed mode: when the stream consumer last read successfully (Unix ms; a read
-    /// returns at least once a second, empty or not). `/health` reports the consumer from it.
+    /// When the stream consumer last read successfully (Unix ms; a read returns at least once a
+    /// second, empty or not). `/health` reports the consumer from it.
     pub(crate) stream_read_ms: std::sync::atomic::AtomicI64,
     ready: Ready,
 }
@@ -177,13 +185,12 @@ impl GatewayState {
             limits: deps.limits,
             routes: deps.routes,
             instances: deps.instances,
+            upkeep: deps.upkeep,
+            checks: deps.checks,
             hub: Hub::default(),
             cursors: Arc::default(),
             closing: CancellationToken::new(),
             conns: TaskTracker::new(),
-            catch_up: std::sync::atomic::AtomicBool::new(false),
-            registry_http: deps.registry_http,
-            stream_bus: std::sync::OnceLock::new(),
             stream_read_ms: std::sync::atomic::AtomicI64::new(0),
             ready: deps.ready,
         }))
@@ -198,9 +205,9 @@ impl GatewayState {
         self.0.hub.open()
     }
 
-    /// Registers with the registry and starts the stream consumer, heartbeats and the cursor
-    /// flusher. `stream` is this gateway's push stream.
-    pub async fn start(&self, stream: Stream) -> Result<Background, bus::BusError> {
+    /// Registers with the registry and starts the stream consumer, heartbeats, the cursor
+    /// flusher, stream upkeep and route refreshes. `stream` is this gateway's push stream.
+    pub async fn start<S: PushStream>(&self, stream: S) -> Result<Background, bus::BusError> {
         self.register().await?;
         // Series that only count trouble exist from the start, at 0, so rates and alerts on
         // them work before the first event.
@@ -210,49 +217,36 @@ impl GatewayState {
             metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => reason)
                 .increment(0);
         }
+        // Healthy from the start: the consumer's first read is about to happen.
+        self.0
+            .stream_read_ms
+            .store(kit::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let stop = CancellationToken::new();
         let consumer_stop = CancellationToken::new();
-        let mut tasks = vec![
+        let tasks = vec![
             tokio::spawn(heartbeat(self.clone(), stop.clone())),
             tokio::spawn(self.0.cursors.clone().run_flusher(
                 self.0.store.clone(),
                 Duration::from_millis(self.0.cfg.cursor_flush_ms.max(10)),
                 stop.clone(),
             )),
+            tokio::spawn(upkeep::reclaimer(
+                self.clone(),
+                self.0.upkeep.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(upkeep::stream_stats(
+                self.clone(),
+                self.0.upkeep.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(upkeep::route_refresher(self.clone(), stop.clone())),
         ];
-        let consumer = match stream {
-            Stream::InProc(rx) => tokio::spawn(consume(self.clone(), rx)),
-            Stream::Redis { stream, bus } => {
-                self.0
-                    .catch_up
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                tasks.push(tokio::spawn(distributed::reclaimer(
-                    self.clone(),
-                    bus.clone(),
-                    stop.clone(),
-                )));
-                tasks.push(tokio::spawn(distributed::route_refresher(
-                    self.clone(),
-                    stop.clone(),
-                )));
-                tasks.push(tokio::spawn(distributed::stream_stats(
-                    self.clone(),
-                    bus.clone(),
-                    stop.clone(),
-                )));
-                // Healthy from the start: the consumer's first read is about to happen.
-                self.0
-                    .stream_read_ms
-                    .store(kit::now_ms(), std::sync::atomic::Ordering::Relaxed);
-                // Started once per state: the cell is empty.
-                let _ = self.0.stream_bus.set(bus);
-                tokio::spawn(distributed::consume(
-                    self.clone(),
-                    stream,
-                    consumer_stop.clone(),
-                ))
-            }
-        };
+        let consumer = tokio::spawn(consumer::consume(
+            self.clone(),
+            stream,
+            consumer_stop.clone(),
+        ));
         Ok(Background {
             consumer,
             consumer_stop,
@@ -336,18 +330,6 @@ impl GatewayState {
     }
 }
 
-/// Where a gateway's push entries come from.
-#[allow(clippy::large_enum_variant)] // built once per process; boxing buys nothing
-pub enum Stream {
-    /// `ruststacker all`: an in-process channel; it ends when the producer side closes it.
-    InProc(mpsc::Receiver<PushEntry>),
-    /// Distributed: this gateway's Redis Stream, plus the bus for reclaiming (and `/health`).
-    Redis {
-        stream: bus::redis::RedisStream,
-        bus: bus::redis::RedisBus,
-    },
-}
-
 /// The gateway's background tasks, for an orderly [`GatewayState::shutdown`].
 pub struct Background {
     consumer: JoinHandle<()>,
@@ -357,19 +339,20 @@ pub struct Background {
 }
 
 impl GatewayState {
-    /// Stops the gateway once its HTTP listener has stopped and its stream has been closed by the
-    /// producer side: waits for the consumer to hand out every entry, closes every connection
-    /// with 1001 after its queued frames are written, flushes cursors and deregisters.
+    /// Stops the gateway once its HTTP listener has stopped and, for a stream that drains at
+    /// stop, its producer side has closed it: waits for the consumer to hand out every entry (or
+    /// to stop reading a shared stream), closes every connection with 1001 after its queued
+    /// frames are written, flushes cursors and deregisters.
     pub async fn shutdown(&self, bg: Background, deadline: Duration) {
         self.0.ready.set_not_ready();
-        // A Redis consumer stops reading now: what it has not read stays in the stream for the
+        // A shared stream's consumer stops reading now: what it has not read stays there for the
         // reclaimer, and its users resync from the database wherever they reconnect.
         bg.consumer_stop.cancel();
         let consumer_done = tokio::time::timeout(deadline, bg.consumer).await;
         if consumer_done.is_err() {
             tracing::warn!("push stream not drained before the deadline");
         }
-        self.0.hub.close_all(CLOSE_GOING_AWAY);
+        self.0.hub.close_all(proto::CloseCode::GoingAway);
         self.0.closing.cancel();
         self.0.conns.close();
         if tokio::time::timeout(deadline, self.0.conns.wait())
@@ -398,20 +381,6 @@ impl GatewayState {
         }
         self.0.hub.close_all(hub::CLOSE_ABORT);
         self.0.closing.cancel();
-    }
-}
-
-async fn consume(state: GatewayState, mut stream: mpsc::Receiver<PushEntry>) {
-    let length =
-        metrics::gauge!("ruststacker_gateway_stream_length", "gateway" => state.0.id.to_string());
-    let mut n: u32 = 0;
-    while let Some(entry) = stream.recv().await {
-        state.dispatch(entry);
-        // The in-process stream's backlog, sampled every 64 entries (and when it runs dry).
-        n = n.wrapping_add(1);
-        if n.is_multiple_of(64) || stream.is_empty() {
-            length.set(stream.len() as f64);
-        }
     }
 }
 
@@ -557,29 +526,21 @@ fn stream_check(since_read_ms: i64) -> Check {
     }
 }
 
-/// The service and each dependency it needs (database, registry, bus, and in distributed mode
-/// the push stream's consumer).
+/// The service and each dependency it needs (database, bus, the registry when routes and
+/// instances go there) and the push stream's consumer.
 #[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<GatewayState>) -> Response {
     let db = s.0.store.ping().await;
-    let routes = s.0.routes.ping().await;
     let mut checks = vec![Check::from_result("database", &db)];
-    if s.0.registry_http {
-        checks.push(Check::from_result("registry", &routes));
-        if let Some(bus) = s.0.stream_bus.get() {
-            checks.push(Check::from_result("bus", &bus.ping_redis().await));
-        }
-    } else {
-        checks.push(Check::from_result("bus", &routes));
+    for c in &s.0.checks {
+        checks.push(Check::from_result(c.name, &c.target.ping().await));
     }
-    if s.0.stream_bus.get().is_some() {
-        checks.push(stream_check(
-            kit::now_ms()
-                - s.0
-                    .stream_read_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-        ));
-    }
+    checks.push(stream_check(
+        kit::now_ms()
+            - s.0
+                .stream_read_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+    ));
     kit::http::health_reply("gateway", &s.0.ready, checks)
 }
 

@@ -71,14 +71,22 @@ impl Reorder {
         }
     }
 
-    /// Takes an entry; returns what may be dispatched now, in order.
-    pub fn accept(&mut self, entry: PushEntry, now: Instant) -> Vec<PushEntry> {
-        let Some((key, seq)) = key_seq(&entry) else {
-            return vec![entry];
-        };
+    /// The window this reorders within.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Takes an entry; appends to `out` what may be dispatched now, in order. With a zero window
+    /// every entry goes straight to `out`.
+    pub fn accept(&mut self, entry: PushEntry, now: Instant, out: &mut Vec<PushEntry>) {
         if self.window.is_zero() {
-            return vec![entry];
+            out.push(entry);
+            return;
         }
+        let Some((key, seq)) = key_seq(&entry) else {
+            out.push(entry);
+            return;
+        };
         let r = self.rooms.entry(key).or_insert(RoomOrder {
             head: seq - 1,
             seen: now,
@@ -92,17 +100,16 @@ impl Reorder {
         if seq <= r.head + 1 {
             // The next one (or a repeat, or another chunk of one already out: connections dedupe).
             r.head = r.head.max(seq);
-            let mut out = vec![entry];
-            release_ready(r, &mut out);
-            return out;
+            out.push(entry);
+            release_ready(r, out);
+            return;
         }
         r.held.entry(seq).or_default().push(entry);
         r.held_since.get_or_insert(now);
         metrics::counter!("ruststacker_gateway_reorder_held_total").increment(1);
         if r.held.len() > MAX_HELD {
-            return release_all(r);
+            out.extend(release_all(r));
         }
-        Vec::new()
     }
 
     /// Releases rooms whose oldest held entry waited `window`, each with the hole before its
@@ -211,14 +218,21 @@ mod tests {
         let mut r = Reorder::new(Duration::from_millis(20));
         let t = Instant::now();
         // Two Send instances interleave: chunk A gets 5 and 6, chunk B gets 6 before 5.
-        assert_eq!(seqs(&r.accept(chunk(1, 5, 1), t)), vec![5]);
-        assert_eq!(seqs(&r.accept(chunk(1, 6, 1), t)), vec![6]);
-        assert_eq!(seqs(&r.accept(chunk(1, 4, 101), t)), vec![4]);
+        assert_eq!(seqs(&accept(&mut r, chunk(1, 5, 1), t)), vec![5]);
+        assert_eq!(seqs(&accept(&mut r, chunk(1, 6, 1), t)), vec![6]);
+        assert_eq!(seqs(&accept(&mut r, chunk(1, 4, 101), t)), vec![4]);
         assert!(
-            r.accept(chunk(1, 6, 101), t).is_empty(),
+            accept(&mut r, chunk(1, 6, 101), t).is_empty(),
             "chunk B waits for its 5"
         );
-        assert_eq!(seqs(&r.accept(chunk(1, 5, 101), t)), vec![5, 6]);
+        assert_eq!(seqs(&accept(&mut r, chunk(1, 5, 101), t)), vec![5, 6]);
+    }
+
+    /// What [`Reorder::accept`] lets out for `entry`.
+    fn accept(r: &mut Reorder, entry: PushEntry, now: Instant) -> Vec<PushEntry> {
+        let mut out = Vec::new();
+        r.accept(entry, now, &mut out);
+        out
     }
 
     fn seqs(v: &[PushEntry]) -> Vec<Seq> {
@@ -229,10 +243,10 @@ mod tests {
     fn an_early_entry_waits_for_its_predecessor() {
         let mut r = Reorder::new(Duration::from_millis(20));
         let t = Instant::now();
-        assert_eq!(seqs(&r.accept(chat(1, 4), t)), vec![4]);
-        assert!(r.accept(chat(1, 6), t).is_empty());
-        assert!(r.accept(chat(1, 7), t).is_empty());
-        assert_eq!(seqs(&r.accept(chat(1, 5), t)), vec![5, 6, 7]);
+        assert_eq!(seqs(&accept(&mut r, chat(1, 4), t)), vec![4]);
+        assert!(accept(&mut r, chat(1, 6), t).is_empty());
+        assert!(accept(&mut r, chat(1, 7), t).is_empty());
+        assert_eq!(seqs(&accept(&mut r, chat(1, 5), t)), vec![5, 6, 7]);
         assert_eq!(r.next_deadline(), None);
     }
 
@@ -240,8 +254,8 @@ mod tests {
     fn a_predecessor_that_never_comes_releases_at_the_window() {
         let mut r = Reorder::new(Duration::from_millis(20));
         let t = Instant::now();
-        r.accept(chat(1, 1), t);
-        assert!(r.accept(chat(1, 3), t).is_empty());
+        accept(&mut r, chat(1, 1), t);
+        assert!(accept(&mut r, chat(1, 3), t).is_empty());
         assert_eq!(r.next_deadline(), Some(t + Duration::from_millis(20)));
         assert!(r.expire(t + Duration::from_millis(19)).is_empty());
         let released = r.expire(t + Duration::from_millis(20));
@@ -249,17 +263,17 @@ mod tests {
         assert_eq!(released[0].hole, Some((1, 2)));
         assert_eq!(seqs(&released[0].entries), vec![3]);
         // 2 shows up late: it goes out (the connections drop it if they filled it already).
-        assert_eq!(seqs(&r.accept(chat(1, 2), t)), vec![2]);
-        assert_eq!(seqs(&r.accept(chat(1, 4), t)), vec![4]);
+        assert_eq!(seqs(&accept(&mut r, chat(1, 2), t)), vec![2]);
+        assert_eq!(seqs(&accept(&mut r, chat(1, 4), t)), vec![4]);
     }
 
     #[test]
     fn rooms_are_independent_and_acks_pass_straight_through() {
         let mut r = Reorder::new(Duration::from_millis(20));
         let t = Instant::now();
-        r.accept(chat(1, 1), t);
-        assert!(r.accept(chat(1, 3), t).is_empty());
-        assert_eq!(seqs(&r.accept(chat(2, 9), t)), vec![9]);
+        accept(&mut r, chat(1, 1), t);
+        assert!(accept(&mut r, chat(1, 3), t).is_empty());
+        assert_eq!(seqs(&accept(&mut r, chat(2, 9), t)), vec![9]);
         let ack = PushEntry::Ack {
             sender_id: 1,
             message_id: 3,
@@ -267,23 +281,23 @@ mod tests {
             seq: 3,
             client_msg_id: None,
         };
-        assert_eq!(r.accept(ack, t).len(), 1);
+        assert_eq!(accept(&mut r, ack, t).len(), 1);
     }
 
     #[test]
     fn a_room_idle_for_long_starts_over() {
         let mut r = Reorder::new(Duration::from_millis(20));
         let t = Instant::now();
-        r.accept(chat(1, 1), t);
+        accept(&mut r, chat(1, 1), t);
         let later = t + IDLE + Duration::from_secs(1);
-        assert_eq!(seqs(&r.accept(chat(1, 50), later)), vec![50]);
+        assert_eq!(seqs(&accept(&mut r, chat(1, 50), later)), vec![50]);
     }
 
     #[test]
     fn a_zero_window_changes_nothing() {
         let mut r = Reorder::new(Duration::ZERO);
         let t = Instant::now();
-        r.accept(chat(1, 1), t);
-        assert_eq!(seqs(&r.accept(chat(1, 3), t)), vec![3]);
+        accept(&mut r, chat(1, 1), t);
+        assert_eq!(seqs(&accept(&mut r, chat(1, 3), t)), vec![3]);
     }
 }

@@ -1,5 +1,5 @@
-//! Live group notices ([`proto::frame::Notice`]): found like messages (the route table) and
-//! pushed in entries of at most 100 targets per gateway. Best effort by design: a notice that
+//! Live group notices ([`proto::frame::Notice`]): located and cut into entries like messages
+//! ([`bus::plan`]: per gateway, sorted, at most 100 targets each). Best effort by design: a notice that
 //! cannot be pushed is logged and counted, since the group's state, not the notice, is the
 //! record a client reads again.
 //!
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bus::{GatewayId, Instances, PushBus, Routes};
 use proto::UserId;
 use proto::frame::Notice;
-use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry};
+use proto::stream::PushEntry;
 
 /// Pushes notices to users wherever they are connected.
 #[derive(Clone)]
@@ -85,26 +85,20 @@ impl Notifier {
         if targets.is_empty() {
             return;
         }
-        let located = match self.routes.locate(targets).await {
-            Ok(l) => l,
+        let notice = Arc::new(notice);
+        let entries = match bus::plan::locate(&*self.routes, targets, |targets| PushEntry::Notice {
+            notice: notice.clone(),
+            targets,
+        })
+        .await
+        {
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(room_id = notice.room_id, error = %e, "notice not sent: routes unavailable");
                 metrics::counter!("ruststacker_notice_failures_total").increment(1);
                 return;
             }
         };
-        let notice = Arc::new(notice);
-        let mut entries = Vec::new();
-        for (gateway, mut users) in located {
-            users.sort_unstable();
-            for chunk in users.chunks(MAX_TARGETS_PER_ENTRY) {
-                let entry = PushEntry::Notice {
-                    notice: notice.clone(),
-                    targets: chunk.to_vec(),
-                };
-                entries.push((gateway.clone(), entry));
-            }
-        }
         if entries.is_empty() {
             return;
         }

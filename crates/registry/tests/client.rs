@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bus::http::{RegistryClient, parse_registry_url};
 use bus::inproc::{InProcInstances, InProcRoutes};
-use bus::{BusError, GatewayId, GatewayRegistration, Instances, Routes, SendRegistration};
+use bus::{BusError, GatewayId, GatewayRegistration, Instances, Ping, Routes, SendRegistration};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "internal-token-for-the-client-tests-0123456789";

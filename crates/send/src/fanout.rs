@@ -1,30 +1,32 @@
 //! Fan-out: for each stored message, in commit order, find the room's members (local cache in
-//! front of the group data, checked for changes once per batch), group the online ones by gateway, append one stream entry per gateway
-//! per 100 targets, then append the sender's ACK to the sender's gateways — at once in `all`
-//! (one gateway, one ordered channel), or once every gateway reported taking its entries over
-//! when distributed ([`crate::pending`]). A failed append is logged and counted; the message is
-//! already stored, so recipients get it from their cursor.
+//! front of the group data, checked for changes once per batch), locate the online ones and plan
+//! their entries ([`bus::plan`]: per gateway, sorted, at most 100 targets each), then append the
+//! sender's ACK to the sender's gateways: right after the chat entries when the stream's order is
+//! enough (one gateway, one ordered channel), or once every gateway reported taking its entries
+//! over ([`crate::pending`]). A failed append is logged and counted; the message is already
+//! stored, so recipients get it from their cursor.
 
 use std::sync::Arc;
 
-use bus::{GatewayId, PushBus, Routes};
+use bus::{GatewayId, Routes};
 use groups::CachedGroups;
 use proto::UserId;
-use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry, PushMessage};
+use proto::stream::{PushEntry, PushMessage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::pending::Pending;
+use crate::publish::Publisher;
 
 /// What fan-out needs.
 #[derive(Clone)]
 pub struct Fanout {
     pub groups: CachedGroups,
     pub routes: Arc<dyn Routes>,
-    pub bus: Arc<dyn PushBus>,
-    /// Distributed: hold each sender's ACK until the recipients' gateways report (`None` in
-    /// `all`).
+    pub publisher: Publisher,
+    /// Hold each sender's ACK until the recipients' gateways report (`None`: the ACK entry follows
+    /// the chat entries in the sender's gateway's stream).
     pub pending: Option<Pending>,
 }
 
@@ -35,7 +37,7 @@ impl Fanout {
     /// Starts the fan-out task; it ends when the committer drops its sender and the queue is empty.
     pub fn spawn(self, queue: usize) -> (mpsc::Sender<Arc<PushMessage>>, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Arc<PushMessage>>(queue.max(1));
-        for stage in ["members", "routes", "publish"] {
+        for stage in ["members", "routes"] {
             metrics::counter!("ruststacker_fanout_failures_total", "stage" => stage).increment(0);
         }
         let task = tokio::spawn(async move {
@@ -63,7 +65,7 @@ impl Fanout {
                             self.entries_for(m, room.ids(), &mut entries).await;
                         }
                     }
-                    self.publish(entries).await;
+                    self.publisher.publish(entries).await;
                 }
                 .instrument(span)
                 .await;
@@ -92,27 +94,24 @@ impl Fanout {
                 return;
             }
         };
-        let mut sender_gateways = Vec::new();
-        for (gateway, users) in &located {
-            if users.contains(&m.sender_id) {
-                sender_gateways.push(gateway.clone());
-            }
-            // Sorted, so every Send instance cuts a room's members into the same chunks and a
-            // gateway can keep each chunk's entries in order (see gateway::reorder).
-            let mut users = users.clone();
-            users.sort_unstable();
-            for chunk in users.chunks(MAX_TARGETS_PER_ENTRY) {
-                let entry = PushEntry::Chat {
-                    message: m.clone(),
-                    targets: chunk.to_vec(),
-                };
-                out.push((gateway.clone(), entry));
-            }
-        }
+        let sender_gateways: Vec<GatewayId> = located
+            .iter()
+            .filter(|(_, users)| users.contains(&m.sender_id))
+            .map(|(gateway, _)| gateway.clone())
+            .collect();
+        let gateways = located.len();
+        bus::plan::entries(
+            located,
+            |targets| PushEntry::Chat {
+                message: m.clone(),
+                targets,
+            },
+            out,
+        );
         tracing::debug!(
             message_id = m.id,
             room_id = room,
-            gateways = located.len(),
+            gateways,
             "message fanned out"
         );
         let acks: Vec<(GatewayId, PushEntry)> = sender_gateways
@@ -131,22 +130,6 @@ impl Fanout {
         match &self.pending {
             Some(p) if out.len() > first => p.track(m.clone(), &out[first..], acks),
             _ => out.extend(acks),
-        }
-    }
-
-    /// Appends entries to their gateways' streams (one pipeline).
-    pub(crate) async fn publish(&self, entries: Vec<(GatewayId, PushEntry)>) {
-        if entries.is_empty() {
-            return;
-        }
-        let n = entries.len() as u64;
-        match self.bus.publish_many(entries).await {
-            Ok(()) => metrics::counter!("ruststacker_push_entries_total").increment(n),
-            Err(e) => {
-                tracing::warn!(error = %e, "push entries not appended; targets will resync");
-                metrics::counter!("ruststacker_fanout_failures_total", "stage" => "publish")
-                    .increment(1);
-            }
         }
     }
 }

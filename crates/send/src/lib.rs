@@ -3,7 +3,10 @@
 //! A send is durable before it is answered: handlers hand messages to the [`commit`] task, which
 //! stores whole batches in one transaction (group commit) and passes what it stored, in commit
 //! order, to the [`fanout`] task, which finds each room's members and their gateways and appends
-//! entries of at most 100 targets to each gateway's stream, then the sender's ACK.
+//! entries of at most 100 targets to each gateway's stream, then the sender's ACK: at once, or,
+//! with the [`pending`] tracker, once the recipients' gateways reported taking the message over.
+//! Both append through one [`publish::Publisher`]. Which bus is behind it is the composition
+//! root's choice.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -32,6 +35,7 @@ use utoipa_axum::routes;
 pub mod commit;
 pub mod fanout;
 pub mod pending;
+pub mod publish;
 
 /// Keeps this Send instance registered: a heartbeat every `interval` (registering again when
 /// it expired, e.g. after a registry or Redis restart) until `stop`.
@@ -119,8 +123,8 @@ pub struct Deps {
     pub limits: Arc<RateLimits>,
     pub auth: Arc<Auth>,
     pub committer: commit::CommitHandle,
-    /// Only for `/health`: fan-out owns the push path.
-    pub routes: Arc<dyn bus::Routes>,
+    /// What `/health` reports besides the database (the bus).
+    pub checks: Vec<bus::HealthCheck>,
     pub ready: Ready,
 }
 
@@ -395,13 +399,9 @@ async fn history(
 #[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<SendState>) -> Response {
     let db = s.0.d.store.ping().await;
-    let bus = s.0.d.routes.ping().await;
-    kit::http::health_reply(
-        "send",
-        &s.0.d.ready,
-        vec![
-            Check::from_result("database", &db),
-            Check::from_result("bus", &bus),
-        ],
-    )
+    let mut checks = vec![Check::from_result("database", &db)];
+    for c in &s.0.d.checks {
+        checks.push(Check::from_result(c.name, &c.target.ping().await));
+    }
+    kit::http::health_reply("send", &s.0.d.ready, checks)
 }

@@ -9,7 +9,7 @@
 //!
 //! In `all` there is one gateway and its stream is an ordered in-process channel: the ACK entry
 //! queued after a message's chat entries is dispatched after them, which is the same guarantee,
-//! so nothing is tracked there.
+//! so the composition root leaves the tracker out there.
 //!
 //! Bounded: an entry lives at most two timeouts, so the table holds at most the messages of that
 //! long (`ruststacker_send_pending_messages`).
@@ -18,14 +18,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bus::redis::ReceiptStream;
-use bus::{GatewayId, Routes};
-use proto::stream::{MAX_TARGETS_PER_ENTRY, PushEntry, PushMessage};
+use bus::{BusError, GatewayId, Receipts, Routes};
+use proto::stream::{PushEntry, PushMessage};
 use proto::{MessageId, UserId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::Fanout;
+use crate::publish::Publisher;
 
 /// One message's hand-off, until every gateway with recipients reported it.
 #[derive(Debug)]
@@ -169,7 +168,7 @@ impl Pending {
                         break;
                     }
                 };
-                for (now_on, mut users) in located {
+                for (now_on, users) in located {
                     let w = waiting.entry(now_on.clone()).or_default();
                     if now_on == gateway {
                         // Still there: that gateway owns its entries and is only slow.
@@ -177,18 +176,17 @@ impl Pending {
                         w.1.extend(users);
                         continue;
                     }
-                    users.sort_unstable();
-                    for chunk in users.chunks(MAX_TARGETS_PER_ENTRY) {
-                        w.0 += 1;
-                        w.1.extend_from_slice(chunk);
-                        rerouted.push((
-                            now_on.clone(),
-                            PushEntry::Chat {
-                                message: t.message.clone(),
-                                targets: chunk.to_vec(),
-                            },
-                        ));
-                    }
+                    w.1.extend_from_slice(&users);
+                    let made = bus::plan::chunk(
+                        &now_on,
+                        users,
+                        &mut |targets| PushEntry::Chat {
+                            message: t.message.clone(),
+                            targets,
+                        },
+                        &mut rerouted,
+                    );
+                    w.0 += made as u32;
                 }
                 // Recipients located nowhere are offline: they read it from the database.
             }
@@ -234,18 +232,21 @@ fn release(t: Tracked, outcome: Outcome, out: &mut Vec<(GatewayId, PushEntry)>) 
 }
 
 /// Reads this instance's receipts, releases the ACKs of messages fully handed off, sweeps timed
-/// out ones and samples the pending gauges. Once `fanout_done` (fan-out drained at shutdown), it
-/// waits at most one timeout for the last reports, releases every ACK still held and returns.
+/// out ones (re-routing through `routes`) and samples the pending gauges. Once `fanout_done`
+/// (fan-out drained at shutdown), it waits at most one timeout for the last reports, releases
+/// every ACK still held and returns.
 pub async fn run(
     pending: Pending,
-    fanout: Fanout,
-    mut receipts: ReceiptStream,
+    routes: Arc<dyn Routes>,
+    publisher: Publisher,
+    mut receipts: Box<dyn Receipts>,
     fanout_done: CancellationToken,
 ) {
     let mut sweep = tokio::time::interval(pending.timeout / 4);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Duration::from_millis(100);
     let mut deadline: Option<Instant> = None;
+    let mut closed = false;
     loop {
         if deadline.is_none() && fanout_done.is_cancelled() {
             deadline = Some(Instant::now() + pending.timeout);
@@ -257,7 +258,7 @@ pub async fn run(
             for t in pending.lock().drain().map(|(_, t)| t) {
                 release(t, Outcome::GaveUp, &mut out);
             }
-            fanout.publish(out).await;
+            publisher.publish(out).await;
             return;
         }
         let entries = tokio::select! {
@@ -266,15 +267,20 @@ pub async fn run(
                 let (n, oldest) = pending.stats();
                 metrics::gauge!("ruststacker_send_pending_messages").set(n as f64);
                 metrics::gauge!("ruststacker_send_pending_oldest_seconds").set(oldest.as_secs_f64());
-                pending.sweep(&*fanout.routes).await
+                pending.sweep(&*routes).await
             }
-            r = receipts.read(Duration::from_millis(250)) => match r {
+            r = receipts.read(Duration::from_millis(250)), if !closed => match r {
                 Ok(batch) => {
                     backoff = Duration::from_millis(100);
                     batch
                         .iter()
                         .flat_map(|r| pending.handled(&r.gateway, &r.ids))
                         .collect()
+                }
+                Err(BusError::Closed) => {
+                    // Nothing reports any more: the timeouts release what is held.
+                    closed = true;
+                    Vec::new()
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "receipt read failed; retrying");
@@ -284,13 +290,14 @@ pub async fn run(
                 }
             },
         };
-        fanout.publish(entries).await;
+        publisher.publish(entries).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bus::PushStream;
     use bus::inproc::InProcRoutes;
 
     fn message(id: MessageId) -> Arc<PushMessage> {
@@ -387,6 +394,41 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(p.stats().0, 0);
+    }
+
+    #[tokio::test]
+    async fn run_releases_the_ack_once_the_gateway_reports_taking_the_entries_over() {
+        let bus = Arc::new(bus::inproc::InProcBus::default());
+        let mut stream = bus.attach("g1", 16);
+        let receipts = bus.receipts().expect("the receipt stream");
+        let p = Pending::new(Duration::from_secs(30));
+        let m = message(7);
+        let entries = vec![chat(&m, "g1", vec![2])];
+        p.track(m.clone(), &entries, ack(&m));
+        let publisher = Publisher::new(bus.clone());
+        publisher.publish(entries).await;
+        let done = CancellationToken::new();
+        let task = tokio::spawn(run(
+            p.clone(),
+            Arc::new(InProcRoutes::default()),
+            publisher,
+            Box::new(receipts),
+            done.clone(),
+        ));
+        let block = Duration::from_secs(10);
+        let mut got = Vec::new();
+        stream.read(&mut got, 10, block).await.expect("read");
+        assert!(matches!(&got[..], [PushEntry::Chat { .. }]), "{got:?}");
+        got.clear();
+        stream.ack().await.expect("reported");
+        stream.read(&mut got, 10, block).await.expect("read");
+        assert!(
+            matches!(&got[..], [PushEntry::Ack { message_id: 7, .. }]),
+            "{got:?}"
+        );
+        assert_eq!(p.stats().0, 0);
+        done.cancel();
+        task.await.expect("nothing pending: run returns");
     }
 
     #[tokio::test(start_paused = true)]

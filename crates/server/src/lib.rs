@@ -185,6 +185,22 @@ impl Shared {
             Self::Redis(r) => Arc::new(r.clone()),
         }
     }
+
+    fn upkeep(&self) -> Arc<dyn bus::StreamUpkeep> {
+        match self {
+            Self::InProc { bus, .. } => bus.clone(),
+            Self::Redis(r) => Arc::new(r.clone()),
+        }
+    }
+
+    /// The bus, as `/health` reports it.
+    fn health(&self) -> bus::HealthCheck {
+        let target: Arc<dyn bus::Ping> = match self {
+            Self::InProc { bus, .. } => bus.clone(),
+            Self::Redis(r) => Arc::new(r.clone()),
+        };
+        bus::HealthCheck::new("bus", target)
+    }
 }
 
 async fn open_db(cfg: &AllConfig) -> anyhow::Result<Db> {
@@ -376,8 +392,20 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
 
     if let Some(l) = gateway_l {
         let addr = l.local_addr()?;
+        let mut gateway_cfg = cfg.gateway.clone();
+        let mut checks = Vec::new();
+        if let Some(r) = &registry_http {
+            checks.push(bus::HealthCheck::new("registry", Arc::new(r.clone())));
+        }
+        checks.push(running.shared.health());
+        if let Shared::InProc { .. } = &running.shared {
+            // One Send appends to one ordered channel, and routes change as connections do:
+            // nothing arrives out of order, and no fan-out races a connect.
+            gateway_cfg.reorder_window_ms = 0;
+            gateway_cfg.catch_up_secs = 0;
+        }
         let gw = gateway::GatewayState::new(
-            cfg.gateway.clone(),
+            gateway_cfg,
             addr.ip().to_string(),
             addr.port(),
             gateway::Deps {
@@ -393,23 +421,25 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                     Some(r) => Arc::new(r.clone()),
                     None => running.shared.instances(),
                 },
-                registry_http: registry_http.is_some(),
+                upkeep: running.shared.upkeep(),
+                checks,
                 ready: ready.clone(),
             },
         );
-        let stream = match &running.shared {
+        let bg = match &running.shared {
             Shared::InProc { bus, .. } => {
-                gateway::Stream::InProc(bus.attach(gw.id(), cfg.gateway.stream_capacity))
+                gw.start(bus.attach(gw.id(), cfg.gateway.stream_capacity))
+                    .await
             }
-            Shared::Redis(r) => gateway::Stream::Redis {
-                stream: r
+            Shared::Redis(r) => {
+                let stream = r
                     .consume(gw.id())
                     .await
-                    .context("opening the gateway's stream")?,
-                bus: r.clone(),
-            },
-        };
-        let bg = gw.start(stream).await.context("registering the gateway")?;
+                    .context("opening the gateway's stream")?;
+                gw.start(stream).await
+            }
+        }
+        .context("registering the gateway")?;
         let http = serve(l, gateway::router(gw.clone()), &cors, stop.clone());
         running.gateway_part = Some(GatewayPart {
             state: gw,
@@ -466,27 +496,29 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
         let groups = groups.clone().ok_or_else(|| need("group data"))?;
         // Distributed: the entries name this instance, whose pending tracker holds each sender's
         // ACK until the recipients' gateways report (send::pending).
-        let (bus, receipts): (Arc<dyn bus::PushBus>, _) = match &running.shared {
-            Shared::Redis(r) if cfg.send.pending_timeout_ms > 0 => {
-                let r = r.clone().with_origin(&reg_id);
-                let receipts = r
-                    .receipts(&reg_id)
-                    .await
-                    .context("opening the receipt stream")?;
-                (Arc::new(r), Some(receipts))
-            }
-            _ => (running.shared.push(), None),
-        };
+        let (bus, receipts): (Arc<dyn bus::PushBus>, Option<Box<dyn bus::Receipts>>) =
+            match &running.shared {
+                Shared::Redis(r) if cfg.send.pending_timeout_ms > 0 => {
+                    let r = r.clone().with_origin(&reg_id);
+                    let receipts = r
+                        .receipts(&reg_id)
+                        .await
+                        .context("opening the receipt stream")?;
+                    (Arc::new(r), Some(Box::new(receipts)))
+                }
+                _ => (running.shared.push(), None),
+            };
         let pending = receipts.as_ref().map(|_| {
             send::pending::Pending::new(Duration::from_millis(cfg.send.pending_timeout_ms))
         });
-        let fanout_parts = send::fanout::Fanout {
+        let publisher = send::publish::Publisher::new(bus);
+        let (fanout_tx, fanout) = send::fanout::Fanout {
             groups: groups.clone(),
             routes: routes.clone(),
-            bus,
+            publisher: publisher.clone(),
             pending: pending.clone(),
-        };
-        let (fanout_tx, fanout) = fanout_parts.clone().spawn(cfg.send.fanout_queue);
+        }
+        .spawn(cfg.send.fanout_queue);
         let (committer, commit) = send::commit::spawn(
             store.clone(),
             groups.clone(),
@@ -504,10 +536,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                     fanout_done.cancel();
                 }));
                 running.pipeline.push(tokio::spawn(send::pending::run(
-                    pending,
-                    fanout_parts,
-                    receipts,
-                    done,
+                    pending, routes, publisher, receipts, done,
                 )));
             }
             _ => running.pipeline.push(fanout),
@@ -520,7 +549,7 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
                 limits: limits.clone(),
                 auth: auth.clone(),
                 committer,
-                routes,
+                checks: vec![running.shared.health()],
                 ready: ready.clone(),
             },
         )?;
