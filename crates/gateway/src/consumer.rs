@@ -131,20 +131,50 @@ pub(crate) async fn consume<S: PushStream>(
 /// The bus lost its data (Redis restarted empty): this gateway's registration and its users'
 /// routes are gone, so Send instances pushed what they stored meanwhile to nobody here. Registers
 /// again, announces every connected user's route (as a connect, so Send instances also drop what
-/// they cached meanwhile), then has every connection resync from what it was last sent.
+/// they cached meanwhile), then has every connection resync from what it was last sent (twice: see below).
+///
+/// The announcement is retried until it goes through (the registry's own Redis may come back
+/// later than this stream's), and the resync runs after it: a message stored while the routes
+/// were still missing was pushed to nobody, and only a resync after they are back finds it. A
+/// resync also runs at once, for what was stored before the reset.
 async fn after_reset(state: GatewayState) {
     tracing::warn!("the bus lost its data; registering again, re-announcing routes and resyncing");
-    if let Err(e) = state.register().await {
-        tracing::warn!(error = %e, "re-registration failed; the heartbeat retries");
-    }
-    for user in state.0.hub.users() {
-        if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
-            // The periodic refresh writes them again; the resync below still runs.
-            tracing::warn!(error = %e, "route re-announcement failed");
-            break;
+    state.0.hub.catch_up_all();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Err(e) = state.register().await {
+            tracing::warn!(error = %e, "re-registration failed; retrying");
         }
+        match announce_routes(&state).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "route re-announcement failed; retrying"),
+        }
+        tokio::select! {
+            () = state.0.closing.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     state.0.hub.catch_up_all();
+    // Send instances may still act on what they read while this gateway was unregistered (their
+    // live-gateway and route caches), pushing a message to nobody after the resync above; as
+    // after a connect, one more pass `catch_up_secs` later delivers it.
+    let later = state.0.cfg.catch_up_secs;
+    if later > 0 {
+        tokio::select! {
+            () = state.0.closing.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(later)) => {}
+        }
+        state.0.hub.catch_up_all();
+    }
+}
+
+/// Announces every connected user's route on this gateway.
+async fn announce_routes(state: &GatewayState) -> Result<(), BusError> {
+    for user in state.0.hub.users() {
+        state.0.routes.connected(user, &state.0.id).await?;
+    }
+    Ok(())
 }
 
 /// Fetches a room's missing seqs once and hands them to every local recipient of the entries

@@ -2,19 +2,10 @@
 //! exports, and Prometheus scrapes every port `scripts/cluster.sh` starts.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use testkit::{Cluster, Service};
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+use crate::layout::{read, repo, rust_files};
 
 /// Every `ruststacker_*` name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -53,18 +44,6 @@ fn dashboard_exprs() -> Vec<String> {
     let mut out = Vec::new();
     walk(&dashboard, &mut out);
     out
-}
-
-/// The `.rs` files under `dir`, recursively.
-fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.expect("a directory entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 #[test]

@@ -9,7 +9,8 @@ const OURS: &[&str] = &[
     "client", "bench", "testkit",
 ];
 
-fn repo(path: &str) -> PathBuf {
+/// `path` inside the repository.
+pub(crate) fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(path)
@@ -92,4 +93,61 @@ fn each_crate_imports_only_what_the_dependency_rules_allow() {
     }
     // The parser sees real tables: the composition root depends on every service.
     assert!(dependencies("server").contains("gateway"));
+}
+
+/// The text of the repository's file at `path`.
+pub(crate) fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The `.rs` files under `dir`, recursively.
+pub(crate) fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_service_crate_names_a_backend() {
+    // A service speaks to the traits of `bus` and `store`; which backend is behind them is the
+    // composition root's choice. Comments may mention Redis; code may not.
+    let forbidden = [
+        "redis",
+        "Redis",
+        "store::mysql",
+        "MySqlStore",
+        "store::sqlite",
+        "SqliteStore",
+    ];
+    let mut offences = Vec::new();
+    for krate in ["meta", "send", "gateway", "registry"] {
+        let mut files = Vec::new();
+        rust_files(&repo(&format!("crates/{krate}/src")), &mut files);
+        assert!(!files.is_empty(), "{krate} has sources");
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("a source file");
+            // Unit tests may open a real SQLite store in a temp dir: that is a test's choice of
+            // backend, not the service's.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (n, line) in code.lines().enumerate() {
+                let line = line.trim_start();
+                if line.starts_with("//") {
+                    continue;
+                }
+                let code_part = line.split("//").next().unwrap_or("");
+                if forbidden.iter().any(|f| code_part.contains(f)) {
+                    offences.push(format!("{}:{}: {line}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "backend names in service code: {offences:#?}"
+    );
 }
