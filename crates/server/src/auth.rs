@@ -80,4 +80,24 @@ mod tests {
         cfg.jwt.secret = Some("x".repeat(40).into());
         assert!(jwt_secret(&cfg, false).is_ok());
     }
+
+    #[test]
+    fn all_generates_a_private_secret_once_and_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = AllConfig::for_tests(dir.path().to_owned());
+        let first = jwt_secret(&cfg, true).expect("generated");
+        assert!(first.len() >= MIN_SECRET_LEN);
+        assert_eq!(jwt_secret(&cfg, true).expect("read back"), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(dir.path().join("jwt_secret")).expect("written");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(dir.path().join("jwt_secret"), "short").expect("overwrite");
+        assert!(
+            jwt_secret(&cfg, true).is_err(),
+            "a short file is refused, not replaced"
+        );
+    }
 }

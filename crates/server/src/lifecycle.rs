@@ -55,30 +55,30 @@ fn shutdown_order(services: Services, db: Option<Db>) -> Vec<Step> {
         meta,
         registry,
     } = services;
-    let mut steps = Vec::new();
-    let (mut pipeline, mut background, mut deregister) = (Vec::new(), Vec::new(), None);
-    if let Some(s) = send {
-        steps.push(Step::Http(s.http));
-        pipeline = s.pipeline;
-        background = s.background;
-        deregister = Some(s.registration);
-    }
-    let mut flusher = None;
-    if let Some(m) = meta {
-        steps.push(Step::Http(m.http));
-        flusher = m.flusher;
-    }
-    if let Some(r) = registry {
-        steps.push(Step::Http(r.http));
-        background.push(r.metrics);
-    }
-    steps.extend(pipeline.into_iter().map(Step::Pipeline));
-    steps.extend(gateway.map(Step::Gateway));
-    steps.extend(background.into_iter().map(Step::Background));
-    steps.extend(flusher.map(Step::Flusher));
-    steps.extend(deregister.map(Step::Deregister));
-    steps.extend(db.map(Step::Database));
-    steps
+    let (send_http, pipeline, mut background, deregister) = match send {
+        Some(s) => (Some(s.http), s.pipeline, s.background, Some(s.registration)),
+        None => (None, Vec::new(), Vec::new(), None),
+    };
+    let (meta_http, flusher) = match meta {
+        Some(m) => (Some(m.http), m.flusher),
+        None => (None, None),
+    };
+    let (registry_http, registry_metrics) = match registry {
+        Some(r) => (Some(r.http), Some(r.metrics)),
+        None => (None, None),
+    };
+    background.extend(registry_metrics);
+    [send_http, meta_http, registry_http]
+        .into_iter()
+        .flatten()
+        .map(Step::Http)
+        .chain(pipeline.into_iter().map(Step::Pipeline))
+        .chain(gateway.map(Step::Gateway))
+        .chain(background.into_iter().map(Step::Background))
+        .chain(flusher.map(Step::Flusher))
+        .chain(deregister.map(Step::Deregister))
+        .chain(db.map(Step::Database))
+        .collect()
 }
 
 /// A running process: `all` or one service.
@@ -159,7 +159,7 @@ impl Running {
     }
 
     /// Graceful shutdown: not ready (for `shutdown_drain_secs`), stop accepting, then every part
-    /// in the order of [`shutdown_order`]: finish in-flight requests, store and fan out every
+    /// in the order of `shutdown_order`: finish in-flight requests, store and fan out every
     /// accepted message, write queued frames and close sockets with 1001, flush cursors and group
     /// changes, deregister, close the database. Every wait is bounded by `shutdown_timeout_secs`.
     pub async fn shutdown(self) -> anyhow::Result<()> {
