@@ -1,0 +1,46 @@
+//! The gateway: WebSocket connections fed by its push stream.
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::Context;
+
+/// A running gateway.
+pub(crate) struct GatewayPart {
+    pub(crate) state: gateway::GatewayState,
+    pub(crate) bg: gateway::Background,
+    pub(crate) http: JoinHandle<()>,
+}
+
+/// Starts the gateway on `listener`: registers it, opens its push stream and starts consuming it.
+pub(crate) async fn gateway(ctx: &Context, listener: TcpListener) -> anyhow::Result<GatewayPart> {
+    let addr = listener.local_addr()?;
+    let shared = &ctx.backends.shared;
+    let registration = &ctx.backends.registration;
+    let cfg = shared.gateway_config(ctx.cfg.gateway.clone());
+    let checks = registration
+        .check
+        .iter()
+        .cloned()
+        .chain([shared.health()])
+        .collect();
+    let state = gateway::GatewayState::new(
+        cfg.clone(),
+        addr.ip().to_string(),
+        addr.port(),
+        gateway::Deps {
+            auth: ctx.auth.clone(),
+            store: ctx.store()?,
+            groups: ctx.groups()?,
+            limits: ctx.limits.clone(),
+            routes: registration.routes.clone(),
+            instances: registration.instances.clone(),
+            upkeep: shared.upkeep(),
+            checks,
+            ready: ctx.ready.clone(),
+        },
+    );
+    let bg = shared.start_gateway(&state, &cfg).await?;
+    let http = ctx.serve(listener, gateway::router(state.clone()));
+    Ok(GatewayPart { state, bg, http })
+}
