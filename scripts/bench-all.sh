@@ -23,7 +23,9 @@ for port in 8080 8081 8082 8084; do
 done
 
 data=$(mktemp -d)
-RUSTSTACKER_RATE_LIMITS__ENABLED=false "$BIN" all --data-dir "$data" >"$data/all.log" 2>&1 &
+# The script's own variables are not the server's config (which refuses unknown keys).
+env -u RUSTSTACKER_BIN -u RUSTSTACKER_BENCH_BIN RUSTSTACKER_RATE_LIMITS__ENABLED=false \
+  "$BIN" all --data-dir "$data" >"$data/all.log" 2>&1 &
 pid=$!
 stop() {
   kill -TERM "$pid" 2>/dev/null || true
