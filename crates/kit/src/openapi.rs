@@ -37,7 +37,8 @@ pub struct ErrorReply {
     /// Always null.
     #[schema(schema_with = null_schema)]
     pub data: (),
-    /// A stable snake_case name for clients to branch on (`not_a_member`, `rate_limited`, ...).
+    /// A stable snake_case name for clients to branch on; the document's description and its
+    /// `x-error-codes` list every one with its status.
     pub error: String,
 }
 
@@ -101,7 +102,7 @@ pub fn names(codes: &[ErrorCode]) -> String {
 }
 
 /// The table as a Markdown list, one line per error: "`name` (status): meaning".
-pub fn error_table() -> String {
+fn error_table() -> String {
     ErrorCode::ALL
         .iter()
         .map(|c| format!("- `{}` ({}): {}.\n", c.name(), c.status(), c.meaning()))
@@ -272,5 +273,61 @@ pub fn complete(doc: &mut OpenApi, service: &str) {
             }
             add(op, EVERY_OPERATION_ERRORS);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::request_body::RequestBody;
+    use utoipa::openapi::{OpenApiBuilder, PathsBuilder};
+
+    #[test]
+    fn names_read_as_a_list() {
+        assert_eq!(names(&[]), "");
+        assert_eq!(names(&[ErrorCode::NotAMember]), "`not_a_member`");
+        assert_eq!(
+            names(&[ErrorCode::NotAMember, ErrorCode::NotAnAdmin]),
+            "`not_a_member` or `not_an_admin`"
+        );
+        assert_eq!(
+            names(&[
+                ErrorCode::InvalidPath,
+                ErrorCode::InvalidQuery,
+                ErrorCode::InvalidInternalToken
+            ]),
+            "`invalid_path`, `invalid_query` or `invalid_internal_token`"
+        );
+    }
+
+    /// A handler's own description keeps its words and gains only the generic names it lacks;
+    /// a status it does not describe gets the generic names alone.
+    #[test]
+    fn complete_adds_generic_errors_to_what_handlers_wrote() {
+        let op = OperationBuilder::new()
+            .request_body(Some(RequestBody::new()))
+            .response("400", error_response("`not_a_group` or `invalid_body`"))
+            .build();
+        let mut doc = OpenApiBuilder::new()
+            .paths(PathsBuilder::new().path("/x", PathItem::new(HttpMethod::Post, op)))
+            .build();
+        complete(&mut doc, "test");
+        let json = serde_json::to_value(&doc).expect("serializes");
+        let responses = &json["paths"]["/x"]["post"]["responses"];
+        assert_eq!(
+            responses["400"]["description"],
+            "`not_a_group` or `invalid_body`; also `invalid_json`"
+        );
+        assert_eq!(responses["413"]["description"], "`body_too_large`");
+        assert_eq!(responses["500"]["description"], "`internal_error`");
+        assert!(responses.get("401").is_none(), "no token is required");
+        let table = json["x-error-codes"].as_array().expect("x-error-codes");
+        assert_eq!(table.len(), ErrorCode::ALL.len());
+        assert_eq!(table[0]["error"], ErrorCode::ALL[0].name());
+        let description = json["info"]["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("- `not_a_member` (403): only members of the room may do that.")
+        );
     }
 }

@@ -228,6 +228,7 @@ fn view(m: store::Message) -> MessageView {
         (status = 404, description = "`room_not_found`", body = ErrorReply),
         (status = 409, description = "`client_msg_id_conflict`: the id was used for another room", body = ErrorReply),
         (status = 413, description = "`content_too_large` or `body_too_large`", body = ErrorReply),
+        (status = 503, description = "`shutting_down`: retry, another instance answers", body = ErrorReply),
         RateLimited,
     ))]
 async fn send_message(
@@ -295,6 +296,7 @@ async fn send_message(
         (status = 200, description = "Pushed again (`duplicate: true`)", body = Envelope<SendMessageReply>),
         (status = 403, description = "`not_the_sender` or `not_a_member`", body = ErrorReply),
         (status = 404, description = "`message_not_found` or `room_not_found`", body = ErrorReply),
+        (status = 503, description = "`shutting_down`: retry, another instance answers", body = ErrorReply),
         RateLimited,
     ))]
 async fn resend_message(
