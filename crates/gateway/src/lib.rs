@@ -29,6 +29,7 @@ use kit::auth::Auth;
 use kit::http::{Check, Ready};
 use kit::openapi::{ErrorReply, HealthResponses, RateLimited};
 use kit::{ApiError, Query};
+use proto::error::ErrorCode;
 use proto::frame::{NoticeEvent, ServerFrame};
 use proto::stream::PushEntry;
 use serde::{Deserialize, Serialize};
@@ -471,17 +472,20 @@ async fn ws_handshake(
     };
     s.0.limits.ws_connect_per_user.check(&user.user_id)?;
     let upgrade = upgrade.map_err(|_| {
-        ApiError::invalid("not_websocket", "this endpoint takes a WebSocket upgrade")
+        ApiError::new(
+            ErrorCode::NotWebsocket,
+            "this endpoint takes a WebSocket upgrade",
+        )
     })?;
     if s.0.closing.is_cancelled() {
-        return Err(ApiError::unavailable(
-            "shutting_down",
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
             "the gateway is shutting down",
         ));
     }
     if !s.0.hub.try_reserve(s.0.cfg.max_connections) {
-        return Err(ApiError::unavailable(
-            "gateway_full",
+        return Err(ApiError::new(
+            ErrorCode::GatewayFull,
             "the gateway is full; try another",
         ));
     }

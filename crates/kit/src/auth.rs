@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use proto::UserId;
+use proto::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
@@ -124,9 +125,10 @@ impl Auth {
     fn decode(&self, token: &str) -> Result<Claims, ApiError> {
         match jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation) {
             Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), JwtErrorKind::ExpiredSignature) => Err(
-                ApiError::unauthorized("token_expired", "the token has expired; log in again"),
-            ),
+            Err(e) if matches!(e.kind(), JwtErrorKind::ExpiredSignature) => Err(ApiError::new(
+                ErrorCode::TokenExpired,
+                "the token has expired; log in again",
+            )),
             Err(_) => Err(invalid_token()),
         }
     }
@@ -139,8 +141,8 @@ impl Auth {
             match versions.current(claims.user_id).await? {
                 None => return Err(invalid_token()),
                 Some(current) if claims.ver < current => {
-                    return Err(ApiError::unauthorized(
-                        "token_revoked",
+                    return Err(ApiError::new(
+                        ErrorCode::TokenRevoked,
                         "the password changed after this token was issued; log in again",
                     ));
                 }
@@ -157,8 +159,8 @@ impl Auth {
     /// [`Auth::authenticate`] with the `Authorization: Bearer` header.
     pub async fn authenticate_headers(&self, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
         let token = bearer(headers)?.ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_token",
+            ApiError::new(
+                ErrorCode::MissingToken,
                 "this endpoint needs an Authorization: Bearer <token> header",
             )
         })?;
@@ -167,7 +169,7 @@ impl Auth {
 }
 
 fn invalid_token() -> ApiError {
-    ApiError::unauthorized("invalid_token", "the token is invalid")
+    ApiError::new(ErrorCode::InvalidToken, "the token is invalid")
 }
 
 /// The header that carries the internal token between services.
@@ -177,8 +179,8 @@ pub const INTERNAL_TOKEN_HEADER: &str = "x-internal-token";
 /// `expected` (compared in constant time). With no token configured every call is refused.
 pub fn check_internal(headers: &HeaderMap, expected: Option<&str>) -> Result<(), ApiError> {
     let refuse = || {
-        ApiError::unauthorized(
-            "invalid_internal_token",
+        ApiError::new(
+            ErrorCode::InvalidInternalToken,
             "this internal endpoint needs the X-Internal-Token header from the configuration",
         )
     };
@@ -249,7 +251,7 @@ mod tests {
         let other = Auth::new(&[8u8; 32], Duration::from_secs(60));
         let t = other.issue(42, "alice", 0).expect("issue");
         let refused = auth().authenticate(&t.token).await.unwrap_err();
-        assert_eq!(refused.error, "invalid_token");
+        assert_eq!(refused.error, ErrorCode::InvalidToken);
     }
 
     struct Fixed(std::sync::Mutex<std::collections::HashMap<UserId, i64>>);
@@ -270,11 +272,11 @@ mod tests {
         let old = a.issue(42, "alice", 2).expect("issue");
         let current = a.issue(42, "alice", 3).expect("issue");
         let refused = a.authenticate(&old.token).await.unwrap_err();
-        assert_eq!(refused.error, "token_revoked");
+        assert_eq!(refused.error, ErrorCode::TokenRevoked);
         assert!(a.authenticate(&current.token).await.is_ok());
         let gone = a.issue(7, "nobody", 0).expect("issue");
         let refused = a.authenticate(&gone.token).await.unwrap_err();
-        assert_eq!(refused.error, "invalid_token");
+        assert_eq!(refused.error, ErrorCode::InvalidToken);
     }
 
     #[test]
@@ -294,7 +296,10 @@ mod tests {
             &EncodingKey::from_secret(&[7u8; 32]),
         )
         .expect("encode");
-        assert_eq!(auth().decode(&t).unwrap_err().error, "token_expired");
+        assert_eq!(
+            auth().decode(&t).unwrap_err().error,
+            ErrorCode::TokenExpired
+        );
     }
 
     #[test]
@@ -314,7 +319,10 @@ mod tests {
             &EncodingKey::from_secret(&[7u8; 32]),
         )
         .expect("encode");
-        assert_eq!(auth().decode(&t).unwrap_err().error, "invalid_token");
+        assert_eq!(
+            auth().decode(&t).unwrap_err().error,
+            ErrorCode::InvalidToken
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use proto::error::ErrorKind;
+use proto::error::ErrorCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -36,11 +36,11 @@ pub fn ok<T: Serialize>(data: T) -> axum::Json<Envelope<T>> {
 pub type ApiResult<T> = Result<axum::Json<Envelope<T>>, ApiError>;
 
 /// An error reply: `code` equals the HTTP status, `error` is a stable snake_case name and
-/// `message` a sentence safe to show. Internal causes are logged, never sent.
+/// `message` a sentence safe to show. Internal causes are logged, never sent. The name and the
+/// status both come from one [`ErrorCode`] of the table, so they cannot disagree.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub kind: ErrorKind,
-    pub error: &'static str,
+    pub error: ErrorCode,
     pub message: Cow<'static, str>,
     pub retry_after_secs: Option<u64>,
 }
@@ -54,37 +54,12 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    pub fn new(
-        kind: ErrorKind,
-        error: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn new(error: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
-            kind,
             error,
             message: message.into(),
             retry_after_secs: None,
         }
-    }
-
-    pub fn invalid(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorKind::Invalid, error, message)
-    }
-
-    pub fn forbidden(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorKind::Forbidden, error, message)
-    }
-
-    pub fn not_found(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorKind::NotFound, error, message)
-    }
-
-    pub fn unauthorized(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorKind::Unauthorized, error, message)
-    }
-
-    pub fn unavailable(error: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorKind::Unavailable, error, message)
     }
 
     /// A failed database call: 503 `database_unavailable` when the database cannot be reached
@@ -92,8 +67,8 @@ impl ApiError {
     pub fn database(unavailable: bool, cause: &dyn std::fmt::Display) -> Self {
         if unavailable {
             tracing::warn!(%cause, "database unavailable");
-            Self::unavailable(
-                "database_unavailable",
+            Self::new(
+                ErrorCode::DatabaseUnavailable,
                 "the database is unavailable; retry later",
             )
         } else {
@@ -112,48 +87,51 @@ impl ApiError {
 
     /// 404 `room_not_found`.
     pub fn room_not_found() -> Self {
-        Self::not_found("room_not_found", "no such room")
+        Self::new(ErrorCode::RoomNotFound, "no such room")
     }
 
     /// 403 `not_a_member`.
     pub fn not_a_member() -> Self {
-        Self::forbidden("not_a_member", "only members of this room may do that")
+        Self::new(
+            ErrorCode::NotAMember,
+            "only members of this room may do that",
+        )
     }
 
     /// A 500 whose cause goes to the log (inside the request span) and never to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
         Self::new(
-            ErrorKind::Internal,
-            "internal_error",
+            ErrorCode::InternalError,
             "the server failed to handle this request",
         )
     }
 
+    /// The HTTP status, which is also the envelope's `code`.
     pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 impl From<proto::validate::Invalid> for ApiError {
     fn from(v: proto::validate::Invalid) -> Self {
-        Self::invalid(v.error, v.message)
+        Self::new(v.error, v.message)
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.error)
+        write!(f, "{} ({})", self.message, self.error.name())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            code: self.kind.status(),
+            code: self.error.status(),
             message: &self.message,
             data: (),
-            error: self.error,
+            error: self.error.name(),
         };
         let mut resp = (self.status(), axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
@@ -187,8 +165,8 @@ where
                 return Err(body_too_large());
             }
             Err(_) => {
-                return Err(ApiError::invalid(
-                    "invalid_body",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidBody,
                     "the request body could not be read",
                 ));
             }
@@ -197,7 +175,10 @@ where
             // Well-formed JSON of another kind is the wrong shape; anything else is not JSON.
             return Err(
                 if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
-                    ApiError::invalid("invalid_body", "the request body must be a JSON object")
+                    ApiError::new(
+                        ErrorCode::InvalidBody,
+                        "the request body must be a JSON object",
+                    )
                 } else {
                     invalid_json()
                 },
@@ -229,34 +210,32 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 fn unsupported_media_type() -> ApiError {
     ApiError::new(
-        ErrorKind::UnsupportedMediaType,
-        "unsupported_media_type",
+        ErrorCode::UnsupportedMediaType,
         "the request body must be JSON with Content-Type: application/json",
     )
 }
 
 fn invalid_json() -> ApiError {
-    ApiError::invalid("invalid_json", "the request body is not valid JSON")
+    ApiError::new(ErrorCode::InvalidJson, "the request body is not valid JSON")
 }
 
 fn json_rejection(rej: &JsonRejection) -> ApiError {
     match rej {
-        JsonRejection::JsonDataError(e) => ApiError::invalid(
-            "invalid_body",
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            ErrorCode::InvalidBody,
             format!("invalid request body: {}", e.body_text()),
         ),
         JsonRejection::JsonSyntaxError(_) => invalid_json(),
         JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
-        _ => ApiError::invalid("invalid_body", "the request body could not be read"),
+        _ => ApiError::new(ErrorCode::InvalidBody, "the request body could not be read"),
     }
 }
 
 /// 413 `body_too_large`.
 pub fn body_too_large() -> ApiError {
     ApiError::new(
-        ErrorKind::TooLarge,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         "the request body is larger than this server accepts",
     )
 }
@@ -275,11 +254,14 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Self(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::invalid(
-                "invalid_query",
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 format!("invalid query string: {}", e.body_text()),
             )),
-            Err(_) => Err(ApiError::invalid("invalid_query", "invalid query string")),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                "invalid query string",
+            )),
         }
     }
 }
@@ -298,11 +280,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::invalid(
-                "invalid_path",
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::new(
+                ErrorCode::InvalidPath,
                 format!("invalid path parameter: {}", e.body_text()),
             )),
-            Err(_) => Err(ApiError::invalid("invalid_path", "invalid path")),
+            Err(_) => Err(ApiError::new(ErrorCode::InvalidPath, "invalid path")),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Plumbing every RustStacker service shares, so that each service crate holds only its logic.
 //!
-//! - [`envelope`]: the `{code, message, data}` reply, [`ApiError`] and extractors whose rejections
-//!   use the envelope (JSON body, query, path).
+//! - [`envelope`]: the `{code, message, data}` reply, [`ApiError`] (built from a
+//!   [`proto::error::ErrorCode`]) and extractors whose rejections use the envelope (JSON body,
+//!   query, path).
 //! - [`auth`]: HS256 JWTs (issue and verify) and the [`auth::AuthUser`] extractor.
 //! - [`http`]: the layers every router gets (body limit, panic catcher, metrics, 404/405 fallbacks)
 //!   and the common `/ping`, `/metrics` and `/health` routes.
 //! - [`config`]: layered config loading (defaults, YAML file, `RUSTSTACKER_*` environment).
 //! - [`monitor`]: the seed's Monitor (per-route latency and success rate over a sliding window).
-//! - [`openapi`]: the OpenAPI document's shared parts (error replies, security schemes).
+//! - [`openapi`]: the OpenAPI document's shared parts (error replies, the answers every operation
+//!   of a kind can give, the error-code table, security schemes).
 //! - [`limit`]: rate limits per client IP, username or user (429 with `Retry-After`).
 //! - [`secret`]: [`secret::Secret`], a configured secret that never prints.
 //! - [`telemetry`]: logging (stdout and/or a size-rotated file, [`logfile`]), its reloadable

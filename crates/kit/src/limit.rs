@@ -14,7 +14,7 @@ use arc_swap::ArcSwapOption;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::UserId;
-use proto::error::ErrorKind;
+use proto::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
@@ -142,8 +142,7 @@ fn refusal(what: &'static str, wait: Duration) -> ApiError {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let secs = secs.max(1);
     let mut e = ApiError::new(
-        ErrorKind::RateLimited,
-        "rate_limited",
+        ErrorCode::RateLimited,
         format!("too many {what}; retry in {secs} s"),
     );
     e.retry_after_secs = Some(secs);
@@ -221,7 +220,7 @@ mod tests {
             assert!(l.check(&1).is_ok());
         }
         let e = l.check(&1).expect_err("over the burst");
-        assert_eq!((e.error, e.kind), ("rate_limited", ErrorKind::RateLimited));
+        assert_eq!(e.error, ErrorCode::RateLimited);
         assert!(matches!(e.retry_after_secs, Some(1..=2)), "{e:?}");
         assert!(l.check(&2).is_ok(), "other keys are not affected");
     }

@@ -8,6 +8,7 @@ use kit::envelope::Envelope;
 use kit::openapi::ErrorReply;
 use kit::{ApiError, ApiResult, Json, ok};
 use proto::api::{DirectRoomReply, DirectRoomRequest, JoinedRoomsReply, RoomView};
+use proto::error::ErrorCode;
 
 use crate::{MetaState, db};
 
@@ -57,8 +58,8 @@ pub(crate) async fn direct_room(
     Json(req): Json<DirectRoomRequest>,
 ) -> ApiResult<DirectRoomReply> {
     if req.user_id == me.user_id {
-        return Err(ApiError::invalid(
-            "cannot_chat_with_self",
+        return Err(ApiError::new(
+            ErrorCode::CannotChatWithSelf,
             "a one-to-one room needs another user",
         ));
     }
@@ -69,7 +70,7 @@ pub(crate) async fn direct_room(
     let (room, created) = match made {
         Ok(done) => done,
         Err(store::StoreError::UnknownUsers(_)) => {
-            return Err(ApiError::not_found("user_not_found", "no such user"));
+            return Err(ApiError::new(ErrorCode::UserNotFound, "no such user"));
         }
         Err(e) => return Err(db(e)),
     };

@@ -1,6 +1,7 @@
 //! The query and paging every search shares (groups by name, users by username or nickname).
 
 use kit::ApiError;
+use proto::error::ErrorCode;
 use serde::Deserialize;
 
 /// The query of a search (groups by name, users by username or nickname), a page at a time.
@@ -37,14 +38,14 @@ impl<'a> SearchPage<'a> {
         let (q, after_id) = (query.q.as_str(), query.after_id);
         let limit = query.limit.unwrap_or(20);
         if limit == 0 || limit > SEARCH_MAX_LIMIT || after_id < 0 {
-            return Err(ApiError::invalid(
-                "invalid_query",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 format!("limit must be 1-{SEARCH_MAX_LIMIT} and after_id >= 0"),
             ));
         }
         if q.chars().count() > 64 || q.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "invalid_query",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 "q must be at most 64 characters without control characters",
             ));
         }

@@ -14,7 +14,7 @@ use proto::api::{
     ChangePasswordRequest, LoginReply, LoginRequest, RegisterRequest, SearchUsersReply,
     UpdateProfileRequest, UserView,
 };
-use proto::error::ErrorKind;
+use proto::error::ErrorCode;
 use proto::{UserId, validate};
 
 use store::StoreError;
@@ -37,6 +37,7 @@ fn user_view(u: &store::User) -> UserView {
     request_body = RegisterRequest,
     responses(
         (status = 200, description = "The new user", body = Envelope<UserView>),
+        (status = 400, description = "`invalid_username`, `invalid_password` or `invalid_nickname`", body = ErrorReply),
         (status = 409, description = "`username_taken`", body = ErrorReply),
         RateLimited,
     ))]
@@ -71,8 +72,7 @@ pub(crate) async fn register(
             Ok(ok(user_view(&user)))
         }
         Err(StoreError::Conflict) => Err(ApiError::new(
-            ErrorKind::Conflict,
-            "username_taken",
+            ErrorCode::UsernameTaken,
             "that username is already taken",
         )),
         Err(e) => Err(db(e)),
@@ -106,8 +106,8 @@ pub(crate) async fn login(
     };
     let matches = s.hasher().verify(req.password, hash).await?;
     let Some(user) = user.filter(|_| matches) else {
-        return Err(ApiError::unauthorized(
-            "invalid_credentials",
+        return Err(ApiError::new(
+            ErrorCode::InvalidCredentials,
             "wrong username or password",
         ));
     };
@@ -122,7 +122,7 @@ pub(crate) async fn login(
 }
 
 fn user_not_found() -> ApiError {
-    ApiError::not_found("user_not_found", "no such user")
+    ApiError::new(ErrorCode::UserNotFound, "no such user")
 }
 
 async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
@@ -234,7 +234,7 @@ pub(crate) async fn update_profile(
     responses(
         (status = 200, description = "A fresh token", body = Envelope<LoginReply>),
         (status = 400, description = "`invalid_password`, `invalid_json` or `invalid_body`", body = ErrorReply),
-        (status = 403, description = "`wrong_password`: `old_password` is not the current password", body = ErrorReply),
+        (status = 403, description = "`wrong_password`: the old password is not the current one", body = ErrorReply),
         (status = 404, description = "`user_not_found`", body = ErrorReply),
         (status = 409, description = "`password_changed_concurrently`", body = ErrorReply),
     ))]
@@ -250,8 +250,8 @@ pub(crate) async fn change_password(
         .verify(req.old_password, user.password_hash.clone())
         .await?
     {
-        return Err(ApiError::forbidden(
-            "wrong_password",
+        return Err(ApiError::new(
+            ErrorCode::WrongPassword,
             "old_password is not the current password",
         ));
     }
@@ -263,8 +263,7 @@ pub(crate) async fn change_password(
         .map_err(db)?
         .ok_or_else(|| {
             ApiError::new(
-                ErrorKind::Conflict,
-                "password_changed_concurrently",
+                ErrorCode::PasswordChangedConcurrently,
                 "the password was changed by another request; log in again",
             )
         })?;

@@ -13,6 +13,7 @@ use kit::envelope::Envelope;
 use kit::openapi::ErrorReply;
 use kit::{ApiError, Path, ok};
 use proto::api::WebConfigReply;
+use proto::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::{ConfigError, MetaState};
@@ -146,7 +147,7 @@ fn file_reply(name: &str) -> Result<Response, ApiError> {
     let (_, content_type, body) = FILES
         .iter()
         .find(|(n, _, _)| *n == name)
-        .ok_or_else(|| ApiError::not_found("file_not_found", "no such file of the web page"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::FileNotFound, "no such file of the web page"))?;
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),

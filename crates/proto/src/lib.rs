@@ -3,7 +3,8 @@
 //! property-tested in isolation.
 //!
 //! - [`ids`]: the 53-bit Snowflake generator for message ids.
-//! - [`error`]: the error kinds and their HTTP statuses (the envelope lives in `kit`).
+//! - [`error`]: the error kinds, their HTTP statuses and the table of every `error` name the API
+//!   answers (the envelope lives in `kit`).
 //! - [`api`]: request and reply bodies of the public HTTP API.
 //! - [`frame`]: WebSocket frames in both directions.
 //! - [`close`]: the WebSocket close codes, with their reason texts.

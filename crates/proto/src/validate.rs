@@ -1,11 +1,13 @@
-//! Input rules. Each failure carries the stable error name and a sentence for the client.
+//! Input rules. Each failure carries the stable error code and a sentence for the client.
 
 use std::fmt;
 
-/// A rule an input broke: `error` is the stable name, `message` the sentence for people.
+use crate::error::ErrorCode;
+
+/// A rule an input broke: `error` is the stable code, `message` the sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub error: &'static str,
+    pub error: ErrorCode,
     pub message: String,
 }
 
@@ -17,7 +19,7 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-fn invalid(error: &'static str, message: impl Into<String>) -> Invalid {
+fn invalid(error: ErrorCode, message: impl Into<String>) -> Invalid {
     Invalid {
         error,
         message: message.into(),
@@ -40,7 +42,7 @@ pub fn username(s: &str) -> Result<(), Invalid> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !ok_chars || !(USERNAME_MIN..=USERNAME_MAX).contains(&s.len()) {
         return Err(invalid(
-            "invalid_username",
+            ErrorCode::InvalidUsername,
             format!(
                 "username must be {USERNAME_MIN}-{USERNAME_MAX} characters of letters, digits, '_', '.' or '-'"
             ),
@@ -54,7 +56,7 @@ pub fn password(s: &str) -> Result<(), Invalid> {
     let n = s.chars().count();
     if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&n) {
         return Err(invalid(
-            "invalid_password",
+            ErrorCode::InvalidPassword,
             format!("password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters"),
         ));
     }
@@ -69,7 +71,7 @@ fn has_control(s: &str) -> bool {
 pub fn nickname(s: &str) -> Result<(), Invalid> {
     if s.chars().count() > NICKNAME_MAX || has_control(s) {
         return Err(invalid(
-            "invalid_nickname",
+            ErrorCode::InvalidNickname,
             format!(
                 "nickname must be at most {NICKNAME_MAX} characters without control characters"
             ),
@@ -82,7 +84,7 @@ pub fn nickname(s: &str) -> Result<(), Invalid> {
 pub fn room_name(s: &str) -> Result<(), Invalid> {
     if s.trim().is_empty() || s.chars().count() > ROOM_NAME_MAX || has_control(s) {
         return Err(invalid(
-            "invalid_room_name",
+            ErrorCode::InvalidRoomName,
             format!(
                 "name must be 1-{ROOM_NAME_MAX} characters, not blank, without control characters"
             ),
@@ -117,7 +119,7 @@ pub fn avatar(s: &str) -> Result<(), Invalid> {
         && s.bytes().all(|b| b.is_ascii_graphic());
     if !s.is_empty() && !url_like {
         return Err(invalid(
-            "invalid_avatar",
+            ErrorCode::InvalidAvatar,
             format!(
                 "avatar must be empty or an http(s) URL of at most {AVATAR_MAX} characters without spaces"
             ),
@@ -130,7 +132,7 @@ pub fn avatar(s: &str) -> Result<(), Invalid> {
 pub fn client_msg_id(s: &str) -> Result<(), Invalid> {
     if s.is_empty() || s.len() > CLIENT_MSG_ID_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid(
-            "invalid_client_msg_id",
+            ErrorCode::InvalidClientMsgId,
             format!("client_msg_id must be 1-{CLIENT_MSG_ID_MAX} printable ASCII characters"),
         ));
     }
@@ -175,7 +177,7 @@ mod tests {
         ] {
             assert_eq!(
                 username(bad).unwrap_err().error,
-                "invalid_username",
+                ErrorCode::InvalidUsername,
                 "{bad}"
             );
         }

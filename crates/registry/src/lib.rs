@@ -25,6 +25,7 @@ use proto::api::{
     RegisterGatewayRequest, RegisterSendRequest, RoutesBatchReply, RoutesBatchRequest,
     SendHeartbeatRequest, SendInstancesReply, SendView, UserRoute, UserRouteRequest,
 };
+use proto::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -125,8 +126,8 @@ pub fn router(state: RegistryState) -> Router {
 
 fn bus_err(e: bus::BusError) -> ApiError {
     tracing::warn!(error = %e, "instance table unavailable");
-    ApiError::unavailable(
-        "registry_unavailable",
+    ApiError::new(
+        ErrorCode::RegistryUnavailable,
         "the registry's store is unavailable; retry later",
     )
 }
@@ -153,8 +154,8 @@ async fn available(
     Query(q): Query<AvailableQuery>,
 ) -> ApiResult<GatewayView> {
     if q.user_id <= 0 {
-        return Err(ApiError::invalid(
-            "invalid_query",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             "user_id must be a positive integer",
         ));
     }
@@ -172,8 +173,8 @@ async fn available(
     // read the same ranking (before any of their placements counted) still spread.
     let mut open: Vec<GatewayView> = live.into_iter().filter(has_room).collect();
     let Some(least) = open.first().map(|g| g.load) else {
-        return Err(ApiError::unavailable(
-            "no_gateway",
+        return Err(ApiError::new(
+            ErrorCode::NoGateway,
             "no gateway is available; retry later",
         ));
     };
@@ -225,8 +226,8 @@ async fn send_instances(State(s): State<RegistryState>) -> ApiResult<SendInstanc
 async fn send_available(State(s): State<RegistryState>) -> ApiResult<SendView> {
     let mut live = s.instances.live_sends().await.map_err(bus_err)?;
     if live.is_empty() {
-        return Err(ApiError::unavailable(
-            "no_send_instance",
+        return Err(ApiError::new(
+            ErrorCode::NoSendInstance,
             "no send instance is available; retry later",
         ));
     }
@@ -236,8 +237,8 @@ async fn send_available(State(s): State<RegistryState>) -> ApiResult<SendView> {
 
 fn not_registered(e: bus::BusError) -> ApiError {
     match e {
-        bus::BusError::NoSuchGateway(_) | bus::BusError::NotRegistered(_) => ApiError::not_found(
-            "not_registered",
+        bus::BusError::NoSuchGateway(_) | bus::BusError::NotRegistered(_) => ApiError::new(
+            ErrorCode::NotRegistered,
             "not registered (or expired): register again",
         ),
         other => bus_err(other),
@@ -253,8 +254,8 @@ fn valid_id(id: &str, what: &'static str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            "invalid_instance_id",
+        Err(ApiError::new(
+            ErrorCode::InvalidInstanceId,
             format!("{what} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
         ))
     }
@@ -276,8 +277,8 @@ async fn register_gateway(
     s.internal(&headers)?;
     valid_id(&r.gateway_id, "gateway_id")?;
     if r.port == 0 || r.max_connections == 0 || r.address.is_empty() {
-        return Err(ApiError::invalid(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "address, port and max_connections must be set",
         ));
     }
@@ -347,8 +348,8 @@ async fn register_send(
     s.internal(&headers)?;
     valid_id(&r.instance_id, "instance_id")?;
     if r.port == 0 || r.address.is_empty() {
-        return Err(ApiError::invalid(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "address and port must be set",
         ));
     }
@@ -469,8 +470,8 @@ async fn routes_batch(
 ) -> ApiResult<RoutesBatchReply> {
     s.internal(&headers)?;
     if r.user_ids.is_empty() || r.user_ids.len() > MAX_BATCH {
-        return Err(ApiError::invalid(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             format!("user_ids must hold 1-{MAX_BATCH} ids"),
         ));
     }
@@ -511,20 +512,20 @@ async fn routes_refresh(
 ) -> ApiResult<()> {
     s.internal(&headers)?;
     if r.user_ids.len() > MAX_BATCH {
-        return Err(ApiError::invalid(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             format!("user_ids must hold at most {MAX_BATCH} ids"),
         ));
     }
     if valid_id(&r.gateway_id, "gateway_id").is_err() {
-        return Err(ApiError::invalid(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "gateway_id must be 1-64 characters of letters, digits, '-', '_' or '.'",
         ));
     }
     if r.user_ids.iter().any(|u| *u <= 0) {
-        return Err(ApiError::invalid(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "user_ids must be positive integers",
         ));
     }

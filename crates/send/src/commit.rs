@@ -12,6 +12,7 @@ use std::sync::Arc;
 use groups::CachedGroups;
 use kit::ApiError;
 use proto::api::Access;
+use proto::error::ErrorCode;
 use proto::stream::PushMessage;
 use store::{Appended, MemberCheck, NewMessage, Rejected, Store};
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +51,10 @@ impl CommitHandle {
 }
 
 fn shutting_down() -> ApiError {
-    ApiError::unavailable("shutting_down", "the service is shutting down; retry")
+    ApiError::new(
+        ErrorCode::ShuttingDown,
+        "the service is shutting down; retry",
+    )
 }
 
 fn push_message(m: &store::Message) -> Arc<PushMessage> {

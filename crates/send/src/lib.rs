@@ -23,7 +23,7 @@ use kit::{ApiError, ApiResult, Json, Query, ok};
 use proto::api::{
     HistoryReply, MessageView, ResendMessageRequest, SendMessageReply, SendMessageRequest,
 };
-use proto::error::ErrorKind;
+use proto::error::ErrorCode;
 use proto::ids::Snowflake;
 use proto::validate::{self, ContentError};
 use proto::{RoomId, Seq};
@@ -228,6 +228,7 @@ fn view(m: store::Message) -> MessageView {
         (status = 404, description = "`room_not_found`", body = ErrorReply),
         (status = 409, description = "`client_msg_id_conflict`: the id was used for another room", body = ErrorReply),
         (status = 413, description = "`content_too_large` or `body_too_large`", body = ErrorReply),
+        (status = 503, description = "`shutting_down`: retry, another instance answers", body = ErrorReply),
         RateLimited,
     ))]
 async fn send_message(
@@ -240,15 +241,14 @@ async fn send_message(
     match validate::content(&req.content, max_content_bytes) {
         Ok(()) => {}
         Err(ContentError::Empty) => {
-            return Err(ApiError::invalid(
-                "empty_content",
+            return Err(ApiError::new(
+                ErrorCode::EmptyContent,
                 "content must not be empty",
             ));
         }
         Err(ContentError::TooLarge) => {
             return Err(ApiError::new(
-                ErrorKind::TooLarge,
-                "content_too_large",
+                ErrorCode::ContentTooLarge,
                 format!("content must be at most {} bytes", max_content_bytes),
             ));
         }
@@ -272,8 +272,7 @@ async fn send_message(
         Err(Rejected::NotMember) => return Err(ApiError::not_a_member()),
         Err(Rejected::ClientIdConflict) => {
             return Err(ApiError::new(
-                ErrorKind::Conflict,
-                "client_msg_id_conflict",
+                ErrorCode::ClientMsgIdConflict,
                 "this client_msg_id was already used for a message to another room",
             ));
         }
@@ -297,6 +296,7 @@ async fn send_message(
         (status = 200, description = "Pushed again (`duplicate: true`)", body = Envelope<SendMessageReply>),
         (status = 403, description = "`not_the_sender` or `not_a_member`", body = ErrorReply),
         (status = 404, description = "`message_not_found` or `room_not_found`", body = ErrorReply),
+        (status = 503, description = "`shutting_down`: retry, another instance answers", body = ErrorReply),
         RateLimited,
     ))]
 async fn resend_message(
@@ -311,10 +311,10 @@ async fn resend_message(
             .message_by_id(req.message_id)
             .await
             .map_err(db)?
-            .ok_or_else(|| ApiError::not_found("message_not_found", "no such message"))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::MessageNotFound, "no such message"))?;
     if m.sender_id != me.user_id {
-        return Err(ApiError::forbidden(
-            "not_the_sender",
+        return Err(ApiError::new(
+            ErrorCode::NotTheSender,
             "only the message's sender may resend it",
         ));
     }
@@ -368,8 +368,8 @@ async fn history(
     let max = s.0.live.history_max_limit.load(Ordering::Relaxed);
     let limit = q.limit.unwrap_or(50);
     if q.after_seq < 0 || limit == 0 || limit > max {
-        return Err(ApiError::invalid(
-            "invalid_query",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             format!("after_seq must be >= 0 and limit between 1 and {max}"),
         ));
     }

@@ -11,7 +11,7 @@ use proto::api::{
     DecideRequest, DecisionReply, JoinRequestBody, JoinRequestView, JoinRequestsReply,
     MembershipReply, Role,
 };
-use proto::error::ErrorKind;
+use proto::error::ErrorCode;
 use proto::frame::{Notice, NoticeEvent};
 use proto::{RoomId, UserId};
 
@@ -113,8 +113,8 @@ pub(crate) async fn request_to_join(
     if message.chars().count() > REQUEST_MESSAGE_MAX
         || message.chars().any(|c| c.is_control() && c != '\n')
     {
-        return Err(ApiError::invalid(
-            "invalid_message",
+        return Err(ApiError::new(
+            ErrorCode::InvalidMessage,
             format!("message must be at most {REQUEST_MESSAGE_MAX} characters"),
         ));
     }
@@ -150,8 +150,7 @@ pub(crate) async fn request_to_join(
             Ok(ok(request_view(&r)))
         }
         Err(store::StoreError::Conflict) => Err(ApiError::new(
-            ErrorKind::Conflict,
-            "request_pending",
+            ErrorCode::RequestPending,
             "your request to join this group is waiting for an answer",
         )),
         // Dissolved since it was read.
@@ -211,7 +210,10 @@ pub(crate) async fn decide(
         }
         let taken = s.store().take_join_request(room_id, request_id).await;
         let request = taken.map_err(db)?.ok_or_else(|| {
-            ApiError::not_found("request_not_found", "no such pending request in this group")
+            ApiError::new(
+                ErrorCode::RequestNotFound,
+                "no such pending request in this group",
+            )
         })?;
         let joins = req.approve && room.get(request.user_id).is_none();
         if joins {

@@ -10,6 +10,7 @@ use proto::api::{
     CreateGroupReply, CreateGroupRequest, DissolvedReply, RenameGroupRequest, RoomView,
     SetOpenRequest,
 };
+use proto::error::ErrorCode;
 use proto::frame::NoticeEvent;
 use proto::{RoomId, validate};
 use store::StoreError;
@@ -59,8 +60,8 @@ pub(crate) async fn create_group(
                 created_at: kit::rfc3339_ms(room.created_at_ms),
             }))
         }
-        Err(StoreError::UnknownUsers(ids)) => Err(ApiError::invalid(
-            "unknown_members",
+        Err(StoreError::UnknownUsers(ids)) => Err(ApiError::new(
+            ErrorCode::UnknownMembers,
             format!("no users with ids {ids:?}"),
         )),
         Err(e) => Err(db(e)),

@@ -12,6 +12,7 @@ use proto::api::{
     AddMembersReply, AddMembersRequest, ChangeRoleRequest, GroupNicknameRequest,
     MemberRemovedReply, MembershipReply, Role, RoomView, TransferRequest,
 };
+use proto::error::ErrorCode;
 use proto::frame::NoticeEvent;
 use proto::{RoomId, UserId, validate};
 
@@ -41,8 +42,8 @@ pub(crate) async fn add_members(
     wanted.sort_unstable();
     wanted.dedup();
     if wanted.is_empty() {
-        return Err(ApiError::invalid(
-            "no_members",
+        return Err(ApiError::new(
+            ErrorCode::NoMembers,
             "member_ids must name at least one user",
         ));
     }
@@ -60,8 +61,8 @@ pub(crate) async fn add_members(
             .filter(|id| known.binary_search_by_key(id, |u| &u.id).is_err())
             .copied()
             .collect();
-        return Err(ApiError::invalid(
-            "unknown_members",
+        return Err(ApiError::new(
+            ErrorCode::UnknownMembers,
             format!("no users with ids {unknown:?}"),
         ));
     }
@@ -190,8 +191,8 @@ pub(crate) async fn change_role(
     Json(req): Json<ChangeRoleRequest>,
 ) -> ApiResult<MembershipReply> {
     if req.role == Role::Owner {
-        return Err(ApiError::invalid(
-            "invalid_role",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRole,
             "role must be admin or member (ownership is transferred, not assigned)",
         ));
     }

@@ -13,7 +13,7 @@ use kit::envelope::Envelope;
 use kit::openapi::ErrorReply;
 use kit::{ApiError, ApiResult, Path, Query, ok};
 use proto::api::{MemberView, MembersReply, SearchGroupsReply};
-use proto::error::ErrorKind;
+use proto::error::ErrorCode;
 use proto::frame::{Notice, NoticeEvent};
 use proto::{RoomId, UserId};
 
@@ -85,22 +85,22 @@ fn target(room: Option<&RoomMembers>, me: UserId, user: UserId) -> Target {
 
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
-        let (kind, error) = match r {
+        let code = match r {
             Refusal::RoomNotFound => return ApiError::room_not_found(),
             Refusal::NotAMember => return ApiError::not_a_member(),
-            Refusal::NotAGroup => (ErrorKind::Invalid, "not_a_group"),
-            Refusal::NotAnAdmin(_) => (ErrorKind::Forbidden, "not_an_admin"),
-            Refusal::NotTheOwner(_) => (ErrorKind::Forbidden, "not_the_owner"),
-            Refusal::NotAllowed => (ErrorKind::Forbidden, "not_allowed"),
-            Refusal::CannotRemoveSelf => (ErrorKind::Invalid, "cannot_remove_self"),
-            Refusal::OwnerCannotLeave => (ErrorKind::Conflict, "owner_cannot_leave"),
-            Refusal::CannotChangeOwnRole => (ErrorKind::Invalid, "cannot_change_own_role"),
-            Refusal::AlreadyTheOwner => (ErrorKind::Invalid, "already_the_owner"),
-            Refusal::MemberNotFound => (ErrorKind::NotFound, "member_not_found"),
-            Refusal::AlreadyAMember => (ErrorKind::Conflict, "already_a_member"),
-            Refusal::ApprovalRequired => (ErrorKind::Forbidden, "approval_required"),
+            Refusal::NotAGroup => ErrorCode::NotAGroup,
+            Refusal::NotAnAdmin(_) => ErrorCode::NotAnAdmin,
+            Refusal::NotTheOwner(_) => ErrorCode::NotTheOwner,
+            Refusal::NotAllowed => ErrorCode::NotAllowed,
+            Refusal::CannotRemoveSelf => ErrorCode::CannotRemoveSelf,
+            Refusal::OwnerCannotLeave => ErrorCode::OwnerCannotLeave,
+            Refusal::CannotChangeOwnRole => ErrorCode::CannotChangeOwnRole,
+            Refusal::AlreadyTheOwner => ErrorCode::AlreadyTheOwner,
+            Refusal::MemberNotFound => ErrorCode::MemberNotFound,
+            Refusal::AlreadyAMember => ErrorCode::AlreadyAMember,
+            Refusal::ApprovalRequired => ErrorCode::ApprovalRequired,
         };
-        ApiError::new(kind, error, r.to_string())
+        ApiError::new(code, r.to_string())
     }
 }
 
@@ -129,8 +129,8 @@ fn union(a: &[UserId], b: &[UserId]) -> Vec<UserId> {
 }
 
 fn too_many(max: usize) -> ApiError {
-    ApiError::invalid(
-        "too_many_members",
+    ApiError::new(
+        ErrorCode::TooManyMembers,
         format!("a group has at most {max} members, its owner included"),
     )
 }
@@ -290,14 +290,14 @@ mod tests {
         })
         .await
         .expect_err("an outsider does not leave");
-        assert_eq!(refused.error, "not_a_member");
+        assert_eq!(refused.error, ErrorCode::NotAMember);
 
         let unknown = under_lock(&groups, 987_654, async |_, current| {
             allow(Op::Leave, current.as_ref(), member).map(drop)
         })
         .await
         .expect_err("no such room");
-        assert_eq!(unknown.error, "room_not_found");
+        assert_eq!(unknown.error, ErrorCode::RoomNotFound);
 
         under_lock(&groups, room.id, async |lock, current| {
             allow(Op::Leave, current.as_ref(), member)?;

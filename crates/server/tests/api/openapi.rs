@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use proto::error::ErrorCode;
 use reqwest::Method;
 use serde_json::Value;
 use testkit::{Body, Service, TestApp};
@@ -136,6 +137,91 @@ async fn every_documented_operation_is_a_route_and_documents_what_it_answers() {
         }
     }
     assert!(seen >= 45, "only {seen} operations documented");
+}
+
+/// The names a text quotes in backticks. Documents quote error names that way and nothing else
+/// in error responses, so these are the errors a response description promises.
+fn quoted(text: &str) -> impl Iterator<Item = &str> {
+    text.split('`').skip(1).step_by(2)
+}
+
+/// The error table is the one source of the documented `error` names: each document lists it
+/// (for people and as `x-error-codes`), every name an error response describes is in it with that
+/// response's status, and every name in it is answered by some documented operation (or by the
+/// router, for paths and methods no operation has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_error_names_are_the_table_with_its_statuses() {
+    let app = TestApp::spawn().await;
+    let mut documented = BTreeSet::new();
+    let mut wrong = Vec::new();
+    for service in Service::ALL {
+        let doc = document(&app, service).await;
+        let listed = doc["x-error-codes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{service:?}: no x-error-codes"));
+        let listed: Vec<(&str, u64)> = listed
+            .iter()
+            .map(|e| {
+                (
+                    e["error"].as_str().unwrap_or_default(),
+                    e["status"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let table: Vec<(&str, u64)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.name(), u64::from(c.status())))
+            .collect();
+        assert_eq!(listed, table, "{service:?}: x-error-codes is not the table");
+        let description = doc["info"]["description"].as_str().unwrap_or_default();
+        for code in ErrorCode::ALL {
+            let line = format!("`{}` ({}): {}.", code.name(), code.status(), code.meaning());
+            assert!(
+                description.contains(&line),
+                "{service:?}: the description does not list {line}"
+            );
+        }
+
+        for (method, template) in operations(&doc) {
+            let responses = doc["paths"][&template][&method]["responses"]
+                .as_object()
+                .expect("responses is an object");
+            for (status, response) in responses {
+                let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                if schema != "#/components/schemas/ErrorReply" {
+                    continue;
+                }
+                let text = response["description"].as_str().unwrap_or_default();
+                let at = format!("{service:?} {method} {template} {status}");
+                if quoted(text).next().is_none() {
+                    wrong.push(format!("{at}: names no error: {text:?}"));
+                }
+                for name in quoted(text) {
+                    match ErrorCode::from_name(name) {
+                        None => wrong.push(format!("{at}: `{name}` is not in the table: {text:?}")),
+                        Some(code) if code.status().to_string() != *status => wrong.push(format!(
+                            "{at}: `{name}` is a {} error: {text:?}",
+                            code.status()
+                        )),
+                        Some(_) => {
+                            documented.insert(name.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let undocumented: Vec<&str> = ErrorCode::ALL
+        .iter()
+        .filter(|c| !kit::openapi::ROUTER_ERRORS.contains(c))
+        .map(|c| c.name())
+        .filter(|name| !documented.contains(*name))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "in the error table but answered by no documented operation: {undocumented:?}"
+    );
 }
 
 /// Routes exist only through `utoipa_axum::routes!`, which documents them as it adds them: any
