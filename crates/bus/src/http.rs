@@ -133,7 +133,8 @@ impl Failure {
     fn into_heartbeat(self, instance: &str) -> BusError {
         match self {
             Self::Answered { status, error, .. }
-                if status == StatusCode::NOT_FOUND && error == "not_registered" =>
+                if status == StatusCode::NOT_FOUND
+                    && error == proto::error::ErrorCode::NotRegistered.name() =>
             {
                 BusError::NotRegistered(instance.to_owned())
             }
