@@ -145,6 +145,14 @@ pub struct ContentLimits {
 }
 
 impl ContentLimits {
+    fn max_content_bytes(&self) -> usize {
+        self.max_content_bytes.load(Ordering::Relaxed)
+    }
+
+    fn history_max_limit(&self) -> u32 {
+        self.history_max_limit.load(Ordering::Relaxed)
+    }
+
     /// Applies new limits to the requests that come after.
     pub fn set(&self, max_content_bytes: usize, history_max_limit: u32) {
         self.max_content_bytes
@@ -181,6 +189,38 @@ impl SendState {
     /// The content limits, for a config reload to change.
     pub fn content_limits(&self) -> Arc<ContentLimits> {
         self.0.live.clone()
+    }
+
+    fn content(&self) -> &ContentLimits {
+        &self.0.live
+    }
+
+    fn next_id(&self) -> proto::MessageId {
+        self.0.ids.next_id()
+    }
+
+    fn committer(&self) -> &commit::CommitHandle {
+        &self.0.d.committer
+    }
+
+    fn rate_limits(&self) -> &RateLimits {
+        &self.0.d.limits
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.0.d.store.as_ref()
+    }
+
+    fn groups(&self) -> &groups::CachedGroups {
+        &self.0.d.groups
+    }
+
+    fn checks(&self) -> &[bus::HealthCheck] {
+        &self.0.d.checks
+    }
+
+    fn ready(&self) -> &Ready {
+        &self.0.d.ready
     }
 }
 
@@ -236,8 +276,8 @@ async fn send_message(
     me: AuthUser,
     Json(req): Json<SendMessageRequest>,
 ) -> ApiResult<SendMessageReply> {
-    s.0.d.limits.send_per_user.check(&me.user_id)?;
-    let max_content_bytes = s.0.live.max_content_bytes.load(Ordering::Relaxed);
+    s.rate_limits().send_per_user.check(&me.user_id)?;
+    let max_content_bytes = s.content().max_content_bytes();
     match validate::content(&req.content, max_content_bytes) {
         Ok(()) => {}
         Err(ContentError::Empty) => {
@@ -257,7 +297,7 @@ async fn send_message(
         validate::client_msg_id(cid)?;
     }
     let new = store::NewMessage {
-        id: s.0.ids.next_id(),
+        id: s.next_id(),
         room_id: req.room_id,
         sender_id: me.user_id,
         msg_type: req.msg_type,
@@ -265,7 +305,7 @@ async fn send_message(
         client_msg_id: req.client_msg_id,
         created_at_ms: kit::now_ms(),
     };
-    let (m, duplicate) = match s.0.d.committer.append(new).await? {
+    let (m, duplicate) = match s.committer().append(new).await? {
         Ok(Appended::Stored(m)) => (m, false),
         Ok(Appended::Duplicate(m)) => (m, true),
         Err(Rejected::RoomNotFound) => return Err(ApiError::room_not_found()),
@@ -304,27 +344,20 @@ async fn resend_message(
     me: AuthUser,
     Json(req): Json<ResendMessageRequest>,
 ) -> ApiResult<SendMessageReply> {
-    s.0.d.limits.send_per_user.check(&me.user_id)?;
-    let m =
-        s.0.d
-            .store
-            .message_by_id(req.message_id)
-            .await
-            .map_err(db)?
-            .ok_or_else(|| ApiError::new(ErrorCode::MessageNotFound, "no such message"))?;
+    s.rate_limits().send_per_user.check(&me.user_id)?;
+    let m = s
+        .store()
+        .message_by_id(req.message_id)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::new(ErrorCode::MessageNotFound, "no such message"))?;
     if m.sender_id != me.user_id {
         return Err(ApiError::new(
             ErrorCode::NotTheSender,
             "only the message's sender may resend it",
         ));
     }
-    ApiError::require_member(
-        s.0.d
-            .groups
-            .access(m.room_id, me.user_id)
-            .await
-            .map_err(db)?,
-    )?;
+    ApiError::require_member(s.groups().access(m.room_id, me.user_id).await.map_err(db)?)?;
     let reply = SendMessageReply {
         message_id: m.id,
         room_id: m.room_id,
@@ -333,7 +366,7 @@ async fn resend_message(
         client_msg_id: m.client_msg_id.clone(),
         duplicate: true,
     };
-    s.0.d.committer.resend(Arc::new(m.into())).await?;
+    s.committer().resend(Arc::new(m.into())).await?;
     Ok(ok(reply))
 }
 
@@ -365,7 +398,7 @@ async fn history(
     me: AuthUser,
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult<HistoryReply> {
-    let max = s.0.live.history_max_limit.load(Ordering::Relaxed);
+    let max = s.content().history_max_limit();
     let limit = q.limit.unwrap_or(50);
     if q.after_seq < 0 || limit == 0 || limit > max {
         return Err(ApiError::new(
@@ -373,19 +406,12 @@ async fn history(
             format!("after_seq must be >= 0 and limit between 1 and {max}"),
         ));
     }
-    ApiError::require_member(
-        s.0.d
-            .groups
-            .access(q.room_id, me.user_id)
-            .await
-            .map_err(db)?,
-    )?;
-    let mut messages =
-        s.0.d
-            .store
-            .messages_after(q.room_id, q.after_seq, limit + 1)
-            .await
-            .map_err(db)?;
+    ApiError::require_member(s.groups().access(q.room_id, me.user_id).await.map_err(db)?)?;
+    let mut messages = s
+        .store()
+        .messages_after(q.room_id, q.after_seq, limit + 1)
+        .await
+        .map_err(db)?;
     let has_more = messages.len() > limit as usize;
     messages.truncate(limit as usize);
     Ok(ok(HistoryReply {
@@ -398,10 +424,10 @@ async fn history(
 /// The service and each dependency it needs (database, bus).
 #[utoipa::path(get, path = "/health", tag = "operations", responses(HealthResponses))]
 async fn health(State(s): State<SendState>) -> Response {
-    let db = s.0.d.store.ping().await;
+    let db = s.store().ping().await;
     let mut checks = vec![Check::from_result("database", &db)];
-    for c in &s.0.d.checks {
+    for c in s.checks() {
         checks.push(Check::from_result(c.name, &c.target.ping().await));
     }
-    kit::http::health_reply("send", &s.0.d.ready, checks)
+    kit::http::health_reply("send", s.ready(), checks)
 }
