@@ -155,6 +155,27 @@ fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
     Ok(num(11)? + num(12)?)
 }
 
+/// Resident memory of all `pids` together, in KiB (0 when a pid cannot be read: it exited).
+fn rss_all(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| crate::rss_kib(p).unwrap_or(0)).sum()
+}
+
+/// Samples the servers' resident memory every 20 ms until stopped, and answers the highest seen.
+fn rss_peak_sampler(pids: Vec<u32>) -> (watch::Sender<bool>, tokio::task::JoinHandle<u64>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut peak = rss_all(&pids);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => peak = peak.max(rss_all(&pids)),
+                _ = stopped.changed() => return peak.max(rss_all(&pids)),
+            }
+        }
+    });
+    (stop, task)
+}
+
 fn cpu_all(pids: &[String]) -> anyhow::Result<Vec<u64>> {
     pids.iter().map(|p| cpu_ticks(p)).collect()
 }
@@ -431,6 +452,7 @@ fn ephemeral_ports() -> Option<u64> {
 async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<Round> {
     let http = reqwest::Client::new();
     let prefix = run_prefix();
+    let rss_start = rss_all(pids);
     let procs = a.procs.max(1);
     let in_process = procs == 1;
     let n_send = match target {
@@ -620,6 +642,8 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     );
     let cpu_before = cpu_all(&pid_names)?;
     let bench_before = cpu_all(&bench_pids)?;
+    let rss_ready = rss_all(pids);
+    let (rss_stop, rss_peak) = rss_peak_sampler(pids.to_vec());
 
     // 3. The owner sends, at most `in_flight` at once.
     let expected_total = (a.users * a.messages) as u64;
@@ -706,6 +730,8 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     };
     let cpu_after = cpu_all(&pid_names)?;
     let bench_after = cpu_all(&bench_pids)?;
+    let _ = rss_stop.send(true);
+    let rss_peak = rss_peak.await.unwrap_or(0);
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     if let Ok(t) = agg.totals() {
@@ -741,6 +767,10 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         s.finish().await;
     }
     pump.abort();
+    // What the servers keep once the burst is over (the sockets are still open): memory that
+    // does not come back is a leak or an allocator holding freed pages.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_all(pids);
     let mut v = Verdict::default();
     for s in agg.lock().iter_mut() {
         if let Some(d) = s.done.take() {
@@ -839,6 +869,14 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         summary["redis_calls"] = json!(calls);
         summary["redis_calls_by_command"] = json!(delta);
         summary["redis_calls_per_delivery"] = json!(per_delivery(calls as f64));
+    }
+    if !pids.is_empty() {
+        summary["server_rss_kib"] = json!({
+            "start": rss_start,
+            "ready": rss_ready,
+            "peak": rss_peak,
+            "after": rss_after,
+        });
     }
     if !pid_names.is_empty() {
         let cpu_secs = ticks(&cpu_after, &cpu_before) as f64 / USER_HZ;
@@ -967,6 +1005,20 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
             fmt_ratio(r("/latency_ms/p99")),
             fmt_ratio(r("/latency_ms/p999")),
         );
+        let mb = |v: &Value, key: &str| {
+            v.pointer(&format!("/server_rss_kib/{key}"))
+                .and_then(Value::as_u64)
+                .map_or_else(|| "n/a".into(), |k| format!("{:.0}", k as f64 / 1024.0))
+        };
+        for (name, v) in [("bare", &b.summary), ("server", &s.summary)] {
+            eprintln!(
+                "{name} RSS MB: start {}, ready {}, peak {}, after {}",
+                mb(v, "start"),
+                mb(v, "ready"),
+                mb(v, "peak"),
+                mb(v, "after")
+            );
+        }
         let failures: Vec<String> = [("bare", b.failure), ("server", s.failure)]
             .into_iter()
             .filter_map(|(k, f)| f.map(|f| format!("{k} round: {f}")))

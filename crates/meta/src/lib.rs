@@ -75,6 +75,9 @@ pub enum ConfigError {
     /// argon2 refused to hash with valid parameters.
     #[error("argon2 failed: {0}")]
     Argon2(argon2::password_hash::Error),
+    /// The password hashing threads could not be started.
+    #[error("cannot start the password hashing threads: {0}")]
+    Threads(std::io::Error),
     /// A `web.*` URL that is not an `http(s)://host[:port]` base URL.
     #[error("{key} must be a base URL like http://host:port")]
     WebUrl { key: &'static str },
