@@ -137,4 +137,22 @@ mod tests {
                 .expect("verify")
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_requests_than_hashing_threads_all_get_their_answer() {
+        let h = Hasher::new(64, 1).expect("params");
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let password = format!("password number {i}");
+                    let hash = h.hash(password.clone()).await.expect("hash");
+                    h.verify(password, hash).await.expect("verify")
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.expect("task"));
+        }
+    }
 }
