@@ -13,9 +13,15 @@
 //! - one task per connection, reader and writer joined, the writer coalescing up to 64 queued
 //!   frames into one flush.
 //!
-//! `POST /api/broadcast` takes `{"room_id", "content", "client_msg_id"}` and answers like
-//! `send_message` (`{"code":0,"data":{"message_id","room_id","seq",...}}`) once every queue has
-//! the frame. `GET /api/ws` opens a socket. The first line on stdout is `listening on http://ADDR`.
+//! Rooms, so that a many-rooms run compares like for like: a socket names its rooms on connect
+//! (`GET /api/ws?rooms=1,2`), and a broadcast goes to that room's sockets only, with a `seq` per
+//! room, as the gateway delivers a room's messages to its members only. A socket that names no
+//! room gets every room's broadcasts (one big room, the simplest use).
+//!
+//! `POST /api/broadcast` takes `{"room_id", "content", "client_msg_id", "sender_id"}` and answers
+//! like `send_message` (`{"code":0,"data":{"message_id","room_id","seq",...}}`) once every queue of
+//! the room has the frame. `GET /api/ws` opens a socket. The first line on stdout is
+//! `listening on http://ADDR`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,9 +31,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
@@ -97,7 +103,24 @@ struct Hub {
     /// Per room: the last seq given.
     seqs: HashMap<i64, i64>,
     next_id: i64,
-    conns: HashMap<u64, Conn>,
+    /// Per room: its sockets, by connection id.
+    rooms: HashMap<i64, HashMap<u64, Conn>>,
+    /// Sockets that named no room: they get every broadcast.
+    everywhere: HashMap<u64, Conn>,
+}
+
+impl Hub {
+    fn remove(&mut self, id: u64, rooms: &[i64]) {
+        self.everywhere.remove(&id);
+        for r in rooms {
+            if let Some(conns) = self.rooms.get_mut(r) {
+                conns.remove(&id);
+                if conns.is_empty() {
+                    self.rooms.remove(r);
+                }
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -127,9 +150,32 @@ struct BroadcastReq {
     content: String,
     #[serde(default)]
     client_msg_id: Option<String>,
+    /// Shown in the frame as the gateway shows the sender (the bare server has no users).
+    #[serde(default)]
+    sender_id: i64,
 }
 
-/// Serializes the message once, queues the same bytes on every connection.
+/// `?rooms=1,2`: the rooms whose broadcasts this socket gets (none: every room's).
+#[derive(Deserialize)]
+struct WsQuery {
+    #[serde(default)]
+    rooms: Option<String>,
+}
+
+/// Parses `1,2,3` (blanks ignored); a bad id is the client's error (400).
+fn parse_rooms(list: &str) -> Result<Vec<i64>, String> {
+    let mut rooms: Vec<i64> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.parse().map_err(|_| format!("bad room id {r:?} in rooms")))
+        .collect::<Result<_, _>>()?;
+    rooms.sort_unstable();
+    rooms.dedup();
+    Ok(rooms)
+}
+
+/// Serializes the message once, queues the same bytes on every connection of the room.
 async fn broadcast(State(s): State<AppState>, Json(req): Json<BroadcastReq>) -> Json<Value> {
     let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let (id, seq, queued) = {
@@ -144,7 +190,7 @@ async fn broadcast(State(s): State<AppState>, Json(req): Json<BroadcastReq>) -> 
         let text: Utf8Bytes = ServerFrame::Chat {
             id,
             room_id: req.room_id,
-            sender_id: 0,
+            sender_id: req.sender_id,
             seq,
             payload: ChatPayload {
                 content: req.content,
@@ -156,7 +202,12 @@ async fn broadcast(State(s): State<AppState>, Json(req): Json<BroadcastReq>) -> 
         .to_json()
         .into();
         let mut queued = 0u64;
-        for c in hub.conns.values() {
+        let room = hub
+            .rooms
+            .get(&req.room_id)
+            .into_iter()
+            .flat_map(HashMap::values);
+        for c in room.chain(hub.everywhere.values()) {
             match c.tx.try_send(text.clone()) {
                 Ok(()) => queued += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -183,7 +234,18 @@ async fn broadcast(State(s): State<AppState>, Json(req): Json<BroadcastReq>) -> 
     }))
 }
 
-async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(s): State<AppState>,
+    Query(q): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let rooms = match parse_rooms(q.rooms.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => {
+            let body = Json(json!({"code": 400, "message": e, "data": null}));
+            return (axum::http::StatusCode::BAD_REQUEST, body).into_response();
+        }
+    };
     let cfg = &s.0.cfg;
     upgrade
         .read_buffer_size(cfg.read_buffer_bytes)
@@ -191,10 +253,10 @@ async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
         .max_write_buffer_size(cfg.write_buffer_bytes.saturating_add(4 * 1024 * 1024))
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
-        .on_upgrade(move |socket| serve_conn(s, socket))
+        .on_upgrade(move |socket| serve_conn(s, socket, rooms))
 }
 
-async fn serve_conn(s: AppState, socket: WebSocket) {
+async fn serve_conn(s: AppState, socket: WebSocket, rooms: Vec<i64>) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(s.0.cfg.queue.max(1));
     let shared = Arc::new(ConnShared {
         kick: CancellationToken::new(),
@@ -204,15 +266,20 @@ async fn serve_conn(s: AppState, socket: WebSocket) {
         let mut hub = s.hub();
         hub.next_conn += 1;
         let id = hub.next_conn;
-        hub.conns.insert(
-            id,
-            Conn {
-                tx,
-                shared: shared.clone(),
-            },
-        );
+        let conn = || Conn {
+            tx: tx.clone(),
+            shared: shared.clone(),
+        };
+        if rooms.is_empty() {
+            hub.everywhere.insert(id, conn());
+        }
+        for r in &rooms {
+            hub.rooms.entry(*r).or_default().insert(id, conn());
+        }
         id
     };
+    // Only the hub holds senders: the queue closes when the hub lets the connection go.
+    drop(tx);
     let (mut sink, mut stream) = socket.split();
     // Reader and writer in this one task, as in the gateway.
     let reader = async {
@@ -271,7 +338,7 @@ async fn serve_conn(s: AppState, socket: WebSocket) {
         let _ = sink.close().await;
     };
     tokio::join!(reader, writer);
-    s.hub().conns.remove(&id);
+    s.hub().remove(id, &rooms);
 }
 
 /// The router, for a listener of the caller's (tests serve it in-process).

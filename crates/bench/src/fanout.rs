@@ -1,15 +1,19 @@
-//! `fanout`: a load generator and delivery verifier for group fan-out, through the public API only.
+//! `fanout`: a load generator and delivery verifier for room fan-out, through the public API only.
 //!
-//! Registers `--users` users, puts them all in one group, connects one WebSocket per user to the
-//! gateway the registry names, has the group's owner send `--messages` messages through the Send
-//! URLs, and checks that every receiver got every accepted message once, in `seq` order. Prints
-//! one JSON summary on stdout (and to `--json FILE`); exits non-zero when a message was lost or
-//! reordered (or a send failed).
+//! Registers `--users` users, puts them in rooms (one group of all by default; `--rooms N` or
+//! `--room-sizes`, see [`crate::layout`]), connects one WebSocket per user to the gateway the
+//! registry names, has members send `--messages` messages (or for `--seconds`) round-robin over
+//! the rooms through the Send URLs, and checks, room by room, that every member got every accepted
+//! message of its room once, in `seq` order, and nothing of other rooms. Prints one JSON summary
+//! on stdout (and to `--json FILE`); exits non-zero when a message was lost, duplicated, reordered
+//! or delivered to a non-member (or a send failed).
 //!
 //! `--bare URL` drives a bare broadcast server (`ruststacker-bench bare-server`) the same way:
-//! same sockets, messages, in-flight requests and verifier, no users or group. `--compare-bare`
-//! starts one as a child process, measures it first, then the server, and reports every figure
-//! of the server as a ratio of the bare server's.
+//! same sockets, rooms, messages, in-flight requests and verifier, no users. `--compare-bare`
+//! starts one as a child process, measures it, then the server, and reports every figure of the
+//! server as a ratio of the bare server's; `--rounds R` alternates the two R times (a fresh bare
+//! server each round, the server's users and rooms made once) and adds the median of every figure
+//! and ratio, the figure the project goes by.
 //!
 //! The sockets live in shards ([`crate::shard`]): one in this process, or `--procs N` child
 //! processes, each with its own open-files limit, optionally binding to `--source-addrs`.
@@ -24,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use futures_util::StreamExt;
-use proto::api::{CreateGroupReply, LoginReply, SendMessageReply};
+use proto::api::SendMessageReply;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -33,10 +36,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::resp;
-use crate::shard::{
-    self, ConnectTarget, Events, ShardEvent, ShardJob, SocketSpec, StopCmd, Verdict, wall_us,
-};
+use crate::layout::{self, Layout, Target};
+use crate::shard::{self, Events, ShardEvent, ShardJob, StopCmd, Verdict, wall_us};
+use crate::{compare, resp};
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
@@ -53,17 +55,29 @@ pub struct FanoutArgs {
     /// Registry's base URL (asked where each user connects).
     #[arg(long, default_value = "http://127.0.0.1:8084")]
     registry: String,
-    /// Receivers: all members of one room, the sender included (the server's default cap on a
-    /// group is 1000 members; a bare server has no cap).
+    /// Users, one socket each, all receivers (the senders too). In one room by default (the
+    /// server's default cap on a group is 1000 members; a bare server has no cap).
     #[arg(long, default_value_t = 1000)]
     users: usize,
-    /// Messages the room's owner sends.
+    /// Rooms the users are split into, as evenly as the count allows (sizes differ by at most
+    /// one). A room of two is a one-to-one room, a larger one a group.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Room sizes instead of a count: rooms of these sizes in turn (e.g. 2,5: a one-to-one room, a
+    /// group of 5, a one-to-one room...) until the users are placed.
+    #[arg(long, value_delimiter = ',', conflicts_with = "rooms")]
+    room_sizes: Vec<usize>,
+    /// Messages sent, round-robin over the rooms, each by a member of its room (in turn).
     #[arg(long, default_value_t = 200)]
     messages: usize,
-    /// Send requests in flight at once.
+    /// Send for this many seconds instead of a number of messages.
+    #[arg(long, conflicts_with = "messages")]
+    seconds: Option<f64>,
+    /// Send requests in flight at once (over all rooms).
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
-    /// Cap on messages per second (default: as fast as `--in-flight` allows).
+    /// Cap on messages per second over all rooms (default: as fast as `--in-flight` allows). At
+    /// a rate both servers keep up with, latency compares like for like.
     #[arg(long)]
     rate: Option<f64>,
     /// Connect with `?ack=true` and acknowledge (cumulatively) what arrives.
@@ -95,6 +109,10 @@ pub struct FanoutArgs {
     /// figures), stop it, then measure RustStacker; print both and the server-to-bare ratios.
     #[arg(long)]
     compare_bare: bool,
+    /// With `--compare-bare`: rounds of bare then server, alternated; the summary has every round
+    /// and the median of each figure and ratio.
+    #[arg(long, default_value_t = 1, requires = "compare_bare")]
+    rounds: usize,
     /// Client processes to spread the sockets over (each has its own open-files limit). 1 keeps
     /// them in this process.
     #[arg(long, default_value_t = 1)]
@@ -129,11 +147,6 @@ pub async fn call<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> anyhow::
         );
     }
     bail!("HTTP {status}: {}", String::from_utf8_lossy(&body))
-}
-
-struct User {
-    id: i64,
-    token: String,
 }
 
 /// utime + stime of a process, in clock ticks (USER_HZ, 100 per second on Linux).
@@ -182,59 +195,12 @@ fn cpu_all(pids: &[String]) -> anyhow::Result<Vec<u64>> {
 
 const USER_HZ: f64 = 100.0;
 
-async fn register_and_login(
-    http: &reqwest::Client,
-    meta: &str,
-    username: String,
-) -> anyhow::Result<User> {
-    let creds = json!({"username": username, "password": "fanout-password-1"});
-    let _: Value = call(http.post(format!("{meta}/api/user/register")).json(&creds))
-        .await
-        .with_context(|| format!("registering {username}"))?;
-    let login: LoginReply = call(http.post(format!("{meta}/api/user/login")).json(&creds))
-        .await
-        .with_context(|| format!("logging {username} in"))?;
-    Ok(User {
-        id: login.user_id,
-        token: login.token,
-    })
-}
-
 fn run_prefix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mix = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
     format!("fo{:08x}", mix & 0xffff_ffff)
-}
-
-/// What a round drives.
-enum Target {
-    Server {
-        meta: String,
-        send_urls: Vec<String>,
-        registry: String,
-    },
-    Bare {
-        base: String,
-    },
-}
-
-/// Where the owner's messages go.
-enum SendTo {
-    Server { urls: Vec<String>, token: String },
-    Bare { url: String },
-}
-
-impl SendTo {
-    fn request(&self, http: &reqwest::Client, i: usize) -> reqwest::RequestBuilder {
-        match self {
-            Self::Server { urls, token } => http
-                .post(format!("{}/api/chat/send_message", urls[i % urls.len()]))
-                .bearer_auth(token),
-            Self::Bare { url } => http.post(url),
-        }
-    }
 }
 
 /// What the coordinator knows of one shard, from its events.
@@ -396,7 +362,7 @@ impl ShardHandle {
         }
     }
 
-    async fn stop(&mut self, started: &[(i64, u64)]) -> anyhow::Result<()> {
+    async fn stop(&mut self, started: &[(i64, i64, u64)]) -> anyhow::Result<()> {
         match self {
             Self::Local { stop } => {
                 if let Some(tx) = stop.take() {
@@ -426,9 +392,9 @@ impl ShardHandle {
     }
 }
 
-fn progress(sent: u64, messages: usize, t: Totals, expected: u64, errors: u64) {
+fn progress(sent: u64, t: Totals, errors: u64) {
     eprint!(
-        "\rsent {sent}/{messages}  delivered {}/{expected}  errors {}   ",
+        "\rsent {sent}  delivered {}  errors {}   ",
         t.delivered,
         errors + t.socket_errors,
     );
@@ -448,8 +414,20 @@ fn ephemeral_ports() -> Option<u64> {
     Some(hi.saturating_sub(lo) + 1)
 }
 
+/// The sizes of the run's rooms, from `--rooms` or `--room-sizes`.
+fn sizes_of(a: &FanoutArgs) -> anyhow::Result<Vec<usize>> {
+    layout::room_sizes(a.users, a.rooms, &a.room_sizes)
+}
+
+/// Measures one round against `target`. The users and rooms are made on the first round against
+/// it (`cache` empty) and reused after; the server's RSS at `start` is taken before that.
 #[allow(clippy::too_many_lines)] // one run, top to bottom, reads best in one place
-async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<Round> {
+async fn round(
+    a: &FanoutArgs,
+    target: &Target,
+    cache: &mut Option<Layout>,
+    pids: &[u32],
+) -> anyhow::Result<Round> {
     let http = reqwest::Client::new();
     let prefix = run_prefix();
     let rss_start = rss_all(pids);
@@ -476,88 +454,14 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         }
     }
 
-    // 1. Who connects where, and where the messages go.
-    let (room_id, specs, connect_target, send_to) = match target {
-        Target::Server {
-            meta,
-            send_urls,
-            registry,
-        } => {
-            // Users (argon2 on the server: keep the concurrency small) and the group.
-            let t_setup = Instant::now();
-            let mut users = Vec::with_capacity(a.users);
-            let mut regs = futures_util::stream::iter(0..a.users)
-                .map(|i| register_and_login(&http, meta, format!("{prefix}_{i}")))
-                .buffered(a.register_concurrency.max(1));
-            while let Some(u) = regs.next().await {
-                users.push(u?);
-                if users.len() % 25 == 0 || users.len() == a.users {
-                    eprint!("\rregistered {}/{}", users.len(), a.users);
-                }
-            }
-            drop(regs);
-            eprintln!(" ({:.1} s)", t_setup.elapsed().as_secs_f64());
-            let owner = &users[0];
-            let members: Vec<i64> = users[1..].iter().map(|u| u.id).collect();
-            let group: CreateGroupReply = call(
-                http.post(format!("{meta}/api/group/create"))
-                    .bearer_auth(&owner.token)
-                    .json(&json!({"name": format!("fanout {prefix}"), "member_ids": members})),
-            )
-            .await
-            .context(
-                "creating the group (the server caps a group at meta.max_group_members members, \
-                 the owner included, 1000 by default, so --users may be at most that)",
-            )?;
-            let specs: Vec<SocketSpec> = users
-                .iter()
-                .enumerate()
-                .map(|(index, u)| SocketSpec {
-                    index,
-                    user_id: u.id,
-                    token: Some(u.token.clone()),
-                })
-                .collect();
-            let send_to = SendTo::Server {
-                urls: send_urls.clone(),
-                token: owner.token.clone(),
-            };
-            (
-                group.room_id,
-                specs,
-                ConnectTarget::Registry {
-                    registry: registry.clone(),
-                },
-                send_to,
-            )
-        }
-        Target::Bare { base } => {
-            let ws_base = if let Some(rest) = base.strip_prefix("https://") {
-                format!("wss://{rest}")
-            } else if let Some(rest) = base.strip_prefix("http://") {
-                format!("ws://{rest}")
-            } else {
-                base.clone()
-            };
-            let specs = (0..a.users)
-                .map(|index| SocketSpec {
-                    index,
-                    user_id: index as i64,
-                    token: None,
-                })
-                .collect();
-            (
-                1,
-                specs,
-                ConnectTarget::Url {
-                    ws_url: format!("{ws_base}/api/ws"),
-                },
-                SendTo::Bare {
-                    url: format!("{base}/api/broadcast"),
-                },
-            )
-        }
-    };
+    // 1. Who is in which room, who sends where (made once per target).
+    if cache.is_none() {
+        let sizes = sizes_of(a)?;
+        *cache = Some(layout::setup(&http, target, &sizes, &prefix, a.register_concurrency).await?);
+    }
+    let lay = cache.as_mut().context("no layout")?;
+    let specs = lay.round_specs();
+    let n_rooms = lay.rooms.len();
 
     // 2. The sockets, in shards.
     let t_connect = Instant::now();
@@ -571,6 +475,10 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
             }
         })
     };
+    let per_receiver = match a.seconds {
+        Some(_) => 256,
+        None => a.messages.div_ceil(n_rooms),
+    };
     let per_shard = a.users.div_ceil(procs).max(1);
     let mut shards = Vec::with_capacity(procs);
     for (i, chunk) in specs.chunks(per_shard).enumerate() {
@@ -580,12 +488,11 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         });
         let job = ShardJob {
             shard: i,
-            room_id,
-            messages: a.messages,
+            per_receiver,
             ack: a.ack,
             connect_concurrency: a.connect_concurrency,
             source_addrs: a.source_addrs.clone(),
-            target: connect_target.clone(),
+            target: lay.connect.clone(),
             sockets: chunk.to_vec(),
         };
         shards.push(ShardHandle::start(job, in_process, ev_tx.clone()).await?);
@@ -610,9 +517,11 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     eprintln!(
-        "\rconnected {}/{} ({:.1} s, {} client process{}) {}",
+        "\rconnected {}/{} in {} room{} ({:.1} s, {} client process{}) {}",
         a.users,
         a.users,
+        n_rooms,
+        if n_rooms == 1 { "" } else { "s" },
         t_connect.elapsed().as_secs_f64(),
         if in_process { 1 } else { shards.len() },
         if in_process || shards.len() == 1 {
@@ -645,20 +554,19 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     let rss_ready = rss_all(pids);
     let (rss_stop, rss_peak) = rss_peak_sampler(pids.to_vec());
 
-    // 3. The owner sends, at most `in_flight` at once.
-    let expected_total = (a.users * a.messages) as u64;
+    // 3. Members send, round-robin over the rooms, at most `in_flight` at once; `messages` of
+    //    them, or until `seconds` are up.
     let sent = Arc::new(AtomicU64::new(0));
     let send_errors = Arc::new(AtomicU64::new(0));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let ticker = {
         let (agg, sent, send_errors) = (agg.clone(), sent.clone(), send_errors.clone());
-        let messages = a.messages;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
                     _ = tick.tick() => if let Ok(t) = agg.totals() {
-                        progress(sent.load(Relaxed), messages, t, expected_total, send_errors.load(Relaxed));
+                        progress(sent.load(Relaxed), t, send_errors.load(Relaxed));
                     },
                     _ = stop_rx.changed() => break,
                 }
@@ -667,17 +575,26 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     };
     let permits = Arc::new(Semaphore::new(a.in_flight));
     let t0 = Instant::now();
-    let mut sends = Vec::with_capacity(a.messages);
-    for i in 0..a.messages {
+    let until = a.seconds.map(|s| t0 + Duration::from_secs_f64(s));
+    let more = |i: usize| match until {
+        Some(end) => Instant::now() < end,
+        None => i < a.messages,
+    };
+    let mut sends = Vec::with_capacity(if until.is_some() { 4096 } else { a.messages });
+    let mut offered = 0;
+    while more(offered) {
+        let i = offered;
         if let Some(rate) = a.rate {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
         }
         let permit = permits.clone().acquire_owned().await?;
-        let req = send_to.request(&http, i).json(&json!({
-            "room_id": room_id,
-            "content": format!("fanout {prefix} #{i}"),
-            "client_msg_id": format!("{prefix}-{i}"),
-        }));
+        // Waiting for the rate or a permit may have used the last of the time.
+        if !more(i) {
+            break;
+        }
+        offered += 1;
+        let (room, _) = lay.message(i);
+        let req = lay.request(&http, &prefix, i);
         let (sent, send_errors) = (sent.clone(), send_errors.clone());
         sends.push(tokio::spawn(async move {
             let start = Instant::now();
@@ -686,7 +603,7 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
             match r {
                 Ok(reply) => {
                     sent.fetch_add(1, Relaxed);
-                    Ok((reply.message_id, start))
+                    Ok((room, reply.message_id, reply.seq, start))
                 }
                 Err(e) => {
                     send_errors.fetch_add(1, Relaxed);
@@ -695,15 +612,19 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
             }
         }));
     }
-    let mut started: Vec<(i64, u64)> = Vec::with_capacity(a.messages);
+    let mut started: Vec<(i64, i64, u64)> = Vec::with_capacity(offered);
+    let mut accepted_per_room = vec![0u64; n_rooms];
     let mut first_start = u64::MAX;
     let mut send_error_samples = Vec::new();
     for s in sends {
         match s.await? {
-            Ok((id, start)) => {
+            Ok((room, id, seq, start)) => {
                 let us = wall_us(start);
                 first_start = first_start.min(us);
-                started.push((id, us));
+                let plan = &mut lay.rooms[room];
+                started.push((plan.id, id, us));
+                plan.last_seq = plan.last_seq.max(seq);
+                accepted_per_room[room] += 1;
             }
             Err(e) => {
                 if send_error_samples.len() < 5 {
@@ -715,8 +636,13 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     let sends_ok = started.len();
     let sends_done = Instant::now();
 
-    // 4. Wait for every receiver to have every accepted message, or the timeout.
-    let want = (a.users * sends_ok) as u64;
+    // 4. Wait for every member to have every accepted message of its room, or the timeout.
+    let want: u64 = lay
+        .rooms
+        .iter()
+        .zip(&accepted_per_room)
+        .map(|(r, &n)| r.members.len() as u64 * n)
+        .sum();
     let deadline = sends_done + Duration::from_secs(a.timeout);
     let timed_out = loop {
         let t = agg.totals()?;
@@ -735,13 +661,7 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     if let Ok(t) = agg.totals() {
-        progress(
-            sent.load(Relaxed),
-            a.messages,
-            t,
-            expected_total,
-            send_errors.load(Relaxed),
-        );
+        progress(sent.load(Relaxed), t, send_errors.load(Relaxed));
     }
     eprintln!();
     let redis_after = match redis_url {
@@ -798,26 +718,31 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
             .map(|(a, b)| a.saturating_sub(*b))
             .sum()
     };
+    let send_secs = sends_done.saturating_duration_since(t0).as_secs_f64();
 
     let mut summary = json!({
         "target": match target { Target::Server { .. } => "server", Target::Bare { .. } => "bare" },
         "users": a.users,
-        "messages": a.messages,
-        "room_id": room_id,
+        "rooms": n_rooms,
+        "room_sizes": lay.sizes_summary(),
+        "messages": offered,
+        "seconds": a.seconds,
         "ack": a.ack,
         "in_flight": a.in_flight,
         "rate": a.rate,
         "client_procs": if in_process { 1 } else { bench_pids.len() - 1 },
         "gateways": gateways,
         "sends_ok": sends_ok,
-        "send_errors": a.messages - sends_ok,
+        "send_errors": offered - sends_ok,
+        "sends_per_sec": if send_secs > 0.0 { (sends_ok as f64 / send_secs).round() } else { 0.0 },
         "deliveries": deliveries,
-        "expected_deliveries": a.users * a.messages,
+        "expected_deliveries": want,
         "duration_secs": duration_secs,
         "deliveries_per_sec": if duration_secs > 0.0 { (deliveries as f64 / duration_secs).round() } else { 0.0 },
-        "send_secs": sends_done.saturating_duration_since(t0).as_secs_f64(),
+        "send_secs": send_secs,
         "latency_ms": {
             "p50": v.latency.percentile_ms(0.50),
+            "p90": v.latency.percentile_ms(0.90),
             "p99": v.latency.percentile_ms(0.99),
             "p999": v.latency.percentile_ms(0.999),
             "max": v.latency.max_ms(),
@@ -828,14 +753,18 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         "reordered": v.reordered,
         "gaps": v.gaps,
         "unexpected": v.unexpected,
+        "other_room_frames": v.other_rooms,
         "timed_out": timed_out,
         "bench_cpu_us_per_delivery": per_delivery(
             ticks(&bench_after, &bench_before) as f64 / USER_HZ * 1e6
         ),
     });
-    match &send_to {
-        SendTo::Server { urls, .. } => summary["send_urls"] = json!(urls),
-        SendTo::Bare { url } => summary["bare_url"] = json!(url),
+    if n_rooms == 1 {
+        summary["room_id"] = json!(lay.rooms[0].id);
+    }
+    match &lay.send_to {
+        layout::SendTo::Server { urls, .. } => summary["send_urls"] = json!(urls),
+        layout::SendTo::Bare { url } => summary["bare_url"] = json!(url),
     }
     if !a.source_addrs.is_empty() {
         summary["source_addrs"] = json!(a.source_addrs);
@@ -843,8 +772,8 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
     if v.bad_frames > 0 {
         summary["bad_frames"] = json!(v.bad_frames);
     }
-    if v.other_rooms > 0 {
-        summary["other_room_frames"] = json!(v.other_rooms);
+    if v.replayed > 0 {
+        summary["earlier_round_frames"] = json!(v.replayed);
     }
     if !v.ended.is_empty() {
         summary["sockets_ended_early"] = json!(v.ended);
@@ -889,26 +818,28 @@ async fn round(a: &FanoutArgs, target: &Target, pids: &[u32]) -> anyhow::Result<
         summary["server_cpu_secs_by_pid"] = json!(by_pid);
         summary["server_cpu_us_per_delivery"] = json!(per_delivery(cpu_secs * 1e6));
     }
-    let failure = (v.lost > 0 || v.reordered > 0 || sends_ok < a.messages).then(|| {
+    let send_failures = offered - sends_ok;
+    let bad = v.lost + v.reordered + v.duplicates + v.other_rooms + v.unexpected;
+    let failure = (bad > 0 || send_failures > 0 || sends_ok == 0).then(|| {
         format!(
-            "delivery check failed: {} lost, {} reordered, {} send errors",
-            v.lost,
-            v.reordered,
-            a.messages - sends_ok
+            "delivery check failed: {} lost, {} duplicated, {} reordered, {} from rooms the \
+             receiver is not in, {} never accepted, {send_failures} send errors, {sends_ok} sent",
+            v.lost, v.duplicates, v.reordered, v.other_rooms, v.unexpected,
         )
     });
     Ok(Round { summary, failure })
 }
 
 /// A bare server in a child process, for `--compare-bare`.
-struct BareChild {
+pub struct BareChild {
     child: Child,
-    pid: u32,
-    url: String,
+    pub pid: u32,
+    /// `http://ADDR`.
+    pub url: String,
 }
 
 impl BareChild {
-    async fn start() -> anyhow::Result<Self> {
+    pub async fn start() -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
         let mut child = Command::new(exe)
             .args(["bare-server", "--bind", "127.0.0.1", "--port", "0"])
@@ -934,30 +865,24 @@ impl BareChild {
         Ok(Self { child, pid, url })
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
 }
 
-/// `server / bare` for the figure at `ptr`, when both have it.
-fn ratio(server: &Value, bare: &Value, ptr: &str) -> Option<f64> {
-    let s = server.pointer(ptr)?.as_f64()?;
-    let b = bare.pointer(ptr)?.as_f64()?;
-    (b > 0.0).then(|| (s / b * 1000.0).round() / 1000.0)
-}
-
-fn fmt_ratio(r: Option<f64>) -> String {
-    r.map_or_else(|| "n/a".into(), |r| format!("{r:.2}x"))
-}
-
 pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
-    if a.users == 0 || a.messages == 0 || a.in_flight == 0 || a.procs == 0 {
-        bail!("--users, --messages, --in-flight and --procs must be at least 1");
+    if a.users == 0 || a.messages == 0 || a.in_flight == 0 || a.procs == 0 || a.rounds == 0 {
+        bail!("--users, --messages, --in-flight, --procs and --rounds must be at least 1");
     }
     if a.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
         bail!("--rate must be positive");
     }
+    if a.seconds.is_some_and(|s| !s.is_finite() || s <= 0.0) {
+        bail!("--seconds must be positive");
+    }
+    // The layout is checked before anything is registered or started.
+    sizes_of(&a)?;
     let send_urls: Vec<String> = a
         .send
         .iter()
@@ -974,60 +899,42 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
     };
 
     let (out, failures) = if a.compare_bare {
-        let bare = BareChild::start().await?;
-        eprintln!("bare round: bare server at {} (pid {})", bare.url, bare.pid);
-        let b = round(
-            &a,
-            &Target::Bare {
-                base: bare.url.clone(),
-            },
-            &[bare.pid],
-        )
-        .await;
-        bare.stop().await;
-        let b = b?;
-        eprintln!("server round");
-        let s = round(&a, &server, &a.pids).await?;
-        let r = |p: &str| ratio(&s.summary, &b.summary, p);
-        let ratios = json!({
-            "deliveries_per_sec": r("/deliveries_per_sec"),
-            "latency_p50": r("/latency_ms/p50"),
-            "latency_p99": r("/latency_ms/p99"),
-            "latency_p999": r("/latency_ms/p999"),
-            "server_cpu_us_per_delivery": r("/server_cpu_us_per_delivery"),
-        });
-        eprintln!(
-            "server / bare: deliveries/s {} (target >= 0.9x), server CPU per delivery {} \
-             (target <= 1.25x), latency p50 {}, p99 {}, p999 {}",
-            fmt_ratio(r("/deliveries_per_sec")),
-            fmt_ratio(r("/server_cpu_us_per_delivery")),
-            fmt_ratio(r("/latency_ms/p50")),
-            fmt_ratio(r("/latency_ms/p99")),
-            fmt_ratio(r("/latency_ms/p999")),
-        );
-        let mb = |v: &Value, key: &str| {
-            v.pointer(&format!("/server_rss_kib/{key}"))
-                .and_then(Value::as_u64)
-                .map_or_else(|| "n/a".into(), |k| format!("{:.0}", k as f64 / 1024.0))
-        };
-        for (name, v) in [("bare", &b.summary), ("server", &s.summary)] {
-            eprintln!(
-                "{name} RSS MB: start {}, ready {}, peak {}, after {}",
-                mb(v, "start"),
-                mb(v, "ready"),
-                mb(v, "peak"),
-                mb(v, "after")
+        // The server's users and rooms are made in its first round and reused by the others;
+        // each bare round gets a fresh bare server (it keeps nothing worth reusing).
+        let mut server_layout = None;
+        let mut rounds = Vec::with_capacity(a.rounds);
+        let mut failures = Vec::new();
+        for r in 1..=a.rounds {
+            let label = format!("round {r}/{}", a.rounds);
+            let bare = BareChild::start().await?;
+            eprintln!("{label}: bare server at {} (pid {})", bare.url, bare.pid);
+            let base = bare.url.clone();
+            let b = round(&a, &Target::Bare { base }, &mut None, &[bare.pid]).await;
+            bare.stop().await;
+            let b = b?;
+            eprintln!("{label}: server");
+            let s = round(&a, &server, &mut server_layout, &a.pids).await?;
+            failures.extend(
+                [("bare", b.failure), ("server", s.failure)]
+                    .into_iter()
+                    .filter_map(|(k, f)| f.map(|f| format!("{label}, {k}: {f}"))),
+            );
+            let entry = compare::round_entry(r, b.summary, s.summary);
+            compare::print_ratios(&label, &entry["server_to_bare"]);
+            compare::print_rss(&label, &entry);
+            rounds.push(entry);
+        }
+        let median = compare::median_of(&rounds);
+        if a.rounds > 1 {
+            compare::print_ratios(
+                &format!("median of {}", a.rounds),
+                &median["server_to_bare"],
             );
         }
-        let failures: Vec<String> = [("bare", b.failure), ("server", s.failure)]
-            .into_iter()
-            .filter_map(|(k, f)| f.map(|f| format!("{k} round: {f}")))
-            .collect();
         let out = json!({
-            "bare": b.summary,
-            "server": s.summary,
-            "server_to_bare": ratios,
-            "targets": {"deliveries_per_sec": ">= 0.9", "server_cpu_us_per_delivery": "<= 1.25"},
+            "rounds": rounds,
+            "median": median,
+            "targets": compare::targets(),
         });
         (out, failures)
     } else {
@@ -1037,7 +944,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
             },
             None => server,
         };
-        let r = round(&a, &target, &a.pids).await?;
+        let r = round(&a, &target, &mut None, &a.pids).await?;
         (r.summary, r.failure.into_iter().collect())
     };
 
@@ -1064,10 +971,7 @@ mod tests {
         a: FanoutArgs,
     }
 
-    /// The bare server, served in this process, broadcasts to 3 sockets and the verifier counts
-    /// every delivery once, in order.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_bare_server_broadcasts_to_every_socket_and_the_verifier_counts_them() {
+    async fn bare_server() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1079,31 +983,73 @@ mod tests {
             )
             .await
         });
-        let base = format!("http://{addr}");
-        let a = Cli::parse_from([
+        format!("http://{addr}")
+    }
+
+    /// `fanout --bare BASE --in-flight 4 --timeout 10` and `extra`.
+    fn bare_args(base: &str, extra: &[&str]) -> FanoutArgs {
+        let mut args = vec![
             "fanout",
             "--bare",
-            &base,
-            "--users",
-            "3",
-            "--messages",
-            "20",
+            base,
             "--in-flight",
             "4",
             "--timeout",
             "10",
-        ])
-        .a;
-        let r = round(&a, &Target::Bare { base: base.clone() }, &[])
-            .await
-            .expect("round");
+        ];
+        args.extend_from_slice(extra);
+        Cli::parse_from(args).a
+    }
+
+    /// Nothing lost, duplicated, reordered, from another room or never accepted (the round's
+    /// failure says so), no gap, and every expected delivery made.
+    fn assert_verified(r: &Round, deliveries: u64) {
         let s = &r.summary;
         assert!(r.failure.is_none(), "{s}");
-        assert_eq!(s["deliveries"], 60, "{s}");
-        assert_eq!(s["lost"], 0, "{s}");
-        assert_eq!(s["duplicates"], 0, "{s}");
-        assert_eq!(s["reordered"], 0, "{s}");
         assert_eq!(s["gaps"], 0, "{s}");
-        assert!(s["latency_ms"]["p999"].as_f64().is_some(), "{s}");
+        assert_eq!(s["deliveries"], deliveries, "{s}");
+        assert_eq!(s["expected_deliveries"], deliveries, "{s}");
+        assert!(s["latency_ms"]["p90"].as_f64().is_some(), "{s}");
+    }
+
+    /// The bare server, served in this process, broadcasts to 3 sockets and the verifier counts
+    /// every delivery once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bare_server_broadcasts_to_every_socket_and_the_verifier_counts_them() {
+        let base = bare_server().await;
+        let a = bare_args(&base, &["--users", "3", "--messages", "20"]);
+        let r = round(&a, &Target::Bare { base }, &mut None, &[])
+            .await
+            .expect("round");
+        assert_verified(&r, 60);
+        assert_eq!(r.summary["rooms"], 1, "{}", r.summary);
+    }
+
+    /// Three rooms of four on the bare server: each socket gets its room's messages only, with
+    /// the room's own seq; a second round on the same layout (reconnected sockets, seqs going on)
+    /// verifies the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bare_rooms_deliver_to_their_members_only_round_after_round() {
+        let base = bare_server().await;
+        let a = bare_args(
+            &base,
+            &["--users", "12", "--rooms", "3", "--messages", "21"],
+        );
+        let target = Target::Bare { base };
+        let mut layout = None;
+        for _ in 0..2 {
+            let r = round(&a, &target, &mut layout, &[]).await.expect("round");
+            // 7 messages per room, 4 members each.
+            assert_verified(&r, 84);
+            assert_eq!(r.summary["rooms"], 3, "{}", r.summary);
+            assert_eq!(r.summary["room_sizes"]["4"], 3, "{}", r.summary);
+        }
+        let seqs: Vec<i64> = layout
+            .expect("layout")
+            .rooms
+            .iter()
+            .map(|r| r.last_seq)
+            .collect();
+        assert_eq!(seqs, vec![14, 14, 14]);
     }
 }

@@ -2,22 +2,28 @@
 //!
 //! `idle`: registers a user, opens `--connections` WebSockets to the gateway and holds them idle,
 //! then reads the server's resident memory from `/proc/<pid>/status` before and after, and prints
-//! the memory per idle connection. Run it against `ruststacker all` (pass its pid).
+//! the memory per idle connection. Run it against `ruststacker all` (pass its pid);
+//! `--compare-bare` measures a bare server's first, the same way, and gives the ratio.
 //!
 //! `send`: one user sends to a room of their own from `--concurrency` request loops for
 //! `--seconds`; prints stored messages per second and the latency of a durable 200.
 //!
-//! `fanout`: `--users` members of one group, one WebSocket each, `--messages` sent by the owner;
-//! verifies every receiver got every message once and in order, and reports deliveries per
-//! second, delivery latency and (optionally) Redis calls and server CPU per delivery. `--bare URL`
-//! drives a bare broadcast server instead, `--compare-bare` measures one first and reports the
-//! server's figures as ratios of its, and `--procs N` spreads the sockets over N client processes.
+//! `fanout`: `--users` members of one group (or of `--rooms N` rooms, one-to-one rooms and groups),
+//! one WebSocket each, `--messages` (or `--seconds` of) messages sent by members round-robin over
+//! the rooms; verifies every member got every message of its room once and in order and nothing
+//! of other rooms, and reports deliveries per second, delivery latency and (optionally) Redis
+//! calls, server CPU per delivery and server RSS. `--bare URL` drives a bare broadcast server
+//! instead, `--compare-bare` measures one and then the server and reports the server's figures as
+//! ratios of its (`--rounds R`: alternated R times, with medians), and `--procs N` spreads the
+//! sockets over N client processes.
 //!
-//! `bare-server`: a WebSocket broadcast server with no auth and no storage, the practical limit of
-//! the push path on this machine.
+//! `bare-server`: a WebSocket broadcast server with rooms and no auth or storage, the practical
+//! limit of the push path on this machine.
 
 mod bare;
+mod compare;
 mod fanout;
+mod layout;
 mod resp;
 mod shard;
 
@@ -54,6 +60,9 @@ enum Cmd {
         /// Connections to open (keep below the open-files limit of this process).
         #[arg(long, default_value_t = 5000)]
         connections: usize,
+        /// Measure a bare server (a child process) first, then the server, and give the ratio.
+        #[arg(long)]
+        compare_bare: bool,
     },
     /// Durable sends per second (group commit) and their latency.
     Send {
@@ -175,18 +184,64 @@ async fn send_load(meta: &str, send: &str, concurrency: usize, seconds: u64) -> 
     Ok(())
 }
 
-async fn idle(meta: &str, gateway: &str, pid: u32, n: usize) -> anyhow::Result<()> {
+/// Memory per idle connection of the server at `pid` (a bare server too, with `compare_bare`).
+async fn idle(
+    meta: &str,
+    gateway: &str,
+    pid: u32,
+    n: usize,
+    compare_bare: bool,
+) -> anyhow::Result<()> {
     let token = token(meta).await?;
-    let url = format!("{gateway}?token={token}");
+    let server_url = format!("{gateway}?token={token}");
+    let out = if compare_bare {
+        let bare = fanout::BareChild::start().await?;
+        let ws = bare.url.replacen("http://", "ws://", 1);
+        eprintln!("bare server at {} (pid {})", bare.url, bare.pid);
+        let b = idle_on(&format!("{ws}/api/ws"), bare.pid, n).await;
+        bare.stop().await;
+        let b = b?;
+        eprintln!("server");
+        let s = idle_on(&server_url, pid, n).await?;
+        let key = "bytes_per_idle_connection";
+        let ratio = match (s[key].as_f64(), b[key].as_f64()) {
+            (Some(s), Some(b)) if b > 0.0 => Some((s / b * 1000.0).round() / 1000.0),
+            _ => None,
+        };
+        json!({"bare": b, "server": s, "server_to_bare": {key: ratio}})
+    } else {
+        idle_on(&server_url, pid, n).await?
+    };
+    println!("{out}");
+    Ok(())
+}
+
+/// `pid`'s RSS once it has settled (under 64 KiB of change over a second, at most 10 s): an
+/// allocator may still be returning what earlier work (a registration's password hash) freed.
+async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut last = rss_kib(pid)?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) < 64 || Instant::now() >= give_up {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// Opens `n` sockets to `url`, each waiting for its welcome frame, and measures `pid`'s RSS
+/// growth per socket.
+async fn idle_on(url: &str, pid: u32, n: usize) -> anyhow::Result<Value> {
     // Warm up: the first connection allocates per-process structures that are not per connection.
-    let (mut warm, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let (mut warm, _) = tokio_tungstenite::connect_async(url).await?;
     warm.next().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(pid)?;
+    let before = settled_rss_kib(pid).await?;
     let started = Instant::now();
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .with_context(|| format!("connection {i}"))?;
         // Wait for the welcome frame, so the server finished setting the connection up.
@@ -201,20 +256,18 @@ async fn idle(meta: &str, gateway: &str, pid: u32, n: usize) -> anyhow::Result<(
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid)?;
-    let per = (after.saturating_sub(before) as f64) * 1024.0 / n as f64;
-    println!(
-        "{}",
-        json!({
-            "connections": n,
-            "connect_secs": connect_secs,
-            "server_rss_before_kib": before,
-            "server_rss_after_kib": after,
-            "bytes_per_idle_connection": per.round(),
-        })
-    );
+    // Signed: an allocator returning earlier garbage during the run shows as a negative growth
+    // (rerun with more connections) rather than as a misleading 0.
+    let per = (after as f64 - before as f64) * 1024.0 / n as f64;
     drop(conns);
     drop(warm);
-    Ok(())
+    Ok(json!({
+        "connections": n,
+        "connect_secs": connect_secs,
+        "server_rss_before_kib": before,
+        "server_rss_after_kib": after,
+        "bytes_per_idle_connection": per.round(),
+    }))
 }
 
 #[tokio::main]
@@ -225,7 +278,8 @@ async fn main() -> anyhow::Result<()> {
             gateway,
             pid,
             connections,
-        } => idle(&meta, &gateway, pid, connections).await,
+            compare_bare,
+        } => idle(&meta, &gateway, pid, connections, compare_bare).await,
         Cmd::Send {
             meta,
             send,

@@ -1,6 +1,7 @@
 //! One shard of `fanout`'s sockets: connects them (optionally from a given source address),
-//! records what each receives, and at the end checks it against the messages the coordinator says
-//! were accepted. A shard runs in the coordinator's process (`--procs 1`) or as a child process
+//! records what each receives, and at the end checks it, room by room, against the messages the
+//! coordinator says were accepted: every socket is one member of one room and must get every
+//! accepted message of that room once and in `seq` order, and nothing of any other room. A shard runs in the coordinator's process (`--procs 1`) or as a child process
 //! (`ruststacker-bench fanout-shard`, one per `--procs`), so one run can hold more sockets than one
 //! process may open files. A child speaks JSON lines: it reads a [`ShardJob`], then a [`StopCmd`],
 //! on stdin and writes [`ShardEvent`]s on stdout.
@@ -56,7 +57,8 @@ pub fn wall_us(t: Instant) -> u64 {
 pub enum ConnectTarget {
     /// RustStacker: ask the registry which gateway, authenticate with the user's token.
     Registry { registry: String },
-    /// One WebSocket URL for every socket (the bare server).
+    /// One WebSocket URL for every socket (the bare server), which names its room with
+    /// `?rooms=ID`.
     Url { ws_url: String },
 }
 
@@ -66,13 +68,18 @@ pub struct SocketSpec {
     pub index: usize,
     pub user_id: i64,
     pub token: Option<String>,
+    /// The room this socket's user is a member of.
+    pub room_id: i64,
+    /// The room's last `seq` before this round: frames at or below it are an earlier round's
+    /// (a reconnect's resync sends what the delivery cursor had not recorded yet), not this one's.
+    pub after_seq: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardJob {
     pub shard: usize,
-    pub room_id: i64,
-    pub messages: usize,
+    /// Messages each receiver is expected to get (a capacity hint only).
+    pub per_receiver: usize,
     pub ack: bool,
     pub connect_concurrency: usize,
     /// Client sockets bind to these, round-robin by [`SocketSpec::index`] (none: the kernel picks).
@@ -81,10 +88,23 @@ pub struct ShardJob {
     pub sockets: Vec<SocketSpec>,
 }
 
-/// The coordinator's word to stop: the messages accepted, `(message id, µs when its send began)`.
+/// The coordinator's word to stop: the messages accepted,
+/// `(room id, message id, µs when its send began)`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct StopCmd {
-    pub started: Vec<(i64, u64)>,
+    pub started: Vec<(i64, i64, u64)>,
+}
+
+/// The accepted messages by room: message id → µs when its send began.
+pub type Accepted = HashMap<i64, HashMap<i64, u64>>;
+
+/// Groups `(room, id, µs)` triples by room.
+pub fn accepted_by_room(started: &[(i64, i64, u64)]) -> Accepted {
+    let mut by_room: Accepted = HashMap::new();
+    for &(room, id, us) in started {
+        by_room.entry(room).or_default().insert(id, us);
+    }
+    by_room
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -177,11 +197,12 @@ impl Histogram {
     }
 }
 
-/// What one receiver saw of the run's room. Each receiver is one user in one room, so this is the
+/// What one receiver saw of its room. Each receiver is one user in one room, so this is the
 /// per-(receiver, room) check: duplicates after dedupe by message id, and `seq` order.
 #[derive(Debug, Default)]
 pub struct ReceiverLog {
     room_id: i64,
+    after_seq: i64,
     seen: HashSet<i64>,
     /// Each distinct message once: (message id, µs when it arrived).
     receipts: Vec<(i64, u64)>,
@@ -192,14 +213,17 @@ pub struct ReceiverLog {
     gaps: u64,
     bad_frames: u64,
     other_rooms: u64,
+    /// Frames of an earlier round (`seq` at or below `after_seq`).
+    replayed: u64,
     /// Why the socket ended before the run did, if it did.
     ended: Option<String>,
 }
 
 impl ReceiverLog {
-    pub fn new(room_id: i64, messages: usize) -> Self {
+    pub fn new(room_id: i64, after_seq: i64, messages: usize) -> Self {
         Self {
             room_id,
+            after_seq,
             seen: HashSet::with_capacity(messages),
             receipts: Vec::with_capacity(messages),
             ..Self::default()
@@ -210,6 +234,10 @@ impl ReceiverLog {
     pub fn chat(&mut self, room_id: i64, id: i64, seq: i64, at_us: u64) -> bool {
         if room_id != self.room_id {
             self.other_rooms += 1;
+            return false;
+        }
+        if seq <= self.after_seq {
+            self.replayed += 1;
             return false;
         }
         if !self.seen.insert(id) {
@@ -242,7 +270,10 @@ pub struct Verdict {
     /// Chat frames of the room whose message the coordinator never saw accepted.
     pub unexpected: u64,
     pub bad_frames: u64,
+    /// Chat frames of a room the receiver is not a member of.
     pub other_rooms: u64,
+    /// Frames of an earlier round, resent on reconnect (not a failure).
+    pub replayed: u64,
     pub ended: BTreeMap<String, u64>,
     /// µs of the last delivery of an accepted message.
     pub last_delivery_us: u64,
@@ -250,8 +281,10 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Checks one receiver against the accepted messages (id → µs its send began).
-    pub fn add(&mut self, log: ReceiverLog, started: &HashMap<i64, u64>) {
+    /// Checks one receiver against the accepted messages of its room.
+    pub fn add(&mut self, log: ReceiverLog, accepted: &Accepted) {
+        let empty = HashMap::new();
+        let started = accepted.get(&log.room_id).unwrap_or(&empty);
         let mut got = 0usize;
         for &(id, at) in &log.receipts {
             match started.get(&id) {
@@ -273,6 +306,7 @@ impl Verdict {
         self.gaps += log.gaps;
         self.bad_frames += log.bad_frames;
         self.other_rooms += log.other_rooms;
+        self.replayed += log.replayed;
         if let Some(why) = log.ended {
             *self.ended.entry(why).or_default() += 1;
         }
@@ -289,6 +323,7 @@ impl Verdict {
         self.unexpected += o.unexpected;
         self.bad_frames += o.bad_frames;
         self.other_rooms += o.other_rooms;
+        self.replayed += o.replayed;
         for (k, v) in o.ended {
             *self.ended.entry(k).or_default() += v;
         }
@@ -373,7 +408,7 @@ async fn connect(
     source: Option<IpAddr>,
 ) -> anyhow::Result<(Ws, String)> {
     let (url, at) = match &target {
-        ConnectTarget::Url { ws_url } => (ws_url.clone(), ws_url.clone()),
+        ConnectTarget::Url { ws_url } => (format!("{ws_url}?rooms={}", s.room_id), ws_url.clone()),
         ConnectTarget::Registry { registry } => {
             let gw: GatewayView = call(http.get(format!(
                 "{registry}/registry/gateway/available?user_id={}",
@@ -423,13 +458,12 @@ struct Live {
 /// Reads frames until told to stop (or the socket ends), recording each distinct chat message.
 async fn receive(
     mut ws: Ws,
-    room_id: i64,
-    messages: usize,
+    mut log: ReceiverLog,
     ack: bool,
     live: Arc<Live>,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverLog {
-    let mut log = ReceiverLog::new(room_id, messages);
+    let room_id = log.room_id;
     let mut to_ack: Option<i64> = None;
     'run: loop {
         let mut next = tokio::select! {
@@ -513,13 +547,15 @@ pub async fn run(
         let mut conns = futures_util::stream::iter(specs)
             .map(|s| {
                 let from = source(s.index);
+                let log = ReceiverLog::new(s.room_id, s.after_seq, job.per_receiver);
                 connect(http.clone(), job.target.clone(), s, job.ack, from)
+                    .map(|c| c.map(|(ws, gw)| (ws, gw, log)))
             })
             .buffered(job.connect_concurrency.max(1));
         while let Some(c) = conns.next().await {
-            let (ws, gw) = c?;
+            let (ws, gw, log) = c?;
             *gateways.entry(gw).or_default() += 1;
-            sockets.push(ws);
+            sockets.push((ws, log));
             if sockets.len() % 100 == 0 || sockets.len() == n {
                 emit(ShardEvent::Connected {
                     count: sockets.len(),
@@ -534,16 +570,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let receivers: Vec<_> = sockets
         .into_iter()
-        .map(|ws| {
-            tokio::spawn(receive(
-                ws,
-                job.room_id,
-                job.messages,
-                job.ack,
-                live.clone(),
-                stop_rx.clone(),
-            ))
-        })
+        .map(|(ws, log)| tokio::spawn(receive(ws, log, job.ack, live.clone(), stop_rx.clone())))
         .collect();
 
     let mut stop = stop;
@@ -570,10 +597,11 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
-    let started: HashMap<i64, u64> = cmd.started.into_iter().collect();
+    let accepted = accepted_by_room(&cmd.started);
+    drop(cmd);
     let mut verdict = Verdict::default();
     for r in receivers {
-        verdict.add(r.await?, &started);
+        verdict.add(r.await?, &accepted);
     }
     emit(ShardEvent::Done { verdict });
     Ok(())
@@ -630,7 +658,7 @@ mod tests {
 
     #[test]
     fn the_receiver_log_counts_duplicates_reorders_and_gaps() {
-        let mut log = ReceiverLog::new(7, 8);
+        let mut log = ReceiverLog::new(7, 0, 8);
         assert!(log.chat(7, 100, 1, 10));
         assert!(log.chat(7, 101, 2, 20));
         assert!(!log.chat(7, 101, 2, 21)); // the same message again
@@ -642,12 +670,35 @@ mod tests {
             (1, 1, 1, 1)
         );
 
-        let started: HashMap<i64, u64> = [(100, 0), (101, 0), (102, 0), (103, 0), (104, 0)].into();
+        let started: Vec<(i64, i64, u64)> = (100..=104).map(|id| (7, id, 0)).collect();
         let mut v = Verdict::default();
-        v.add(log, &started);
+        v.add(log, &accepted_by_room(&started));
         assert_eq!((v.deliveries, v.lost, v.incomplete_receivers), (4, 1, 1));
         assert_eq!(v.latency.count(), 4);
         assert_eq!(v.last_delivery_us, 40);
+    }
+
+    #[test]
+    fn each_receiver_is_checked_against_its_own_room() {
+        // Room 7 ended the last round at seq 3; room 8 is new.
+        let mut a = ReceiverLog::new(7, 3, 4);
+        assert!(!a.chat(7, 103, 3, 5)); // resent from the last round
+        assert!(a.chat(7, 104, 4, 10));
+        assert!(!a.chat(8, 200, 1, 11)); // not a member of room 8
+        assert!(a.chat(7, 105, 5, 12));
+        let mut b = ReceiverLog::new(8, 0, 4);
+        assert!(b.chat(8, 200, 1, 20));
+
+        let started = [(7, 104, 0), (7, 105, 0), (8, 200, 0), (8, 201, 0)];
+        let mut v = Verdict::default();
+        let accepted = accepted_by_room(&started);
+        v.add(a, &accepted);
+        v.add(b, &accepted);
+        assert_eq!((v.receivers, v.deliveries), (2, 3));
+        // Room 8's member missed 201; room 7's member lost nothing of its room.
+        assert_eq!((v.lost, v.incomplete_receivers), (1, 1));
+        assert_eq!((v.other_rooms, v.replayed, v.unexpected), (1, 1, 0));
+        assert_eq!((v.reordered, v.gaps, v.duplicates), (0, 0, 0));
     }
 
     #[test]
