@@ -365,3 +365,33 @@ pub async fn run(cfg: BareArgs) -> anyhow::Result<()> {
     axum::serve(listener, router(cfg)).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_names_its_rooms_in_a_list() {
+        assert_eq!(parse_rooms("3, 1,,3,2"), Ok(vec![1, 2, 3]));
+        assert_eq!(parse_rooms(""), Ok(vec![]));
+        assert!(parse_rooms("1,x").is_err());
+    }
+
+    /// A bad room list is the client's error: the upgrade is refused with a 400 envelope.
+    #[tokio::test]
+    async fn a_bad_room_list_is_refused_with_400() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router(BareArgs::default())).await });
+        let err = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?rooms=1,x"))
+            .await
+            .expect_err("the upgrade is refused");
+        let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+            panic!("not an HTTP refusal: {err}")
+        };
+        assert_eq!(resp.status(), 400);
+        let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+            .expect("a JSON envelope");
+        assert_eq!(body["code"], 400, "{body}");
+    }
+}
