@@ -16,6 +16,8 @@
   /** Reconnect backoff: first delay and ceiling, in milliseconds. */
   const BACKOFF_FIRST_MS = 500;
   const BACKOFF_MAX_MS = 10000;
+  /** A gateway lost or unreachable is left out of this page's placements this long. */
+  const AVOID_MS = 30000;
   /** How long acknowledgements are gathered before one cumulative `ack` frame per room. */
   const ACK_DELAY_MS = 100;
 
@@ -37,6 +39,8 @@
     acked: new Set(),
     ws: null,
     attempt: 0,
+    /** Gateways lost lately: id -> when (see AVOID_MS). */
+    avoid: new Map(),
     reconnectTimer: null,
     /** room_id -> highest seq received on the current connection (gap detection). */
     wsSeq: new Map(),
@@ -442,9 +446,20 @@
     if (!state.token || state.ws) return;
     setStatus('connecting');
     let gw;
+    const now = Date.now();
+    for (const [id, at] of state.avoid) if (now - at >= AVOID_MS) state.avoid.delete(id);
+    // A gateway this page just lost is left out, so a dead one costs one attempt, not one per
+    // retry until the registry notices (docs/protocol.md, "Failover").
+    const exclude = [...state.avoid.keys()].slice(-8).map(encodeURIComponent).join(',');
     try {
-      gw = await api(state.registryUrl, 'GET', `/registry/gateway/available?user_id=${state.userId}`);
+      gw = await api(
+        state.registryUrl,
+        'GET',
+        `/registry/gateway/available?user_id=${state.userId}${exclude ? `&exclude=${exclude}` : ''}`,
+      );
     } catch {
+      // Perhaps only the avoided gateways are left: the next attempt asks without them.
+      state.avoid.clear();
       scheduleReconnect();
       return;
     }
@@ -476,10 +491,12 @@
       }
       onFrame(frame);
     });
-    ws.addEventListener('close', () => {
+    ws.addEventListener('close', (ev) => {
       if (state.ws !== ws) return;
       state.ws = null;
       setStatus('offline');
+      // Unreachable, dropped without a close frame (1006) or going away (1001): it may be dead.
+      if (!opened || ev.code === 1006 || ev.code === 1001) state.avoid.set(gw.gateway_id, Date.now());
       if (!opened && state.attempt >= 2) {
         // Refused at the handshake more than once: the token may be revoked or expired
         // (`meta` logs out on a 401).

@@ -336,6 +336,25 @@ fn send_view(r: &SendRegistration) -> proto::api::SendView {
 }
 
 impl InProcInstances {
+    /// Drops the gateways silent past the heartbeat timeout, then lists those heard from within
+    /// `within`, least loaded first.
+    fn heard_within(&self, within: Duration) -> Vec<GatewayView> {
+        let ttl = self.ttl;
+        let mut g = self.lock();
+        g.retain(|_, l| l.seen.elapsed() <= ttl);
+        let mut out: Vec<GatewayView> = g
+            .values()
+            .filter(|l| l.seen.elapsed() <= within)
+            .map(view)
+            .collect();
+        out.sort_by(|a, b| {
+            a.load
+                .total_cmp(&b.load)
+                .then(a.gateway_id.cmp(&b.gateway_id))
+        });
+        out
+    }
+
     fn sends(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SendRegistration, Instant)>> {
         self.sends
             .lock()
@@ -414,16 +433,11 @@ impl Instances for InProcInstances {
     }
 
     async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError> {
-        let ttl = self.ttl;
-        let mut g = self.lock();
-        g.retain(|_, l| l.seen.elapsed() <= ttl);
-        let mut out: Vec<GatewayView> = g.values().map(view).collect();
-        out.sort_by(|a, b| {
-            a.load
-                .total_cmp(&b.load)
-                .then(a.gateway_id.cmp(&b.gateway_id))
-        });
-        Ok(out)
+        Ok(self.heard_within(self.ttl))
+    }
+
+    async fn responsive_gateways(&self, within: Duration) -> Result<Vec<GatewayView>, BusError> {
+        Ok(self.heard_within(within.min(self.ttl)))
     }
 }
 
@@ -500,6 +514,30 @@ mod tests {
             i.heartbeat_gateway("a", 1).await.is_err(),
             "must register again"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_gateway_stops_being_offered_long_before_it_is_dead() {
+        let i = InProcInstances::new(Duration::from_secs(30));
+        i.register_gateway(gw("a")).await.expect("ok");
+        i.register_gateway(gw("b")).await.expect("ok");
+        let within = Duration::from_secs(3);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        i.heartbeat_gateway("b", 0).await.expect("ok");
+        assert_eq!(i.responsive_gateways(within).await.expect("ok").len(), 2);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let offered = i.responsive_gateways(within).await.expect("ok");
+        let ids: Vec<&str> = offered.iter().map(|g| g.gateway_id.as_str()).collect();
+        assert_eq!(ids, ["b"], "a is silent for 4 s, b for 2 s");
+        assert_eq!(
+            i.live_gateways().await.expect("ok").len(),
+            2,
+            "a is not dead yet: its streams and routes stay"
+        );
+        i.heartbeat_gateway("a", 0)
+            .await
+            .expect("a heartbeat brings it back");
+        assert_eq!(i.responsive_gateways(within).await.expect("ok").len(), 2);
     }
 
     #[tokio::test]

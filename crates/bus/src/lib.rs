@@ -234,6 +234,11 @@ pub trait Instances: Send + Sync {
     /// Live gateways, least loaded first. `load` counts the connections of the last heartbeat
     /// plus the clients sent there since ([`Instances::placed`]).
     async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError>;
+    /// The live gateways that heartbeated within `within`, least loaded first: the ones a client
+    /// may be offered. A gateway that fell silent is most likely dead well before it counts as
+    /// dead (its streams are reclaimed and its routes skipped only after the heartbeat timeout),
+    /// so placement stops offering it first.
+    async fn responsive_gateways(&self, within: Duration) -> Result<Vec<GatewayView>, BusError>;
     /// A client was just told to connect to `gateway`: count it in its load until the next
     /// heartbeat, so a burst of clients spreads instead of all seeing the same stale ranking.
     async fn placed(&self, gateway: &str) -> Result<(), BusError>;

@@ -129,6 +129,72 @@ impl RedisBus {
         self
     }
 
+    /// The live gateways, least loaded first; with `within`, only those that heartbeated within
+    /// it. How long a gateway has been silent is told by Redis's own clock (the registration's
+    /// remaining time to live against the one it was written with), so the hosts' clocks need
+    /// not agree.
+    async fn gateways_heard_within(
+        &self,
+        within: Option<Duration>,
+    ) -> Result<Vec<GatewayView>, BusError> {
+        let mut c = self.conn.clone();
+        let ranked: Vec<(String, f64)> = c
+            .zrange_withscores(self.ranking_key(), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        if ranked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ranked.iter().map(|(g, _)| self.info_key(g)).collect();
+        let mut pipe = redis::pipe();
+        pipe.mget(&keys);
+        for k in &keys {
+            pipe.pttl(k);
+        }
+        let reply: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        let mut reply = reply.into_iter();
+        let malformed = |e: redis::ParsingError| BusError::Unavailable(e.to_string());
+        let infos: Vec<Option<String>> = reply
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(malformed)?
+            .unwrap_or_default();
+        let ttls: Vec<i64> = reply
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()
+            .map_err(malformed)?;
+        let mut live = Vec::new();
+        for (((id, score), info), left_ms) in ranked.iter().zip(infos).zip(ttls) {
+            match info.and_then(|i| serde_json::from_str::<Info>(&i).ok()) {
+                Some(info) => {
+                    // An entry written without its time to live (an older version) counts as
+                    // heard from.
+                    let silent_ms = info
+                        .ttl_ms
+                        .saturating_sub(u64::try_from(left_ms).unwrap_or(0));
+                    if within.is_some_and(|w| info.ttl_ms > 0 && silent_ms > ms(w) as u64) {
+                        continue;
+                    }
+                    let mut view = info.view(id);
+                    // The ranking's score is the heartbeat's load plus placements since.
+                    view.load = score.max(view.load);
+                    live.push(view);
+                }
+                None => {
+                    // Expired: prune it from the ranking.
+                    let _: i64 = c.zrem(self.ranking_key(), id).await.map_err(unavailable)?;
+                }
+            }
+        }
+        live.sort_by(|a, b| {
+            a.load
+                .total_cmp(&b.load)
+                .then(a.gateway_id.cmp(&b.gateway_id))
+        });
+        Ok(live)
+    }
+
     fn receipts_key(&self, instance: &str) -> String {
         receipts_key(&self.s.prefix, instance)
     }
@@ -580,6 +646,10 @@ struct Info {
     port: u16,
     max_connections: u64,
     connections: u64,
+    /// The time to live the entry was written with (ms), against which its remaining time tells
+    /// how long the gateway has been silent. 0: written by a version that did not say.
+    #[serde(default)]
+    ttl_ms: u64,
 }
 
 impl Info {
@@ -683,6 +753,7 @@ impl Instances for RedisBus {
             port: reg.port,
             max_connections: reg.max_connections,
             connections: 0,
+            ttl_ms: ms(self.s.gateway_ttl) as u64,
         };
         let json =
             serde_json::to_string(&info).map_err(|e| BusError::Unavailable(e.to_string()))?;
@@ -710,6 +781,7 @@ impl Instances for RedisBus {
             .and_then(|r| serde_json::from_str(&r).ok())
             .ok_or_else(|| BusError::NoSuchGateway(gateway.to_owned()))?;
         info.connections = connections;
+        info.ttl_ms = ms(self.s.gateway_ttl) as u64;
         let load = info.view(gateway).load;
         let json =
             serde_json::to_string(&info).map_err(|e| BusError::Unavailable(e.to_string()))?;
@@ -736,37 +808,11 @@ impl Instances for RedisBus {
     }
 
     async fn live_gateways(&self) -> Result<Vec<GatewayView>, BusError> {
-        let mut c = self.conn.clone();
-        let ranked: Vec<(String, f64)> = c
-            .zrange_withscores(self.ranking_key(), 0, -1)
-            .await
-            .map_err(unavailable)?;
-        if ranked.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ranked.iter().map(|(g, _)| self.info_key(g)).collect();
-        let infos: Vec<Option<String>> = c.mget(&keys).await.map_err(unavailable)?;
-        let mut live = Vec::new();
-        for ((id, score), info) in ranked.iter().zip(infos) {
-            match info.and_then(|i| serde_json::from_str::<Info>(&i).ok()) {
-                Some(info) => {
-                    let mut view = info.view(id);
-                    // The ranking's score is the heartbeat's load plus placements since.
-                    view.load = score.max(view.load);
-                    live.push(view);
-                }
-                None => {
-                    // Expired: prune it from the ranking.
-                    let _: i64 = c.zrem(self.ranking_key(), id).await.map_err(unavailable)?;
-                }
-            }
-        }
-        live.sort_by(|a, b| {
-            a.load
-                .total_cmp(&b.load)
-                .then(a.gateway_id.cmp(&b.gateway_id))
-        });
-        Ok(live)
+        self.gateways_heard_within(None).await
+    }
+
+    async fn responsive_gateways(&self, within: Duration) -> Result<Vec<GatewayView>, BusError> {
+        self.gateways_heard_within(Some(within)).await
     }
 
     async fn placed(&self, gateway: &str) -> Result<(), BusError> {

@@ -207,6 +207,40 @@ async fn an_expired_lease_no_longer_points_at_the_gateway() {
 }
 
 #[tokio::test]
+async fn a_silent_gateway_stops_being_offered_long_before_it_is_dead() {
+    let b = bus().await;
+    b.register_gateway(reg("a", 100)).await.expect("register");
+    b.register_gateway(reg("b", 100)).await.expect("register");
+    let within = Duration::from_millis(200);
+    let ids =
+        |v: Vec<proto::api::GatewayView>| v.into_iter().map(|g| g.gateway_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(b.responsive_gateways(within).await.expect("offered")),
+        ["a", "b"],
+        "both just registered"
+    );
+    // "b" keeps heartbeating, "a" falls silent: past 200 ms only "b" is offered (Redis's clock
+    // decides), while both stay live for the 30 s heartbeat timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        b.heartbeat_gateway("b", 0).await.expect("heartbeat");
+        let offered = ids(b.responsive_gateways(within).await.expect("offered"));
+        if offered == ["b"] {
+            break;
+        }
+        assert_eq!(offered, ["a", "b"], "b heartbeats, so it is always offered");
+        assert!(std::time::Instant::now() < deadline, "a was never left out");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(ids(b.live_gateways().await.expect("live")), ["a", "b"]);
+    b.heartbeat_gateway("a", 0).await.expect("a is back");
+    assert_eq!(
+        ids(b.responsive_gateways(within).await.expect("offered")),
+        ["a", "b"]
+    );
+}
+
+#[tokio::test]
 async fn live_gateways_are_ranked_by_load_and_expired_ones_pruned() {
     let b = bus_with(Duration::from_millis(300), Duration::from_secs(60)).await;
     b.register_gateway(reg("a", 100)).await.expect("register");

@@ -254,9 +254,15 @@ impl Api {
         Ok((reply.messages, reply.has_more))
     }
 
-    /// The gateway the registry places `user_id` on.
-    pub async fn gateway_for(&self, user_id: UserId) -> Result<GatewayView> {
-        let path = format!("/registry/gateway/available?user_id={user_id}");
+    /// The gateway the registry places `user_id` on, other than the `excluded` ones (gateways
+    /// this client just lost or could not reach).
+    pub async fn gateway_for(&self, user_id: UserId, excluded: &[String]) -> Result<GatewayView> {
+        let mut path = format!("/registry/gateway/available?user_id={user_id}");
+        if !excluded.is_empty() {
+            // Gateway ids are letters, digits, '-', '_' and '.': nothing to escape.
+            path.push_str("&exclude=");
+            path.push_str(&excluded.join(","));
+        }
         self.call(Service::Registry, Method::GET, &path, None).await
     }
 

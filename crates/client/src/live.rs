@@ -85,16 +85,51 @@ enum End {
     /// The consumer is gone: stop.
     Stopped,
     Fatal(ClientError),
-    /// Try again; `connected` says whether it got as far as the welcome (resets the backoff).
+    /// Try again; `connected` says whether it got as far as the welcome (resets the backoff),
+    /// `suspect` names the gateway when it may be dead (unreachable, the connection dropped
+    /// without a close frame, or it went silent): the next placement avoids it.
     Lost {
         reason: String,
         connected: bool,
+        suspect: Option<String>,
     },
 }
 
-/// How a connection the gateway closed ends: a revoked token is fatal (reconnecting would be
-/// refused), anything else is retried.
-fn closed(frame: Option<tungstenite::protocol::CloseFrame>, connected: bool) -> End {
+/// Gateways this client lost or could not reach lately, excluded from its placements for
+/// [`AVOID_FOR`], so a dead gateway costs one attempt instead of one per retry until the registry
+/// notices (see docs/protocol.md, "Failover").
+#[derive(Debug, Default)]
+struct Avoid(Vec<(String, tokio::time::Instant)>);
+
+/// How long a lost gateway is excluded from this client's placements.
+const AVOID_FOR: Duration = Duration::from_secs(30);
+/// Most gateways excluded at once (the registry takes up to 16).
+const AVOID_MAX: usize = 8;
+
+impl Avoid {
+    fn add(&mut self, gateway: String) {
+        self.0.retain(|(g, _)| *g != gateway);
+        self.0.push((gateway, tokio::time::Instant::now()));
+        if self.0.len() > AVOID_MAX {
+            self.0.remove(0);
+        }
+    }
+
+    /// The ids still avoided, oldest first.
+    fn current(&mut self) -> Vec<String> {
+        self.0.retain(|(_, at)| at.elapsed() < AVOID_FOR);
+        self.0.iter().map(|(g, _)| g.clone()).collect()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// How a connection the gateway `id` closed ends: a revoked token is fatal (reconnecting would be
+/// refused), anything else is retried; a gateway going away (1001) is avoided in the next
+/// placement.
+fn closed(frame: Option<tungstenite::protocol::CloseFrame>, connected: bool, id: &str) -> End {
     let (code, reason) = frame
         .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
         .unwrap_or((WsCloseCode::Status.into(), String::new()));
@@ -106,6 +141,7 @@ fn closed(frame: Option<tungstenite::protocol::CloseFrame>, connected: bool) -> 
     End::Lost {
         reason: format!("gateway closed the connection ({code} {reason})"),
         connected,
+        suspect: (CloseCode::try_from(code) == Ok(CloseCode::GoingAway)).then(|| id.to_owned()),
     }
 }
 
@@ -116,16 +152,24 @@ async fn run(
     mut frames: mpsc::Receiver<ClientFrame>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut avoid = Avoid::default();
     loop {
-        match session(&api, user_id, &events, &mut frames).await {
+        match session(&api, user_id, &events, &mut frames, &mut avoid).await {
             End::Stopped => return,
             End::Fatal(e) => {
                 let _ = events.send(Event::Fatal(e)).await;
                 return;
             }
-            End::Lost { reason, connected } => {
+            End::Lost {
+                reason,
+                connected,
+                suspect,
+            } => {
                 if connected {
                     backoff.reset();
+                }
+                if let Some(gateway) = suspect {
+                    avoid.add(gateway);
                 }
                 let retry_in = backoff.next_delay(rand::random::<f64>());
                 let gone = events
@@ -147,15 +191,28 @@ async fn session(
     user_id: UserId,
     events: &mpsc::Sender<Event>,
     frames: &mut mpsc::Receiver<ClientFrame>,
+    avoid: &mut Avoid,
 ) -> End {
     let lost = |reason: String| End::Lost {
         reason,
         connected: false,
+        suspect: None,
     };
-    let gw = match api.gateway_for(user_id).await {
+    let excluded = avoid.current();
+    let gw = match api.gateway_for(user_id, &excluded).await {
         Ok(gw) => gw,
         Err(e @ ClientError::Auth(_)) => return End::Fatal(e),
-        Err(e) => return lost(format!("no gateway: {e}")),
+        Err(e) => {
+            // Perhaps only the avoided gateways are left: the next attempt asks without them.
+            avoid.clear();
+            return lost(format!("no gateway: {e}"));
+        }
+    };
+    let id = gw.gateway_id.clone();
+    let dead = |reason: String, connected: bool| End::Lost {
+        reason,
+        connected,
+        suspect: Some(id.clone()),
     };
     let Some(token) = api.token() else {
         return End::Fatal(ClientError::Auth("not logged in".into()));
@@ -173,7 +230,7 @@ async fn session(
         Err(tungstenite::Error::Http(resp)) => {
             return lost(format!("gateway {gateway} answered HTTP {}", resp.status()));
         }
-        Err(e) => return lost(format!("cannot reach gateway {gateway}: {e}")),
+        Err(e) => return dead(format!("cannot reach gateway {gateway}: {e}"), false),
     };
     let mut welcomed = false;
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -186,10 +243,10 @@ async fn session(
                 silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(frame))) => return closed(frame, welcomed),
+                    Some(Ok(Message::Close(frame))) => return closed(frame, welcomed, &id),
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return End::Lost { reason: e.to_string(), connected: welcomed },
-                    None => return End::Lost { reason: "connection closed".into(), connected: welcomed },
+                    Some(Err(e)) => return dead(e.to_string(), welcomed),
+                    None => return dead("connection closed".into(), welcomed),
                 };
                 let event = match serde_json::from_str::<ServerFrame>(text.as_str()) {
                     Ok(ServerFrame::System { .. }) if !welcomed => {
@@ -215,20 +272,20 @@ async fn session(
                 };
                 let text = serde_json::to_string(&frame).expect("client frames always serialize");
                 if let Err(e) = ws.send(Message::text(text)).await {
-                    return End::Lost { reason: e.to_string(), connected: welcomed };
+                    return dead(e.to_string(), welcomed);
                 }
             }
             _ = ping.tick() => {
                 let text = serde_json::to_string(&ClientFrame::Ping {}).expect("client frames always serialize");
                 if let Err(e) = ws.send(Message::text(text)).await {
-                    return End::Lost { reason: e.to_string(), connected: welcomed };
+                    return dead(e.to_string(), welcomed);
                 }
             }
             () = &mut silence => {
-                return End::Lost {
-                    reason: format!("nothing from gateway {gateway} for {}s", SILENCE.as_secs()),
-                    connected: welcomed,
-                };
+                return dead(
+                    format!("nothing from gateway {gateway} for {}s", SILENCE.as_secs()),
+                    welcomed,
+                );
             }
         }
     }
@@ -354,29 +411,62 @@ mod tests {
     #[test]
     fn a_revoked_token_ends_the_session_and_other_closes_are_retried() {
         assert!(matches!(
-            closed(close_frame(CloseCode::TokenRevoked), true),
+            closed(close_frame(CloseCode::TokenRevoked), true, "gw"),
             End::Fatal(ClientError::Auth(_))
         ));
-        for code in [
-            CloseCode::SlowConsumer,
-            CloseCode::GoingAway,
-            CloseCode::Idle,
+        for (code, avoided) in [
+            (CloseCode::SlowConsumer, false),
+            (CloseCode::GoingAway, true),
+            (CloseCode::Idle, false),
         ] {
-            match closed(close_frame(code), true) {
-                End::Lost { reason, connected } => {
+            match closed(close_frame(code), true, "gw") {
+                End::Lost {
+                    reason,
+                    connected,
+                    suspect,
+                } => {
                     assert!(connected);
                     assert!(reason.contains(&code.to_string()), "{reason}");
+                    assert_eq!(suspect.is_some(), avoided, "{code}");
                 }
                 _ => panic!("{code} is retried"),
             }
         }
         assert!(matches!(
-            closed(None, false),
+            closed(None, false, "gw"),
             End::Lost {
                 connected: false,
                 ..
             }
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_gateway_is_avoided_for_a_while_and_the_list_stays_short() {
+        let mut avoid = Avoid::default();
+        avoid.add("a".into());
+        tokio::time::advance(AVOID_FOR / 2).await;
+        avoid.add("b".into());
+        avoid.add("a".into());
+        assert_eq!(avoid.current(), ["b", "a"], "once each, newest last");
+        tokio::time::advance(AVOID_FOR / 2 + Duration::from_secs(1)).await;
+        assert_eq!(
+            avoid.current(),
+            ["b", "a"],
+            "a was lost again: its time restarted"
+        );
+        tokio::time::advance(AVOID_FOR / 2).await;
+        assert!(avoid.current().is_empty(), "both expired");
+        for i in 0..AVOID_MAX + 3 {
+            avoid.add(format!("g{i}"));
+        }
+        let ids = avoid.current();
+        assert_eq!(ids.len(), AVOID_MAX);
+        assert_eq!(
+            ids.last().map(String::as_str),
+            Some("g10"),
+            "the newest kept"
+        );
     }
 
     #[test]

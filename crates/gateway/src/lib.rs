@@ -115,7 +115,7 @@ impl Default for Config {
             write_buffer_bytes: 8 * 1024,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,
-            heartbeat_interval_secs: 5,
+            heartbeat_interval_secs: 1,
             resync_chunk: 200,
             cursor_flush_ms: 500,
             catch_up_secs: 3,

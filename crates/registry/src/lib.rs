@@ -7,6 +7,7 @@
 //! ([`bus::http::RegistryClient`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -39,6 +40,10 @@ pub struct Config {
     /// Seconds without a heartbeat after which a gateway is dead (the seed's
     /// `gateway_heartbeat_timeout`).
     pub gateway_heartbeat_timeout: u64,
+    /// Seconds without a heartbeat after which a gateway is no longer offered to clients (it is
+    /// most likely dead; it counts as dead only after `gateway_heartbeat_timeout`). Gateways
+    /// heartbeat every `gateway.heartbeat_interval_secs`, which must stay well below this.
+    pub gateway_offer_timeout: u64,
     /// Seconds a connected user's route lives without a refresh (gateways refresh it while the
     /// user is connected).
     pub user_route_ttl: u64,
@@ -58,6 +63,7 @@ impl Default for Config {
         Self {
             port: 8084,
             gateway_heartbeat_timeout: 30,
+            gateway_offer_timeout: 3,
             user_route_ttl: 60,
             user_route_lease: 120,
             url: None,
@@ -72,6 +78,8 @@ pub struct RegistryState {
     routes: Arc<dyn Routes>,
     internal_token: Option<Arc<str>>,
     ready: Ready,
+    /// Gateways silent for longer are not offered ([`Config::gateway_offer_timeout`]).
+    offer_within: Duration,
 }
 
 impl RegistryState {
@@ -87,7 +95,15 @@ impl RegistryState {
             routes,
             internal_token: internal_token.map(Into::into),
             ready,
+            offer_within: Duration::from_secs(Config::default().gateway_offer_timeout),
         }
+    }
+
+    /// Offers only gateways that heartbeated within `within`.
+    #[must_use]
+    pub fn offering_within(mut self, within: Duration) -> Self {
+        self.offer_within = within;
+        self
     }
 
     fn internal(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -138,16 +154,47 @@ struct AvailableQuery {
     /// The user who will connect.
     #[param(value_type = i64, minimum = 1)]
     user_id: UserId,
+    /// Gateways the client could not reach or just lost, comma-separated (at most
+    /// [`MAX_EXCLUDED`]): never offered in this answer, so a client whose gateway died moves
+    /// on at its first retry instead of waiting for the registry to notice.
+    #[param(value_type = Option<String>, example = "gateway-1,gateway-2")]
+    exclude: Option<String>,
 }
 
-/// The gateway a user should connect to: the one they used last while it lives and has room,
-/// else the least loaded.
+/// Most gateway ids one `available` request may exclude.
+const MAX_EXCLUDED: usize = 16;
+
+impl AvailableQuery {
+    fn excluded(&self) -> Result<Vec<&str>, ApiError> {
+        let Some(list) = self.exclude.as_deref().filter(|l| !l.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<&str> = list.split(',').collect();
+        if ids.len() > MAX_EXCLUDED {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("exclude names at most {MAX_EXCLUDED} gateways"),
+            ));
+        }
+        if !ids.iter().all(|id| is_valid_id(id)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("exclude is a comma-separated list of gateway ids, each {ID_RULE}"),
+            ));
+        }
+        Ok(ids)
+    }
+}
+
+/// The gateway a user should connect to: among the gateways that heartbeated recently, have room
+/// and were not excluded, the one they used last while its route lease lives, else the least
+/// loaded.
 #[utoipa::path(get, path = "/registry/gateway/available", tag = "registry",
     params(AvailableQuery),
     responses(
         (status = 200, description = "A gateway", body = Envelope<GatewayView>),
         (status = 400, description = "`invalid_query`", body = ErrorReply),
-        (status = 503, description = "`no_gateway`: none is live with room, or `registry_unavailable`", body = ErrorReply),
+        (status = 503, description = "`no_gateway`: none is live with room (or all were excluded), or `registry_unavailable`", body = ErrorReply),
     ))]
 async fn available(
     State(s): State<RegistryState>,
@@ -159,23 +206,33 @@ async fn available(
             "user_id must be a positive integer",
         ));
     }
-    let live = s.instances.live_gateways().await.map_err(bus_err)?;
-    let has_room = |g: &GatewayView| g.connections < g.max_connections;
-    // The route lease: back to the previous gateway while it lives and has room.
+    let excluded = q.excluded()?;
+    let open: Vec<GatewayView> = s
+        .instances
+        .responsive_gateways(s.offer_within)
+        .await
+        .map_err(bus_err)?
+        .into_iter()
+        .filter(|g| g.connections < g.max_connections)
+        .filter(|g| !excluded.contains(&g.gateway_id.as_str()))
+        .collect();
+    // The route lease: back to the previous gateway while it is offered.
     if let Some(previous) = s.routes.last_gateway(q.user_id).await.map_err(bus_err)?
-        && let Some(g) = live
-            .iter()
-            .find(|g| *g.gateway_id == *previous && has_room(g))
+        && let Some(g) = open.iter().find(|g| *g.gateway_id == *previous)
     {
         return Ok(ok(g.clone()));
     }
     // The least loaded; among equally loaded ones a random one, so concurrent requests that all
     // read the same ranking (before any of their placements counted) still spread.
-    let mut open: Vec<GatewayView> = live.into_iter().filter(has_room).collect();
+    let mut open = open;
     let Some(least) = open.first().map(|g| g.load) else {
         return Err(ApiError::new(
             ErrorCode::NoGateway,
-            "no gateway is available; retry later",
+            if excluded.is_empty() {
+                "no gateway is available; retry later"
+            } else {
+                "no gateway is available but the excluded ones; retry later without them"
+            },
         ));
     };
     let tied = open
@@ -245,18 +302,24 @@ fn not_registered(e: bus::BusError) -> ApiError {
     }
 }
 
-fn valid_id(id: &str, what: &'static str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
+/// What an instance id may look like.
+const ID_RULE: &str = "1-64 characters of letters, digits, '-', '_' or '.'";
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= 64
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_id(id: &str, what: &'static str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
         Ok(())
     } else {
         Err(ApiError::new(
             ErrorCode::InvalidInstanceId,
-            format!("{what} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+            format!("{what} must be {ID_RULE}"),
         ))
     }
 }

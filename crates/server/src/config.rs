@@ -444,6 +444,21 @@ pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
         .map(drop)
         .map_err(anyhow::Error::msg)?;
     cfg.web.validate().map_err(anyhow::Error::msg)?;
+    let r = &cfg.registry;
+    if r.gateway_offer_timeout == 0 || r.gateway_offer_timeout > r.gateway_heartbeat_timeout {
+        return Err(InvalidSetting::new(
+            "registry.gateway_offer_timeout",
+            "must be at least 1 and at most registry.gateway_heartbeat_timeout",
+        )
+        .into());
+    }
+    if cfg.gateway.heartbeat_interval_secs >= r.gateway_offer_timeout {
+        return Err(InvalidSetting::new(
+            "gateway.heartbeat_interval_secs",
+            "must be below registry.gateway_offer_timeout (a gateway that heartbeats that seldom is not offered between beats)",
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -29,7 +29,8 @@ pub(crate) fn registry(ctx: &Context, listener: TcpListener) -> RegistryPart {
             .as_ref()
             .map(|t| t.expose().to_owned()),
         ctx.ready.clone(),
-    );
+    )
+    .offering_within(Duration::from_secs(ctx.cfg.registry.gateway_offer_timeout));
     RegistryPart {
         http: ctx.serve(listener, registry::router(state)),
         metrics,

@@ -110,6 +110,38 @@ async fn the_registry_places_users_on_the_least_loaded_gateway_and_honours_the_r
         name_of(0),
         "the route lease wins over load"
     );
+
+    // A client that lost gateway-1 excludes it: the exclusion wins over the lease.
+    let available = |user: i64, exclude: String| {
+        let api = &api;
+        async move {
+            api.get(
+                testkit::Service::Registry,
+                &format!("/registry/gateway/available?user_id={user}&exclude={exclude}"),
+                None,
+            )
+            .await
+        }
+    };
+    let moved: GatewayView = available(users[0].id, name_of(0)).await.data();
+    assert_eq!(moved.gateway_id, name_of(1), "gateway-1 was excluded");
+    let both = available(users[0].id, format!("{},{}", name_of(0), name_of(1))).await;
+    assert_eq!(
+        (both.status, both.error_name()),
+        (503, Some("no_gateway")),
+        "every gateway excluded: {}",
+        both.text
+    );
+    let many = vec!["gw"; 17].join(",");
+    for bad in ["a%20b", "a,,b", many.as_str()] {
+        let r = available(users[0].id, bad.to_owned()).await;
+        assert_eq!(
+            (r.status, r.error_name()),
+            (400, Some("invalid_query")),
+            "exclude={bad}: {}",
+            r.text
+        );
+    }
     c.shutdown().await;
 }
 

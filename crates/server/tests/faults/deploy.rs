@@ -252,13 +252,13 @@ fn config(
     let mut seed = format!("name: {name}\nport: {port}\n");
     match role {
         Role::Gateway => seed.push_str(&format!(
-            "address: 127.0.0.1\nregistry:\n  url: {registry_url}\n  gateway_heartbeat_timeout: 3\n"
+            "address: 127.0.0.1\nregistry:\n  url: {registry_url}\n  gateway_heartbeat_timeout: 10\n"
         )),
         Role::Send => seed.push_str(&format!(
-            "address: 127.0.0.1\nmachine_id: {machine_id}\nregistry:\n  gateway_heartbeat_timeout: 3\n"
+            "address: 127.0.0.1\nmachine_id: {machine_id}\nregistry:\n  gateway_heartbeat_timeout: 10\n"
         )),
         Role::Meta | Role::Registry => {
-            seed.push_str("registry:\n  gateway_heartbeat_timeout: 3\n");
+            seed.push_str("registry:\n  gateway_heartbeat_timeout: 10\n");
         }
     }
     let m = &b.mysql;

@@ -80,6 +80,10 @@ pub struct Seen {
     pub max_seq: i64,
     /// Successful WebSocket handshakes.
     pub connects: u64,
+    /// Placements asked for and handshakes tried, successful or not.
+    pub attempts: u64,
+    /// When the current socket was opened.
+    pub connected_at: Option<Instant>,
     pub connected: bool,
     /// The gateway port of the current (or last) socket.
     pub gateway_port: u64,
@@ -136,14 +140,27 @@ impl std::fmt::Debug for Traffic {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Asks the registry where `user` should connect and opens the socket there.
-async fn connect(http: &reqwest::Client, ep: &Endpoints, user: &User) -> Result<(Ws, u64), String> {
+/// Asks the registry where `user` should connect, leaving out `avoid` (the gateway this client
+/// lost last, as the real clients do), and opens the socket there. A failed handshake sets
+/// `avoid` to the gateway that failed.
+async fn connect(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    user: &User,
+    avoid: &mut Option<String>,
+) -> Result<(Ws, u64, String), String> {
+    let exclude = avoid
+        .as_deref()
+        .map(|g| format!("&exclude={g}"))
+        .unwrap_or_default();
     let gw = call(http.get(format!(
-        "{}/registry/gateway/available?user_id={}",
+        "{}/registry/gateway/available?user_id={}{exclude}",
         ep.registry, user.id
     )))
-    .await?;
+    .await
+    .inspect_err(|_| *avoid = None)?;
     let port = gw["port"].as_u64().unwrap_or(0);
+    let id = gw["gateway_id"].as_str().unwrap_or_default().to_owned();
     let url = format!(
         "ws://{}:{port}/api/ws?token={}&ack=true",
         gw["address"].as_str().unwrap_or("127.0.0.1"),
@@ -154,9 +171,10 @@ async fn connect(http: &reqwest::Client, ep: &Endpoints, user: &User) -> Result<
         tokio_tungstenite::connect_async(url),
     )
     .await
-    .map_err(|_| "handshake timed out".to_owned())?
-    .map_err(|e| format!("handshake: {e}"))?;
-    Ok((ws, port))
+    .map_err(|_| "handshake timed out".to_owned())
+    .and_then(|r| r.map_err(|e| format!("handshake: {e}")))
+    .inspect_err(|_| *avoid = Some(id.clone()))?;
+    Ok((ws, port, id))
 }
 
 /// Holds `user`'s socket until told to stop, reconnecting through the registry whenever it ends.
@@ -168,8 +186,10 @@ async fn receive(
     seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut avoid = None;
     while !stop.load(Ordering::Relaxed) {
-        let (mut ws, port) = match connect(&http, &ep, &user).await {
+        lock(&seen).attempts += 1;
+        let (mut ws, port, id) = match connect(&http, &ep, &user, &mut avoid).await {
             Ok(c) => c,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -180,6 +200,7 @@ async fn receive(
             let mut s = lock(&seen);
             s.connects += 1;
             s.connected = true;
+            s.connected_at = Some(Instant::now());
             s.gateway_port = port;
         }
         loop {
@@ -187,9 +208,23 @@ async fn receive(
                 Err(_) if stop.load(Ordering::Relaxed) => break,
                 Err(_) => continue,
                 Ok(Some(Ok(f))) => f,
-                Ok(_) => break,
+                Ok(Some(Err(_)) | None) => {
+                    // Dropped without a close frame: the gateway may be dead.
+                    avoid = Some(id.clone());
+                    break;
+                }
             };
-            let Message::Text(text) = frame else { continue };
+            let text = match frame {
+                Message::Text(text) => text,
+                Message::Close(close) => {
+                    // Going away (1001): the gateway is shutting down.
+                    if close.is_some_and(|c| u16::from(c.code) == 1001) {
+                        avoid = Some(id.clone());
+                    }
+                    break;
+                }
+                _ => continue,
+            };
             let Ok(v) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };

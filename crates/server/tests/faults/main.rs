@@ -20,6 +20,9 @@ use serde_json::json;
 
 /// Messages per second the senders post, in total.
 const RATE: f64 = 100.0;
+/// How soon after a gateway's `kill -9` its clients must be connected to a live one (the
+/// product's promise, docs/protocol.md "Failover").
+const FAILOVER: Duration = Duration::from_secs(5);
 /// Users holding sockets; the first `SENDERS` of them also send.
 const RECEIVERS: usize = 8;
 const SENDERS: usize = 4;
@@ -141,8 +144,15 @@ async fn kill_9_of_a_gateway_loses_no_acknowledged_message() {
         "the registry placed sockets on both gateways"
     );
 
+    let attempts_before: Vec<u64> = on_victim
+        .iter()
+        .map(|id| lock(&t.seen_by(*id)).attempts)
+        .collect();
     d.node("gateway-1").kill9();
-    // Its clients find the other gateway through the registry once gateway-1's heartbeat lapses.
+    let killed = Instant::now();
+    // Its clients leave it out of their next placement (`exclude`), so they move at once; the
+    // registry stops offering it to anyone once it misses its heartbeats for
+    // `gateway_offer_timeout` (3 s), long before it counts as dead (10 s here).
     t.wait_until(
         "gateway-1's clients reconnected elsewhere",
         budget(0),
@@ -155,6 +165,35 @@ async fn kill_9_of_a_gateway_loses_no_acknowledged_message() {
         },
     )
     .await;
+    for (id, before) in on_victim.iter().zip(attempts_before) {
+        let s = t.seen_by(*id);
+        let s = lock(&s);
+        let back_in = s.connected_at.expect("connected").duration_since(killed);
+        let attempts = s.attempts - before;
+        assert!(
+            back_in <= FAILOVER && attempts <= 3,
+            "user {id} was back on a live gateway {back_in:?} after the kill, in {attempts} \
+             attempts (at most {FAILOVER:?} and 3)"
+        );
+    }
+    let newcomer = users[0].id + 1_000_000;
+    loop {
+        let offered = call(d.http.get(format!(
+            "{}/registry/gateway/available?user_id={newcomer}",
+            ep.registry
+        )))
+        .await
+        .expect("a gateway is offered");
+        if offered["port"].as_u64() != Some(victim_port) {
+            break;
+        }
+        assert!(
+            killed.elapsed() <= FAILOVER,
+            "the registry still offers the killed gateway {:?} after the kill",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     t.run_for_messages(phase(), budget(phase())).await;
     d.restart("gateway-1").await;
     t.run_for_messages(phase(), budget(phase())).await;
