@@ -4,6 +4,7 @@
 //! without the registry. Services receive only the traits; what differs by mode (the gateway's
 //! reorder window, Send's receipts, the group write-back) is decided here.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,14 +55,51 @@ pub(crate) fn registry_client(
     ))
 }
 
-/// Opens (creating and migrating) the embedded database of `cfg.data_dir`.
+/// Opens (creating and migrating) the embedded database of `cfg.data_dir`. Every message and
+/// password hash is in it, so only the service's user may read it: a data dir this creates is
+/// 0700, and the database with its `-wal` and `-shm` files is 0600 (set on files an older version
+/// left readable too; SQLite gives the `-wal` and `-shm` files the database file's mode).
 pub async fn open_store(cfg: &AllConfig) -> anyhow::Result<SqliteStore> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    create_private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let path = cfg.data_dir.join("ruststacker.db");
-    SqliteStore::open(&path)
+    make_private(&path).with_context(|| format!("restricting {}", path.display()))?;
+    let store = SqliteStore::open(&path)
         .await
-        .with_context(|| format!("opening database {}", path.display()))
+        .with_context(|| format!("opening database {}", path.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = cfg.data_dir.join(format!("ruststacker.db{suffix}"));
+        if side.exists() {
+            make_private(&side).with_context(|| format!("restricting {}", side.display()))?;
+        }
+    }
+    Ok(store)
+}
+
+/// Creates `dir` and its missing parents, those it creates readable by this user only. An existing
+/// directory is left as it is: it may be shared (the files in it are private anyway).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates `file` empty with mode 0600 when it is missing, else sets its mode to 0600.
+fn make_private(file: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let f = opts.open(file)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    drop(f);
+    Ok(())
 }
 
 /// The database a process uses.
@@ -345,9 +383,48 @@ impl Backends {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
+
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_a_data_dir_it_creates_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let fresh = root.path().join("a/b");
+        let store = open_store(&AllConfig::for_tests(fresh.clone()))
+            .await
+            .expect("opened");
+        assert_eq!(mode(&root.path().join("a")), 0o700);
+        assert_eq!(mode(&fresh), 0o700);
+        for f in ["ruststacker.db", "ruststacker.db-wal", "ruststacker.db-shm"] {
+            assert_eq!(mode(&fresh.join(f)), 0o600, "{f}");
+        }
+        store.close().await;
+
+        // Files an older version left readable are restricted; a shared dir is left alone.
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).expect("dir");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for f in ["ruststacker.db", "ruststacker.db-wal", "ruststacker.db-shm"] {
+            let p = old.join(f);
+            std::fs::write(&p, b"").expect("file");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let store = open_store(&AllConfig::for_tests(old.clone()))
+            .await
+            .expect("opened");
+        assert_eq!(mode(&old), 0o755);
+        for f in ["ruststacker.db", "ruststacker.db-wal", "ruststacker.db-shm"] {
+            assert_eq!(mode(&old.join(f)), 0o600, "{f}");
+        }
+        store.close().await;
+    }
 
     #[test]
     fn the_registry_url_must_be_an_http_url_and_needs_the_internal_token() {
