@@ -75,6 +75,9 @@ pub struct Config {
     pub commit_batch: usize,
     /// Sends waiting for the committer before handlers wait (backpressure).
     pub commit_queue: usize,
+    /// Microseconds the committer may wait after a commit for the senders it answered to send
+    /// again, so they share the next commit (see [`commit`]); 0 never waits.
+    pub commit_linger_us: u64,
     /// Stored messages waiting for fan-out before the committer waits.
     pub fanout_queue: usize,
     /// Largest `limit` of a history page.
@@ -104,6 +107,7 @@ impl Default for Config {
             max_content_bytes: 16 * 1024,
             commit_batch: 256,
             commit_queue: 4096,
+            commit_linger_us: 1000,
             fanout_queue: 4096,
             history_max_limit: 200,
             route_cache_ttl_secs: 10,
@@ -111,6 +115,17 @@ impl Default for Config {
             name: None,
             address: None,
             heartbeat_interval_secs: 5,
+        }
+    }
+}
+
+impl Config {
+    /// How the committer forms its batches.
+    pub fn batching(&self) -> commit::Batching {
+        commit::Batching {
+            batch: self.commit_batch,
+            queue: self.commit_queue,
+            linger: std::time::Duration::from_micros(self.commit_linger_us),
         }
     }
 }

@@ -32,6 +32,14 @@ use crate::StoreError;
 /// Most ids bound in one `IN (...)`.
 pub(crate) const ID_CHUNK: usize = 500;
 
+/// Most pairs matched by one `(a = ? AND b = ?) OR ...` condition, or rooms written by one
+/// `CASE`: 500 bound values, like [`ID_CHUNK`].
+pub(crate) const PAIR_CHUNK: usize = 250;
+
+/// Most rows of one multi-row `INSERT` of messages: 8 bound values each, 4,000 a statement, far
+/// under SQLite's limit of 32,766 and MySQL's of 65,535.
+pub(crate) const INSERT_CHUNK: usize = 500;
+
 /// Driver errors become store errors here, for both backends.
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -55,6 +63,12 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// `n` comma-separated placeholders, for an `IN (...)` list.
 pub(crate) fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
+}
+
+/// A condition matching `n` pairs of values of columns `a` and `b`:
+/// `(a = ? AND b = ?) OR ...`, which both databases answer from an index on `(a, b)`.
+pub(crate) fn pair_terms(a: &str, b: &str, n: usize) -> String {
+    vec![format!("({a} = ? AND {b} = ?)"); n].join(" OR ")
 }
 
 /// A text column holding the name of an enum ([`Role`], [`MessageType`]): the derived row
@@ -104,14 +118,17 @@ macro_rules! sql_store {
         search_users: $search_users:expr $(,)?
     ) => {
         mod shared {
-            use std::collections::HashMap;
+            use std::collections::{HashMap, HashSet};
 
             use async_trait::async_trait;
             use proto::api::Role;
             use proto::{MessageId, RoomId, Seq, UserId};
 
             use super::$store;
-            use $crate::sql::{ID_CHUNK, Text, is_unique_violation, marks, room_columns};
+            use $crate::sql::{
+                ID_CHUNK, INSERT_CHUNK, PAIR_CHUNK, Text, is_unique_violation, marks, pair_terms,
+                room_columns,
+            };
             use $crate::{
                 Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges,
                 MemberCheck, MemberState, Message, MessageStore, NewMessage, NewUser, Rejected,
@@ -873,7 +890,12 @@ macro_rules! sql_store {
                 if let Some(entry) = seqs.get_mut(&m.room_id) {
                     entry.1 = seq;
                 }
-                Ok(Ok(Appended::Stored(Message {
+                Ok(Ok(Appended::Stored(stored_as(m, seq))))
+            }
+
+            /// `m` as stored with `seq`.
+            fn stored_as(m: &NewMessage, seq: Seq) -> Message {
+                Message {
                     id: m.id,
                     room_id: m.room_id,
                     seq,
@@ -882,13 +904,217 @@ macro_rules! sql_store {
                     content: m.content.clone(),
                     client_msg_id: m.client_msg_id.clone(),
                     created_at_ms: m.created_at_ms,
-                })))
+                }
             }
 
-            /// One attempt at a batch: every message's insert is its only write, and each room's
-            /// `last_seq` is written once at the end, so a message refused by the unique key
-            /// leaves nothing to undo (no savepoint).
+            /// Appends a batch in one transaction, with a few statements whatever its size
+            /// ([`append_bulk`]). Should the bulk insert hit the `(sender_id, client_msg_id)` key
+            /// (on MySQL: another instance stored the same pair, to a room whose lock we do not
+            /// hold, after our read), that transaction is rolled back and the batch is appended
+            /// again row by row, which resolves each such message on its own
+            /// ([`append_row_by_row`]).
             async fn append_batch(
+                pool: &Pool,
+                batch: &[NewMessage],
+                members: MemberCheck,
+            ) -> std::result::Result<Vec<Verdict>, sqlx::Error> {
+                match append_bulk(pool, batch, members).await {
+                    Err(e) if is_unique_violation(&e) => {
+                        tracing::debug!(error = %e, "bulk append hit a unique key; row by row");
+                        append_row_by_row(pool, batch, members).await
+                    }
+                    done => done,
+                }
+            }
+
+            /// One attempt at a batch with a statement count that does not grow with its size:
+            /// lock the rooms, read the earlier messages of every `client_msg_id` and (when asked)
+            /// every sender's membership, decide each message in memory in batch order (a later
+            /// message with the same `client_msg_id` is a duplicate of the earlier one), insert
+            /// the stored ones with multi-row `INSERT`s and write each room's `last_seq`.
+            async fn append_bulk(
+                pool: &Pool,
+                batch: &[NewMessage],
+                members: MemberCheck,
+            ) -> std::result::Result<Vec<Verdict>, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let mut seqs = lock_rooms(&mut tx, batch).await?;
+                let mut priors = prior_messages(&mut tx, batch, &seqs).await?;
+                let is_member = match members {
+                    MemberCheck::InTransaction => Some(memberships(&mut tx, batch, &seqs).await?),
+                    MemberCheck::ByCaller => None,
+                };
+                let mut out = Vec::with_capacity(batch.len());
+                let mut rows = Vec::with_capacity(batch.len());
+                for m in batch {
+                    // The room first: a retry of a message to a room dissolved since is refused
+                    // like any send.
+                    let Some(entry) = seqs.get_mut(&m.room_id) else {
+                        out.push(Err(Rejected::RoomNotFound));
+                        continue;
+                    };
+                    if let Some(cid) = &m.client_msg_id
+                        && let Some(prior) = priors.get(&(m.sender_id, cid.clone()))
+                    {
+                        out.push(earlier(prior.clone(), m));
+                        continue;
+                    }
+                    if let Some(is_member) = &is_member
+                        && !is_member.contains(&(m.room_id, m.sender_id))
+                    {
+                        out.push(Err(Rejected::NotMember));
+                        continue;
+                    }
+                    entry.1 += 1;
+                    let stored = stored_as(m, entry.1);
+                    if let Some(cid) = &m.client_msg_id {
+                        priors.insert((m.sender_id, cid.clone()), stored.clone());
+                    }
+                    rows.push(out.len());
+                    out.push(Ok(Appended::Stored(stored)));
+                }
+                let stored: Vec<&Message> = rows
+                    .iter()
+                    .filter_map(|&i| match &out[i] {
+                        Ok(Appended::Stored(m)) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                if let Err(e) = insert_messages(&mut tx, &stored).await {
+                    // Explicitly: MySQL keeps the room locks until the rollback, and the row by
+                    // row attempt that may follow takes them again on another connection.
+                    tx.rollback().await?;
+                    return Err(e);
+                }
+                write_last_seqs(&mut tx, &seqs).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            /// The earlier messages of the batch's `(sender, client_msg_id)` pairs (to live rooms
+            /// only: the others are refused before their id is looked at), by pair.
+            async fn prior_messages(
+                tx: &mut Tx<'_>,
+                batch: &[NewMessage],
+                seqs: &Seqs,
+            ) -> std::result::Result<HashMap<(UserId, String), Message>, sqlx::Error> {
+                let mut pairs: Vec<(UserId, &str)> = batch
+                    .iter()
+                    .filter(|m| seqs.contains_key(&m.room_id))
+                    .filter_map(|m| Some((m.sender_id, m.client_msg_id.as_deref()?)))
+                    .collect();
+                pairs.sort_unstable();
+                pairs.dedup();
+                let mut found = HashMap::new();
+                for chunk in pairs.chunks(PAIR_CHUNK) {
+                    let sql = format!(
+                        "SELECT * FROM messages WHERE {}",
+                        pair_terms("sender_id", "client_msg_id", chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, Message>(sqlx::AssertSqlSafe(sql));
+                    for (sender, cid) in chunk {
+                        q = q.bind(sender).bind(cid);
+                    }
+                    for m in q.fetch_all(&mut **tx).await? {
+                        if let Some(cid) = m.client_msg_id.clone() {
+                            found.insert((m.sender_id, cid), m);
+                        }
+                    }
+                }
+                Ok(found)
+            }
+
+            /// Which of the batch's `(room, sender)` pairs (in live rooms) are memberships.
+            async fn memberships(
+                tx: &mut Tx<'_>,
+                batch: &[NewMessage],
+                seqs: &Seqs,
+            ) -> std::result::Result<HashSet<(RoomId, UserId)>, sqlx::Error> {
+                let mut pairs: Vec<(RoomId, UserId)> = batch
+                    .iter()
+                    .filter(|m| seqs.contains_key(&m.room_id))
+                    .map(|m| (m.room_id, m.sender_id))
+                    .collect();
+                pairs.sort_unstable();
+                pairs.dedup();
+                let mut found = HashSet::with_capacity(pairs.len());
+                for chunk in pairs.chunks(PAIR_CHUNK) {
+                    let sql = format!(
+                        "SELECT room_id, user_id FROM room_members WHERE {}",
+                        pair_terms("room_id", "user_id", chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, (RoomId, UserId)>(sqlx::AssertSqlSafe(sql));
+                    for (room, user) in chunk {
+                        q = q.bind(room).bind(user);
+                    }
+                    found.extend(q.fetch_all(&mut **tx).await?);
+                }
+                Ok(found)
+            }
+
+            /// Inserts `rows` with one multi-row `INSERT` per [`INSERT_CHUNK`] rows.
+            async fn insert_messages(
+                tx: &mut Tx<'_>,
+                rows: &[&Message],
+            ) -> std::result::Result<(), sqlx::Error> {
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    let sql = format!(
+                        "INSERT INTO messages (id, room_id, seq, sender_id, msg_type, content, \
+                         client_msg_id, created_at) VALUES {}",
+                        vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for m in chunk {
+                        q = q
+                            .bind(m.id)
+                            .bind(m.room_id)
+                            .bind(m.seq)
+                            .bind(m.sender_id)
+                            .bind(m.msg_type.as_str())
+                            .bind(&m.content)
+                            .bind(&m.client_msg_id)
+                            .bind(m.created_at_ms);
+                    }
+                    q.execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Writes the `last_seq` of every room the batch moved, one statement per
+            /// [`PAIR_CHUNK`] rooms.
+            async fn write_last_seqs(
+                tx: &mut Tx<'_>,
+                seqs: &Seqs,
+            ) -> std::result::Result<(), sqlx::Error> {
+                let mut moved: Vec<(RoomId, Seq)> = seqs
+                    .iter()
+                    .filter(|(_, (before, after))| after != before)
+                    .map(|(&room, &(_, after))| (room, after))
+                    .collect();
+                moved.sort_unstable();
+                for chunk in moved.chunks(PAIR_CHUNK) {
+                    let sql = format!(
+                        "UPDATE rooms SET last_seq = CASE id {} END WHERE id IN ({})",
+                        vec!["WHEN ? THEN ?"; chunk.len()].join(" "),
+                        marks(chunk.len())
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (room, last) in chunk {
+                        q = q.bind(room).bind(last);
+                    }
+                    for (room, _) in chunk {
+                        q = q.bind(room);
+                    }
+                    q.execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// The batch one message at a time, each insert its own statement: a message refused
+            /// by the unique key is resolved by a locking read of the winner ([`append_one`]).
+            /// Only the insert is written per message and each room's `last_seq` once at the end,
+            /// so a refused insert leaves nothing to undo (no savepoint).
+            async fn append_row_by_row(
                 pool: &Pool,
                 batch: &[NewMessage],
                 members: MemberCheck,
@@ -900,15 +1126,7 @@ macro_rules! sql_store {
                 for m in batch {
                     out.push(append_one(&mut tx, &mut seqs, &mut is_member, m, members).await?);
                 }
-                for (room, (before, after)) in &seqs {
-                    if after != before {
-                        sqlx::query("UPDATE rooms SET last_seq = ? WHERE id = ?")
-                            .bind(after)
-                            .bind(room)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
+                write_last_seqs(&mut tx, &seqs).await?;
                 tx.commit().await?;
                 Ok(out)
             }

@@ -401,6 +401,142 @@ async fn a_batch_over_several_rooms_sequences_each_room(s: &dyn Store) {
     }
 }
 
+/// A batch far bigger than one statement may bind (SQLite's 32,766 values: 4,096 messages of 8)
+/// is stored whole and in order, over two rooms, with outsiders and `client_msg_id` repeats
+/// (within the batch, and of a message stored before it) decided per message as in a small one.
+async fn a_batch_bigger_than_a_statement_is_stored_in_order(s: &dyn Store) {
+    const N: i64 = 5_000;
+    let a = user(s, "big_a").await;
+    let outsider = user(s, "big_out").await;
+    let (one, _) = s.create_group("one", a, &[], 1).await.expect("create");
+    let (two, _) = s.create_group("two", a, &[], 1).await.expect("create");
+    let before = s
+        .append_messages(&[msg(1, one.id, a, Some("early"))])
+        .await
+        .expect("append");
+    assert!(matches!(&before[0], Ok(Appended::Stored(m)) if m.seq == 1));
+    // Every 7th from the outsider, every 11th to room two; the rest to room one. Message 100
+    // repeats the id stored before, 200 repeats 150's in the same room, 330 (room two) repeats
+    // 150's (room one).
+    let room_of = |i: i64| if i % 11 == 0 { two.id } else { one.id };
+    let batch: Vec<NewMessage> = (100..100 + N)
+        .map(|i| {
+            let sender = if i % 7 == 0 { outsider } else { a };
+            let cid = match i {
+                100 => "early".to_owned(),
+                150 | 200 | 330 => "same".to_owned(),
+                _ => format!("c{i}"),
+            };
+            NewMessage {
+                client_msg_id: Some(cid),
+                ..msg(10_000 + i, room_of(i), sender, None)
+            }
+        })
+        .collect();
+    #[derive(Debug, PartialEq)]
+    enum Verdict {
+        Stored(Seq),
+        Duplicate(i64),
+        Refused(Rejected),
+    }
+    let out = s.append_messages(&batch).await.expect("append");
+    assert_eq!(out.len(), batch.len());
+    let mut next = [(one.id, 2), (two.id, 1)];
+    let mut stored = 0;
+    for (m, verdict) in batch.iter().zip(&out) {
+        let i = m.id - 10_000;
+        let expected = match i {
+            100 => Verdict::Duplicate(1),
+            200 => Verdict::Duplicate(10_150),
+            330 => Verdict::Refused(Rejected::ClientIdConflict),
+            _ if m.sender_id == outsider => Verdict::Refused(Rejected::NotMember),
+            _ => {
+                let slot = next
+                    .iter_mut()
+                    .find(|(r, _)| *r == m.room_id)
+                    .expect("room");
+                slot.1 += 1;
+                stored += 1;
+                Verdict::Stored(slot.1 - 1)
+            }
+        };
+        let got = match verdict {
+            Ok(Appended::Stored(s)) => {
+                assert_eq!(
+                    (s.id, s.room_id, &s.client_msg_id),
+                    (m.id, m.room_id, &m.client_msg_id)
+                );
+                Verdict::Stored(s.seq)
+            }
+            Ok(Appended::Duplicate(d)) => Verdict::Duplicate(d.id),
+            Err(e) => Verdict::Refused(*e),
+        };
+        assert_eq!(got, expected, "message {i}");
+    }
+    assert!(stored > 4_000, "{stored} stored");
+    for (room, after_last) in next {
+        let last = after_last - 1;
+        assert_eq!(room_now(s, room).await.last_seq, last);
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = s.messages_after(room, after, 1_000).await.expect("read");
+            let Some(tail) = page.last() else { break };
+            after = tail.seq;
+            seqs.extend(page.iter().map(|m| m.seq));
+        }
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+    }
+}
+
+/// A batch whose insert fails (a message id stored before: a bug, not a verdict) stores none of
+/// its messages, and the rooms it touched take the next batch normally.
+async fn a_failed_batch_stores_nothing(s: &dyn Store) {
+    let a = user(s, "fail_a").await;
+    let (room, _) = s.create_group("g", a, &[], 1).await.expect("create");
+    s.append_messages(&[msg(1, room.id, a, Some("f1"))])
+        .await
+        .expect("append");
+    let failed = s
+        .append_messages(&[
+            msg(2, room.id, a, Some("f2")),
+            msg(1, room.id, a, Some("f3")),
+        ])
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(s.message_by_id(2).await.expect("read").is_none());
+    assert_eq!(room_now(s, room.id).await.last_seq, 1);
+    let next = s
+        .append_messages(&[msg(3, room.id, a, Some("f2"))])
+        .await
+        .expect("append");
+    assert!(matches!(&next[0], Ok(Appended::Stored(m)) if m.seq == 2));
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_bigger_than_a_statement_is_stored_in_order() {
+    let (_dir, s) = sqlite().await;
+    a_batch_bigger_than_a_statement_is_stored_in_order(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_a_batch_bigger_than_a_statement_is_stored_in_order() {
+    let (_db, s) = mysql().await;
+    a_batch_bigger_than_a_statement_is_stored_in_order(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_failed_batch_stores_nothing() {
+    let (_dir, s) = sqlite().await;
+    a_failed_batch_stores_nothing(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_a_failed_batch_stores_nothing() {
+    let (_db, s) = mysql().await;
+    a_failed_batch_stores_nothing(s.as_ref()).await;
+}
+
 #[tokio::test]
 async fn sqlite_what_a_write_returns_reads_back_the_same() {
     let (_dir, s) = sqlite().await;

@@ -77,13 +77,8 @@ pub(crate) async fn send(ctx: &Context, listener: TcpListener) -> anyhow::Result
         pending: pending.clone(),
     }
     .spawn(cfg.fanout_queue);
-    let (committer, commit) = send::commit::spawn(
-        store.clone(),
-        groups.clone(),
-        cfg.commit_batch,
-        cfg.commit_queue,
-        fanout_tx,
-    );
+    let (committer, commit) =
+        send::commit::spawn(store.clone(), groups.clone(), cfg.batching(), fanout_tx);
     let mut pipeline = vec![commit];
     match (pending, receipts) {
         (Some(pending), Some(receipts)) => {
