@@ -479,6 +479,7 @@ async fn clients_placed_between_heartbeats_spread_evenly() {
     let c = Cluster::spawn_with(|cfg| {
         cfg.gateway.heartbeat_interval_secs = 600;
         cfg.registry.gateway_heartbeat_timeout = 1200;
+        cfg.registry.gateway_offer_timeout = 1200;
     })
     .await;
     let api = c.api(0, 0);
