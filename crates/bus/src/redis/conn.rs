@@ -302,7 +302,10 @@ impl ConnectionLike for RedisConn {
             Self::Single(c) => c.get_db(),
             Self::Plain(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
-            Self::Sentinel(_) => 0,
+            Self::Sentinel(c) => match c.connector.topology() {
+                Topology::Sentinel { db, .. } => *db,
+                _ => 0,
+            },
         }
     }
 }
