@@ -13,6 +13,10 @@
 //!   chat entries (the entry's `o` field): the message ids each gateway took over
 //!   ([`Receipt`](crate::Receipt)),
 //!   read by that instance's pending tracker; trimmed to about [`RECEIPTS_MAXLEN`].
+//!
+//! Redis is one node, a Redis Cluster or a master watched by Sentinels ([`Topology`]); [`conn`]
+//! gives every topology the same connection type, so the code here is written once (a pipeline
+//! that spans slots is cut per slot there).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,14 +27,16 @@ use proto::api::GatewayView;
 use proto::stream::PushEntry;
 use proto::{MessageId, UserId};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 
+pub use self::conn::{Connector, RedisConn, Topology};
 use crate::metered::Metered;
 use crate::{
     BusError, GatewayId, GatewayRegistration, Instances, Ping, PushBus, PushStream, Receipt,
     Receipts, Routes, StreamStats, StreamUpkeep,
 };
+
+pub mod conn;
 
 const GROUP: &str = "gateways";
 const FIELD: &str = "e";
@@ -68,12 +74,13 @@ pub struct RedisSettings {
     pub stream_maxlen: usize,
 }
 
-/// One connection (auto-reconnecting) shared by every request/response command.
+/// One connection (auto-reconnecting, following failovers) shared by every request/response
+/// command.
 #[derive(Clone)]
 pub struct RedisBus {
-    client: redis::Client,
+    connector: Connector,
     /// Every call through it is timed (`ruststacker_redis_call_duration_seconds`).
-    conn: Metered<ConnectionManager>,
+    conn: Metered<RedisConn>,
     s: RedisSettings,
     /// Live gateway ids, re-read at most once per [`LIVE_CACHE_TTL`]: routes that point at a dead
     /// gateway (it crashed, its routes have not expired yet) are not pushed to.
@@ -97,22 +104,23 @@ impl std::fmt::Debug for RedisBus {
 }
 
 impl RedisBus {
+    /// Connects to one Redis at `url`.
     pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        // While Redis is down a call must fail fast (callers answer 503 or retry on their own
-        // schedule) instead of waiting through the manager's default reconnect backoff (~10 s);
-        // the manager still reconnects on the next call once Redis is back.
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = client
-            .get_connection_manager_with_config(cfg)
-            .await
-            .map_err(unavailable)?;
+        Self::open(
+            Topology::Single {
+                url: url.to_owned(),
+            },
+            settings,
+        )
+        .await
+    }
+
+    /// Connects to Redis in any [`Topology`].
+    pub async fn open(topology: Topology, settings: RedisSettings) -> Result<Self, BusError> {
+        let connector = Connector::new(topology);
+        let conn = connector.shared().await.map_err(unavailable)?;
         Ok(Self {
-            client,
+            connector,
             conn: Metered(conn),
             s: settings,
             live: Default::default(),
@@ -201,7 +209,7 @@ impl RedisBus {
 
     /// Send instance `instance`'s end of its receipt stream, reading from now on.
     pub async fn receipts(&self, instance: &str) -> Result<ReceiptStream, BusError> {
-        let conn = blocking_connection(&self.client, Duration::from_secs(2)).await?;
+        let conn = self.connector.dedicated().await.map_err(unavailable)?;
         let key = self.receipts_key(instance);
         // From the newest receipt on (`$` in every read would miss those appended between two).
         let mut c = self.conn.clone();
@@ -210,7 +218,7 @@ impl RedisBus {
             .await
             .map_err(unavailable)?;
         Ok(ReceiptStream {
-            client: self.client.clone(),
+            connector: self.connector.clone(),
             conn,
             key,
             last: newest
@@ -246,7 +254,7 @@ impl RedisBus {
     }
 
     /// The shared request/response connection, for other Redis-backed parts (group data).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.0.clone()
     }
 
@@ -289,9 +297,9 @@ impl RedisBus {
     /// Opens `gateway`'s stream for consuming, on a dedicated connection (a blocking read must not
     /// hold up other commands).
     pub async fn consume(&self, gateway: &str) -> Result<RedisStream, BusError> {
-        let conn = blocking_connection(&self.client, Duration::from_secs(2)).await?;
+        let conn = self.connector.dedicated().await.map_err(unavailable)?;
         let mut stream = RedisStream {
-            client: self.client.clone(),
+            connector: self.connector.clone(),
             conn,
             key: self.stream_key(gateway),
             consumer: gateway.to_owned(),
@@ -405,13 +413,13 @@ impl RedisBus {
     /// disconnect drops that user's entry; a lost subscription clears the cache (events may have
     /// been missed) and resubscribes.
     pub fn watch_routes(&self, cache: crate::CachedRoutes) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
+        let connector = self.connector.clone();
         let channel = self.events_channel();
         tokio::spawn(async move {
             use futures_util::StreamExt;
             let mut backoff = Duration::from_millis(100);
             loop {
-                match client.get_async_pubsub().await {
+                match connector.pubsub().await {
                     Ok(mut pubsub) => {
                         if pubsub.subscribe(&channel).await.is_ok() {
                             backoff = Duration::from_millis(100);
@@ -832,8 +840,8 @@ impl Instances for RedisBus {
 
 /// A gateway's end of its push stream.
 pub struct RedisStream {
-    client: redis::Client,
-    conn: MultiplexedConnection,
+    connector: Connector,
+    conn: RedisConn,
     key: String,
     consumer: String,
     /// The key prefix, for the receipt streams of the entries' origins.
@@ -860,21 +868,6 @@ struct StreamItem {
 
 fn receipts_key(prefix: &str, instance: &str) -> String {
     format!("{prefix}:receipts:{{{instance}}}")
-}
-
-/// A connection of its own for blocking reads (XREAD BLOCK would hold up every other command on
-/// a shared one), with no response timeout (a block outlasts any).
-async fn blocking_connection(
-    client: &redis::Client,
-    connect_timeout: Duration,
-) -> Result<MultiplexedConnection, BusError> {
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(Some(connect_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(unavailable)
 }
 
 fn is_connection_error(e: &redis::RedisError) -> bool {
@@ -951,7 +944,7 @@ impl RedisStream {
             return;
         }
         if is_connection_error(e) {
-            match blocking_connection(&self.client, Duration::from_secs(1)).await {
+            match self.connector.dedicated().await {
                 Ok(conn) => {
                     self.conn = conn;
                     self.recreate_group().await;
@@ -1078,8 +1071,8 @@ impl PushStream for RedisStream {
 /// A Send instance's end of its receipt stream: what gateways report back about the chat entries
 /// it appended.
 pub struct ReceiptStream {
-    client: redis::Client,
-    conn: MultiplexedConnection,
+    connector: Connector,
+    conn: RedisConn,
     key: String,
     /// The id of the last receipt read (at first, the newest one there was).
     last: String,
@@ -1108,8 +1101,7 @@ impl Receipts for ReceiptStream {
             Ok(r) => r,
             Err(e) => {
                 if is_connection_error(&e)
-                    && let Ok(conn) =
-                        blocking_connection(&self.client, Duration::from_secs(1)).await
+                    && let Ok(conn) = self.connector.dedicated().await
                 {
                     self.conn = conn;
                 }

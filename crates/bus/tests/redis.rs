@@ -1,10 +1,12 @@
 //! The Redis bus against a real Redis (`RUSTSTACKER_TEST_REDIS_URL`), each test under its own key
-//! prefix so tests run in parallel.
+//! prefix so tests run in parallel; and the same cases against a local Redis Cluster and a
+//! Sentinel set that the test starts itself (`testkit::redis_ha`), one per topology, every case in
+//! turn on it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::redis::{RedisBus, RedisSettings};
+use bus::redis::{RedisBus, RedisSettings, Topology};
 use bus::{
     GatewayId, GatewayRegistration, Instances, Ping, PushBus, PushStream, Receipt, Receipts,
     Routes, StreamUpkeep,
@@ -17,10 +19,19 @@ fn url() -> String {
         .expect("RUSTSTACKER_TEST_REDIS_URL must point at a Redis for these tests (scripts/test.sh sets it)")
 }
 
-async fn bus_with(gateway_ttl: Duration, lease: Duration) -> RedisBus {
+/// Where a case runs.
+struct Target(Topology);
+
+impl Target {
+    fn single() -> Self {
+        Self(Topology::Single { url: url() })
+    }
+}
+
+async fn bus_with(t: &Target, gateway_ttl: Duration, lease: Duration) -> RedisBus {
     let prefix = format!("rst{:016x}", rand::random::<u64>());
-    RedisBus::connect(
-        &url(),
+    RedisBus::open(
+        t.0.clone(),
         RedisSettings {
             prefix,
             gateway_ttl,
@@ -33,8 +44,8 @@ async fn bus_with(gateway_ttl: Duration, lease: Duration) -> RedisBus {
     .expect("redis reachable")
 }
 
-async fn bus() -> RedisBus {
-    bus_with(Duration::from_secs(30), Duration::from_secs(60)).await
+async fn bus(t: &Target) -> RedisBus {
+    bus_with(t, Duration::from_secs(30), Duration::from_secs(60)).await
 }
 
 fn chat(seq: i64, targets: Vec<i64>) -> PushEntry {
@@ -76,9 +87,8 @@ fn reg(id: &str, max: u64) -> GatewayRegistration {
     }
 }
 
-#[tokio::test]
-async fn entries_arrive_in_order_and_stay_pending_until_acknowledged() {
-    let b = bus().await;
+async fn entries_arrive_in_order_and_stay_pending_until_acknowledged(t: &Target) {
+    let b = bus(t).await;
     let mut s = b.consume("g1").await.expect("consume");
     for seq in 1..=5 {
         b.publish("g1", chat(seq, vec![1, 2]))
@@ -98,9 +108,8 @@ async fn entries_arrive_in_order_and_stay_pending_until_acknowledged() {
     assert!(!again.take_reset());
 }
 
-#[tokio::test]
-async fn acknowledged_entries_leave_the_pending_list_and_their_origin_gets_a_receipt() {
-    let b = bus().await;
+async fn acknowledged_entries_leave_the_pending_list_and_their_origin_gets_a_receipt(t: &Target) {
+    let b = bus(t).await;
     let mut s = b.consume("g1").await.expect("consume");
     let send_a = b.clone().with_origin("send-a");
     let mut receipts = send_a.receipts("send-a").await.expect("receipts");
@@ -165,9 +174,8 @@ async fn acknowledged_entries_leave_the_pending_list_and_their_origin_gets_a_rec
     Ping::ping(&b).await.expect("ping");
 }
 
-#[tokio::test]
-async fn routes_locate_connected_users_and_keep_a_lease_after_disconnect() {
-    let b = bus().await;
+async fn routes_locate_connected_users_and_keep_a_lease_after_disconnect(t: &Target) {
+    let b = bus(t).await;
     let (g1, g2): (GatewayId, GatewayId) = ("g1".into(), "g2".into());
     b.register_gateway(reg("g1", 10)).await.expect("register");
     b.register_gateway(reg("g2", 10)).await.expect("register");
@@ -184,17 +192,15 @@ async fn routes_locate_connected_users_and_keep_a_lease_after_disconnect() {
     assert_eq!(b.last_gateway(4).await.expect("lease"), None);
 }
 
-#[tokio::test]
-async fn routes_to_a_gateway_that_is_not_alive_are_not_used() {
-    let b = bus().await;
+async fn routes_to_a_gateway_that_is_not_alive_are_not_used(t: &Target) {
+    let b = bus(t).await;
     let g: GatewayId = "ghost".into();
     b.connected(1, &g).await.expect("route");
     assert!(b.locate(&[1]).await.expect("locate").is_empty());
 }
 
-#[tokio::test]
-async fn an_expired_lease_no_longer_points_at_the_gateway() {
-    let b = bus_with(Duration::from_secs(30), Duration::from_millis(1)).await;
+async fn an_expired_lease_no_longer_points_at_the_gateway(t: &Target) {
+    let b = bus_with(t, Duration::from_secs(30), Duration::from_millis(1)).await;
     let g: GatewayId = "g1".into();
     b.connected(1, &g).await.expect("route");
     b.disconnected(1, &g).await.expect("route");
@@ -206,9 +212,8 @@ async fn an_expired_lease_no_longer_points_at_the_gateway() {
     }
 }
 
-#[tokio::test]
-async fn a_silent_gateway_stops_being_offered_long_before_it_is_dead() {
-    let b = bus().await;
+async fn a_silent_gateway_stops_being_offered_long_before_it_is_dead(t: &Target) {
+    let b = bus(t).await;
     b.register_gateway(reg("a", 100)).await.expect("register");
     b.register_gateway(reg("b", 100)).await.expect("register");
     let within = Duration::from_millis(200);
@@ -240,9 +245,8 @@ async fn a_silent_gateway_stops_being_offered_long_before_it_is_dead() {
     );
 }
 
-#[tokio::test]
-async fn live_gateways_are_ranked_by_load_and_expired_ones_pruned() {
-    let b = bus_with(Duration::from_millis(300), Duration::from_secs(60)).await;
+async fn live_gateways_are_ranked_by_load_and_expired_ones_pruned(t: &Target) {
+    let b = bus_with(t, Duration::from_millis(300), Duration::from_secs(60)).await;
     b.register_gateway(reg("a", 100)).await.expect("register");
     b.register_gateway(reg("b", 100)).await.expect("register");
     b.heartbeat_gateway("a", 50).await.expect("heartbeat");
@@ -272,9 +276,8 @@ async fn live_gateways_are_ranked_by_load_and_expired_ones_pruned() {
     assert_eq!(dead, vec!["a".to_owned(), "b".to_owned()]);
 }
 
-#[tokio::test]
-async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are_now() {
-    let b = bus().await;
+async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are_now(t: &Target) {
+    let b = bus(t).await;
     let (dead, live): (GatewayId, GatewayId) = ("dead".into(), "live".into());
     b.register_gateway(reg("dead", 10)).await.expect("register");
     b.register_gateway(reg("live", 10)).await.expect("register");
@@ -309,18 +312,13 @@ async fn a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are
     assert!(b.dead_gateways().await.expect("dead").is_empty());
 }
 
-#[tokio::test]
-async fn streams_are_trimmed_to_about_their_max_length() {
-    let b = bus().await;
+async fn streams_are_trimmed_to_about_their_max_length(t: &Target) {
+    let b = bus(t).await;
     let _s = b.consume("g").await.expect("consume");
     for seq in 0..3000 {
         b.publish("g", chat(seq, vec![1])).await.expect("publish");
     }
-    let client = redis::Client::open(url()).expect("url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut c = b.connection();
     let key = format!("{}:stream:{{g}}", b.settings().prefix);
     let len: usize = redis::cmd("XLEN")
         .arg(&key)
@@ -330,9 +328,8 @@ async fn streams_are_trimmed_to_about_their_max_length() {
     assert!(len < 1500, "stream holds {len} entries");
 }
 
-#[tokio::test]
-async fn placements_count_in_the_load_until_the_next_heartbeat() {
-    let b = bus().await;
+async fn placements_count_in_the_load_until_the_next_heartbeat(t: &Target) {
+    let b = bus(t).await;
     b.register_gateway(reg("a", 10)).await.expect("register");
     b.register_gateway(reg("b", 10)).await.expect("register");
     let first = |live: Vec<proto::api::GatewayView>| live[0].gateway_id.clone();
@@ -347,9 +344,8 @@ async fn placements_count_in_the_load_until_the_next_heartbeat() {
     assert_eq!(first(b.live_gateways().await.expect("live")), "b");
 }
 
-#[tokio::test]
-async fn send_instances_register_heartbeat_and_expire() {
-    let b = bus_with(Duration::from_millis(300), Duration::from_secs(60)).await;
+async fn send_instances_register_heartbeat_and_expire(t: &Target) {
+    let b = bus_with(t, Duration::from_millis(300), Duration::from_secs(60)).await;
     let reg = |id: &str, port| bus::SendRegistration {
         instance_id: id.into(),
         address: "127.0.0.1".into(),
@@ -379,3 +375,60 @@ async fn send_instances_register_heartbeat_and_expire() {
         "expired: register again"
     );
 }
+
+/// Every case: one test each on the machine's Redis, and one test per local topology running
+/// them all in turn on it (starting a cluster or a Sentinel set takes seconds).
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::Target::single()).await;
+                }
+            )*
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn every_case_on_a_redis_cluster() {
+            let cluster = testkit::RedisCluster::start();
+            let t = Target(Topology::Cluster {
+                nodes: cluster.seeds(),
+                password: None,
+            });
+            $(
+                eprintln!("cluster: {}", stringify!($case));
+                $case(&t).await;
+            )*
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn every_case_on_redis_with_sentinels() {
+            let sentinels = testkit::RedisSentinels::start();
+            let t = Target(Topology::Sentinel {
+                sentinels: sentinels.addrs(),
+                master_name: sentinels.master_name.clone(),
+                password: None,
+                db: 0,
+            });
+            $(
+                eprintln!("sentinel: {}", stringify!($case));
+                $case(&t).await;
+            )*
+        }
+    };
+}
+
+cases!(
+    entries_arrive_in_order_and_stay_pending_until_acknowledged,
+    acknowledged_entries_leave_the_pending_list_and_their_origin_gets_a_receipt,
+    routes_locate_connected_users_and_keep_a_lease_after_disconnect,
+    routes_to_a_gateway_that_is_not_alive_are_not_used,
+    an_expired_lease_no_longer_points_at_the_gateway,
+    a_silent_gateway_stops_being_offered_long_before_it_is_dead,
+    live_gateways_are_ranked_by_load_and_expired_ones_pruned,
+    a_dead_gateways_pending_entries_are_rerouted_to_where_their_targets_are_now,
+    streams_are_trimmed_to_about_their_max_length,
+    placements_count_in_the_load_until_the_next_heartbeat,
+    send_instances_register_heartbeat_and_expire,
+);

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use proto::api::Role;
 use proto::{RoomId, UserId};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use store::{JoinedRoom, MemberChanges, MemberCheck, MemberState, Result, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -61,15 +61,21 @@ pub struct WriteBackSettings {
     pub batch_size: usize,
 }
 
-/// The write-back backend of [`Groups`].
+/// The write-back backend of [`Groups`], over any Redis connection `C` (one Redis, a cluster:
+/// every key shares the `{grp}` tag, so each transaction and script stays in one slot).
 #[derive(Clone)]
-pub struct WriteBack {
-    conn: ConnectionManager,
+pub struct WriteBack<C = ConnectionManager> {
+    conn: C,
     store: Arc<dyn Store>,
     s: Arc<WriteBackSettings>,
 }
 
-impl std::fmt::Debug for WriteBack {
+/// What [`WriteBack`] needs of its connection.
+pub trait Connection: ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Connection for C {}
+
+impl<C> std::fmt::Debug for WriteBack<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteBack")
             .field("prefix", &self.s.prefix)
@@ -157,12 +163,8 @@ end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 1";
 
-impl WriteBack {
-    pub fn new(
-        conn: ConnectionManager,
-        store: Arc<dyn Store>,
-        settings: WriteBackSettings,
-    ) -> Self {
+impl<C: Connection> WriteBack<C> {
+    pub fn new(conn: C, store: Arc<dyn Store>, settings: WriteBackSettings) -> Self {
         Self {
             conn,
             store,
@@ -363,7 +365,7 @@ impl WriteBack {
 }
 
 #[async_trait]
-impl Groups for WriteBack {
+impl<C: Connection> Groups for WriteBack<C> {
     async fn room(&self, room: RoomId) -> Result<Option<RoomMembers>> {
         // Pending states first: one flushed meanwhile is then found in the database instead.
         let pending = self.pending_of_room(room).await?;

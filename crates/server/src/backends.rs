@@ -165,9 +165,9 @@ impl Shared {
                     stream_maxlen: r.stream_maxlen,
                 };
                 Ok(Self::Redis(
-                    RedisBus::connect(&r.url(), settings)
+                    RedisBus::open(r.topology(), settings)
                         .await
-                        .with_context(|| format!("connecting to Redis at {}:{}", r.host, r.port))?,
+                        .with_context(|| format!("connecting to Redis at {}", r.describe()))?,
                 ))
             }
             None => Ok(Self::InProc {
@@ -223,7 +223,10 @@ impl Shared {
         &self,
         store: Arc<dyn store::Store>,
         cfg: &AllConfig,
-    ) -> (groups::CachedGroups, Option<groups::writeback::WriteBack>) {
+    ) -> (
+        groups::CachedGroups,
+        Option<groups::writeback::WriteBack<bus::redis::RedisConn>>,
+    ) {
         let (backend, writeback): (Arc<dyn groups::Groups>, _) = match self {
             Self::Redis(r) => {
                 let wb = groups::writeback::WriteBack::new(

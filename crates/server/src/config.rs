@@ -233,25 +233,39 @@ impl MysqlConfig {
 }
 
 /// Percent-encodes what may not appear raw in a URL's user info or path.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+use bus::redis::conn::percent_encode as enc;
+
+/// How Redis is deployed (`redis.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis at `host:port`.
+    #[default]
+    Single,
+    /// Redis Cluster, reached through the seed nodes in `nodes`.
+    Cluster,
+    /// A master watched by Sentinels: `sentinels` and `master_name`.
+    Sentinel,
 }
 
 /// The seed's `redis:` block.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    pub mode: RedisMode,
+    /// `single`: the Redis.
     pub host: String,
     pub port: u16,
+    /// Of the data nodes (the one Redis, every cluster node, the Sentinels' master and replicas).
     pub password: Option<Secret>,
+    /// `single` and `sentinel` only (a cluster has database 0 alone).
     pub db: u8,
+    /// `cluster`: seed nodes, `host:port` (any reachable one tells the rest; list several).
+    pub nodes: Vec<String>,
+    /// `sentinel`: the Sentinels, `host:port`.
+    pub sentinels: Vec<String>,
+    /// `sentinel`: the name the Sentinels monitor the master under.
+    pub master_name: String,
     /// Prefix of every key, so deployments can share a Redis.
     pub prefix: String,
     /// Approximate most entries kept in each gateway stream.
@@ -261,10 +275,14 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Single,
             host: "127.0.0.1".into(),
             port: 6379,
             password: None,
             db: 0,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: "mymaster".into(),
             prefix: "ruststacker".into(),
             stream_maxlen: 100_000,
         }
@@ -282,6 +300,78 @@ impl RedisConfig {
                 self.db
             ),
             None => format!("redis://{}:{}/{}", self.host, self.port, self.db),
+        }
+    }
+
+    /// Where the bus connects, by `mode`.
+    pub fn topology(&self) -> bus::redis::Topology {
+        let password = self.password.as_ref().map(|p| p.expose().to_owned());
+        match self.mode {
+            RedisMode::Single => bus::redis::Topology::Single { url: self.url() },
+            RedisMode::Cluster => bus::redis::Topology::Cluster {
+                nodes: self.nodes.clone(),
+                password,
+            },
+            RedisMode::Sentinel => bus::redis::Topology::Sentinel {
+                sentinels: self.sentinels.clone(),
+                master_name: self.master_name.clone(),
+                password,
+                db: i64::from(self.db),
+            },
+        }
+    }
+
+    /// Where Redis is, for messages: `host:port`, or the nodes or Sentinels.
+    pub fn describe(&self) -> String {
+        match self.mode {
+            RedisMode::Single => format!("{}:{}", self.host, self.port),
+            RedisMode::Cluster => format!("the cluster of {}", self.nodes.join(", ")),
+            RedisMode::Sentinel => format!(
+                "master {} of the Sentinels {}",
+                self.master_name,
+                self.sentinels.join(", ")
+            ),
+        }
+    }
+
+    /// Checks that the addresses `mode` needs are there.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        fn addresses(key: &'static str, list: &[String]) -> Result<(), InvalidSetting> {
+            if list.is_empty() {
+                return Err(InvalidSetting::new(key, "must list at least one host:port"));
+            }
+            for a in list {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(InvalidSetting::new(key, format!("{a:?} is not host:port")));
+                }
+            }
+            Ok(())
+        }
+        match self.mode {
+            RedisMode::Single => Ok(()),
+            RedisMode::Cluster => {
+                addresses("redis.nodes", &self.nodes)?;
+                if self.db != 0 {
+                    return Err(InvalidSetting::new(
+                        "redis.db",
+                        "must be 0 in cluster mode (Redis Cluster has database 0 only)",
+                    ));
+                }
+                Ok(())
+            }
+            RedisMode::Sentinel => {
+                addresses("redis.sentinels", &self.sentinels)?;
+                if self.master_name.trim().is_empty() {
+                    return Err(InvalidSetting::new(
+                        "redis.master_name",
+                        "must name the master the Sentinels monitor",
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -444,6 +534,9 @@ pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
         .map(drop)
         .map_err(anyhow::Error::msg)?;
     cfg.web.validate().map_err(anyhow::Error::msg)?;
+    if let Some(redis) = &cfg.redis {
+        redis.validate()?;
+    }
     let r = &cfg.registry;
     if r.gateway_offer_timeout == 0 || r.gateway_offer_timeout > r.gateway_heartbeat_timeout {
         return Err(InvalidSetting::new(
@@ -542,6 +635,37 @@ mod tests {
             serde_json_like(&defaults),
             "config/all.yaml documents the defaults"
         );
+    }
+
+    #[test]
+    fn a_redis_topology_must_say_where_its_nodes_are() {
+        let check = |yaml: &str| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("redis.yaml");
+            std::fs::write(&path, yaml).expect("write");
+            let cfg = AllConfig::load(Some(&path)).expect("loads");
+            validate(&cfg).map_err(|e| format!("{e:#}"))
+        };
+        let refused = |yaml: &str, key: &str| {
+            let err = check(yaml).expect_err(yaml);
+            assert!(err.contains(key), "{yaml}: {err}");
+        };
+        refused("redis:\n  mode: cluster\n", "redis.nodes");
+        refused("redis:\n  mode: cluster\n  nodes: [\"a\"]\n", "redis.nodes");
+        refused(
+            "redis:\n  mode: cluster\n  nodes: [\"a:7000\"]\n  db: 2\n",
+            "redis.db",
+        );
+        refused("redis:\n  mode: sentinel\n", "redis.sentinels");
+        refused(
+            "redis:\n  mode: sentinel\n  sentinels: [\"s:26379\"]\n  master_name: \"\"\n",
+            "redis.master_name",
+        );
+        check("redis:\n  mode: cluster\n  nodes: [\"10.0.0.1:7000\", \"10.0.0.2:7000\"]\n")
+            .expect("a cluster with seeds");
+        check("redis:\n  mode: sentinel\n  sentinels: [\"s:26379\"]\n  master_name: m\n")
+            .expect("sentinels and a name");
+        check("redis:\n  host: 127.0.0.1\n").expect("single is the default");
     }
 
     #[test]

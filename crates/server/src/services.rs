@@ -93,7 +93,7 @@ pub(crate) struct Context {
     store: Option<Arc<dyn store::Store>>,
     groups: Option<groups::CachedGroups>,
     /// The write-back cache behind `groups` (with Redis), flushed by Meta.
-    writeback: Option<groups::writeback::WriteBack>,
+    writeback: Option<groups::writeback::WriteBack<bus::redis::RedisConn>>,
 }
 
 impl Context {

@@ -53,6 +53,7 @@ impl Backends {
             db: 0,
             prefix: format!("rsc{id}"),
             stream_maxlen: 10_000,
+            ..RedisConfig::default()
         };
         let mut conn = sqlx::MySqlConnection::connect(&mysql_url)
             .await

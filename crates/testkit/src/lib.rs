@@ -14,6 +14,7 @@
 //!   file).
 //! - [`cli`]: a command-line program (`ruststacker chat`) as a child process, read line by line
 //!   as it prints and written to through its stdin.
+//! - [`redis_ha`]: a local Redis Cluster and a Sentinel set, started by the tests that need them.
 //! - [`token`]: forged, tampered and expired JWTs for the 401 tests.
 //!
 //! Helpers that a test uses to set the scene (`register_and_login`, `send_ok`, ...) panic with the
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod http;
 pub mod names;
 pub mod process;
+pub mod redis_ha;
 pub mod token;
 pub mod ws;
 
@@ -35,6 +37,7 @@ pub use cluster::{Backends, Cluster, PrivateRedis};
 pub use http::{Addrs, Body, Client, Reply, Roster, Service, TestUser};
 pub use names::unique_username;
 pub use process::Process;
+pub use redis_ha::{RedisCluster, RedisSentinels};
 pub use ws::{Ack, Chat, WsClient};
 
 /// Re-exported so test binaries need no dependency of their own to build requests and frames.

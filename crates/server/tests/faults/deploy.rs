@@ -275,7 +275,7 @@ fn config(
          reclaim_interval_secs: 2\n  reclaim_min_idle_secs: 4\n  cursor_flush_ms: 200\n\
          send:\n  heartbeat_interval_secs: 1\n  route_cache_ttl_secs: 2\n\
          mysql:\n  host: {}\n  port: {}\n  user: {}\n  password: \"{}\"\n  dbname: {}\n\
-         redis:\n  host: {}\n  port: {}\n  prefix: {}\n",
+         redis:\n  host: {}\n  port: {}\n  prefix: {}\n{}",
         m.host,
         m.port,
         m.user,
@@ -283,19 +283,45 @@ fn config(
         m.dbname,
         r.host,
         r.port,
-        r.prefix
+        r.prefix,
+        topology(r)
     )
+}
+
+/// The `redis:` block's topology keys, beyond `single`'s host and port.
+fn topology(r: &server::RedisConfig) -> String {
+    let list = |v: &[String]| {
+        let quoted: Vec<String> = v.iter().map(|a| format!("\"{a}\"")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    match r.mode {
+        server::RedisMode::Single => String::new(),
+        server::RedisMode::Cluster => format!("  mode: cluster\n  nodes: {}\n", list(&r.nodes)),
+        server::RedisMode::Sentinel => format!(
+            "  mode: sentinel\n  sentinels: {}\n  master_name: {}\n",
+            list(&r.sentinels),
+            r.master_name
+        ),
+    }
 }
 
 impl Deployment {
     /// Starts registry, meta, send-1, send-2, gateway-1 and gateway-2 (in that order, each
     /// healthy before the next), on the shared test Redis or on `redis_port` when given.
     pub async fn start(redis_port: Option<u16>) -> Self {
+        Self::start_with(|r| {
+            if let Some(port) = redis_port {
+                r.host = "127.0.0.1".into();
+                r.port = port;
+            }
+        })
+        .await
+    }
+
+    /// The same, with the `redis:` block changed by `redis` (the key prefix stays the fresh one).
+    pub async fn start_with(redis: impl FnOnce(&mut server::RedisConfig)) -> Self {
         let mut backends = Backends::fresh().await;
-        if let Some(port) = redis_port {
-            backends.redis.host = "127.0.0.1".into();
-            backends.redis.port = port;
-        }
+        redis(&mut backends.redis);
         let dir = tempfile::Builder::new()
             .prefix("ruststacker-faults-")
             .tempdir()
@@ -392,6 +418,19 @@ impl Deployment {
     pub async fn restart(&mut self, name: &str) {
         let i = self.index(name);
         self.start_node(i).await;
+    }
+
+    /// Panics unless every process started is still the one started (none exited).
+    pub fn assert_all_running(&mut self) {
+        for n in &mut self.nodes {
+            let child = n.child.as_mut().expect("started");
+            assert!(
+                child.try_wait().expect("process status").is_none(),
+                "{} exited:\n{}",
+                n.name,
+                n.log_text()
+            );
+        }
     }
 
     /// Every process's log, for a failure message.

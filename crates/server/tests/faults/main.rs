@@ -333,6 +333,64 @@ async fn a_redis_restart_answers_503_then_recovers_with_nothing_lost() {
     d.finish().await;
 }
 
+/// Steady traffic on a deployment over `redis`, then `kill` (it SIGKILLs a Redis master and
+/// waits until a replica has taken over), then more traffic: every process follows the new
+/// master by itself (none is restarted), and nothing accepted with a 200 is lost.
+async fn a_master_killed_under_traffic(
+    name: &str,
+    redis: impl FnOnce(&mut server::RedisConfig),
+    kill: impl FnOnce(&str),
+) {
+    let mut d = Deployment::start_with(redis).await;
+    let (ep, users, room) = scene(&d, name).await;
+    let t = steady(&d, &ep, &users, room).await;
+    kill(&d.backends.redis.prefix);
+    t.run_for_messages(phase(), budget(phase())).await;
+    let v = t.finish(Duration::from_secs(30), |_, _| true).await;
+    assert_clean(name, &v);
+    d.assert_all_running();
+    d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_redis_cluster_master_loses_no_accepted_message() {
+    let mut cluster = testkit::RedisCluster::start();
+    let seeds = cluster.seeds();
+    a_master_killed_under_traffic(
+        "rediscluster",
+        |r| {
+            r.mode = server::RedisMode::Cluster;
+            r.nodes = seeds;
+        },
+        |prefix| {
+            // The master of the busiest stream: gateway-1's.
+            let victim = cluster.master_of(&format!("{prefix}:stream:{{gateway-1}}"));
+            cluster.kill9(victim);
+            cluster.wait_failover(victim);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_sentinels_master_loses_no_accepted_message() {
+    let mut sentinels = testkit::RedisSentinels::start();
+    let (addrs, master_name) = (sentinels.addrs(), sentinels.master_name.clone());
+    a_master_killed_under_traffic(
+        "redissentinel",
+        |r| {
+            r.mode = server::RedisMode::Sentinel;
+            r.sentinels = addrs;
+            r.master_name = master_name;
+        },
+        |_| {
+            let old = sentinels.kill9_master();
+            sentinels.wait_failover(old);
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_of_each_service_in_turn_loses_no_accepted_message() {
     let mut d = Deployment::start(None).await;
