@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use groups::CachedGroups;
 use proto::frame::{ChatPayload, ClientFrame, ServerFrame};
 use proto::stream::PushMessage;
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::GatewayState;
 use crate::cursor::CursorBook;
-use crate::hub::{CLOSE_ABORT, ConnShared};
+use crate::hub::{CLOSE_ABORT, ConnShared, Meters};
 use crate::writer::{self, Command, Commands, Env};
 
 /// Serializes a message as a chat frame (once per gateway entry; the bytes are shared).
@@ -56,8 +56,8 @@ impl Env for GatewayState {
         self.0.cfg.resync_chunk
     }
 
-    fn ping_every(&self) -> Duration {
-        Duration::from_secs(self.0.cfg.ping_interval_secs.max(1))
+    fn meters(&self) -> &Meters {
+        &self.0.hub.meters
     }
 
     fn catch_up_after(&self) -> Option<Duration> {
@@ -76,15 +76,28 @@ async fn revoked(state: &GatewayState, user: UserId, version: i64) -> bool {
     matches!(versions.current(user).await, Ok(Some(current)) if current > version)
 }
 
-/// Runs a connection of `caller` until either side closes it.
-pub(crate) async fn serve(
+/// Runs a connection of `caller` until either side closes it. The socket is split before the
+/// future starts: an async fn keeps its arguments' slots for its whole life, and this future
+/// lives as long as the connection.
+pub(crate) fn serve(
     state: GatewayState,
     caller: kit::auth::AuthUser,
     ack_mode: bool,
-    mut socket: WebSocket,
+    socket: WebSocket,
+) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    run(state, caller, ack_mode, sink, stream)
+}
+
+async fn run(
+    state: GatewayState,
+    caller: kit::auth::AuthUser,
+    ack_mode: bool,
+    mut sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
 ) {
     let user = caller.user_id;
-    let shared = Arc::new(ConnShared::new(&state.0.closing));
+    let shared = Arc::new(ConnShared::new(state.0.hub.now()));
     let (tx, rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
     let conn_id = state
         .0
@@ -95,7 +108,7 @@ pub(crate) async fn serve(
     // so this reads the current one), nothing slips between.
     if revoked(&state, user, caller.token_version).await {
         state.0.hub.remove(user, conn_id);
-        let _ = socket
+        let _ = sink
             .send(writer::close_frame(CloseCode::TokenRevoked))
             .await;
         return;
@@ -104,16 +117,10 @@ pub(crate) async fn serve(
         tracing::warn!(user_id = user, error = %e, "route not recorded");
     }
     tracing::debug!(user_id = user, conn = conn_id, "connected");
-    let (sink, stream) = socket.split();
     // Reader and writer run in this one task (no second task per connection), sharing the
     // client's commands by reference.
     let commands = Commands::default();
-    let reader = read_loop(
-        stream,
-        &commands,
-        &shared,
-        Duration::from_secs(state.0.cfg.idle_timeout_secs.max(1)),
-    );
+    let reader = read_loop(stream, &commands, &shared);
     let writer = writer::write_loop(state.clone(), user, ack_mode, sink, rx, &commands, &shared);
     tokio::join!(reader, writer);
     state.0.hub.remove(user, conn_id);
@@ -144,25 +151,21 @@ fn read_error_code(e: axum::Error) -> Option<CloseCode> {
     }
 }
 
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
-    commands: &Commands,
-    shared: &ConnShared,
-    idle: Duration,
-) {
+/// Reads the client's frames until the connection closes. It keeps no timer: the hub's sweeper
+/// sees what it marks as heard, pings quiet connections and closes idle ones.
+async fn read_loop(mut stream: SplitStream<WebSocket>, commands: &Commands, shared: &ConnShared) {
     loop {
         let next = tokio::select! {
-            () = shared.kick.cancelled() => return,
-            next = tokio::time::timeout(idle, stream.next()) => next,
+            biased;
+            () = shared.closed() => return,
+            next = stream.next() => next,
         };
         let msg = match next {
-            Err(_) => return shared.close(CloseCode::Idle),
-            Ok(None) => return shared.close(CloseCode::Normal),
-            Ok(Some(Err(e))) => {
-                return shared.close(read_error_code(e).unwrap_or(CloseCode::Normal));
-            }
-            Ok(Some(Ok(msg))) => msg,
+            None => return shared.close(CloseCode::Normal),
+            Some(Err(e)) => return shared.close(read_error_code(e).unwrap_or(CloseCode::Normal)),
+            Some(Ok(msg)) => msg,
         };
+        shared.heard();
         let cmd = match msg {
             Message::Text(text) => match serde_json::from_str::<ClientFrame>(text.as_str()) {
                 Ok(ClientFrame::Ack { room_id, seq }) => Command::Ack { room: room_id, seq },
@@ -179,7 +182,7 @@ async fn read_loop(
         };
         // Waits while the writer is behind on commands: reading stops, none is dropped.
         tokio::select! {
-            () = shared.kick.cancelled() => return,
+            () = shared.closed() => return,
             () = commands.push(cmd) => {}
         }
     }

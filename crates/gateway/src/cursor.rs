@@ -4,6 +4,7 @@
 //! movement, which means re-sending (never losing) messages on reconnect; clients dedupe by id.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -11,24 +12,32 @@ use proto::{RoomId, Seq, UserId};
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
-/// Pending cursor advances.
+/// Pending cursor advances. Every connection's writer records here after each flush, so the
+/// common case (the entry is there: it moved since the last write) takes a shard's read lock and
+/// one atomic, never the write lock.
 #[derive(Debug, Default)]
 pub struct CursorBook {
-    pending: DashMap<(UserId, RoomId), Seq>,
+    pending: DashMap<(UserId, RoomId), AtomicI64>,
 }
 
 impl CursorBook {
     /// Records that `user` has everything in `room` up to `seq`.
     pub fn advance(&self, user: UserId, room: RoomId, seq: Seq) {
-        let mut e = self.pending.entry((user, room)).or_insert(seq);
-        if *e < seq {
-            *e = seq;
+        if let Some(e) = self.pending.get(&(user, room)) {
+            e.fetch_max(seq, Ordering::AcqRel);
+            return;
         }
+        self.pending
+            .entry((user, room))
+            .or_insert_with(|| AtomicI64::new(seq))
+            .fetch_max(seq, Ordering::AcqRel);
     }
 
     /// The pending (not yet written) cursor of `user` in `room`.
     pub fn pending(&self, user: UserId, room: RoomId) -> Option<Seq> {
-        self.pending.get(&(user, room)).map(|v| *v)
+        self.pending
+            .get(&(user, room))
+            .map(|v| v.load(Ordering::Acquire))
     }
 
     /// Writes every pending cursor; entries that moved meanwhile stay for the next flush.
@@ -36,14 +45,16 @@ impl CursorBook {
         let updates: Vec<(UserId, RoomId, Seq)> = self
             .pending
             .iter()
-            .map(|e| (e.key().0, e.key().1, *e.value()))
+            .map(|e| (e.key().0, e.key().1, e.value().load(Ordering::Acquire)))
             .collect();
         if updates.is_empty() {
             return Ok(0);
         }
         store.advance_cursors(&updates).await?;
         for (user, room, seq) in &updates {
-            self.pending.remove_if(&(*user, *room), |_, v| *v == *seq);
+            // Under the shard's write lock: no advance slips in between the check and the removal.
+            self.pending
+                .remove_if(&(*user, *room), |_, v| v.load(Ordering::Acquire) == *seq);
         }
         Ok(updates.len())
     }

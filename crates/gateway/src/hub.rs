@@ -6,10 +6,14 @@
 //! Memory stays bounded and nothing is lost silently.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
+use metrics::{Counter, Gauge, Histogram};
 use proto::{CloseCode, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,19 +50,50 @@ pub enum Outbound {
     CatchUp,
 }
 
-/// What the hub and the connection's tasks share.
+/// What the hub, the sweeper and the connection's reader and writer share: atomics and one waker
+/// slot per side, so a wake-up of the connection's task takes no lock to learn whether it must
+/// close or ping.
 #[derive(Debug)]
 pub struct ConnShared {
-    /// Cancelled to close the connection; a child of the gateway's shutdown token.
-    pub kick: CancellationToken,
     close_code: AtomicU16,
+    /// The sweeper asks the writer for a ping.
+    ping: AtomicBool,
+    /// Set by the reader on every frame from the client; cleared by the sweeper, which then moves
+    /// `heard_at` to its tick.
+    heard: AtomicBool,
+    /// Sweeper ticks (seconds since the hub started) of the last frame heard and the last ping.
+    heard_at: AtomicU32,
+    pinged_at: AtomicU32,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+/// What woke the writer: the connection closes, or the sweeper wants a ping sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Close,
+    Ping,
+}
+
+/// What a sweep did to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Swept {
+    Nothing,
+    Pinged,
+    Closed,
 }
 
 impl ConnShared {
-    pub fn new(parent: &CancellationToken) -> Self {
+    /// A connection opened at sweeper tick `now` (see [`Hub::now`]).
+    pub fn new(now: u32) -> Self {
         Self {
-            kick: parent.child_token(),
             close_code: AtomicU16::new(0),
+            ping: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
+            heard_at: AtomicU32::new(now),
+            pinged_at: AtomicU32::new(now),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
         }
     }
 
@@ -67,15 +102,90 @@ impl ConnShared {
         let _ =
             self.close_code
                 .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.kick.cancel();
+        self.reader.wake();
+        self.writer.wake();
     }
 
-    /// The code to close with: the first reason given, else going away (shutdown).
+    /// Whether the connection was asked to close.
+    pub fn is_closed(&self) -> bool {
+        self.close_code.load(Ordering::Acquire) != 0
+    }
+
+    /// The code to close with: the first reason given, else going away.
     pub fn close_code(&self) -> CloseCode {
         match self.close_code.load(Ordering::Acquire) {
             0 => CloseCode::GoingAway,
             c => CloseCode::try_from(c).expect("only CloseCode numbers are stored"),
         }
+    }
+
+    /// The reader heard from the client (any frame, pongs included).
+    pub(crate) fn heard(&self) {
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once the connection is asked to close. For the reader: one waiter only.
+    pub(crate) fn closed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_closed() {
+                return Poll::Ready(());
+            }
+            self.reader.register(cx.waker());
+            if self.is_closed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Resolves once the connection is asked to close or to ping. For the writer: one waiter only.
+    pub(crate) fn signal(&self) -> impl Future<Output = Signal> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(s) = self.pending_signal() {
+                return Poll::Ready(s);
+            }
+            self.writer.register(cx.waker());
+            match self.pending_signal() {
+                Some(s) => Poll::Ready(s),
+                None => Poll::Pending,
+            }
+        })
+    }
+
+    fn pending_signal(&self) -> Option<Signal> {
+        if self.is_closed() {
+            Some(Signal::Close)
+        } else if self.ping.load(Ordering::Relaxed) && self.ping.swap(false, Ordering::AcqRel) {
+            Some(Signal::Ping)
+        } else {
+            None
+        }
+    }
+
+    /// At sweeper tick `now`: closes the connection as idle once nothing was heard for more than
+    /// `idle` ticks, else asks for a ping once it has been quiet, and unpinged, for more than
+    /// `ping_every`.
+    fn sweep(&self, now: u32, ping_every: u32, idle: u32) -> Swept {
+        if self.heard.load(Ordering::Relaxed) {
+            self.heard.store(false, Ordering::Relaxed);
+            self.heard_at.store(now, Ordering::Relaxed);
+        }
+        let quiet = now.saturating_sub(self.heard_at.load(Ordering::Relaxed));
+        if quiet > idle {
+            self.close(CloseCode::Idle);
+            return Swept::Closed;
+        }
+        let unpinged = now.saturating_sub(self.pinged_at.load(Ordering::Relaxed));
+        if quiet > ping_every && unpinged > ping_every {
+            self.pinged_at.store(now, Ordering::Relaxed);
+            self.ping.store(true, Ordering::Release);
+            self.writer.wake();
+            return Swept::Pinged;
+        }
+        Swept::Nothing
     }
 }
 
@@ -88,12 +198,66 @@ struct Conn {
     shared: Arc<ConnShared>,
 }
 
+/// The gateway's hot metrics, looked up in the registry once: a `metrics::counter!` call looks
+/// its series up on every call, which the profile showed on every writer flush.
+#[derive(Debug, Clone)]
+pub(crate) struct Meters {
+    pub(crate) connections: Gauge,
+    pub(crate) frames_queued: Counter,
+    pub(crate) queue_depth: Histogram,
+    pub(crate) dropped_queue_full: Counter,
+    pub(crate) dropped_closed: Counter,
+    pub(crate) slow_consumers: Counter,
+    pub(crate) frames_sent: Counter,
+    pub(crate) push_latency: Histogram,
+    pub(crate) pings: Counter,
+    pub(crate) idle_closed: Counter,
+}
+
+impl Meters {
+    /// Handles on the series of the recorder installed now (no-ops without one).
+    pub(crate) fn new() -> Self {
+        let dropped = |reason: &'static str| metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => reason);
+        Self {
+            connections: metrics::gauge!("ruststacker_gateway_connections"),
+            frames_queued: metrics::counter!("ruststacker_gateway_frames_queued_total"),
+            queue_depth: metrics::histogram!("ruststacker_gateway_queue_depth"),
+            dropped_queue_full: dropped("queue_full"),
+            dropped_closed: dropped("closed"),
+            slow_consumers: metrics::counter!("ruststacker_gateway_slow_consumers_total"),
+            frames_sent: metrics::counter!("ruststacker_gateway_frames_sent_total"),
+            push_latency: metrics::histogram!("ruststacker_push_latency_seconds"),
+            pings: metrics::counter!("ruststacker_gateway_pings_total"),
+            idle_closed: metrics::counter!("ruststacker_gateway_idle_closed_total"),
+        }
+    }
+}
+
 /// Live connections by user.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     conns: DashMap<UserId, Vec<Conn>>,
     next_id: AtomicU64,
     open: AtomicUsize,
+    /// The code every connection is closing with (0: none): set before [`Hub::close_all`] walks
+    /// the connections, so one added meanwhile closes itself.
+    closing: AtomicU16,
+    /// When the hub started; sweeper ticks count seconds from it.
+    started: Instant,
+    pub(crate) meters: Meters,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            conns: DashMap::default(),
+            next_id: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            closing: AtomicU16::new(0),
+            started: Instant::now(),
+            meters: Meters::new(),
+        }
+    }
 }
 
 impl Hub {
@@ -115,6 +279,11 @@ impl Hub {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// The sweeper's clock: whole seconds since the hub started.
+    pub fn now(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// Adds a connection of `user`, authenticated with a token of `token_version`; returns its
     /// id.
     pub fn add(
@@ -129,9 +298,13 @@ impl Hub {
             id,
             token_version,
             tx,
-            shared,
+            shared: shared.clone(),
         });
-        metrics::gauge!("ruststacker_gateway_connections").set(self.open() as f64);
+        // Either close_all sees this connection or this sees its code (both stores come first).
+        if let Ok(code) = CloseCode::try_from(self.closing.load(Ordering::SeqCst)) {
+            shared.close(code);
+        }
+        self.meters.connections.set(self.open() as f64);
         id
     }
 
@@ -140,7 +313,8 @@ impl Hub {
             v.retain(|c| c.id != id);
             v.is_empty()
         });
-        metrics::gauge!("ruststacker_gateway_connections")
+        self.meters
+            .connections
             .set(self.open().saturating_sub(1) as f64);
     }
 
@@ -171,10 +345,9 @@ impl Hub {
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         full += 1;
-                        if !c.shared.kick.is_cancelled() {
+                        if !c.shared.is_closed() {
                             tracing::info!(user_id = user, conn = c.id, "slow consumer closed");
-                            metrics::counter!("ruststacker_gateway_slow_consumers_total")
-                                .increment(1);
+                            self.meters.slow_consumers.increment(1);
                         }
                         c.shared.close(CloseCode::SlowConsumer);
                     }
@@ -183,17 +356,16 @@ impl Hub {
             }
         }
         // Once per entry, not per target: the push path stays free of per-delivery metric calls.
-        metrics::counter!("ruststacker_gateway_frames_queued_total").increment(queued as u64);
+        let m = &self.meters;
+        m.frames_queued.increment(queued as u64);
         if queued > 0 {
-            metrics::histogram!("ruststacker_gateway_queue_depth").record(deepest as f64);
+            m.queue_depth.record(deepest as f64);
         }
         if full > 0 {
-            metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => "queue_full")
-                .increment(full);
+            m.dropped_queue_full.increment(full);
         }
         if closed > 0 {
-            metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => "closed")
-                .increment(closed);
+            m.dropped_closed.increment(closed);
         }
         queued
     }
@@ -219,12 +391,63 @@ impl Hub {
         self.deliver(&users, &Outbound::CatchUp);
     }
 
-    /// Asks every connection to close with `code`.
+    /// Asks every connection, and any added from now on, to close with `code`.
     pub fn close_all(&self, code: CloseCode) {
+        let _ = self
+            .closing
+            .compare_exchange(0, code.code(), Ordering::SeqCst, Ordering::SeqCst);
         for conns in &self.conns {
             for c in conns.iter() {
                 c.shared.close(code);
             }
+        }
+    }
+}
+
+impl Hub {
+    /// One sweep at tick `now`: closes with [`CloseCode::Idle`] every connection heard nothing
+    /// from for more than `idle` seconds, and has the writers of those quiet for more than
+    /// `ping_every` send a ping. Returns how many were pinged and how many closed.
+    pub fn sweep(&self, now: u32, ping_every: u32, idle: u32) -> (u64, u64) {
+        let (mut pinged, mut closed) = (0, 0);
+        for conns in &self.conns {
+            for c in conns.iter().filter(|c| !c.shared.is_closed()) {
+                match c.shared.sweep(now, ping_every, idle) {
+                    Swept::Nothing => {}
+                    Swept::Pinged => pinged += 1,
+                    Swept::Closed => closed += 1,
+                }
+            }
+        }
+        self.meters.pings.increment(pinged);
+        self.meters.idle_closed.increment(closed);
+        (pinged, closed)
+    }
+}
+
+/// How often the sweeper looks at every connection: pings and idle closes happen within this
+/// much of their due time.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The gateway's one timer for keepalive, instead of an interval and a read timeout in every
+/// connection (each a timer entry and a larger future): every [`SWEEP_EVERY`] it pings the
+/// connections quiet for more than `ping_every` seconds and closes those quiet for more than
+/// `idle` seconds, until `stop`.
+pub(crate) async fn sweeper(state: crate::GatewayState, stop: CancellationToken) {
+    let secs = |s: u64| u32::try_from(s.max(1)).unwrap_or(u32::MAX);
+    let ping_every = secs(state.0.cfg.ping_interval_secs);
+    let idle = secs(state.0.cfg.idle_timeout_secs);
+    let hub = &state.0.hub;
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (pinged, closed) = hub.sweep(hub.now(), ping_every, idle);
+        if closed > 0 {
+            tracing::debug!(pinged, closed, "idle connections closed");
         }
     }
 }
@@ -241,11 +464,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_closes_only_that_connection_as_slow() {
         let hub = Hub::default();
-        let root = CancellationToken::new();
         let (tx_a, _rx_a) = mpsc::channel(1);
         let (tx_b, mut rx_b) = mpsc::channel(8);
-        let a = Arc::new(ConnShared::new(&root));
-        let b = Arc::new(ConnShared::new(&root));
+        let a = Arc::new(ConnShared::new(0));
+        let b = Arc::new(ConnShared::new(0));
         assert!(hub.try_reserve(2) && hub.try_reserve(2) && !hub.try_reserve(2));
         hub.add(1, 0, tx_a, a.clone());
         hub.add(2, 0, tx_b, b.clone());
@@ -253,19 +475,18 @@ mod tests {
         assert_eq!(hub.deliver(&[1, 2], &item), 2);
         assert_eq!(hub.deliver(&[1, 2], &item), 1);
         assert_eq!(a.close_code(), CloseCode::SlowConsumer);
-        assert!(!b.kick.is_cancelled());
+        assert!(!b.is_closed());
         assert!(rx_b.recv().await.is_some());
-        root.cancel();
+        hub.close_all(CloseCode::GoingAway);
         assert_eq!(b.close_code(), CloseCode::GoingAway);
     }
 
     #[test]
     fn a_revocation_closes_only_the_users_connections_with_older_tokens() {
         let hub = Hub::default();
-        let root = CancellationToken::new();
         let conn = |user: UserId, version: i64| {
             let (tx, rx) = mpsc::channel(1);
-            let shared = Arc::new(ConnShared::new(&root));
+            let shared = Arc::new(ConnShared::new(0));
             hub.add(user, version, tx, shared.clone());
             (shared, rx)
         };
@@ -276,11 +497,63 @@ mod tests {
         assert_eq!(hub.revoke(1, 3), 2);
         assert_eq!(old.close_code(), CloseCode::TokenRevoked);
         assert_eq!(older.close_code(), CloseCode::TokenRevoked);
-        assert!(
-            !current.kick.is_cancelled(),
-            "the new token's connection stays"
-        );
-        assert!(!someone_else.kick.is_cancelled());
+        assert!(!current.is_closed(), "the new token's connection stays");
+        assert!(!someone_else.is_closed());
         assert_eq!(hub.revoke(3, 9), 0, "a user with no connection here");
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn conn(hub: &Hub, user: UserId, now: u32) -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(1);
+        let shared = Arc::new(ConnShared::new(now));
+        hub.add(user, 0, tx, shared.clone());
+        (shared, rx)
+    }
+
+    #[test]
+    fn a_quiet_connection_is_pinged_then_closed_as_idle_and_a_heard_one_is_not() {
+        let hub = Hub::default();
+        let (quiet, _a) = conn(&hub, 1, 0);
+        let (talking, _b) = conn(&hub, 2, 0);
+        // Ping after more than 2 s of quiet, close after more than 7 s.
+        assert_eq!(hub.sweep(2, 2, 7), (0, 0));
+        assert_eq!(hub.sweep(3, 2, 7), (2, 0), "both quiet for 3 s");
+        assert_eq!(quiet.signal().now_or_never(), Some(Signal::Ping));
+        assert_eq!(quiet.signal().now_or_never(), None, "one ping per request");
+        talking.heard();
+        assert_eq!(hub.sweep(5, 2, 7), (0, 0), "pinged 2 s ago: not again yet");
+        assert_eq!(
+            hub.sweep(6, 2, 7),
+            (1, 0),
+            "the quiet one, 3 s after its ping"
+        );
+        assert_eq!(
+            hub.sweep(8, 2, 7),
+            (1, 1),
+            "the talking one is pinged, the quiet one closed"
+        );
+        assert_eq!(quiet.close_code(), CloseCode::Idle);
+        assert_eq!(quiet.signal().now_or_never(), Some(Signal::Close));
+        assert!(quiet.closed().now_or_never().is_some());
+        assert!(!talking.is_closed(), "heard at 5: quiet for 3 s only");
+        assert!(talking.closed().now_or_never().is_none());
+        assert_eq!(talking.signal().now_or_never(), Some(Signal::Ping));
+    }
+
+    #[test]
+    fn a_connection_added_while_everything_closes_closes_too() {
+        let hub = Hub::default();
+        let (before, _a) = conn(&hub, 1, 0);
+        hub.close_all(CloseCode::GoingAway);
+        let (after, _b) = conn(&hub, 2, 0);
+        assert_eq!(before.close_code(), CloseCode::GoingAway);
+        assert!(after.is_closed());
+        assert_eq!(after.close_code(), CloseCode::GoingAway);
     }
 }

@@ -73,9 +73,11 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// Bytes of frames collected before a socket write; a flush writes earlier.
     pub write_buffer_bytes: usize,
-    /// Seconds between server pings.
+    /// A connection the server has heard nothing from for this many seconds gets a WebSocket
+    /// ping, and another every as long while it stays quiet (the hub's sweeper, once a second).
     pub ping_interval_secs: u64,
-    /// A connection that sends nothing (not even a pong) for this long is closed with 4001.
+    /// A connection that sends nothing (not even a pong) for this long is closed with 4001 (by
+    /// the sweeper: within a second after).
     pub idle_timeout_secs: u64,
     /// Seconds between heartbeats to the registry.
     pub heartbeat_interval_secs: u64,
@@ -212,11 +214,15 @@ impl GatewayState {
         self.register().await?;
         // Series that only count trouble exist from the start, at 0, so rates and alerts on
         // them work before the first event.
-        metrics::gauge!("ruststacker_gateway_connections").set(self.connections() as f64);
-        metrics::counter!("ruststacker_gateway_slow_consumers_total").increment(0);
-        for reason in ["queue_full", "closed"] {
-            metrics::counter!("ruststacker_gateway_frames_dropped_total", "reason" => reason)
-                .increment(0);
+        let m = &self.0.hub.meters;
+        m.connections.set(self.connections() as f64);
+        for c in [
+            &m.slow_consumers,
+            &m.dropped_queue_full,
+            &m.dropped_closed,
+            &m.idle_closed,
+        ] {
+            c.increment(0);
         }
         // Healthy from the start: the consumer's first read is about to happen.
         self.0
@@ -226,6 +232,7 @@ impl GatewayState {
         let consumer_stop = CancellationToken::new();
         let tasks = vec![
             tokio::spawn(heartbeat(self.clone(), stop.clone())),
+            tokio::spawn(hub::sweeper(self.clone(), stop.clone())),
             tokio::spawn(self.0.cursors.clone().run_flusher(
                 self.0.store.clone(),
                 Duration::from_millis(self.0.cfg.cursor_flush_ms.max(10)),
@@ -499,15 +506,21 @@ async fn ws_handshake(
         .max_frame_size(cfg.max_frame_bytes);
     let state = s.clone();
     Ok(upgrade
-        .on_upgrade(move |socket| async move {
-            let _slot = slot;
-            // Every line a connection logs names its user (never its token).
-            let span = tracing::info_span!("ws", user_id = user.user_id, ack = q.ack);
+        .on_upgrade(move |socket| {
+            // The lines the gateway logs about a connection name its user themselves (never its
+            // token). The span adds it to what other crates log under it, at debug level only:
+            // an enabled span is kept by the log subscriber for the connection's whole life,
+            // over a KiB of an idle connection's memory.
+            let span = tracing::debug_span!("ws", user_id = user.user_id, ack = q.ack);
+            // Made here, not in the task's future: that one would keep the socket a second time.
             let tracked = state.0.conns.track_future(tracing::Instrument::instrument(
                 conn::serve(state.clone(), user, q.ack, socket),
                 span,
             ));
-            tracked.await;
+            async move {
+                let _slot = slot;
+                tracked.await;
+            }
         })
         .into_response())
 }

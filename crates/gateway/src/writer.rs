@@ -9,10 +9,13 @@
 //! socket and a whole gateway.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, SinkExt};
 use groups::{CachedGroups, Groups};
 use proto::frame::ServerFrame;
@@ -23,7 +26,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::conn::chat_text;
 use crate::cursor::CursorBook;
-use crate::hub::{CLOSE_ABORT, ConnShared, Outbound};
+use crate::hub::{CLOSE_ABORT, ConnShared, Meters, Outbound, Signal};
 
 /// Most queue items and commands handled per flush.
 const COALESCE: usize = 64;
@@ -39,8 +42,8 @@ pub(crate) trait Env {
     fn cursors(&self) -> &CursorBook;
     /// Messages read per resync query.
     fn resync_chunk(&self) -> u32;
-    /// Time between server pings.
-    fn ping_every(&self) -> Duration;
+    /// The gateway's metric handles.
+    fn meters(&self) -> &Meters;
     /// When, after connect, the catch-up resync runs (`None`: it does not).
     fn catch_up_after(&self) -> Option<Duration>;
 }
@@ -61,11 +64,17 @@ pub(crate) enum Command {
 /// be dropped. Here none is dropped: when [`COMMANDS`] are waiting, the reader waits too (and TCP
 /// holds the client back). Not a tokio channel: one costs about 1 KiB per connection up front (a
 /// cache-padded header and a first block of 32 slots), a sixth of an idle connection's memory,
-/// where this queue allocates nothing until the client sends a command.
+/// where this queue allocates nothing until the client sends a command. The writer's side takes
+/// no lock unless a command is waiting: it reads a count and a flag, and waits on a waker slot.
 #[derive(Debug, Default)]
 pub(crate) struct Commands {
     queue: Mutex<VecDeque<Command>>,
-    added: Notify,
+    /// Commands in `queue`.
+    waiting: AtomicUsize,
+    /// A command was pushed since [`Commands::pushed`] last resolved.
+    added: AtomicBool,
+    /// The writer, waiting in [`Commands::pushed`].
+    writer: AtomicWaker,
     taken: Notify,
 }
 
@@ -83,22 +92,40 @@ impl Commands {
             self.taken.notified().await;
         }
         self.queue().push_back(cmd);
-        self.added.notify_one();
+        self.waiting.fetch_add(1, Ordering::Release);
+        self.added.store(true, Ordering::Release);
+        self.writer.wake();
     }
 
     /// The oldest command, if any.
     pub(crate) fn try_take(&self) -> Option<Command> {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let cmd = self.queue().pop_front();
         if cmd.is_some() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.taken.notify_one();
         }
         cmd
     }
 
     /// Resolves once a command was pushed since the last time it resolved (possibly one already
-    /// taken with [`Commands::try_take`]: the queue may then be empty).
-    async fn pushed(&self) {
-        self.added.notified().await;
+    /// taken with [`Commands::try_take`]: the queue may then be empty). One waiter: the writer.
+    fn pushed(&self) -> impl Future<Output = ()> + '_ {
+        let take =
+            || self.added.load(Ordering::Relaxed) && self.added.swap(false, Ordering::AcqRel);
+        std::future::poll_fn(move |cx| {
+            if take() {
+                return Poll::Ready(());
+            }
+            self.writer.register(cx.waker());
+            if take() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -163,15 +190,14 @@ where
     /// acknowledges for itself).
     async fn flush(&mut self) -> Result<(), WriteError> {
         self.sink.flush().await.map_err(|_| WriteError::Socket)?;
+        let meters = self.env.meters();
         if self.fed > 0 {
-            metrics::counter!("ruststacker_gateway_frames_sent_total")
-                .increment(std::mem::take(&mut self.fed));
+            meters.frames_sent.increment(std::mem::take(&mut self.fed));
         }
         if self.first_live_ms > 0 {
             // Sampled once per flush: the oldest live frame in it (Send's clock to ours).
             let took = kit::now_ms() - std::mem::take(&mut self.first_live_ms);
-            metrics::histogram!("ruststacker_push_latency_seconds")
-                .record(took.max(0) as f64 / 1000.0);
+            meters.push_latency.record(took.max(0) as f64 / 1000.0);
         }
         let book = self.env.cursors();
         for (room, seq) in self.unflushed.drain() {
@@ -289,19 +315,21 @@ where
                 }
                 Ok(())
             }
-            Command::Sync { room, after } => {
-                if let proto::api::Access::Member(_) =
-                    self.env.groups().access(room, self.user).await?
-                {
-                    let before = self.last_sent.get(&room).copied().unwrap_or(0);
-                    Box::pin(self.replay(room, after.max(0), None)).await?;
-                    let e = self.last_sent.entry(room).or_insert(before);
-                    *e = (*e).max(before);
-                }
-                Ok(())
-            }
+            // Rare and large (a membership check, then the database): boxed, like `handle`'s.
+            Command::Sync { room, after } => Box::pin(self.sync(room, after)).await,
             Command::Ping => self.feed(ServerFrame::Pong {}.to_json().into()).await,
         }
+    }
+
+    /// Sends a member what `room` has after `after`.
+    async fn sync(&mut self, room: RoomId, after: Seq) -> Result<(), WriteError> {
+        if let proto::api::Access::Member(_) = self.env.groups().access(room, self.user).await? {
+            let before = self.last_sent.get(&room).copied().unwrap_or(0);
+            self.replay(room, after.max(0), None).await?;
+            let e = self.last_sent.entry(room).or_insert(before);
+            *e = (*e).max(before);
+        }
+        Ok(())
     }
 
     /// Handles what is already waiting (commands first: they are few and small), up to a
@@ -334,27 +362,27 @@ where
         self.feed(ServerFrame::welcome().to_json().into()).await?;
         Box::pin(self.resync_all()).await?;
         self.flush().await?;
-        let period = self.env.ping_every().max(Duration::from_millis(1));
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         // One more resync a little after connect: a message stored after the first resync but
         // fanned out with a route cached before this connection existed (another Send instance's
         // cache had not yet seen the connect event) reached the wrong gateway or none. A later
-        // message would reveal the gap; this pass does not wait for one.
-        let catch_up_after = self.env.catch_up_after();
-        let catch_up = tokio::time::sleep(catch_up_after.unwrap_or_default());
-        tokio::pin!(catch_up);
-        let mut caught_up = catch_up_after.is_none();
+        // message would reveal the gap; this pass does not wait for one. Its timer is boxed and
+        // dropped once done, so it costs nothing where it is off (`all`) or past. Pings come from
+        // the hub's sweeper: the connection keeps no timer of its own.
+        let mut catch_up = self
+            .env
+            .catch_up_after()
+            .map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             tokio::select! {
                 biased;
-                () = shared.kick.cancelled() => return Ok(()),
-                () = &mut catch_up, if !caught_up => {
-                    caught_up = true;
+                signal = shared.signal() => match signal {
+                    Signal::Close => return Ok(()),
+                    Signal::Ping => self.send(Message::Ping(Default::default())).await?,
+                },
+                () = async { catch_up.as_mut().expect("guarded").await }, if catch_up.is_some() => {
+                    catch_up = None;
                     Box::pin(self.resync_all()).await?;
                     self.flush().await?;
-                }
-                _ = ping.tick() => {
-                    self.send(Message::Ping(Default::default())).await?;
                 }
                 () = commands.pushed() => self.coalesce(rx, commands).await?,
                 item = rx.recv() => {
@@ -383,20 +411,22 @@ where
 }
 
 /// Writes to `sink` until the connection closes, then sends the close frame of
-/// `shared.close_code()` (after what is queued, at shutdown) and closes the sink.
-pub(crate) async fn write_loop<S, E>(
+/// `shared.close_code()` (after what is queued, at shutdown) and closes the sink. Not an async
+/// fn: the future keeps only the [`Writer`] the arguments go into, not their slots as well.
+pub(crate) fn write_loop<'a, S, E>(
     env: E,
     user: UserId,
     ack_mode: bool,
     sink: S,
-    mut rx: mpsc::Receiver<Outbound>,
-    commands: &Commands,
-    shared: &ConnShared,
-) where
-    S: Sink<Message> + Unpin,
-    E: Env,
+    rx: mpsc::Receiver<Outbound>,
+    commands: &'a Commands,
+    shared: &'a ConnShared,
+) -> impl Future<Output = ()> + 'a
+where
+    S: Sink<Message> + Unpin + 'a,
+    E: Env + 'a,
 {
-    let mut w = Writer {
+    let w = Writer {
         sink,
         env,
         user,
@@ -406,30 +436,47 @@ pub(crate) async fn write_loop<S, E>(
         fed: 0,
         first_live_ms: 0,
     };
-    let served = w.serve(&mut rx, commands, shared).await;
-    let socket_ok = match served {
-        Ok(()) => true,
-        Err(WriteError::Socket) => false,
-        Err(WriteError::Store(e)) => {
-            tracing::warn!(user_id = user, error = %e, "resync failed; closing with 1011");
-            shared.close(CloseCode::ServerError);
-            true
-        }
-    };
-    let code = shared.close_code();
-    if socket_ok && code != CLOSE_ABORT {
-        let drained = if code == CloseCode::GoingAway {
-            w.drain(&mut rx, commands).await.is_ok()
-        } else {
-            true
+    w.run(rx, commands, shared)
+}
+
+impl<S, E> Writer<S, E>
+where
+    S: Sink<Message> + Unpin,
+    E: Env,
+{
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Outbound>,
+        commands: &Commands,
+        shared: &ConnShared,
+    ) {
+        let user = self.user;
+        let served = self.serve(&mut rx, commands, shared).await;
+        let socket_ok = match served {
+            Ok(()) => true,
+            Err(WriteError::Socket) => false,
+            Err(WriteError::Store(e)) => {
+                tracing::warn!(user_id = user, error = %e, "resync failed; closing with 1011");
+                shared.close(CloseCode::ServerError);
+                true
+            }
         };
-        if drained {
-            let _ = w.send(close_frame(code)).await;
+        let code = shared.close_code();
+        if socket_ok && code != CLOSE_ABORT {
+            let drained = if code == CloseCode::GoingAway {
+                self.drain(&mut rx, commands).await.is_ok()
+            } else {
+                true
+            };
+            if drained {
+                let _ = self.send(close_frame(code)).await;
+            }
         }
-    }
-    shared.kick.cancel();
-    if code != CLOSE_ABORT {
-        let _ = w.sink.close().await;
+        // The reader stops too (the code is already set unless the socket failed).
+        shared.close(code);
+        if code != CLOSE_ABORT {
+            let _ = self.sink.close().await;
+        }
     }
 }
 
@@ -451,7 +498,6 @@ mod tests {
     use groups::DirectGroups;
     use store::{Appended, NewMessage, NewUser};
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::hub::{ChatOut, Hub};
@@ -497,6 +543,7 @@ mod tests {
         store: Arc<dyn Store>,
         groups: CachedGroups,
         cursors: Arc<CursorBook>,
+        meters: Meters,
     }
 
     impl Env for TestEnv {
@@ -513,9 +560,8 @@ mod tests {
             // Small, so a resync of a few messages takes several queries and flushes.
             2
         }
-        fn ping_every(&self) -> Duration {
-            // Never within a test: pings would interleave with the frames under test.
-            Duration::from_secs(3600)
+        fn meters(&self) -> &Meters {
+            &self.meters
         }
         fn catch_up_after(&self) -> Option<Duration> {
             None
@@ -563,6 +609,7 @@ mod tests {
                     store,
                     groups,
                     cursors: Arc::default(),
+                    meters: Meters::new(),
                 },
                 alice,
                 bob,
@@ -664,7 +711,7 @@ mod tests {
                 },
                 flushed,
                 commands: Commands::default(),
-                shared: Arc::new(ConnShared::new(&CancellationToken::new())),
+                shared: Arc::new(ConnShared::new(0)),
             }
         }
     }
