@@ -1131,22 +1131,42 @@ macro_rules! sql_store {
                 Ok(out)
             }
 
+            /// One statement per room and `seq` (in chunks of [`ID_CHUNK`] users), not one per
+            /// cursor: the members of a room mostly stand at the same `seq` when a gateway
+            /// flushes (they were sent the same messages), so a flush of 2,000 cursors in 20
+            /// rooms is a few dozen statements instead of 2,000 round trips to the database.
+            /// `updates` is sorted by (room, user, seq); the last `seq` of a (room, user) wins.
             async fn advance_batch(
                 pool: &Pool,
                 updates: &[(UserId, RoomId, Seq)],
             ) -> std::result::Result<(), sqlx::Error> {
+                let mut groups: std::collections::BTreeMap<(RoomId, Seq), Vec<UserId>> =
+                    std::collections::BTreeMap::new();
+                for (i, &(user, room, seq)) in updates.iter().enumerate() {
+                    let superseded = updates
+                        .get(i + 1)
+                        .is_some_and(|&(u, r, _)| (u, r) == (user, room));
+                    if !superseded {
+                        groups.entry((room, seq)).or_default().push(user);
+                    }
+                }
                 let mut tx = pool.begin().await?;
-                for (user, room, seq) in updates {
-                    sqlx::query(concat!(
-                        "UPDATE room_members SET delivered_seq = ",
-                        $greatest,
-                        "(delivered_seq, ?) WHERE room_id = ? AND user_id = ?"
-                    ))
-                    .bind(seq)
-                    .bind(room)
-                    .bind(user)
-                    .execute(&mut *tx)
-                    .await?;
+                for ((room, seq), users) in &groups {
+                    for chunk in users.chunks(ID_CHUNK) {
+                        let sql = format!(
+                            concat!(
+                                "UPDATE room_members SET delivered_seq = ",
+                                $greatest,
+                                "(delivered_seq, ?) WHERE room_id = ? AND user_id IN ({})"
+                            ),
+                            marks(chunk.len())
+                        );
+                        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(seq).bind(room);
+                        for user in chunk {
+                            q = q.bind(user);
+                        }
+                        q.execute(&mut *tx).await?;
+                    }
                 }
                 tx.commit().await
             }

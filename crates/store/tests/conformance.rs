@@ -264,6 +264,56 @@ async fn cursors_only_move_forward(s: &dyn Store) {
         .expect("advance");
     let joined = s.joined_rooms(a).await.expect("rooms");
     assert_eq!(joined[0].delivered_seq, 5);
+
+    // One flush of many cursors: two rooms, more members at one seq than one statement takes,
+    // a cursor named twice (the higher seq wins), one that would move back, and a non-member.
+    let mut members = Vec::new();
+    for i in 0..520 {
+        members.push(user(s, &format!("c3m{i}")).await);
+    }
+    let (big, _) = s.create_group("big", a, &members, 1).await.expect("create");
+    let (small, _) = s
+        .create_group("small", a, &members[..2], 1)
+        .await
+        .expect("create");
+    let outsider = user(s, "c3out").await;
+    let mut updates: Vec<(i64, i64, i64)> = members.iter().map(|&m| (m, big.id, 9)).collect();
+    updates.push((members[0], big.id, 11));
+    updates.push((members[1], small.id, 4));
+    updates.push((members[1], small.id, 3));
+    updates.push((outsider, big.id, 9));
+    updates.push((a, room.id, 1));
+    s.advance_cursors(&updates).await.expect("advance");
+    let cursor = |user: i64, room_id: i64| async move {
+        s.joined_rooms(user)
+            .await
+            .expect("rooms")
+            .into_iter()
+            .find(|r| r.room.id == room_id)
+            .map(|r| r.delivered_seq)
+    };
+    assert_eq!(
+        cursor(members[0], big.id).await,
+        Some(11),
+        "the higher of two"
+    );
+    assert_eq!(
+        cursor(members[519], big.id).await,
+        Some(9),
+        "past the first chunk"
+    );
+    assert_eq!(cursor(members[1], small.id).await, Some(4));
+    assert_eq!(
+        cursor(members[0], small.id).await,
+        Some(0),
+        "not in the flush"
+    );
+    assert_eq!(cursor(a, room.id).await, Some(5), "never back");
+    assert_eq!(
+        cursor(outsider, big.id).await,
+        None,
+        "no row for a non-member"
+    );
 }
 
 async fn concurrent_batches_never_leave_gaps(s: Arc<dyn Store>) {
