@@ -458,7 +458,7 @@
         `/registry/gateway/available?user_id=${state.userId}${exclude ? `&exclude=${exclude}` : ''}`,
       );
     } catch {
-      // Perhaps only the avoided gateways are left: the next attempt asks without them.
+      // No placement at all (no gateway, no registry): the next attempt starts afresh.
       state.avoid.clear();
       scheduleReconnect();
       return;

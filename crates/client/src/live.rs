@@ -203,7 +203,7 @@ async fn session(
         Ok(gw) => gw,
         Err(e @ ClientError::Auth(_)) => return End::Fatal(e),
         Err(e) => {
-            // Perhaps only the avoided gateways are left: the next attempt asks without them.
+            // No placement at all (no gateway, no registry): the next attempt starts afresh.
             avoid.clear();
             return lost(format!("no gateway: {e}"));
         }

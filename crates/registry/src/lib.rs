@@ -155,9 +155,9 @@ struct AvailableQuery {
     #[param(value_type = i64, minimum = 1)]
     user_id: UserId,
     /// Gateways the client could not reach or just lost, comma-separated (at most
-    /// [`MAX_EXCLUDED`]): never offered in this answer, so a client whose gateway died moves
-    /// on at its first retry instead of waiting for the registry to notice.
-    #[param(value_type = Option<String>, example = "gateway-1,gateway-2")]
+    /// [`MAX_EXCLUDED`]): offered only when no other gateway is, so a client whose gateway died
+    /// moves on at its first retry instead of waiting for the registry to notice.
+    #[param(value_type = Option<String>, example = "gateway-1")]
     exclude: Option<String>,
 }
 
@@ -187,14 +187,14 @@ impl AvailableQuery {
 }
 
 /// The gateway a user should connect to: among the gateways that heartbeated recently, have room
-/// and were not excluded, the one they used last while its route lease lives, else the least
-/// loaded.
+/// and were not excluded (the excluded ones when there is no other), the one they used last while
+/// its route lease lives, else the least loaded.
 #[utoipa::path(get, path = "/registry/gateway/available", tag = "registry",
     params(AvailableQuery),
     responses(
         (status = 200, description = "A gateway", body = Envelope<GatewayView>),
         (status = 400, description = "`invalid_query`", body = ErrorReply),
-        (status = 503, description = "`no_gateway`: none is live with room (or all were excluded), or `registry_unavailable`", body = ErrorReply),
+        (status = 503, description = "`no_gateway`: none is live with room, or `registry_unavailable`", body = ErrorReply),
     ))]
 async fn available(
     State(s): State<RegistryState>,
@@ -207,15 +207,20 @@ async fn available(
         ));
     }
     let excluded = q.excluded()?;
-    let open: Vec<GatewayView> = s
+    let with_room: Vec<GatewayView> = s
         .instances
         .responsive_gateways(s.offer_within)
         .await
         .map_err(bus_err)?
         .into_iter()
         .filter(|g| g.connections < g.max_connections)
-        .filter(|g| !excluded.contains(&g.gateway_id.as_str()))
         .collect();
+    // The excluded gateways are the caller's guess (it lost them lately); the registry heard from
+    // these within the offer timeout, so when nothing else is left they are offered after all.
+    let (open, others): (Vec<GatewayView>, Vec<GatewayView>) = with_room
+        .into_iter()
+        .partition(|g| !excluded.contains(&g.gateway_id.as_str()));
+    let open = if open.is_empty() { others } else { open };
     // The route lease: back to the previous gateway while it is offered.
     if let Some(previous) = s.routes.last_gateway(q.user_id).await.map_err(bus_err)?
         && let Some(g) = open.iter().find(|g| *g.gateway_id == *previous)
@@ -228,11 +233,7 @@ async fn available(
     let Some(least) = open.first().map(|g| g.load) else {
         return Err(ApiError::new(
             ErrorCode::NoGateway,
-            if excluded.is_empty() {
-                "no gateway is available; retry later"
-            } else {
-                "no gateway is available but the excluded ones; retry later without them"
-            },
+            "no gateway is available; retry later",
         ));
     };
     let tied = open
