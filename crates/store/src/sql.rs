@@ -36,13 +36,6 @@ pub(crate) const ID_CHUNK: usize = 500;
 /// `CASE`: 500 bound values, like [`ID_CHUNK`].
 pub(crate) const PAIR_CHUNK: usize = 250;
 
-/// Most cursors written by one `CASE` statement: 5 bound values each, 500 a statement.
-pub(crate) const CURSOR_CHUNK: usize = 100;
-
-/// Members of a room at the same `seq` from which one flush writes them with one `IN (...)`
-/// statement of their own instead of in a `CASE` statement with others.
-pub(crate) const SHARED_SEQ_MIN: usize = 16;
-
 /// Most rows of one multi-row `INSERT` of messages: 8 bound values each, 4,000 a statement, far
 /// under SQLite's limit of 32,766 and MySQL's of 65,535.
 pub(crate) const INSERT_CHUNK: usize = 500;
@@ -133,8 +126,7 @@ macro_rules! sql_store {
 
             use super::$store;
             use $crate::sql::{
-                CURSOR_CHUNK, ID_CHUNK, INSERT_CHUNK, PAIR_CHUNK, SHARED_SEQ_MIN, Text,
-                is_unique_violation, marks, pair_terms,
+                ID_CHUNK, INSERT_CHUNK, PAIR_CHUNK, Text, is_unique_violation, marks, pair_terms,
                 room_columns,
             };
             use $crate::{
@@ -1139,12 +1131,10 @@ macro_rules! sql_store {
                 Ok(out)
             }
 
-            /// A few statements per flush, not one per cursor. The members of a big room mostly
-            /// stand at the same `seq` when a gateway flushes (they were sent the same messages):
-            /// those share one `UPDATE ... user_id IN (...)` per room and `seq` (in chunks of
-            /// [`ID_CHUNK`]). The rest (small rooms, stragglers) go [`CURSOR_CHUNK`] cursors to a
-            /// `CASE` statement. A flush of 2,000 cursors in 20 rooms, or in 572 rooms of two and
-            /// five, is a few dozen statements instead of 2,000 round trips to the database.
+            /// One statement per room and `seq` (in chunks of [`ID_CHUNK`] users), not one per
+            /// cursor: the members of a room mostly stand at the same `seq` when a gateway
+            /// flushes (they were sent the same messages), so a flush of 2,000 cursors in 20
+            /// rooms is a few dozen statements instead of 2,000 round trips to the database.
             /// `updates` is sorted by (room, user, seq); the last `seq` of a (room, user) wins.
             async fn advance_batch(
                 pool: &Pool,
@@ -1160,13 +1150,8 @@ macro_rules! sql_store {
                         groups.entry((room, seq)).or_default().push(user);
                     }
                 }
-                let mut singles: Vec<(RoomId, UserId, Seq)> = Vec::new();
                 let mut tx = pool.begin().await?;
                 for ((room, seq), users) in &groups {
-                    if users.len() < SHARED_SEQ_MIN {
-                        singles.extend(users.iter().map(|&u| (*room, u, *seq)));
-                        continue;
-                    }
                     for chunk in users.chunks(ID_CHUNK) {
                         let sql = format!(
                             concat!(
@@ -1182,28 +1167,6 @@ macro_rules! sql_store {
                         }
                         q.execute(&mut *tx).await?;
                     }
-                }
-                singles.sort_unstable();
-                for chunk in singles.chunks(CURSOR_CHUNK) {
-                    let when = concat!(
-                        "WHEN room_id = ? AND user_id = ? THEN ",
-                        $greatest,
-                        "(delivered_seq, ?) "
-                    );
-                    let sql = format!(
-                        "UPDATE room_members SET delivered_seq = CASE {}ELSE delivered_seq END \
-                         WHERE {}",
-                        when.repeat(chunk.len()),
-                        pair_terms("room_id", "user_id", chunk.len())
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for (room, user, seq) in chunk {
-                        q = q.bind(room).bind(user).bind(seq);
-                    }
-                    for (room, user, _) in chunk {
-                        q = q.bind(room).bind(user);
-                    }
-                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await
             }
