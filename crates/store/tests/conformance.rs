@@ -283,6 +283,8 @@ async fn cursors_only_move_forward(s: &dyn Store) {
     updates.push((members[1], small.id, 3));
     updates.push((outsider, big.id, 9));
     updates.push((a, room.id, 1));
+    // 150 members each at a seq of their own.
+    updates.extend((100..250).map(|i| (members[i], big.id, 20 + i as i64)));
     s.advance_cursors(&updates).await.expect("advance");
     let cursor = |user: i64, room_id: i64| async move {
         s.joined_rooms(user)
@@ -302,6 +304,12 @@ async fn cursors_only_move_forward(s: &dyn Store) {
         Some(9),
         "past the first chunk"
     );
+    assert_eq!(
+        cursor(members[100], big.id).await,
+        Some(120),
+        "a seq of its own"
+    );
+    assert_eq!(cursor(members[249], big.id).await, Some(269));
     assert_eq!(cursor(members[1], small.id).await, Some(4));
     assert_eq!(
         cursor(members[0], small.id).await,
