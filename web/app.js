@@ -495,6 +495,12 @@
       if (state.ws !== ws) return;
       state.ws = null;
       setStatus('offline');
+      if (ev.code === 4009) {
+        // A newer connection of this user (another tab or device) took this one's place;
+        // reconnecting would close that one in turn. A reload reconnects.
+        setStatus('connected elsewhere');
+        return;
+      }
       // Unreachable, dropped without a close frame (1006) or going away (1001): it may be dead.
       if (!opened || ev.code === 1006 || ev.code === 1001) state.avoid.set(gw.gateway_id, Date.now());
       if (!opened && state.attempt >= 2) {

@@ -236,7 +236,8 @@ impl Receipts for InProcReceipts {
 /// User -> the gateways holding a connection of theirs.
 #[derive(Debug, Default)]
 pub struct InProcRoutes {
-    map: DashMap<UserId, Vec<GatewayId>>,
+    /// Hashed with foldhash: every send looks up each of its room's members here.
+    map: DashMap<UserId, Vec<GatewayId>, foldhash::fast::RandomState>,
 }
 
 #[async_trait]
@@ -262,7 +263,13 @@ impl Routes for InProcRoutes {
         for u in users {
             if let Some(gws) = self.map.get(u) {
                 for g in gws.iter() {
-                    out.entry(g.clone()).or_default().push(*u);
+                    // A gateway's id is cloned once per call, not once per member.
+                    match out.get_mut(g) {
+                        Some(on) => on.push(*u),
+                        None => {
+                            out.insert(g.clone(), vec![*u]);
+                        }
+                    }
                 }
             }
         }

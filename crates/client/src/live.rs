@@ -127,8 +127,9 @@ impl Avoid {
 }
 
 /// How a connection the gateway `id` closed ends: a revoked token is fatal (reconnecting would be
-/// refused), anything else is retried; a gateway going away (1001) is avoided in the next
-/// placement.
+/// refused), and so is 4009 (a newer connection of the same user took this one's place:
+/// reconnecting would close that one in turn); anything else is retried; a gateway going away
+/// (1001) is avoided in the next placement.
 fn closed(frame: Option<tungstenite::protocol::CloseFrame>, connected: bool, id: &str) -> End {
     let (code, reason) = frame
         .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
@@ -136,6 +137,11 @@ fn closed(frame: Option<tungstenite::protocol::CloseFrame>, connected: bool, id:
     if CloseCode::try_from(code) == Ok(CloseCode::TokenRevoked) {
         return End::Fatal(ClientError::Auth(
             "the token was revoked (password changed); log in again".into(),
+        ));
+    }
+    if CloseCode::try_from(code) == Ok(CloseCode::TooManyConnections) {
+        return End::Fatal(ClientError::Other(
+            "closed: this user opened more connections elsewhere (4009); not reconnecting".into(),
         ));
     }
     End::Lost {
@@ -413,6 +419,10 @@ mod tests {
         assert!(matches!(
             closed(close_frame(CloseCode::TokenRevoked), true, "gw"),
             End::Fatal(ClientError::Auth(_))
+        ));
+        assert!(matches!(
+            closed(close_frame(CloseCode::TooManyConnections), true, "gw"),
+            End::Fatal(ClientError::Other(_))
         ));
         for (code, avoided) in [
             (CloseCode::SlowConsumer, false),

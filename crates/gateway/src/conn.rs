@@ -13,7 +13,6 @@ use proto::frame::{ChatPayload, ClientFrame, ServerFrame};
 use proto::stream::PushMessage;
 use proto::{CloseCode, UserId};
 use store::Store;
-use tokio::sync::mpsc;
 
 use crate::GatewayState;
 use crate::cursor::CursorBook;
@@ -97,12 +96,11 @@ async fn run(
     stream: SplitStream<WebSocket>,
 ) {
     let user = caller.user_id;
-    let shared = Arc::new(ConnShared::new(state.0.hub.now()));
-    let (tx, rx) = mpsc::channel(state.0.cfg.send_channel_size.max(1));
-    let conn_id = state
-        .0
-        .hub
-        .add(user, caller.token_version, tx, shared.clone());
+    let shared = Arc::new(ConnShared::new(
+        state.0.hub.now(),
+        state.0.cfg.send_channel_size,
+    ));
+    let conn_id = state.0.hub.add(user, caller.token_version, shared.clone());
     // A revocation handled between the handshake's check and the line above did not see this
     // connection; one handled from now on does. Checked again (it forgot the cached version,
     // so this reads the current one), nothing slips between.
@@ -121,7 +119,7 @@ async fn run(
     // client's commands by reference.
     let commands = Commands::default();
     let reader = read_loop(stream, &commands, &shared);
-    let writer = writer::write_loop(state.clone(), user, ack_mode, sink, rx, &commands, &shared);
+    let writer = writer::write_loop(state.clone(), user, ack_mode, sink, &commands, &shared);
     tokio::join!(reader, writer);
     state.0.hub.remove(user, conn_id);
     if shared.close_code() == CLOSE_ABORT {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::GatewayState;
+use crate::hub::Wakes;
 use crate::reorder::{Released, Reorder};
 
 /// Most entries read per call.
@@ -46,6 +47,8 @@ pub(crate) async fn consume<S: PushStream>(
     let mut reorder = Reorder::new(Duration::from_millis(state.0.cfg.reorder_window_ms));
     let mut batch = Vec::with_capacity(READ_COUNT);
     let mut ready = Vec::new();
+    // The writers woken once a read's entries are all queued (see `hub::Wakes`).
+    let mut wakes = Wakes::default();
     // Looked up once: the loop is the push path's last hop.
     let entries_total = metrics::counter!("ruststacker_gateway_stream_entries_total");
     loop {
@@ -68,11 +71,12 @@ pub(crate) async fn consume<S: PushStream>(
             }
         };
         for released in reorder.expire(Instant::now()) {
-            fill_hole(&state, &released).await;
+            fill_hole(&state, &released, &mut wakes).await;
             for entry in released.entries {
-                state.dispatch(entry);
+                state.dispatch(entry, &mut wakes);
             }
         }
+        wakes.wake_all();
         match read {
             Ok(n) => {
                 state
@@ -87,9 +91,10 @@ pub(crate) async fn consume<S: PushStream>(
                 for entry in batch.drain(..) {
                     reorder.accept(entry, now, &mut ready);
                     for entry in ready.drain(..) {
-                        state.dispatch(entry);
+                        state.dispatch(entry, &mut wakes);
                     }
                 }
+                wakes.wake_all();
                 entries_total.increment(n as u64);
                 if let Err(e) = stream.ack().await {
                     // Unacknowledged entries are reclaimed if we die; re-delivery is deduped by seq.
@@ -99,9 +104,9 @@ pub(crate) async fn consume<S: PushStream>(
             Err(BusError::Closed) => {
                 // Nothing comes any more: whatever the window holds goes out now.
                 for released in reorder.expire(Instant::now() + reorder.window()) {
-                    fill_hole(&state, &released).await;
+                    fill_hole(&state, &released, &mut wakes).await;
                     for entry in released.entries {
-                        state.dispatch(entry);
+                        state.dispatch(entry, &mut wakes);
                     }
                 }
                 return;
@@ -179,7 +184,7 @@ async fn announce_routes(state: &GatewayState) -> Result<(), BusError> {
 
 /// Fetches a room's missing seqs once and hands them to every local recipient of the entries
 /// that waited for them, so the connections do not each fill the gap from the database.
-async fn fill_hole(state: &GatewayState, released: &Released) {
+async fn fill_hole(state: &GatewayState, released: &Released, wakes: &mut Wakes) {
     let Some((after, until)) = released.hole else {
         return;
     };
@@ -204,10 +209,13 @@ async fn fill_hole(state: &GatewayState, released: &Released) {
         Ok(missing) => {
             metrics::counter!("ruststacker_gateway_hole_fills_total").increment(1);
             for m in missing.into_iter().filter(|m| m.seq <= until) {
-                state.dispatch(PushEntry::Chat {
-                    message: Arc::new(PushMessage::from(m)),
-                    targets: targets.clone(),
-                });
+                state.dispatch(
+                    PushEntry::Chat {
+                        message: Arc::new(PushMessage::from(m)),
+                        targets: targets.clone(),
+                    },
+                    wakes,
+                );
             }
         }
         // The connections fill the gap themselves.

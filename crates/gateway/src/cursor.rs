@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// one atomic, never the write lock.
 #[derive(Debug, Default)]
 pub struct CursorBook {
-    pending: DashMap<(UserId, RoomId), AtomicI64>,
+    pending: DashMap<(UserId, RoomId), AtomicI64, crate::hub::Fast>,
 }
 
 impl CursorBook {

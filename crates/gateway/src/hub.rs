@@ -4,10 +4,15 @@
 //! full is a slow consumer and is closed with [`CloseCode::SlowConsumer`]; its delivery cursor
 //! stops at what it was actually sent, so it gets the rest from the database when it reconnects.
 //! Memory stays bounded and nothing is lost silently.
+//!
+//! Frames that arrive together leave together: the hub queues a whole batch of stream entries
+//! before it wakes any writer ([`Wakes`]), so a connection that gets several frames of the batch
+//! writes them with one flush (one `sendto`) instead of being woken, and flushing, once per frame.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
@@ -15,15 +20,14 @@ use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use metrics::{Counter, Gauge, Histogram};
 use proto::{CloseCode, RoomId, Seq, UserId};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The gateway is simulating a crash (tests): sockets are dropped without a close frame and
 /// nothing is cleaned up.
 pub const CLOSE_ABORT: CloseCode = CloseCode::Abnormal;
 
-/// A chat frame of `room` with `seq`, serialized once and shared by every recipient.
-#[derive(Debug)]
+/// A chat frame of `room` with `seq`, serialized once; every recipient's copy shares its bytes.
+#[derive(Debug, Clone)]
 pub struct ChatOut {
     pub room: RoomId,
     pub seq: Seq,
@@ -32,29 +36,36 @@ pub struct ChatOut {
     pub text: Utf8Bytes,
 }
 
-/// What a connection's writer is asked to do, in order. Kept to 16 bytes (everything behind a
-/// pointer): every connection's queue allocates its first block of 32 slots up front. What the
-/// client itself asks for (acks, syncs, pings) does not come this way but through
+/// What a connection's writer is asked to do, in order. Held inline, not behind an `Arc`: a
+/// recipient's copy costs one reference count on the frame's bytes (taken here, released once
+/// the socket's buffer has them), where an `Arc` around it cost two more atomic operations per
+/// delivery on a counter every recipient shares. The queue allocates nothing until a frame comes.
+/// What the client itself asks for (acks, syncs, pings) does not come this way but through
 /// its own queue (`writer::Commands`), so it is never dropped with a full one.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A chat frame.
-    Chat(Arc<ChatOut>),
+    Chat(ChatOut),
     /// Any other frame (ack, notice).
-    Frame(Arc<Utf8Bytes>),
+    Frame(Utf8Bytes),
     /// The `dissolved` notice of a room: written like any frame, and from then on this
     /// connection drops whatever of the room is still on its way.
-    RoomGone(Arc<(RoomId, Utf8Bytes)>),
+    RoomGone(RoomId, Utf8Bytes),
     /// Resync every room from what this connection was last sent: messages may have been stored
     /// without reaching this gateway (Redis lost its routes).
     CatchUp,
 }
 
-/// What the hub, the sweeper and the connection's reader and writer share: atomics and one waker
-/// slot per side, so a wake-up of the connection's task takes no lock to learn whether it must
-/// close or ping.
+/// What the hub, the sweeper and the connection's reader and writer share: the queue, atomics and
+/// one waker slot per side, so a wake-up of the connection's task takes no lock to learn whether
+/// it must close or ping, or whether frames wait.
 #[derive(Debug)]
 pub struct ConnShared {
+    /// Frames for the writer, at most `capacity`; filled by the hub, drained by the writer.
+    queue: Mutex<VecDeque<Outbound>>,
+    /// `queue` is not empty (kept under its lock, read without it).
+    queued: AtomicBool,
+    capacity: usize,
     close_code: AtomicU16,
     /// The sweeper asks the writer for a ping.
     ping: AtomicBool,
@@ -68,11 +79,24 @@ pub struct ConnShared {
     writer: AtomicWaker,
 }
 
-/// What woke the writer: the connection closes, or the sweeper wants a ping sent.
+/// What woke the writer: the connection closes, the sweeper wants a ping sent, or frames wait in
+/// the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     Close,
     Ping,
+    Queued,
+}
+
+/// What [`ConnShared::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    /// Queued, `depth` frames now waiting; `first`: the queue was empty, the writer needs a wake.
+    Queued {
+        depth: usize,
+        first: bool,
+    },
+    Full,
 }
 
 /// What a sweep did to one connection.
@@ -84,9 +108,13 @@ enum Swept {
 }
 
 impl ConnShared {
-    /// A connection opened at sweeper tick `now` (see [`Hub::now`]).
-    pub fn new(now: u32) -> Self {
+    /// A connection opened at sweeper tick `now` (see [`Hub::now`]) whose queue holds up to
+    /// `capacity` frames.
+    pub fn new(now: u32, capacity: usize) -> Self {
         Self {
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicBool::new(false),
+            capacity: capacity.max(1),
             close_code: AtomicU16::new(0),
             ping: AtomicBool::new(false),
             heard: AtomicBool::new(false),
@@ -141,7 +169,56 @@ impl ConnShared {
         })
     }
 
-    /// Resolves once the connection is asked to close or to ping. For the writer: one waiter only.
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        // Nothing that can panic runs under the lock; a poisoned queue is still whole.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item` unless the queue is full. Does not wake the writer: the caller does, once
+    /// its batch is queued, when `first` says the writer may be waiting.
+    fn push(&self, item: Outbound) -> Pushed {
+        let mut q = self.queue();
+        if q.len() >= self.capacity {
+            return Pushed::Full;
+        }
+        q.push_back(item);
+        let first = q.len() == 1;
+        if first {
+            self.queued.store(true, Ordering::Release);
+        }
+        Pushed::Queued {
+            depth: q.len(),
+            first,
+        }
+    }
+
+    /// Queues `item` and wakes the writer at once (tests of the writer); false: the queue is full.
+    #[cfg(test)]
+    pub(crate) fn queue_now(&self, item: Outbound) -> bool {
+        let pushed = self.push(item);
+        self.writer.wake();
+        pushed != Pushed::Full
+    }
+
+    /// Moves up to `max` of the oldest queued frames into `into`.
+    pub(crate) fn take_queued(&self, max: usize, into: &mut Vec<Outbound>) {
+        if !self.queued.load(Ordering::Acquire) {
+            return;
+        }
+        let mut q = self.queue();
+        let n = q.len().min(max);
+        into.extend(q.drain(..n));
+        if q.is_empty() {
+            self.queued.store(false, Ordering::Release);
+            // A burst's worth of slots is not kept for ever by a quiet connection.
+            if q.capacity() > 64 {
+                q.shrink_to(16);
+            }
+        }
+    }
+
+    /// Resolves once the connection is asked to close or to ping, or frames wait. For the
+    /// writer: one waiter only.
     pub(crate) fn signal(&self) -> impl Future<Output = Signal> + '_ {
         std::future::poll_fn(move |cx| {
             if let Some(s) = self.pending_signal() {
@@ -160,6 +237,8 @@ impl ConnShared {
             Some(Signal::Close)
         } else if self.ping.load(Ordering::Relaxed) && self.ping.swap(false, Ordering::AcqRel) {
             Some(Signal::Ping)
+        } else if self.queued.load(Ordering::Acquire) {
+            Some(Signal::Queued)
         } else {
             None
         }
@@ -194,8 +273,29 @@ struct Conn {
     id: u64,
     /// The token version the connection was authenticated with.
     token_version: i64,
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
+}
+
+/// The writers to wake once a batch of frames is queued. Waking each writer as its first frame
+/// lands would let it flush that one frame while the rest of the batch is still being queued;
+/// woken after the batch, it writes all of its frames with one flush. Whatever is still here
+/// when it is dropped is woken then, so no wake-up is ever lost.
+#[derive(Debug, Default)]
+pub struct Wakes(Vec<Waker>);
+
+impl Wakes {
+    /// Wakes every writer collected so far.
+    pub fn wake_all(&mut self) {
+        for w in self.0.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
 }
 
 /// The gateway's hot metrics, looked up in the registry once: a `metrics::counter!` call looks
@@ -233,10 +333,16 @@ impl Meters {
     }
 }
 
+/// The hasher of the push path's maps, keyed by the user and room ids the server assigns (no
+/// attacker picks them): several times cheaper than the default SipHash, which the profile showed
+/// on every delivery.
+pub(crate) type Fast = foldhash::fast::RandomState;
+
 /// Live connections by user.
 #[derive(Debug)]
 pub struct Hub {
-    conns: DashMap<UserId, Vec<Conn>>,
+    /// Hashed with foldhash (see `Fast`): every delivery looks its user up here.
+    conns: DashMap<UserId, Vec<Conn>, Fast>,
     next_id: AtomicU64,
     open: AtomicUsize,
     /// The code every connection is closing with (0: none): set before [`Hub::close_all`] walks
@@ -244,12 +350,23 @@ pub struct Hub {
     closing: AtomicU16,
     /// When the hub started; sweeper ticks count seconds from it.
     started: Instant,
+    /// Most open connections of one user; one more closes their oldest.
+    per_user: usize,
     pub(crate) meters: Meters,
 }
 
 impl Default for Hub {
+    /// A hub with no cap per user.
     fn default() -> Self {
+        Self::new(usize::MAX)
+    }
+}
+
+impl Hub {
+    /// A hub where one user holds at most `per_user` connections.
+    pub fn new(per_user: usize) -> Self {
         Self {
+            per_user: per_user.max(1),
             conns: DashMap::default(),
             next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
@@ -258,9 +375,7 @@ impl Default for Hub {
             meters: Meters::new(),
         }
     }
-}
 
-impl Hub {
     /// Connections open now (including those being set up).
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
@@ -285,21 +400,30 @@ impl Hub {
     }
 
     /// Adds a connection of `user`, authenticated with a token of `token_version`; returns its
-    /// id.
-    pub fn add(
-        &self,
-        user: UserId,
-        token_version: i64,
-        tx: mpsc::Sender<Outbound>,
-        shared: Arc<ConnShared>,
-    ) -> u64 {
+    /// id. When the user then holds more than the cap, their oldest open connections are closed
+    /// with [`CloseCode::TooManyConnections`]: a user who opens a new session keeps it, and a
+    /// forgotten tab or a dead client's socket is what goes.
+    pub fn add(&self, user: UserId, token_version: i64, shared: Arc<ConnShared>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.entry(user).or_default().push(Conn {
-            id,
-            token_version,
-            tx,
-            shared: shared.clone(),
-        });
+        {
+            let mut conns = self.conns.entry(user).or_default();
+            conns.push(Conn {
+                id,
+                token_version,
+                shared: shared.clone(),
+            });
+            // Oldest first: connections are pushed in order.
+            let open = conns.iter().filter(|c| !c.shared.is_closed()).count();
+            let over = open.saturating_sub(self.per_user);
+            for c in conns.iter().filter(|c| !c.shared.is_closed()).take(over) {
+                tracing::info!(
+                    user_id = user,
+                    conn = c.id,
+                    "oldest connection closed: too many"
+                );
+                c.shared.close(CloseCode::TooManyConnections);
+            }
+        }
         // Either close_all sees this connection or this sees its code (both stores come first).
         if let Ok(code) = CloseCode::try_from(self.closing.load(Ordering::SeqCst)) {
             shared.close(code);
@@ -328,9 +452,11 @@ impl Hub {
         self.conns.contains_key(&user)
     }
 
-    /// Queues `item` on every connection of every user in `targets`. Returns how many queues took
-    /// it. Full queues get their connection closed as slow consumers.
-    pub fn deliver(&self, targets: &[UserId], item: &Outbound) -> usize {
+    /// Queues `item` on every connection of every user in `targets`; the writers that need a
+    /// wake-up go into `wakes`, for the caller to wake once its batch is queued. Returns how many
+    /// queues took it. Full queues get their connection closed as slow consumers; a closing
+    /// connection gets nothing more.
+    pub fn deliver(&self, targets: &[UserId], item: &Outbound, wakes: &mut Wakes) -> usize {
         let mut queued = 0;
         let (mut full, mut closed, mut deepest) = (0u64, 0u64, 0usize);
         for user in targets {
@@ -338,20 +464,24 @@ impl Hub {
                 continue;
             };
             for c in conns.iter() {
-                match c.tx.try_send(item.clone()) {
-                    Ok(()) => {
+                if c.shared.is_closed() {
+                    closed += 1;
+                    continue;
+                }
+                match c.shared.push(item.clone()) {
+                    Pushed::Queued { depth, first } => {
                         queued += 1;
-                        deepest = deepest.max(c.tx.max_capacity() - c.tx.capacity());
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        full += 1;
-                        if !c.shared.is_closed() {
-                            tracing::info!(user_id = user, conn = c.id, "slow consumer closed");
-                            self.meters.slow_consumers.increment(1);
+                        deepest = deepest.max(depth);
+                        if first && let Some(w) = c.shared.writer.take() {
+                            wakes.0.push(w);
                         }
+                    }
+                    Pushed::Full => {
+                        full += 1;
+                        tracing::info!(user_id = user, conn = c.id, "slow consumer closed");
+                        self.meters.slow_consumers.increment(1);
                         c.shared.close(CloseCode::SlowConsumer);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
                 }
             }
         }
@@ -388,7 +518,7 @@ impl Hub {
     /// a slow consumer: its reconnect resyncs all the same).
     pub fn catch_up_all(&self) {
         let users = self.users();
-        self.deliver(&users, &Outbound::CatchUp);
+        self.deliver(&users, &Outbound::CatchUp, &mut Wakes::default());
     }
 
     /// Asks every connection, and any added from now on, to close with `code`.
@@ -456,44 +586,132 @@ pub(crate) async fn sweeper(state: crate::GatewayState, stop: CancellationToken)
 mod tests {
     use super::*;
 
+    use std::task::Wake;
+
+    use futures_util::FutureExt;
+
     #[test]
     fn queue_items_stay_small() {
-        assert!(std::mem::size_of::<Outbound>() <= 16);
+        // Inline frames (see `Outbound`); a queue's slots exist only while frames wait.
+        assert!(std::mem::size_of::<Outbound>() <= 64);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_closes_only_that_connection_as_slow() {
+    #[test]
+    fn a_full_queue_closes_only_that_connection_as_slow() {
         let hub = Hub::default();
-        let (tx_a, _rx_a) = mpsc::channel(1);
-        let (tx_b, mut rx_b) = mpsc::channel(8);
-        let a = Arc::new(ConnShared::new(0));
-        let b = Arc::new(ConnShared::new(0));
+        let a = Arc::new(ConnShared::new(0, 1));
+        let b = Arc::new(ConnShared::new(0, 8));
         assert!(hub.try_reserve(2) && hub.try_reserve(2) && !hub.try_reserve(2));
-        hub.add(1, 0, tx_a, a.clone());
-        hub.add(2, 0, tx_b, b.clone());
-        let item = Outbound::Frame(Arc::new(Utf8Bytes::from_static("{}")));
-        assert_eq!(hub.deliver(&[1, 2], &item), 2);
-        assert_eq!(hub.deliver(&[1, 2], &item), 1);
+        hub.add(1, 0, a.clone());
+        hub.add(2, 0, b.clone());
+        let item = Outbound::Frame(Utf8Bytes::from_static("{}"));
+        let mut wakes = Wakes::default();
+        assert_eq!(hub.deliver(&[1, 2], &item, &mut wakes), 2);
+        assert_eq!(hub.deliver(&[1, 2], &item, &mut wakes), 1);
         assert_eq!(a.close_code(), CloseCode::SlowConsumer);
         assert!(!b.is_closed());
-        assert!(rx_b.recv().await.is_some());
+        assert_eq!(
+            hub.deliver(&[1], &item, &mut wakes),
+            0,
+            "a closing connection gets nothing more"
+        );
+        let mut taken = Vec::new();
+        b.take_queued(64, &mut taken);
+        assert_eq!(taken.len(), 2);
         hub.close_all(CloseCode::GoingAway);
         assert_eq!(b.close_code(), CloseCode::GoingAway);
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_batch_wakes_each_waiting_writer_once_after_everything_is_queued() {
+        let hub = Hub::default();
+        let shared = Arc::new(ConnShared::new(0, 16));
+        hub.add(1, 0, shared.clone());
+        let count = Arc::new(Counted::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut waiting = Box::pin(shared.signal());
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_pending(),
+            "nothing queued"
+        );
+        let item = Outbound::Frame(Utf8Bytes::from_static("{}"));
+        let mut wakes = Wakes::default();
+        for _ in 0..3 {
+            hub.deliver(&[1], &item, &mut wakes);
+        }
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "not while the batch is queued"
+        );
+        wakes.wake_all();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "once for the whole batch"
+        );
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Signal::Queued));
+        let mut taken = Vec::new();
+        shared.take_queued(2, &mut taken);
+        assert_eq!(taken.len(), 2, "at most what the writer asks for");
+        assert_eq!(shared.signal().now_or_never(), Some(Signal::Queued));
+        shared.take_queued(2, &mut taken);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(shared.signal().now_or_never(), None, "the queue is empty");
+        // A wake-up left in a dropped batch still happens.
+        let mut waiting = Box::pin(shared.signal());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        {
+            let mut wakes = Wakes::default();
+            hub.deliver(&[1], &item, &mut wakes);
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_user_over_the_cap_loses_their_oldest_connection() {
+        let hub = Hub::new(2);
+        let conn = |user: UserId| {
+            let shared = Arc::new(ConnShared::new(0, 1));
+            hub.add(user, 0, shared.clone());
+            shared
+        };
+        let first = conn(1);
+        let second = conn(1);
+        let other = conn(2);
+        assert!(!first.is_closed() && !second.is_closed());
+        let third = conn(1);
+        assert_eq!(first.close_code(), CloseCode::TooManyConnections);
+        assert!(!second.is_closed() && !third.is_closed() && !other.is_closed());
+        // The closed one no longer counts: the next one closes the second.
+        let fourth = conn(1);
+        assert_eq!(second.close_code(), CloseCode::TooManyConnections);
+        assert!(!third.is_closed() && !fourth.is_closed());
     }
 
     #[test]
     fn a_revocation_closes_only_the_users_connections_with_older_tokens() {
         let hub = Hub::default();
         let conn = |user: UserId, version: i64| {
-            let (tx, rx) = mpsc::channel(1);
-            let shared = Arc::new(ConnShared::new(0));
-            hub.add(user, version, tx, shared.clone());
-            (shared, rx)
+            let shared = Arc::new(ConnShared::new(0, 1));
+            hub.add(user, version, shared.clone());
+            shared
         };
-        let (old, _a) = conn(1, 2);
-        let (older, _b) = conn(1, 0);
-        let (current, _c) = conn(1, 3);
-        let (someone_else, _d) = conn(2, 0);
+        let old = conn(1, 2);
+        let older = conn(1, 0);
+        let current = conn(1, 3);
+        let someone_else = conn(2, 0);
         assert_eq!(hub.revoke(1, 3), 2);
         assert_eq!(old.close_code(), CloseCode::TokenRevoked);
         assert_eq!(older.close_code(), CloseCode::TokenRevoked);
@@ -509,18 +727,17 @@ mod sweep_tests {
 
     use super::*;
 
-    fn conn(hub: &Hub, user: UserId, now: u32) -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(1);
-        let shared = Arc::new(ConnShared::new(now));
-        hub.add(user, 0, tx, shared.clone());
-        (shared, rx)
+    fn conn(hub: &Hub, user: UserId, now: u32) -> Arc<ConnShared> {
+        let shared = Arc::new(ConnShared::new(now, 1));
+        hub.add(user, 0, shared.clone());
+        shared
     }
 
     #[test]
     fn a_quiet_connection_is_pinged_then_closed_as_idle_and_a_heard_one_is_not() {
         let hub = Hub::default();
-        let (quiet, _a) = conn(&hub, 1, 0);
-        let (talking, _b) = conn(&hub, 2, 0);
+        let quiet = conn(&hub, 1, 0);
+        let talking = conn(&hub, 2, 0);
         // Ping after more than 2 s of quiet, close after more than 7 s.
         assert_eq!(hub.sweep(2, 2, 7), (0, 0));
         assert_eq!(hub.sweep(3, 2, 7), (2, 0), "both quiet for 3 s");
@@ -549,9 +766,9 @@ mod sweep_tests {
     #[test]
     fn a_connection_added_while_everything_closes_closes_too() {
         let hub = Hub::default();
-        let (before, _a) = conn(&hub, 1, 0);
+        let before = conn(&hub, 1, 0);
         hub.close_all(CloseCode::GoingAway);
-        let (after, _b) = conn(&hub, 2, 0);
+        let after = conn(&hub, 2, 0);
         assert_eq!(before.close_code(), CloseCode::GoingAway);
         assert!(after.is_closed());
         assert_eq!(after.close_code(), CloseCode::GoingAway);

@@ -48,7 +48,7 @@ pub mod reorder;
 mod upkeep;
 mod writer;
 
-use hub::{Hub, Outbound};
+use hub::{Hub, Outbound, Wakes};
 
 /// Gateway's settings (the `gateway:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +62,13 @@ pub struct Config {
     pub address: Option<String>,
     /// Most connections held; more get 503 (the seed's `dispatcher.max_connections`).
     pub max_connections: usize,
+    /// Most connections one user holds on this gateway; one more closes their oldest with 4009.
+    pub max_connections_per_user: usize,
+    /// Origins whose web pages may open a WebSocket (`*`: any). A handshake whose `Origin` is not
+    /// listed gets 403: without this, any site a logged-in user visits could open a socket with
+    /// the token its page holds. A handshake without `Origin` (native clients, which are not
+    /// browsers) is always allowed. Unset: the CORS origins (`http.cors_origins` or its default).
+    pub allowed_origins: Option<Vec<String>>,
     /// Frames queued per connection before it counts as a slow consumer
     /// (the seed's `dispatcher.send_channel_size`).
     pub send_channel_size: usize,
@@ -110,6 +117,8 @@ impl Default for Config {
             port: 8082,
             address: None,
             max_connections: 100_000,
+            max_connections_per_user: 16,
+            allowed_origins: None,
             send_channel_size: 1024,
             stream_capacity: 8192,
             max_frame_bytes: 64 * 1024,
@@ -177,6 +186,7 @@ impl GatewayState {
     /// `address`/`port` are what the registry advertises (the bound port when started on 0).
     pub fn new(cfg: Config, address: String, port: u16, deps: Deps) -> Self {
         let address = cfg.address.clone().unwrap_or(address);
+        let hub = Hub::new(cfg.max_connections_per_user);
         Self(Arc::new(Inner {
             id: cfg.name.as_str().into(),
             cfg,
@@ -190,7 +200,7 @@ impl GatewayState {
             instances: deps.instances,
             upkeep: deps.upkeep,
             checks: deps.checks,
-            hub: Hub::default(),
+            hub,
             cursors: Arc::default(),
             closing: CancellationToken::new(),
             conns: TaskTracker::new(),
@@ -275,21 +285,22 @@ impl GatewayState {
             .await
     }
 
-    /// Turns each stream entry into frames: serialized once, queued on every local target.
-    pub fn dispatch(&self, entry: PushEntry) {
+    /// Turns each stream entry into frames: serialized once, queued on every local target. The
+    /// writers to wake go into `wakes`, woken by the caller once its batch is queued.
+    pub fn dispatch(&self, entry: PushEntry, wakes: &mut Wakes) {
         match entry {
             PushEntry::Chat {
                 message: m,
                 targets,
             } => {
                 let text = conn::chat_text(&m);
-                let item = Outbound::Chat(Arc::new(hub::ChatOut {
+                let item = Outbound::Chat(hub::ChatOut {
                     room: m.room_id,
                     seq: m.seq,
                     created_at_ms: m.created_at_ms,
                     text,
-                }));
-                self.0.hub.deliver(&targets, &item);
+                });
+                self.0.hub.deliver(&targets, &item, wakes);
             }
             PushEntry::Ack {
                 sender_id,
@@ -308,7 +319,7 @@ impl GatewayState {
                 .into();
                 self.0
                     .hub
-                    .deliver(&[sender_id], &Outbound::Frame(Arc::new(text)));
+                    .deliver(&[sender_id], &Outbound::Frame(text), wakes);
             }
             PushEntry::Revoke {
                 user_id,
@@ -328,11 +339,11 @@ impl GatewayState {
             PushEntry::Notice { notice, targets } => {
                 let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
                 let item = if notice.event == NoticeEvent::Dissolved {
-                    Outbound::RoomGone(Arc::new((notice.room_id, text)))
+                    Outbound::RoomGone(notice.room_id, text)
                 } else {
-                    Outbound::Frame(Arc::new(text))
+                    Outbound::Frame(text)
                 };
-                self.0.hub.deliver(&targets, &item);
+                self.0.hub.deliver(&targets, &item, wakes);
             }
         }
     }
@@ -462,6 +473,7 @@ impl Drop for Slot {
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
         (status = 400, description = "`not_websocket`: the request is not a WebSocket upgrade, or `invalid_query`", body = ErrorReply),
+        (status = 403, description = "`origin_not_allowed`: a browser page of an origin not in `gateway.allowed_origins`", body = ErrorReply),
         RateLimited,
         (status = 503, description = "`gateway_full` (try another) or `shutting_down`", body = ErrorReply),
     ))]
@@ -473,6 +485,14 @@ async fn ws_handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     ip.check(&s.0.limits.ws_connect_per_ip)?;
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN)
+        && !origin_allowed(s.0.cfg.allowed_origins.as_deref(), origin.as_bytes())
+    {
+        return Err(ApiError::new(
+            ErrorCode::OriginNotAllowed,
+            "this origin may not open a WebSocket here (gateway.allowed_origins)",
+        ));
+    }
     let user = match q.token.as_deref() {
         Some(token) => s.0.auth.authenticate(token).await?,
         None => s.0.auth.authenticate_headers(&headers).await?,
@@ -525,6 +545,16 @@ async fn ws_handshake(
         .into_response())
 }
 
+/// Whether a handshake with `Origin: origin` may open a socket; `None`: no list, any may.
+fn origin_allowed(allowed: Option<&[String]>, origin: &[u8]) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(origin))
+}
+
 /// A read this old means the stream consumer is stuck or failing (a read blocks for at most a
 /// second, then retries back off to at most 5 s).
 const STREAM_STALE_MS: i64 = 15_000;
@@ -564,6 +594,24 @@ async fn health(State(s): State<GatewayState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_origins_may_open_a_socket() {
+        let list = [
+            "http://127.0.0.1:8080".to_owned(),
+            "https://chat.example".to_owned(),
+        ];
+        assert!(origin_allowed(Some(&list), b"http://127.0.0.1:8080"));
+        assert!(origin_allowed(Some(&list), b"HTTPS://chat.example"));
+        assert!(!origin_allowed(Some(&list), b"https://evil.example"));
+        assert!(!origin_allowed(Some(&list), b"null"));
+        assert!(!origin_allowed(Some(&[]), b"https://chat.example"));
+        assert!(origin_allowed(
+            Some(&["*".to_owned()]),
+            b"https://evil.example"
+        ));
+        assert!(origin_allowed(None, b"https://evil.example"));
+    }
 
     #[test]
     fn the_stream_check_fails_once_the_consumer_has_not_read_for_a_while() {

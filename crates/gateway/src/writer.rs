@@ -22,11 +22,11 @@ use proto::frame::ServerFrame;
 use proto::stream::PushMessage;
 use proto::{CloseCode, RoomId, Seq, UserId};
 use store::Store;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::conn::chat_text;
 use crate::cursor::CursorBook;
-use crate::hub::{CLOSE_ABORT, ConnShared, Meters, Outbound, Signal};
+use crate::hub::{CLOSE_ABORT, ConnShared, Fast, Meters, Outbound, Signal};
 
 /// Most queue items and commands handled per flush.
 const COALESCE: usize = 64;
@@ -148,8 +148,8 @@ struct Writer<S, E> {
     env: E,
     user: UserId,
     ack_mode: bool,
-    last_sent: HashMap<RoomId, Seq>,
-    unflushed: HashMap<RoomId, Seq>,
+    last_sent: HashMap<RoomId, Seq, Fast>,
+    unflushed: HashMap<RoomId, Seq, Fast>,
     /// Chat frames fed since the last flush, and when the first live one of them was stored
     /// (0: none), for the metrics recorded once per flush.
     fed: u64,
@@ -289,18 +289,17 @@ where
                             metrics::counter!("ruststacker_gateway_gap_fills_total").increment(1);
                             Box::pin(self.replay(room, from, Some(seq - 1))).await?;
                         }
-                        self.feed_chat(room, seq, chat.text.clone()).await
+                        self.feed_chat(room, seq, chat.text).await
                     }
-                    _ => self.feed_chat(room, seq, chat.text.clone()).await,
+                    _ => self.feed_chat(room, seq, chat.text).await,
                 }
             }
-            Outbound::Frame(text) => self.feed((*text).clone()).await,
-            Outbound::RoomGone(gone) => {
-                let (room, text) = &*gone;
+            Outbound::Frame(text) => self.feed(text).await,
+            Outbound::RoomGone(room, text) => {
                 // Whatever of the room is still queued or in flight is older than the notice
                 // and now counts as a repeat.
-                self.last_sent.insert(*room, Seq::MAX);
-                self.feed(text.clone()).await
+                self.last_sent.insert(room, Seq::MAX);
+                self.feed(text).await
             }
             Outbound::CatchUp => Box::pin(self.resync_all()).await,
         }
@@ -333,32 +332,29 @@ where
     }
 
     /// Handles what is already waiting (commands first: they are few and small), up to a
-    /// flush's worth, then flushes once. No batch buffer is kept, so an idle connection holds no
-    /// per-batch memory.
+    /// flush's worth of queued frames, then flushes once. The frames are taken from the queue
+    /// under one lock; the buffer they are taken into lives only for this call, so an idle
+    /// connection holds no per-batch memory.
     async fn coalesce(
         &mut self,
-        rx: &mut mpsc::Receiver<Outbound>,
+        shared: &ConnShared,
         commands: &Commands,
     ) -> Result<(), WriteError> {
-        for _ in 1..COALESCE {
-            if let Some(cmd) = commands.try_take() {
-                self.command(cmd).await?;
-                continue;
-            }
-            match rx.try_recv() {
-                Ok(item) => self.handle(item).await?,
-                Err(_) => break,
-            }
+        for _ in 0..COMMANDS {
+            let Some(cmd) = commands.try_take() else {
+                break;
+            };
+            self.command(cmd).await?;
+        }
+        let mut items = Vec::new();
+        shared.take_queued(COALESCE, &mut items);
+        for item in items {
+            self.handle(item).await?;
         }
         self.flush().await
     }
 
-    async fn serve(
-        &mut self,
-        rx: &mut mpsc::Receiver<Outbound>,
-        commands: &Commands,
-        shared: &ConnShared,
-    ) -> Result<(), WriteError> {
+    async fn serve(&mut self, commands: &Commands, shared: &ConnShared) -> Result<(), WriteError> {
         self.feed(ServerFrame::welcome().to_json().into()).await?;
         Box::pin(self.resync_all()).await?;
         self.flush().await?;
@@ -378,32 +374,26 @@ where
                 signal = shared.signal() => match signal {
                     Signal::Close => return Ok(()),
                     Signal::Ping => self.send(Message::Ping(Default::default())).await?,
+                    Signal::Queued => self.coalesce(shared, commands).await?,
                 },
                 () = async { catch_up.as_mut().expect("guarded").await }, if catch_up.is_some() => {
                     catch_up = None;
                     Box::pin(self.resync_all()).await?;
                     self.flush().await?;
                 }
-                () = commands.pushed() => self.coalesce(rx, commands).await?,
-                item = rx.recv() => {
-                    let Some(item) = item else { return Ok(()) };
-                    self.handle(item).await?;
-                    self.coalesce(rx, commands).await?;
-                }
+                () = commands.pushed() => self.coalesce(shared, commands).await?,
             }
         }
     }
 
     /// At shutdown, writes (and acknowledges) what is already waiting before the close frame.
-    async fn drain(
-        &mut self,
-        rx: &mut mpsc::Receiver<Outbound>,
-        commands: &Commands,
-    ) -> Result<(), WriteError> {
+    async fn drain(&mut self, shared: &ConnShared, commands: &Commands) -> Result<(), WriteError> {
         while let Some(cmd) = commands.try_take() {
             self.command(cmd).await?;
         }
-        while let Ok(item) = rx.try_recv() {
+        let mut items = Vec::new();
+        shared.take_queued(usize::MAX, &mut items);
+        for item in items {
             self.handle(item).await?;
         }
         self.flush().await
@@ -418,7 +408,6 @@ pub(crate) fn write_loop<'a, S, E>(
     user: UserId,
     ack_mode: bool,
     sink: S,
-    rx: mpsc::Receiver<Outbound>,
     commands: &'a Commands,
     shared: &'a ConnShared,
 ) -> impl Future<Output = ()> + 'a
@@ -431,12 +420,12 @@ where
         env,
         user,
         ack_mode,
-        last_sent: HashMap::new(),
-        unflushed: HashMap::new(),
+        last_sent: HashMap::default(),
+        unflushed: HashMap::default(),
         fed: 0,
         first_live_ms: 0,
     };
-    w.run(rx, commands, shared)
+    w.run(commands, shared)
 }
 
 impl<S, E> Writer<S, E>
@@ -444,14 +433,9 @@ where
     S: Sink<Message> + Unpin,
     E: Env,
 {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Outbound>,
-        commands: &Commands,
-        shared: &ConnShared,
-    ) {
+    async fn run(mut self, commands: &Commands, shared: &ConnShared) {
         let user = self.user;
-        let served = self.serve(&mut rx, commands, shared).await;
+        let served = self.serve(commands, shared).await;
         let socket_ok = match served {
             Ok(()) => true,
             Err(WriteError::Socket) => false,
@@ -464,7 +448,7 @@ where
         let code = shared.close_code();
         if socket_ok && code != CLOSE_ABORT {
             let drained = if code == CloseCode::GoingAway {
-                self.drain(&mut rx, commands).await.is_ok()
+                self.drain(shared, commands).await.is_ok()
             } else {
                 true
             };
@@ -500,7 +484,7 @@ mod tests {
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     use super::*;
-    use crate::hub::{ChatOut, Hub};
+    use crate::hub::{ChatOut, Hub, Wakes};
 
     /// A socket stand-in: what is fed since the last flush goes out on a channel as one batch
     /// when flushed, so a test sees the flushes.
@@ -640,12 +624,12 @@ mod tests {
             stored
                 .into_iter()
                 .map(|r| match r {
-                    Ok(Appended::Stored(m)) => Outbound::Chat(Arc::new(ChatOut {
+                    Ok(Appended::Stored(m)) => Outbound::Chat(ChatOut {
                         room: m.room_id,
                         seq: m.seq,
                         created_at_ms: m.created_at_ms,
                         text: chat_text(&PushMessage::from(m)),
-                    })),
+                    }),
                     other => panic!("not stored: {other:?}"),
                 })
                 .collect()
@@ -690,8 +674,6 @@ mod tests {
 
     /// One connection of bob's: its writer (to be run) and the test's ends of it.
     struct Conn {
-        tx: mpsc::Sender<Outbound>,
-        rx: mpsc::Receiver<Outbound>,
         socket: Socket,
         flushed: UnboundedReceiver<Vec<Message>>,
         commands: Commands,
@@ -700,18 +682,15 @@ mod tests {
 
     impl Conn {
         fn new(queue: usize) -> Self {
-            let (tx, rx) = mpsc::channel(queue);
             let (flushed_tx, flushed) = unbounded_channel();
             Self {
-                tx,
-                rx,
                 socket: Socket {
                     batch: Vec::new(),
                     flushed: flushed_tx,
                 },
                 flushed,
                 commands: Commands::default(),
-                shared: Arc::new(ConnShared::new(0)),
+                shared: Arc::new(ConnShared::new(0, queue)),
             }
         }
     }
@@ -721,14 +700,12 @@ mod tests {
         let f = Fixture::new().await;
         let first = f.store_messages(3).await;
         let Conn {
-            tx,
-            rx,
             socket,
             mut flushed,
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, rx, &commands, &shared);
+        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
         let script = async {
             // The connect resync, two messages per query.
             assert_eq!(
@@ -738,7 +715,7 @@ mod tests {
             assert_eq!(next_flush(&mut flushed).await, ["chat 3"]);
             let fourth = f.store_messages(1).await;
             for item in [&first[1], &first[2], &fourth[0], &first[0], &fourth[0]] {
-                tx.try_send(item.clone()).expect("room in the queue");
+                assert!(shared.queue_now(item.clone()), "room in the queue");
             }
             assert_eq!(next_flush(&mut flushed).await, ["chat 4"]);
             shared.close(CloseCode::GoingAway);
@@ -753,19 +730,17 @@ mod tests {
         let f = Fixture::new().await;
         f.store_messages(1).await;
         let Conn {
-            tx,
-            rx,
             socket,
             mut flushed,
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, rx, &commands, &shared);
+        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome", "chat 1"]);
             // 2, 3 and 4 are stored; only 4 reaches this gateway.
             let later = f.store_messages(3).await;
-            tx.try_send(later[2].clone()).expect("room in the queue");
+            assert!(shared.queue_now(later[2].clone()), "room in the queue");
             shared.close(CloseCode::GoingAway);
             assert_eq!(
                 rest(&mut flushed).await,
@@ -780,20 +755,18 @@ mod tests {
     async fn everything_queued_goes_out_in_one_flush() {
         let f = Fixture::new().await;
         let Conn {
-            tx,
-            rx,
             socket,
             mut flushed,
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, rx, &commands, &shared);
+        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome"]);
             let live = f.store_messages(3).await;
             // Queued while the writer waits: it wakes to all three (and the client's ping).
             for item in &live {
-                tx.try_send(item.clone()).expect("room in the queue");
+                assert!(shared.queue_now(item.clone()), "room in the queue");
             }
             commands
                 .push(Command::Ping)
@@ -815,22 +788,22 @@ mod tests {
         let f = Fixture::new().await;
         let hub = Hub::default();
         let Conn {
-            tx,
-            rx,
             socket,
             mut flushed,
             commands,
             shared,
         } = Conn::new(2);
-        hub.add(f.bob, 0, tx, shared.clone());
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, rx, &commands, &shared);
+        hub.add(f.bob, 0, shared.clone());
+        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome"]);
             let live = f.store_messages(3).await;
             // The writer does not get to run between these: the third finds the queue full.
-            assert_eq!(hub.deliver(&[f.bob], &live[0]), 1);
-            assert_eq!(hub.deliver(&[f.bob], &live[1]), 1);
-            assert_eq!(hub.deliver(&[f.bob], &live[2]), 0);
+            let mut wakes = Wakes::default();
+            assert_eq!(hub.deliver(&[f.bob], &live[0], &mut wakes), 1);
+            assert_eq!(hub.deliver(&[f.bob], &live[1], &mut wakes), 1);
+            assert_eq!(hub.deliver(&[f.bob], &live[2], &mut wakes), 0);
+            wakes.wake_all();
             assert_eq!(shared.close_code(), CloseCode::SlowConsumer);
             // The writer ends by itself, with nothing more written than the close frame.
             assert_eq!(rest(&mut flushed).await, ["close 4008"]);
@@ -846,7 +819,6 @@ mod tests {
             f.bob,
             false,
             again.socket,
-            again.rx,
             &again.commands,
             &again.shared,
         )
@@ -862,14 +834,12 @@ mod tests {
         let f = Fixture::new().await;
         f.store_messages(2).await;
         let Conn {
-            tx: _tx,
-            rx,
             socket,
             mut flushed,
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, true, socket, rx, &commands, &shared);
+        let writer = write_loop(f.env.clone(), f.bob, true, socket, &commands, &shared);
         let script = async {
             assert_eq!(
                 next_flush(&mut flushed).await,

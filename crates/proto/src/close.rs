@@ -28,13 +28,17 @@ pub enum CloseCode {
     Idle,
     /// 4008: slow consumer: the connection's queue was full.
     SlowConsumer,
+    /// 4009: the user opened more connections than `max_connections_per_user`; this, their
+    /// oldest, was closed to make room. Not to be reconnected automatically (two clients of the
+    /// same user would take turns closing each other).
+    TooManyConnections,
     /// 4401: the connection's token was revoked (its user changed their password).
     TokenRevoked,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 12] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -45,6 +49,7 @@ impl CloseCode {
         Self::ServerError,
         Self::Idle,
         Self::SlowConsumer,
+        Self::TooManyConnections,
         Self::TokenRevoked,
     ];
 
@@ -61,6 +66,7 @@ impl CloseCode {
             Self::ServerError => 1011,
             Self::Idle => 4001,
             Self::SlowConsumer => 4008,
+            Self::TooManyConnections => 4009,
             Self::TokenRevoked => 4401,
         }
     }
@@ -78,6 +84,7 @@ impl CloseCode {
             Self::ServerError => "server error: reconnect later",
             Self::Idle => "idle timeout",
             Self::SlowConsumer => "slow consumer: reconnect to resync",
+            Self::TooManyConnections => "too many connections of this user: the oldest is closed",
             Self::TokenRevoked => "token revoked",
         }
     }

@@ -161,6 +161,7 @@ error_codes! {
     // Gateway.
     NotWebsocket = "not_websocket", Invalid, "the request is not a WebSocket upgrade";
     GatewayFull = "gateway_full", Unavailable, "the gateway has its maximum of connections; try another";
+    OriginNotAllowed = "origin_not_allowed", Forbidden, "web pages of this origin may not open a WebSocket here";
 
     // Registry.
     InvalidInstanceId = "invalid_instance_id", Invalid, "an instance id must be 1-64 characters of letters, digits, '-', '_' or '.'";

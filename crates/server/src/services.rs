@@ -88,6 +88,9 @@ pub(crate) struct Context {
     /// tasks stop.
     pub(crate) stop: CancellationToken,
     cors: CorsLayer,
+    /// The origins CORS allows: also those whose pages may open a WebSocket, unless
+    /// `gateway.allowed_origins` says otherwise.
+    pub(crate) origins: Vec<String>,
     /// Where Meta's web page finds this process's Send and registry.
     links: ::meta::web::Links,
     store: Option<Arc<dyn store::Store>>,
@@ -107,9 +110,8 @@ impl Context {
     ) -> anyhow::Result<Self> {
         let port =
             |addr: Option<SocketAddr>, configured: u16| addr.map_or(configured, |a| a.port());
-        let cors =
-            kit::http::cors_layer(&cfg.http.origins(cfg.bind, port(addrs.meta, cfg.meta.port)))
-                .map_err(anyhow::Error::msg)?;
+        let origins = cfg.http.origins(cfg.bind, port(addrs.meta, cfg.meta.port));
+        let cors = kit::http::cors_layer(&origins).map_err(anyhow::Error::msg)?;
         let links = ::meta::web::Links {
             send: ::meta::web::Link::new(
                 cfg.web.send_url.as_deref(),
@@ -136,6 +138,7 @@ impl Context {
             ready: Ready::default(),
             stop: CancellationToken::new(),
             cors,
+            origins,
             links,
             store,
             groups,

@@ -88,6 +88,21 @@ pub async fn handshake_status(url: &str, bearer: Option<&str>) -> anyhow::Result
                 .context("a token is a header value")?,
         );
     }
+    handshake(url, req).await
+}
+
+/// Tries a WebSocket handshake with `url` as a browser page of `origin` would (an `Origin`
+/// header) and returns the HTTP status the server answered.
+pub async fn handshake_status_from(url: &str, origin: &str) -> anyhow::Result<u16> {
+    let mut req = url.into_client_request().context("a valid ws url")?;
+    req.headers_mut().insert(
+        tungstenite::http::header::ORIGIN,
+        HeaderValue::from_str(origin).context("an origin is a header value")?,
+    );
+    handshake(url, req).await
+}
+
+async fn handshake(url: &str, req: tungstenite::handshake::client::Request) -> anyhow::Result<u16> {
     match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
         Err(_) => bail!("no handshake answer from {url} within {WAIT:?}"),
         Ok(Ok((_socket, resp))) => Ok(resp.status().as_u16()),

@@ -17,7 +17,10 @@ pub(crate) async fn gateway(ctx: &Context, listener: TcpListener) -> anyhow::Res
     let addr = listener.local_addr()?;
     let shared = &ctx.backends.shared;
     let registration = &ctx.backends.registration;
-    let cfg = shared.gateway_config(ctx.cfg.gateway.clone());
+    let mut cfg = shared.gateway_config(ctx.cfg.gateway.clone());
+    if cfg.allowed_origins.is_none() {
+        cfg.allowed_origins = Some(ctx.origins.clone());
+    }
     let checks = registration
         .check
         .iter()

@@ -2,7 +2,7 @@
 //! sync) and the close codes for frames the gateway refuses.
 
 use testkit::proto::frame::ServerFrame;
-use testkit::ws::{handshake_status, ws_url};
+use testkit::ws::{handshake_status, handshake_status_from, ws_url};
 use testkit::{TestApp, WsClient, json, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,4 +192,57 @@ async fn a_refused_frame_only_closes_its_own_socket() {
             .id,
         sent.message_id
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_may_not_open_a_socket_and_a_native_client_may() {
+    let app = TestApp::spawn().await;
+    let user = app.user("origin").await;
+    let url = ws_url(app.addrs().gateway, &user.token);
+    let own = format!("http://127.0.0.1:{}", app.addrs().meta.port());
+    assert_eq!(
+        handshake_status_from(&url, &own).await.expect("own page"),
+        101,
+        "the web page Meta serves"
+    );
+    for foreign in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        assert_eq!(
+            handshake_status_from(&url, foreign).await.expect(foreign),
+            403,
+            "{foreign}"
+        );
+    }
+    assert_eq!(
+        handshake_status(&url, None).await.expect("no origin"),
+        101,
+        "a native client sends no Origin"
+    );
+
+    let open = TestApp::spawn_with(|c| c.gateway.allowed_origins = Some(vec!["*".into()])).await;
+    let user = open.user("anyorigin").await;
+    let url = ws_url(open.addrs().gateway, &user.token);
+    assert_eq!(
+        handshake_status_from(&url, "https://evil.example")
+            .await
+            .expect("any origin"),
+        101
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_users_cap_closes_their_oldest_with_4009() {
+    let app = TestApp::spawn_with(|c| c.gateway.max_connections_per_user = 2).await;
+    let users = app.users(&["capped", "other"]).await;
+    let gw = app.addrs().gateway;
+    let mut oldest = WsClient::connect(gw, &users[0].token).await.expect("1st");
+    let mut second = WsClient::connect(gw, &users[0].token).await.expect("2nd");
+    let mut other = WsClient::connect(gw, &users[1].token)
+        .await
+        .expect("other user");
+    let mut newest = WsClient::connect(gw, &users[0].token).await.expect("3rd");
+    assert_eq!(oldest.close_code().await.expect("closed"), Some(4009));
+    for ws in [&mut second, &mut newest, &mut other] {
+        ws.ping().await.expect("ping");
+        assert_eq!(ws.next_frame().await.expect("pong"), ServerFrame::Pong {});
+    }
 }
