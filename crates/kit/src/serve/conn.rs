@@ -47,7 +47,12 @@ impl Watch {
         })
     }
 
+    /// Notes activity now. Not for a WebSocket: nothing here times it, and its writes are the
+    /// push path's.
     fn touch(&self) {
+        if self.upgraded.load(Ordering::Relaxed) {
+            return;
+        }
         let ms = self.born.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
