@@ -790,6 +790,30 @@ mod tests {
     }
 
     #[test]
+    fn connection_budget_settings_that_contradict_each_other_are_refused() {
+        let refused = |change: fn(&mut HttpConfig), key: &str| {
+            let mut cfg = AllConfig::default();
+            change(&mut cfg.http);
+            let err = validate(&cfg).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        };
+        refused(|h| h.idle_timeout_secs = 11, "http.idle_timeout_secs");
+        refused(
+            |h| h.header_read_timeout_secs = 0,
+            "http.header_read_timeout_secs",
+        );
+        refused(|h| h.max_head_bytes = 1024, "http.max_head_bytes");
+        refused(|h| h.max_url_bytes = 40_000, "http.max_url_bytes");
+        refused(
+            |h| h.max_connections_per_ip = 2000,
+            "http.max_connections_per_ip",
+        );
+        refused(|h| h.max_connections = 0, "http.max_connections");
+        refused(|h| h.reserved_files = 0, "http.reserved_files");
+        validate(&AllConfig::default()).expect("the defaults are valid");
+    }
+
+    #[test]
     fn an_unknown_key_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.yaml");
