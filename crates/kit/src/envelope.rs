@@ -125,15 +125,26 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The error's envelope as JSON bytes, for replies written outside a router (the listener's
+    /// refusals, `crate::serve`).
+    pub fn body_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+
+    fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
             code: self.error.status(),
             message: &self.message,
             data: (),
             error: self.error.name(),
-        };
-        let mut resp = (self.status(), axum::Json(body)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -11,6 +11,8 @@
 //! - [`openapi`]: the OpenAPI document's shared parts (error replies, the answers every operation
 //!   of a kind can give, the error-code table, security schemes).
 //! - [`limit`]: rate limits per client IP, username or user (429 with `Retry-After`).
+//! - [`serve`]: the accept loop of every HTTP listener: connection caps per listener and per
+//!   source address, header-read and idle timeouts, oversized heads answered in the envelope.
 //! - [`secret`]: [`secret::Secret`], a configured secret that never prints.
 //! - [`telemetry`]: logging (stdout and/or a size-rotated file, [`logfile`]), its reloadable
 //!   level, and the Prometheus recorder.
@@ -24,6 +26,7 @@ pub mod logfile;
 pub mod monitor;
 pub mod openapi;
 pub mod secret;
+pub mod serve;
 pub mod telemetry;
 
 pub use envelope::{ApiError, ApiResult, Json, Path, Query, ok};

@@ -258,8 +258,8 @@ mod tests {
     }
 }
 
-/// The client's IP address, when the server knows it (it always does behind `axum::serve` with
-/// connect info; a proxy's `X-Forwarded-For` is not trusted).
+/// The client's IP address, when the server knows it (it always does behind `kit::serve`, which
+/// puts the connect info in every request; a proxy's `X-Forwarded-For` is not trusted).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 

@@ -90,6 +90,13 @@ pub const EVERY_OPERATION_ERRORS: &[ErrorCode] =
 /// Errors of the router itself, for paths or methods no operation has (so no operation lists
 /// them; the document's description does).
 pub const ROUTER_ERRORS: &[ErrorCode] = &[ErrorCode::NotFound, ErrorCode::MethodNotAllowed];
+/// Errors of the listener (`crate::serve`), answered before any route for any path: an
+/// oversized request head, a source address or port over its connection cap.
+pub const CONNECTION_ERRORS: &[ErrorCode] = &[
+    ErrorCode::HeadersTooLarge,
+    ErrorCode::UrlTooLong,
+    ErrorCode::TooManyConnections,
+];
 
 /// "`a`, `b` or `c`": the names of `codes` as response descriptions write them.
 pub fn names(codes: &[ErrorCode]) -> String {
@@ -211,9 +218,11 @@ pub fn complete(doc: &mut OpenApi, service: &str) {
     doc.info.description = Some(format!(
         "The {service} service of RustStacker. Every reply is the envelope \
          `{{\"code\", \"message\", \"data\"}}`; errors add a stable `error` name and have \
-         `data: null`. A path no operation has answers {}.\n\n\
+         `data: null`. A path no operation has answers {}. Any request may be answered {} \
+         by the listener, before routing (the connection is closed after it).\n\n\
          Every `error` name of the API, with its status:\n\n{}",
         names(ROUTER_ERRORS),
+        names(CONNECTION_ERRORS),
         error_table(),
     ));
     doc.extensions

@@ -19,10 +19,14 @@ pub enum ErrorKind {
     Conflict,
     /// 413: body, content or frame too large.
     TooLarge,
+    /// 414: the request's URL (its request line) is longer than the server reads.
+    UrlTooLong,
     /// 415: the body is not JSON.
     UnsupportedMediaType,
     /// 429: rate limited.
     RateLimited,
+    /// 431: the request's head (request line and headers) is larger than the server reads.
+    HeadersTooLarge,
     /// 500: our fault; the cause is logged, never sent.
     Internal,
     /// 503: a dependency is down or the service is full or shutting down.
@@ -39,8 +43,10 @@ impl ErrorKind {
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::TooLarge => 413,
+            Self::UrlTooLong => 414,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
+            Self::HeadersTooLarge => 431,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -157,6 +163,11 @@ error_codes! {
     MessageNotFound = "message_not_found", NotFound, "no message has this id";
     NotTheSender = "not_the_sender", Forbidden, "only a message's sender may resend it";
     ClientMsgIdConflict = "client_msg_id_conflict", Conflict, "the client_msg_id was already used for a message to another room";
+
+    // Connections (answered by the listener, before any route: docs/security.md).
+    HeadersTooLarge = "headers_too_large", HeadersTooLarge, "the request's head (request line and headers) is larger than the server accepts, or has too many headers";
+    UrlTooLong = "url_too_long", UrlTooLong, "the request's URL is longer than the server accepts";
+    TooManyConnections = "too_many_connections", Unavailable, "this address or this port has its maximum of open connections; close some or retry later";
 
     // Gateway.
     NotWebsocket = "not_websocket", Invalid, "the request is not a WebSocket upgrade";

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use bus::{GatewayRegistration, SendRegistration};
 use bus::{Instances, Routes};
@@ -105,9 +104,23 @@ impl RegistryState {
         self.offer_within = within;
         self
     }
+}
 
-    fn internal(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        kit::auth::check_internal(headers, self.internal_token.as_deref())
+/// A caller with the internal token (`X-Internal-Token`). As a handler's first argument it is
+/// checked before the path and the body are read, so a call without the token gets 401
+/// `invalid_internal_token` whatever else is wrong with it (and learns nothing about the shapes
+/// the endpoint accepts).
+struct Internal;
+
+impl axum::extract::FromRequestParts<RegistryState> for Internal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &RegistryState,
+    ) -> Result<Self, Self::Rejection> {
+        kit::auth::check_internal(&parts.headers, s.internal_token.as_deref())?;
+        Ok(Self)
     }
 }
 
@@ -334,11 +347,10 @@ fn valid_id(id: &str, what: &'static str) -> Result<(), ApiError> {
         (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
     ))]
 async fn register_gateway(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<RegisterGatewayRequest>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     valid_id(&r.gateway_id, "gateway_id")?;
     if r.port == 0 || r.max_connections == 0 || r.address.is_empty() {
         return Err(ApiError::new(
@@ -367,11 +379,10 @@ async fn register_gateway(
         (status = 404, description = "`not_registered`: expired or never registered; register again", body = ErrorReply),
     ))]
 async fn heartbeat_gateway(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<GatewayHeartbeatRequest>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     s.instances
         .heartbeat_gateway(&r.gateway_id, r.connections)
         .await
@@ -387,11 +398,10 @@ async fn heartbeat_gateway(
         (status = 200, description = "Removed (or was not there)", body = EmptyReply),
     ))]
 async fn deregister_gateway(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     s.instances.deregister_gateway(&id).await.map_err(bus_err)?;
     Ok(ok(()))
 }
@@ -405,11 +415,10 @@ async fn deregister_gateway(
         (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
     ))]
 async fn register_send(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<RegisterSendRequest>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     valid_id(&r.instance_id, "instance_id")?;
     if r.port == 0 || r.address.is_empty() {
         return Err(ApiError::new(
@@ -437,11 +446,10 @@ async fn register_send(
         (status = 404, description = "`not_registered`: expired or never registered; register again", body = ErrorReply),
     ))]
 async fn heartbeat_send(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<SendHeartbeatRequest>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     s.instances
         .heartbeat_send(&r.instance_id)
         .await
@@ -457,22 +465,15 @@ async fn heartbeat_send(
         (status = 200, description = "Removed (or was not there)", body = EmptyReply),
     ))]
 async fn deregister_send(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     s.instances.deregister_send(&id).await.map_err(bus_err)?;
     Ok(ok(()))
 }
 
-async fn user_route(
-    s: &RegistryState,
-    headers: &HeaderMap,
-    r: UserRouteRequest,
-    connected: bool,
-) -> ApiResult<()> {
-    s.internal(headers)?;
+async fn user_route(s: &RegistryState, r: UserRouteRequest, connected: bool) -> ApiResult<()> {
     valid_id(&r.gateway_id, "gateway_id")?;
     let gateway: bus::GatewayId = r.gateway_id.into();
     let done = if connected {
@@ -493,11 +494,11 @@ async fn user_route(
         (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
     ))]
 async fn user_connect(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<UserRouteRequest>,
 ) -> ApiResult<()> {
-    user_route(&s, &headers, r, true).await
+    user_route(&s, r, true).await
 }
 
 /// Records that a user left a gateway.
@@ -509,11 +510,11 @@ async fn user_connect(
         (status = 400, description = "`invalid_instance_id`, `invalid_body` or `invalid_json`", body = ErrorReply),
     ))]
 async fn user_disconnect(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<UserRouteRequest>,
 ) -> ApiResult<()> {
-    user_route(&s, &headers, r, false).await
+    user_route(&s, r, false).await
 }
 
 /// Most users one batch may ask about.
@@ -528,11 +529,10 @@ const MAX_BATCH: usize = 1000;
         (status = 400, description = "`invalid_body`: 1-1000 ids, or `invalid_json`", body = ErrorReply),
     ))]
 async fn routes_batch(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<RoutesBatchRequest>,
 ) -> ApiResult<RoutesBatchReply> {
-    s.internal(&headers)?;
     if r.user_ids.is_empty() || r.user_ids.len() > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
@@ -570,11 +570,10 @@ async fn routes_batch(
         (status = 400, description = "`invalid_body` or `invalid_json`", body = ErrorReply),
     ))]
 async fn routes_refresh(
+    _: Internal,
     State(s): State<RegistryState>,
-    headers: HeaderMap,
     Json(r): Json<RefreshRoutesRequest>,
 ) -> ApiResult<()> {
-    s.internal(&headers)?;
     if r.user_ids.len() > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,

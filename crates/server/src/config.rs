@@ -76,8 +76,9 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Settings every service's HTTP listener shares (`http:`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Settings every service's HTTP listener shares (`http:`): CORS and the connection budget
+/// (docs/security.md, "Connection budget").
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Origins (`http(s)://host[:port]`, or `*` alone for any) whose pages may call the API from
@@ -87,9 +88,128 @@ pub struct HttpConfig {
     /// credentials are bearer tokens a page sends itself.
     #[serde(deserialize_with = "kit::config::comma_list")]
     pub cors_origins: Option<Vec<String>>,
+    /// Seconds within which a request's whole head (request line and headers) must arrive,
+    /// counted from when the server starts waiting for it (the accept, or the end of the
+    /// previous response on a kept-alive connection), however slowly its bytes trickle.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight and no traffic stays open (at most
+    /// `header_read_timeout_secs`, which also runs between requests).
+    pub idle_timeout_secs: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431
+    /// `headers_too_large`.
+    pub max_head_bytes: usize,
+    /// Most header lines in a request; more gets 431 `headers_too_large`.
+    pub max_headers: usize,
+    /// Longest request target (path and query) in bytes; longer gets 414 `url_too_long`.
+    pub max_url_bytes: usize,
+    /// Most sockets open at once on each of Meta's, Send's and the registry's listeners, and
+    /// the room kept on the gateway's listener for its HTTP requests beside its WebSockets.
+    /// Over it a new socket gets 503 `too_many_connections` and is closed.
+    pub max_connections: usize,
+    /// Most HTTP sockets one source address (an IPv4 address or an IPv6 /64) holds open at once
+    /// on each listener. WebSockets do not count here (`gateway.max_connections` caps them).
+    pub max_connections_per_ip: usize,
+    /// Open files kept out of the connection budget for everything else the process opens (the
+    /// database and its journal, Redis and MySQL connections, logs, calls to other services).
+    /// The gateway's `max_connections` is capped at start to what the open-file limit leaves
+    /// after this and the listeners' `max_connections`.
+    pub reserved_files: usize,
+    /// Seconds between the log lines that summarise refused connections (one per listener while
+    /// it refuses; each refusal is counted in metrics as it happens).
+    pub refusal_log_interval_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            cors_origins: None,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 5,
+            max_head_bytes: 32 * 1024,
+            max_headers: 100,
+            max_url_bytes: 8 * 1024,
+            max_connections: 1024,
+            max_connections_per_ip: 256,
+            reserved_files: 256,
+            refusal_log_interval_secs: 10,
+        }
+    }
 }
 
 impl HttpConfig {
+    /// Checks the connection budget's settings against each other and hyper's bounds.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let at_least = |key: &'static str, value: u64, min: u64| {
+            if value < min {
+                Err(InvalidSetting::new(key, format!("must be at least {min}")))
+            } else {
+                Ok(())
+            }
+        };
+        at_least(
+            "http.header_read_timeout_secs",
+            self.header_read_timeout_secs,
+            1,
+        )?;
+        at_least("http.idle_timeout_secs", self.idle_timeout_secs, 1)?;
+        at_least("http.max_headers", self.max_headers as u64, 8)?;
+        at_least("http.max_url_bytes", self.max_url_bytes as u64, 256)?;
+        at_least("http.max_connections", self.max_connections as u64, 1)?;
+        at_least(
+            "http.max_connections_per_ip",
+            self.max_connections_per_ip as u64,
+            1,
+        )?;
+        at_least(
+            "http.refusal_log_interval_secs",
+            self.refusal_log_interval_secs,
+            1,
+        )?;
+        at_least("http.reserved_files", self.reserved_files as u64, 32)?;
+        if self.idle_timeout_secs > self.header_read_timeout_secs {
+            return Err(InvalidSetting::new(
+                "http.idle_timeout_secs",
+                "must be at most http.header_read_timeout_secs (that timeout also runs while a connection waits between requests, so a longer idle time would never apply)",
+            ));
+        }
+        if !(4096..=1024 * 1024).contains(&self.max_head_bytes) {
+            return Err(InvalidSetting::new(
+                "http.max_head_bytes",
+                "must be 4096 to 1048576",
+            ));
+        }
+        // hyper refuses longer targets itself (with an empty 414), whatever is set here.
+        if self.max_url_bytes >= self.max_head_bytes.min(65_534) {
+            return Err(InvalidSetting::new(
+                "http.max_url_bytes",
+                "must be below http.max_head_bytes and 65534",
+            ));
+        }
+        if self.max_connections_per_ip > self.max_connections {
+            return Err(InvalidSetting::new(
+                "http.max_connections_per_ip",
+                "must be at most http.max_connections",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The limits of a listener that holds at most `max_connections` sockets.
+    pub fn listener_limits(&self, max_connections: usize) -> kit::serve::ListenerLimits {
+        kit::serve::ListenerLimits {
+            max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            head: kit::serve::HeadLimits {
+                max_head_bytes: self.max_head_bytes,
+                max_headers: self.max_headers,
+                max_url_bytes: self.max_url_bytes,
+            },
+            refusal_log_interval: std::time::Duration::from_secs(self.refusal_log_interval_secs),
+        }
+    }
+
     /// The origins allowed by CORS (see [`HttpConfig::cors_origins`]) when Meta listens on
     /// `meta_port` of `bind`.
     pub fn origins(&self, bind: IpAddr, meta_port: u16) -> Vec<String> {
@@ -127,7 +247,7 @@ pub struct AllConfig {
     pub log: kit::telemetry::LogConfig,
     pub monitor: MonitorConfig,
     pub metrics: MetricsConfig,
-    /// CORS, shared by every service's listener.
+    /// CORS and the connection budget, shared by every service's listener.
     pub http: HttpConfig,
     /// Where the web page served by Meta finds Send and the registry.
     pub web: meta::web::WebConfig,
@@ -533,6 +653,7 @@ pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
     kit::http::cors_layer(&cfg.http.origins(cfg.bind, cfg.meta.port))
         .map(drop)
         .map_err(anyhow::Error::msg)?;
+    cfg.http.validate()?;
     cfg.web.validate().map_err(anyhow::Error::msg)?;
     if let Some(redis) = &cfg.redis {
         redis.validate()?;
@@ -666,6 +787,30 @@ mod tests {
         check("redis:\n  mode: sentinel\n  sentinels: [\"s:26379\"]\n  master_name: m\n")
             .expect("sentinels and a name");
         check("redis:\n  host: 127.0.0.1\n").expect("single is the default");
+    }
+
+    #[test]
+    fn connection_budget_settings_that_contradict_each_other_are_refused() {
+        let refused = |change: fn(&mut HttpConfig), key: &str| {
+            let mut cfg = AllConfig::default();
+            change(&mut cfg.http);
+            let err = validate(&cfg).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        };
+        refused(|h| h.idle_timeout_secs = 11, "http.idle_timeout_secs");
+        refused(
+            |h| h.header_read_timeout_secs = 0,
+            "http.header_read_timeout_secs",
+        );
+        refused(|h| h.max_head_bytes = 1024, "http.max_head_bytes");
+        refused(|h| h.max_url_bytes = 40_000, "http.max_url_bytes");
+        refused(
+            |h| h.max_connections_per_ip = 2000,
+            "http.max_connections_per_ip",
+        );
+        refused(|h| h.max_connections = 0, "http.max_connections");
+        refused(|h| h.reserved_files = 0, "http.reserved_files");
+        validate(&AllConfig::default()).expect("the defaults are valid");
     }
 
     #[test]

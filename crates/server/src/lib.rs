@@ -8,6 +8,8 @@
 //! - `backends.rs`: the database (the embedded SQLite file or MySQL) and the shared state
 //!   (in-process or Redis) — the only module that tells backends apart;
 //! - `auth.rs` and `tokens.rs`: the JWT secret and the token versions every service checks;
+//! - `budget.rs`: the listeners' connection caps and the gateway's `max_connections`, fitted
+//!   under the open-file limit;
 //! - `services.rs` and `services/`: the listeners, what the services share, and one builder per
 //!   service;
 //! - `lifecycle.rs`: [`Running`], its ordered graceful shutdown and `abort` for fault tests;
@@ -15,6 +17,7 @@
 
 mod auth;
 mod backends;
+mod budget;
 mod config;
 mod lifecycle;
 pub mod reload;
@@ -48,11 +51,34 @@ pub async fn start(cfg: AllConfig, roles: Roles) -> anyhow::Result<Running> {
     backends::check_embedded(&cfg, roles)?;
     let registry = backends::registry_client(&cfg, roles)?;
 
+    let budget = budget::plan(
+        budget::open_file_limit()?,
+        &cfg.http,
+        cfg.gateway.max_connections,
+        roles,
+    )?;
+    tracing::info!(
+        open_files = budget.open_files,
+        reserved_files = cfg.http.reserved_files,
+        http_max_connections = budget.http,
+        gateway_max_connections = roles.gateway.then_some(budget.gateway),
+        configured_gateway_max_connections = roles.gateway.then_some(cfg.gateway.max_connections),
+        "connection budget"
+    );
+    if budget.http < cfg.http.max_connections {
+        tracing::warn!(
+            open_files = budget.open_files,
+            configured = cfg.http.max_connections,
+            used = budget.http,
+            "the open-file limit cannot hold http.max_connections on every listener; each gets an equal share (raise ulimit -n)"
+        );
+    }
+
     let listeners = Listeners::bind(&cfg, roles).await?;
     let addrs = listeners.addrs();
     let backends = Backends::open(&cfg, roles, registry).await?;
     let auth = auth::auth(&cfg, roles == Roles::ALL, backends.store())?;
-    let ctx = Context::new(cfg, backends, auth, addrs)?;
+    let ctx = Context::new(cfg, backends, auth, addrs, budget)?;
 
     // The gateway first: it is registered before the registry of this process serves a
     // placement.

@@ -26,6 +26,7 @@ pub(crate) use self::meta::{Flusher, MetaPart, meta};
 pub(crate) use self::registry::{RegistryPart, registry};
 pub(crate) use self::send::{SendPart, SendRegistration, send};
 use crate::backends::Backends;
+use crate::budget::Budget;
 use crate::{AllConfig, Roles};
 
 /// The listeners of the services a process runs, bound before anything else starts.
@@ -87,6 +88,8 @@ pub(crate) struct Context {
     /// Cancelled at shutdown: the HTTP servers stop accepting, and the heartbeats and sampling
     /// tasks stop.
     pub(crate) stop: CancellationToken,
+    /// What each listener may hold, fitted under the open-file limit.
+    pub(crate) budget: Budget,
     cors: CorsLayer,
     /// The origins CORS allows: also those whose pages may open a WebSocket, unless
     /// `gateway.allowed_origins` says otherwise.
@@ -107,6 +110,7 @@ impl Context {
         backends: Backends,
         auth: Arc<Auth>,
         addrs: Addrs,
+        budget: Budget,
     ) -> anyhow::Result<Self> {
         let port =
             |addr: Option<SocketAddr>, configured: u16| addr.map_or(configured, |a| a.port());
@@ -137,6 +141,7 @@ impl Context {
             auth,
             ready: Ready::default(),
             stop: CancellationToken::new(),
+            budget,
             cors,
             origins,
             links,
@@ -156,20 +161,29 @@ impl Context {
         self.groups.clone().ok_or_else(|| missing("group data"))
     }
 
-    /// Serves `router` on `listener` until [`Context::stop`], behind the CORS policy
-    /// (outermost, so a preflight is answered before routing).
-    pub(crate) fn serve(&self, listener: TcpListener, router: Router) -> JoinHandle<()> {
+    /// Serves `router` as `service` on `listener` until [`Context::stop`], behind the CORS
+    /// policy (outermost, so a preflight is answered before routing), with the connection
+    /// budget of `http:` (`kit::serve`). The gateway's listener holds its WebSockets besides.
+    pub(crate) fn serve(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        service: &'static str,
+    ) -> JoinHandle<()> {
         let router = router.layer(self.cors.clone());
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let app = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "server stopped with an error");
-            }
-        })
+        let max = if service == "gateway" {
+            self.budget.gateway_listener()
+        } else {
+            self.budget.http
+        };
+        let limits = self.cfg.http.listener_limits(max);
+        tokio::spawn(kit::serve::serve(
+            listener,
+            router,
+            service,
+            limits,
+            self.stop.clone(),
+        ))
     }
 }
 

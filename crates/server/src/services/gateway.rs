@@ -17,7 +17,11 @@ pub(crate) async fn gateway(ctx: &Context, listener: TcpListener) -> anyhow::Res
     let addr = listener.local_addr()?;
     let shared = &ctx.backends.shared;
     let registration = &ctx.backends.registration;
-    let mut cfg = shared.gateway_config(ctx.cfg.gateway.clone());
+    // `max_connections` as fitted under the open-file limit (`budget.rs`); the config in force
+    // keeps the configured value, so a reload does not take the difference for an edit.
+    let mut configured = ctx.cfg.gateway.clone();
+    configured.max_connections = ctx.budget.gateway;
+    let mut cfg = shared.gateway_config(configured);
     if cfg.allowed_origins.is_none() {
         cfg.allowed_origins = Some(ctx.origins.clone());
     }
@@ -44,6 +48,6 @@ pub(crate) async fn gateway(ctx: &Context, listener: TcpListener) -> anyhow::Res
         },
     );
     let bg = shared.start_gateway(&state, &cfg).await?;
-    let http = ctx.serve(listener, gateway::router(state.clone()));
+    let http = ctx.serve(listener, gateway::router(state.clone()), "gateway");
     Ok(GatewayPart { state, bg, http })
 }

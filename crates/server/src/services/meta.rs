@@ -47,7 +47,7 @@ pub(crate) fn meta(ctx: &Context, listener: TcpListener) -> anyhow::Result<MetaP
         }
     });
     Ok(MetaPart {
-        http: ctx.serve(listener, meta::router(state)),
+        http: ctx.serve(listener, meta::router(state), "meta"),
         flusher,
     })
 }

@@ -32,7 +32,7 @@ pub(crate) fn registry(ctx: &Context, listener: TcpListener) -> RegistryPart {
     )
     .offering_within(Duration::from_secs(ctx.cfg.registry.gateway_offer_timeout));
     RegistryPart {
-        http: ctx.serve(listener, registry::router(state)),
+        http: ctx.serve(listener, registry::router(state), "registry"),
         metrics,
     }
 }

@@ -110,7 +110,7 @@ pub(crate) async fn send(ctx: &Context, listener: TcpListener) -> anyhow::Result
     )?;
     let content_limits = state.content_limits();
     Ok(SendPart {
-        http: ctx.serve(listener, send::router(state)),
+        http: ctx.serve(listener, send::router(state), "send"),
         pipeline,
         background,
         registration,

@@ -29,11 +29,15 @@
 //! - `chat`: `ruststacker chat`, the terminal client, run as processes: scripted sends and
 //!   listeners, piped interactive sessions, exit codes, reconnects.
 //! - `cluster`: the distributed mode over MariaDB and Redis (two Send instances, two gateways).
+//! - `connections`: the connection budget over raw sockets: caps per listener and per address, the
+//!   header-read and idle timeouts, oversized heads in the envelope, a flood in a process held to
+//!   a low open-file limit.
 //! - `web`: the web page Meta serves, its config endpoint, user search and CORS.
 
 mod accounts;
 mod chat;
 mod cluster;
+mod connections;
 mod delivery;
 mod deploy;
 mod dissolve;
