@@ -71,7 +71,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             register_per_ip: Rate::new(20, 20),
             login_per_ip: Rate::new(60, 30),
-            login_per_ip_and_username: Rate::new(6, 5),
+            login_per_ip_and_username: Rate::new(10, 10),
             send_per_user: Rate::new(600, 200),
             ws_connect_per_ip: Rate::new(600, 300),
             ws_connect_per_user: Rate::new(30, 20),

@@ -200,9 +200,9 @@ async fn usernames_are_unique_in_any_case_and_found_by_any_spelling(s: &dyn Stor
     assert!(s.username_collisions().await.expect("read").is_empty());
 }
 
-/// The migrations of `dir` up to and including `last`, copied to a directory of their own: a
-/// database as an older release left it.
-fn migrations_until(dir: &str, last: &str) -> tempfile::TempDir {
+/// The migrations of `dir` before the username key's, as an older release ran them (the
+/// directory must outlive the migrator's use).
+async fn migrations_before_keys(dir: &str) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
     let out = tempfile::tempdir().expect("tempdir");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     for entry in std::fs::read_dir(&src).expect("migrations dir") {
@@ -212,11 +212,14 @@ fn migrations_until(dir: &str, last: &str) -> tempfile::TempDir {
             .expect("name")
             .to_string_lossy()
             .to_string();
-        if name.as_str() <= last {
+        if name.as_str() < "0006" {
             std::fs::copy(&path, out.path().join(&name)).expect("copy migration");
         }
     }
-    out
+    let migrator = sqlx::migrate::Migrator::new(out.path())
+        .await
+        .expect("old migrations");
+    (out, migrator)
 }
 
 /// Users an older release could store side by side: `Bob`, `bob` and `BOB`, and `carol`.
@@ -344,13 +347,8 @@ async fn sqlite_old_collisions_are_reported_and_stay_reachable() {
             .filename(&path)
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.expect("connect");
-        let old = migrations_until("migrations/sqlite", "0005_room_dissolved_at.sql");
-        sqlx::migrate::Migrator::new(old.path())
-            .await
-            .expect("old migrations")
-            .run(&pool)
-            .await
-            .expect("migrate to the old schema");
+        let (_dir, old) = migrations_before_keys("migrations/sqlite").await;
+        old.run(&pool).await.expect("migrate to the old schema");
         sqlx::query(OLD_USERS)
             .execute(&pool)
             .await
@@ -368,13 +366,8 @@ async fn mysql_old_collisions_are_reported_and_stay_reachable() {
     let db = MySqlDb::create().await;
     {
         let pool = sqlx::MySqlPool::connect(&db.url).await.expect("connect");
-        let old = migrations_until("migrations/mysql", "0005_room_dissolved_at.sql");
-        sqlx::migrate::Migrator::new(old.path())
-            .await
-            .expect("old migrations")
-            .run(&pool)
-            .await
-            .expect("migrate to the old schema");
+        let (_dir, old) = migrations_before_keys("migrations/mysql").await;
+        old.run(&pool).await.expect("migrate to the old schema");
         sqlx::query(OLD_USERS)
             .execute(&pool)
             .await
