@@ -258,6 +258,37 @@ mod tests {
     }
 
     #[test]
+    fn the_old_per_username_key_sets_the_per_address_and_account_limit() {
+        let cfg: RateLimitConfig = serde_json::from_value(serde_json::json!({
+            "login_per_username": {"per_minute": 3, "burst": 2}
+        }))
+        .expect("the old key is read");
+        assert_eq!(cfg.login_per_ip_and_username, Rate::new(3, 2));
+    }
+
+    #[test]
+    fn logins_are_limited_per_address_and_account_never_per_account_alone() {
+        let limits = RateLimits::new(&RateLimitConfig {
+            login_per_ip_and_username: Rate::new(60, 2),
+            ..RateLimitConfig::default()
+        });
+        let (attacker, owner): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let l = &limits.login_per_ip_and_username;
+        for _ in 0..2 {
+            assert!(l.check(&(attacker, "alice".into())).is_ok());
+        }
+        assert!(l.check(&(attacker, "alice".into())).is_err());
+        assert!(l.check(&(owner, "alice".into())).is_ok(), "another address");
+        assert!(
+            l.check(&(attacker, "bob".into())).is_ok(),
+            "another account"
+        );
+    }
+
+    #[test]
     fn zero_or_disabled_limits_nothing() {
         let l: Limiter<u32> = Limiter::new(Some(Rate::new(0, 5)), "tries");
         let off = RateLimits::off();
