@@ -24,7 +24,9 @@ meta=$((8080 + offset)) send=$((8081 + offset)) gateway=$((8082 + offset)) regis
 internal=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 # One client address registers many users here: the per-IP limits would answer 429 to most.
+# One access token serves the whole run (which may outlast the default 15 minutes).
 RUSTSTACKER_DATA_DIR=$dir RUSTSTACKER_RATE_LIMITS__ENABLED=false RUSTSTACKER_INTERNAL_TOKEN=$internal \
+  RUSTSTACKER_JWT__EXPIRE_SECS=7200 \
   RUSTSTACKER_META__PORT=$meta RUSTSTACKER_SEND__PORT=$send RUSTSTACKER_GATEWAY__PORT=$gateway \
   RUSTSTACKER_REGISTRY__PORT=$registry target/debug/ruststacker all > "$dir/all.log" 2>&1 &
 pid=$!

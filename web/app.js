@@ -20,9 +20,22 @@
   const AVOID_MS = 30000;
   /** How long acknowledgements are gathered before one cumulative `ack` frame per room. */
   const ACK_DELAY_MS = 100;
+  /**
+   * The access token is renewed this long before it expires, or half its lifetime ahead when it
+   * lives shorter (docs/protocol.md, "Sessions").
+   */
+  const RENEW_AHEAD_MS = 60000;
 
   const state = {
+    /** The session: the access token, when it expires (ms), and the refresh token. */
     token: null,
+    expiresAt: 0,
+    /** When the access token is due for renewal (ms; see RENEW_AHEAD_MS). */
+    renewAt: 0,
+    refreshToken: null,
+    renewTimer: null,
+    /** The in-page queue of renewals where Web Locks are missing. */
+    renewing: null,
     userId: null,
     username: null,
     sendUrl: null,
@@ -55,8 +68,113 @@
 
   function saveSession() {
     localStorage.setItem(SESSION_KEY, JSON.stringify({
-      token: state.token, user_id: state.userId, username: state.username,
+      token: state.token,
+      expires_at: state.expiresAt,
+      refresh_token: state.refreshToken,
+      user_id: state.userId,
+      username: state.username,
     }));
+  }
+
+  function readSession() {
+    try {
+      return JSON.parse(localStorage.getItem(SESSION_KEY));
+    } catch {
+      return null;
+    }
+  }
+
+  /** Takes a login (or refresh) reply as the session, saves it and plans its renewal. */
+  function adoptTokens(data) {
+    state.token = data.token;
+    state.expiresAt = Date.parse(data.expires_at) || 0;
+    state.refreshToken = data.refresh_token;
+    saveSession();
+    scheduleRenewal();
+  }
+
+  /** Sets when the current access token is due: a minute ahead, or half its remaining life. */
+  function planRenewal() {
+    const left = state.expiresAt - Date.now();
+    state.renewAt = state.expiresAt - Math.min(RENEW_AHEAD_MS, Math.max(0, left) / 2);
+  }
+
+  // ---- the session: silent renewal ----
+
+  function scheduleRenewal() {
+    clearTimeout(state.renewTimer);
+    if (!state.token || !state.refreshToken) return;
+    planRenewal();
+    const wait = Math.max(0, state.renewAt - Date.now());
+    state.renewTimer = setTimeout(() => {
+      renew(state.token).catch(() => {});
+    }, wait);
+  }
+
+  /** Serializes `fn` across this page's tabs (a refresh token must be spent once). */
+  function exclusively(fn) {
+    if (navigator.locks) return navigator.locks.request('ruststacker.refresh', fn);
+    const run = (state.renewing || Promise.resolve()).then(fn, fn);
+    state.renewing = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Renews the access token `stale`: under the lock, a session another tab renewed meanwhile is
+   * adopted as it is; otherwise the refresh token is spent for a new pair. A refused refresh ends
+   * the session (the log-in screen); an unreachable server leaves it as it is.
+   */
+  function renew(stale) {
+    return exclusively(async () => {
+      const saved = readSession();
+      if (saved && saved.user_id === state.userId && saved.token && saved.token !== stale) {
+        state.token = saved.token;
+        state.expiresAt = saved.expires_at || 0;
+        state.refreshToken = saved.refresh_token;
+        scheduleRenewal();
+        return true;
+      }
+      if (state.token !== stale) return true;
+      if (!state.refreshToken) {
+        logout('Your session has ended; log in again.');
+        return false;
+      }
+      let resp;
+      try {
+        resp = await fetch(`${location.origin}/api/user/refresh`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ refresh_token: state.refreshToken }),
+        });
+      } catch {
+        // Unreachable: try again shortly; the session is not over.
+        clearTimeout(state.renewTimer);
+        state.renewTimer = setTimeout(() => renew(state.token).catch(() => {}), 5000);
+        return false;
+      }
+      let envelope = null;
+      try {
+        envelope = await resp.json();
+      } catch {
+        envelope = null;
+      }
+      // Logged out while the refresh was under way: the answer is not wanted.
+      if (state.token !== stale) return false;
+      if (resp.ok && envelope && envelope.code === 200) {
+        adoptTokens(envelope.data);
+        return true;
+      }
+      if (resp.status === 401) logout('Your session has ended; log in again.');
+      return false;
+    });
+  }
+
+  /** Renews the access token first when it is about to expire. */
+  async function freshToken() {
+    if (state.token && state.refreshToken && Date.now() >= state.renewAt) {
+      await renew(state.token);
+    }
+    return state.token;
   }
 
   function readSeqs() {
@@ -84,10 +202,16 @@
     }
   }
 
-  /** Calls the API at `base` and answers the envelope's `data`; throws an ApiError otherwise. */
-  async function api(base, method, path, body) {
+  /**
+   * Calls the API at `base` and answers the envelope's `data`; throws an ApiError otherwise. The
+   * access token is renewed first when about to expire, and once more after a 401 (then the call
+   * is made again); only a refused renewal logs out.
+   */
+  async function api(base, method, path, body, retried) {
     const headers = {};
-    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    const sessionCall = state.token && path !== '/api/user/login';
+    const token = sessionCall ? await freshToken() : null;
+    if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let resp;
     try {
@@ -108,8 +232,10 @@
     if (!resp.ok || !envelope || envelope.code !== 200) {
       const name = (envelope && envelope.error) || `http_${resp.status}`;
       const message = (envelope && envelope.message) || `The server answered ${resp.status}.`;
-      if (resp.status === 401 && state.token && base === location.origin
-          && path !== '/api/user/login') {
+      if (resp.status === 401 && token && !retried && await renew(token)) {
+        return api(base, method, path, body, true);
+      }
+      if (resp.status === 401 && token && state.token === token) {
         logout('Your session has ended; log in again.');
       }
       throw new ApiError(resp.status, name, message);
@@ -468,7 +594,10 @@
     let host = gw.address;
     if (host === '0.0.0.0' || host === '::') host = location.hostname;
     if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
-    const url = `ws://${host}:${gw.port}/api/ws?token=${encodeURIComponent(state.token)}&ack=true`;
+    // The gateway checks the token at the handshake only: a fresh one, renewed if need be.
+    const token = await freshToken();
+    if (!token || state.ws) return;
+    const url = `ws://${host}:${gw.port}/api/ws?token=${encodeURIComponent(token)}&ack=true`;
     let ws;
     try {
       ws = new WebSocket(url);
@@ -505,7 +634,7 @@
       if (!opened || ev.code === 1006 || ev.code === 1001) state.avoid.set(gw.gateway_id, Date.now());
       if (!opened && state.attempt >= 2) {
         // Refused at the handshake more than once: the token may be revoked or expired
-        // (`meta` logs out on a 401).
+        // (`meta` renews it on a 401, and logs out when that is refused).
         meta('GET', '/api/user/me').catch(() => {});
       }
       scheduleReconnect();
@@ -755,10 +884,9 @@
         await meta('POST', '/api/user/register', { username, password, nickname: nickname || null });
       }
       const data = await meta('POST', '/api/user/login', { username, password });
-      state.token = data.token;
       state.userId = data.user_id;
       state.username = username;
-      saveSession();
+      adoptTokens(data);
       await startSession();
     } catch (e) {
       $('login-error').textContent = e.message;
@@ -768,6 +896,9 @@
   function logout(message) {
     localStorage.removeItem(SESSION_KEY);
     state.token = null;
+    state.refreshToken = null;
+    state.expiresAt = 0;
+    clearTimeout(state.renewTimer);
     clearTimeout(state.reconnectTimer);
     const ws = state.ws;
     state.ws = null;
@@ -791,7 +922,17 @@
     login(false);
   });
   $('register-btn').addEventListener('click', () => login(true));
-  $('logout-btn').addEventListener('click', () => logout());
+  $('logout-btn').addEventListener('click', () => {
+    // Revokes the session on the server too; the page does not wait for the answer.
+    const token = state.token;
+    if (token) {
+      fetch(`${location.origin}/api/user/logout`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}` },
+      }).catch(() => {});
+    }
+    logout();
+  });
   $('back-btn').addEventListener('click', closeRoom);
   $('new-group-btn').addEventListener('click', () => openPicker('group'));
   $('new-direct-btn').addEventListener('click', () => openPicker('direct'));
@@ -824,17 +965,16 @@
     }
   });
 
-  // A saved session resumes; otherwise the login form.
-  let saved = null;
-  try {
-    saved = JSON.parse(localStorage.getItem(SESSION_KEY));
-  } catch {
-    saved = null;
-  }
+  // A saved session resumes (renewed first if its access token expired meanwhile); otherwise
+  // the login form.
+  const saved = readSession();
   if (saved && saved.token) {
     state.token = saved.token;
+    state.expiresAt = saved.expires_at || 0;
+    state.refreshToken = saved.refresh_token || null;
     state.userId = saved.user_id;
     state.username = saved.username;
+    scheduleRenewal();
     startSession().catch((e) => logout(e.message));
   } else {
     $('login-view').hidden = false;

@@ -40,6 +40,9 @@ function startServer() {
     ...process.env,
     RUSTSTACKER_DATA_DIR: DATA,
     RUSTSTACKER_RATE_LIMITS__ENABLED: 'false',
+    // Access tokens of 4 s: the pages renew theirs every couple of seconds through the whole run
+    // (restart included), so every check below also checks the silent renewal.
+    RUSTSTACKER_JWT__EXPIRE_SECS: '4',
     RUSTSTACKER_META__PORT: String(META),
     RUSTSTACKER_SEND__PORT: String(SEND),
     RUSTSTACKER_GATEWAY__PORT: String(GATEWAY),
@@ -185,6 +188,10 @@ async function scenario(browser) {
   await a.page.waitForSelector('#login-form');
   await shot(a.page, '01-login');
   await register(a.page, alice, 'Alice');
+  const storedSession = (page) => page.evaluate(
+    () => JSON.parse(localStorage.getItem('ruststacker.session')));
+  const firstSession = await storedSession(a.page);
+  check(Boolean(firstSession.refresh_token), 'the page keeps a refresh token');
   const b = await newPage(browser, 'bob', { viewport: { width: 1100, height: 720 } });
   await register(b.page, bob, 'Bob');
 
@@ -288,6 +295,21 @@ async function scenario(browser) {
   await shot(phone.page, '05-phone-chat');
   await phone.page.click('#back-btn');
   await phone.page.locator('#sidebar').waitFor();
+
+  // Access tokens live 4 s here: the page renewed its session silently all along. Logging out
+  // revokes the session on the server, so its refresh token is refused from then on.
+  const renewed = await storedSession(a.page);
+  check(renewed.token !== firstSession.token, 'the page renewed its access token');
+  const loggedOut = a.page.waitForResponse((r) => r.url().endsWith('/api/user/logout'));
+  await a.page.click('#logout-btn');
+  check((await (await loggedOut).json()).data.revoked === true, 'the logout revoked the session');
+  await a.page.waitForSelector('#login-view:not([hidden])');
+  const stale = await fetch(`${BASE}/api/user/refresh`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ refresh_token: renewed.refresh_token }),
+  });
+  check(stale.status === 401, `a logged-out session's refresh token is refused: ${stale.status}`);
 
   check(pageErrors.length === 0, `no script errors: ${pageErrors.join('; ')}`);
 }

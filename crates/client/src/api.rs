@@ -1,7 +1,14 @@
 //! The HTTP side: where each service is ([`Endpoints`]) and the calls the client makes ([`Api`]),
 //! each returning the envelope's `data` parsed into the `proto` type or a [`ClientError`] made
 //! from the status and the stable error name.
+//!
+//! The session renews itself: a call made within [`RENEW_AHEAD`] of the access token's expiry
+//! (or within half its lifetime, for tokens living shorter) first spends the refresh token for a new pair (`POST /api/user/refresh`), and a call answered
+//! 401 is made once more after a refresh. Refreshes are serialized (one refresh token must never
+//! be spent twice: that revokes the session), and a task that waited for another's refresh uses
+//! its result. Only a refused refresh reaches the caller, as [`ClientError::Auth`].
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use proto::api::{
@@ -21,6 +28,8 @@ const REGISTRY_PORT: u16 = 8084;
 /// A whole request, reply included; a gateway lookup or a send answers in milliseconds.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long before the access token's expiry a call renews it first.
+pub const RENEW_AHEAD: Duration = Duration::from_secs(60);
 
 /// The base URLs of the services the client talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,20 +95,59 @@ impl Service {
     }
 }
 
-/// An API client; after [`Api::login`] it carries the token (never printed: it has no `Debug`
-/// output beyond the endpoints).
+/// The tokens of a logged-in session.
+#[derive(Clone)]
+struct Tokens {
+    access: String,
+    /// When the access token is due for renewal (Unix ms): [`RENEW_AHEAD`] before its expiry, or
+    /// half its remaining life when that is shorter; 0 when the server's time was unreadable,
+    /// which makes every call renew first rather than fail.
+    renew_at_ms: i64,
+    refresh: String,
+}
+
+impl Tokens {
+    fn from_reply(r: &LoginReply) -> Self {
+        let expires_at_ms =
+            chrono::DateTime::parse_from_rfc3339(&r.expires_at).map_or(0, |t| t.timestamp_millis());
+        let left = expires_at_ms - chrono::Utc::now().timestamp_millis();
+        let ahead = i64::try_from(RENEW_AHEAD.as_millis())
+            .unwrap_or(i64::MAX)
+            .min(left.max(0) / 2);
+        Self {
+            access: r.token.clone(),
+            renew_at_ms: expires_at_ms - ahead,
+            refresh: r.refresh_token.clone(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        chrono::Utc::now().timestamp_millis() >= self.renew_at_ms
+    }
+}
+
+/// The session, shared by every clone of an [`Api`] (the live connection's included).
+#[derive(Default)]
+struct Session {
+    tokens: Mutex<Option<Tokens>>,
+    /// Held while a refresh is in flight, so one refresh token is spent once.
+    renewing: tokio::sync::Mutex<()>,
+}
+
+/// An API client; after [`Api::login`] it carries the session's tokens (never printed: it has
+/// no `Debug` output beyond the endpoints), renewed as the module docs say.
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
     endpoints: Endpoints,
-    token: Option<String>,
+    session: Arc<Session>,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api")
             .field("endpoints", &self.endpoints)
-            .field("logged_in", &self.token.is_some())
+            .field("logged_in", &self.tokens().is_some())
             .finish()
     }
 }
@@ -115,13 +163,58 @@ impl Api {
         Ok(Self {
             http,
             endpoints,
-            token: None,
+            session: Arc::default(),
         })
     }
 
-    /// The token of the session, for the WebSocket handshake.
-    pub(crate) fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+    fn tokens(&self) -> Option<Tokens> {
+        self.session
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn keep(&self, reply: &LoginReply) {
+        *self
+            .session
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Tokens::from_reply(reply));
+    }
+
+    /// An access token for the WebSocket handshake, renewed first when it is about to expire;
+    /// `None` when not logged in.
+    pub(crate) async fn fresh_token(&self) -> Result<Option<String>> {
+        match self.tokens() {
+            Some(t) if t.due() => self.renew(&t.access).await.map(Some),
+            Some(t) => Ok(Some(t.access)),
+            None => Ok(None),
+        }
+    }
+
+    /// Spends the refresh token for a new pair, unless the access token is no longer `stale`
+    /// (another task renewed it meanwhile). Answers the current access token.
+    pub(crate) async fn renew(&self, stale: &str) -> Result<String> {
+        let _one_at_a_time = self.session.renewing.lock().await;
+        let Some(current) = self.tokens() else {
+            return Err(ClientError::Auth("not logged in".into()));
+        };
+        if current.access != stale {
+            return Ok(current.access);
+        }
+        let body = json!({"refresh_token": current.refresh});
+        let reply: LoginReply = self
+            .call_once(
+                Service::Meta,
+                Method::POST,
+                "/api/user/refresh",
+                Some(body),
+                None,
+            )
+            .await?;
+        self.keep(&reply);
+        Ok(reply.token)
     }
 
     /// Asks the registry for a live Send instance and uses it from now on; keeps the configured
@@ -142,13 +235,19 @@ impl Api {
         }
     }
 
-    /// Logs in and keeps the token.
+    /// Logs in and keeps the session's tokens.
     pub async fn login(&mut self, username: &str, password: &str) -> Result<LoginReply> {
         let body = json!({"username": username, "password": password});
         let reply: LoginReply = self
-            .call(Service::Meta, Method::POST, "/api/user/login", Some(body))
+            .call_once(
+                Service::Meta,
+                Method::POST,
+                "/api/user/login",
+                Some(body),
+                None,
+            )
             .await?;
-        self.token = Some(reply.token.clone());
+        self.keep(&reply);
         Ok(reply)
     }
 
@@ -266,12 +365,46 @@ impl Api {
         self.call(Service::Registry, Method::GET, &path, None).await
     }
 
+    /// One call with the session's token, renewed first when due and once more after a 401.
     async fn call<T: DeserializeOwned>(
         &self,
         service: Service,
         method: Method,
         path: &str,
         body: Option<Value>,
+    ) -> Result<T> {
+        let Some(mut token) = self.tokens() else {
+            return self.call_once(service, method, path, body, None).await;
+        };
+        if token.due() {
+            token.access = self.renew(&token.access).await?;
+        }
+        let first = self
+            .call_once(
+                service,
+                method.clone(),
+                path,
+                body.clone(),
+                Some(&token.access),
+            )
+            .await;
+        match first {
+            Err(ClientError::Auth(_)) => {
+                let access = self.renew(&token.access).await?;
+                self.call_once(service, method, path, body, Some(&access))
+                    .await
+            }
+            done => done,
+        }
+    }
+
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
     ) -> Result<T> {
         let base = match service {
             Service::Meta => &self.endpoints.meta,
@@ -280,7 +413,7 @@ impl Api {
         };
         let url = format!("{}{path}", base.as_str().trim_end_matches('/'));
         let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
+        if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {

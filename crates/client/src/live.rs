@@ -220,8 +220,12 @@ async fn session(
         connected,
         suspect: Some(id.clone()),
     };
-    let Some(token) = api.token() else {
-        return End::Fatal(ClientError::Auth("not logged in".into()));
+    // Renewed first when about to expire: the gateway checks it at the handshake only.
+    let token = match api.fresh_token().await {
+        Ok(Some(token)) => token,
+        Ok(None) => return End::Fatal(ClientError::Auth("not logged in".into())),
+        Err(e @ ClientError::Auth(_)) => return End::Fatal(e),
+        Err(e) => return lost(format!("cannot renew the session: {e}")),
     };
     let gateway = format!("{}:{}", gw.address, gw.port);
     // The URL carries the token: it is never printed, errors below say only the gateway.
@@ -229,9 +233,17 @@ async fn session(
     let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
         Ok((ws, _)) => ws,
         Err(tungstenite::Error::Http(resp)) if resp.status().as_u16() == 401 => {
-            return End::Fatal(ClientError::Auth(format!(
-                "the gateway {gateway} refused the token; log in again"
-            )));
+            // Expired or revoked: a renewed token gets the next attempt; a refused renewal ends
+            // the session.
+            return match api.renew(&token).await {
+                Ok(_) => lost(format!(
+                    "the gateway {gateway} refused the token; renewed it"
+                )),
+                Err(e @ ClientError::Auth(_)) => End::Fatal(ClientError::Auth(format!(
+                    "the gateway {gateway} refused the token and the session cannot be renewed ({e}); log in again"
+                ))),
+                Err(e) => lost(format!("cannot renew the session: {e}")),
+            };
         }
         Err(tungstenite::Error::Http(resp)) => {
             return lost(format!("gateway {gateway} answered HTTP {}", resp.status()));

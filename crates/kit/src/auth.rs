@@ -2,6 +2,13 @@
 //! The algorithm is pinned (GoStacker accepted any HMAC variant) and `exp`/`nbf` are checked
 //! without leeway. A token carries the user's token version (`ver`); with [`TokenVersions`]
 //! plugged in, a token issued before the user's last password change is refused.
+//!
+//! These are the short-lived access tokens of a session (`sid`, the session they were issued
+//! for): Meta renews them with rotating refresh tokens, which live in the database. A logout or a
+//! reused refresh token revokes the session's refresh tokens; access tokens already issued for it
+//! are not looked up on every request and stay valid until their own short expiry (at most
+//! `jwt.expire_secs`). A password change is the exception: it bumps the token version, which is
+//! checked, so every older token is refused at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +37,9 @@ struct Claims {
     /// The user's token version when issued (absent in tokens of older releases: 0).
     #[serde(default)]
     ver: i64,
+    /// The session the token was issued for (absent in tokens of older releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<i64>,
 }
 
 /// Where a service learns a user's current token version (a password change bumps it).
@@ -47,6 +57,7 @@ pub struct Auth {
     dec: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    refresh_ttl: Duration,
     versions: Option<Arc<dyn TokenVersions>>,
 }
 
@@ -54,6 +65,7 @@ impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("ttl", &self.ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -72,9 +84,16 @@ pub struct AuthUser {
     pub username: String,
     /// The token version the caller's token was issued under (see [`TokenVersions`]).
     pub token_version: i64,
+    /// The session the caller's token was issued for (`None` for tokens of older releases).
+    pub session_id: Option<i64>,
 }
 
+/// How long a refresh token lives unless configured (`jwt.refresh_expire_secs`): 30 days.
+pub const DEFAULT_REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl Auth {
+    /// Access tokens living `ttl`; refresh tokens [`DEFAULT_REFRESH_TTL`] (see
+    /// [`Auth::with_refresh_ttl`]).
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
@@ -85,8 +104,21 @@ impl Auth {
             dec: DecodingKey::from_secret(secret),
             validation,
             ttl,
+            refresh_ttl: DEFAULT_REFRESH_TTL,
             versions: None,
         }
+    }
+
+    /// Refresh tokens issued with this `Auth` live `ttl` (each one from when it is issued).
+    #[must_use]
+    pub fn with_refresh_ttl(mut self, ttl: Duration) -> Self {
+        self.refresh_ttl = ttl;
+        self
+    }
+
+    /// How long a refresh token lives from when it is issued.
+    pub fn refresh_ttl(&self) -> Duration {
+        self.refresh_ttl
     }
 
     /// Refuses tokens older than the user's current token version, as `versions` tells.
@@ -101,8 +133,14 @@ impl Auth {
         self.versions.as_ref()
     }
 
-    /// A token for `user_id` under token version `version`.
-    pub fn issue(&self, user_id: UserId, username: &str, version: i64) -> Result<Issued, ApiError> {
+    /// An access token for `user_id` under token version `version`, for `session`.
+    pub fn issue(
+        &self,
+        user_id: UserId,
+        username: &str,
+        version: i64,
+        session: Option<i64>,
+    ) -> Result<Issued, ApiError> {
         let now = chrono::Utc::now().timestamp();
         let exp = now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = Claims {
@@ -112,6 +150,7 @@ impl Auth {
             iat: now,
             nbf: now,
             ver: version,
+            sid: session,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::internal(&e))?;
@@ -153,6 +192,7 @@ impl Auth {
             user_id: claims.user_id,
             username: claims.username,
             token_version: claims.ver,
+            session_id: claims.sid,
         })
     }
 
@@ -235,13 +275,14 @@ mod tests {
     #[tokio::test]
     async fn issued_tokens_verify() {
         let a = auth();
-        let t = a.issue(42, "alice", 3).expect("issue");
+        let t = a.issue(42, "alice", 3, Some(9)).expect("issue");
         assert_eq!(
             a.authenticate(&t.token).await.expect("verify"),
             AuthUser {
                 user_id: 42,
                 username: "alice".into(),
                 token_version: 3,
+                session_id: Some(9),
             }
         );
     }
@@ -249,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_from_another_secret_is_refused() {
         let other = Auth::new(&[8u8; 32], Duration::from_secs(60));
-        let t = other.issue(42, "alice", 0).expect("issue");
+        let t = other.issue(42, "alice", 0, None).expect("issue");
         let refused = auth().authenticate(&t.token).await.unwrap_err();
         assert_eq!(refused.error, ErrorCode::InvalidToken);
     }
@@ -269,12 +310,12 @@ mod tests {
         let versions = Arc::new(Fixed(Default::default()));
         versions.0.lock().expect("lock").insert(42, 3);
         let a = auth().with_versions(versions.clone());
-        let old = a.issue(42, "alice", 2).expect("issue");
-        let current = a.issue(42, "alice", 3).expect("issue");
+        let old = a.issue(42, "alice", 2, None).expect("issue");
+        let current = a.issue(42, "alice", 3, None).expect("issue");
         let refused = a.authenticate(&old.token).await.unwrap_err();
         assert_eq!(refused.error, ErrorCode::TokenRevoked);
         assert!(a.authenticate(&current.token).await.is_ok());
-        let gone = a.issue(7, "nobody", 0).expect("issue");
+        let gone = a.issue(7, "nobody", 0, None).expect("issue");
         let refused = a.authenticate(&gone.token).await.unwrap_err();
         assert_eq!(refused.error, ErrorCode::InvalidToken);
     }
@@ -289,6 +330,7 @@ mod tests {
             iat: now - 100,
             nbf: now - 100,
             ver: 0,
+            sid: None,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -312,6 +354,7 @@ mod tests {
             iat: now,
             nbf: now,
             ver: 0,
+            sid: None,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),

@@ -1,5 +1,11 @@
 //! Rate limits (GCRA, with `governor`): per client IP for registration, login attempts and
-//! WebSocket connections, per username for login attempts, per user for sends and connections.
+//! WebSocket connections, per client IP and account for login attempts, per user for sends and
+//! connections.
+//!
+//! Login attempts on one account are counted per source address, never for the account as a
+//! whole: a limit per account alone lets anyone lock its owner out by guessing wrong from
+//! anywhere. An attacker at one address spends only that address's allowance for the account
+//! (and the address's allowance for all accounts); the owner, elsewhere, logs in as usual.
 //! A refusal is `429 rate_limited` in the envelope with `Retry-After`. Quotas are per process:
 //! with several instances of a service behind a balancer, a client gets each instance's quota.
 
@@ -45,8 +51,12 @@ pub struct RateLimitConfig {
     pub register_per_ip: Rate,
     /// `POST /api/user/login`, per client IP.
     pub login_per_ip: Rate,
-    /// `POST /api/user/login`, per username tried (slows password guessing from many IPs).
-    pub login_per_username: Rate,
+    /// `POST /api/user/login`, per client IP and account tried (by username key: `Alice` and
+    /// `alice` are one account). A small allowance: guessing one account's password from one
+    /// address is slow, and it never limits the account's owner at another address. Read from
+    /// `login_per_username` too, the name of the per-account limit it replaced.
+    #[serde(alias = "login_per_username")]
+    pub login_per_ip_and_username: Rate,
     /// `POST /api/chat/send_message` and `resend_message`, per user.
     pub send_per_user: Rate,
     /// WebSocket handshakes, per client IP.
@@ -61,7 +71,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             register_per_ip: Rate::new(20, 20),
             login_per_ip: Rate::new(60, 30),
-            login_per_username: Rate::new(10, 10),
+            login_per_ip_and_username: Rate::new(10, 10),
             send_per_user: Rate::new(600, 200),
             ws_connect_per_ip: Rate::new(600, 300),
             ws_connect_per_user: Rate::new(30, 20),
@@ -154,7 +164,7 @@ fn refusal(what: &'static str, wait: Duration) -> ApiError {
 pub struct RateLimits {
     pub register_per_ip: Limiter<IpAddr>,
     pub login_per_ip: Limiter<IpAddr>,
-    pub login_per_username: Limiter<String>,
+    pub login_per_ip_and_username: Limiter<(IpAddr, String)>,
     pub send_per_user: Limiter<UserId>,
     pub ws_connect_per_ip: Limiter<IpAddr>,
     pub ws_connect_per_user: Limiter<UserId>,
@@ -166,9 +176,9 @@ impl RateLimits {
         Self {
             register_per_ip: Limiter::new(on(cfg.register_per_ip), "registrations"),
             login_per_ip: Limiter::new(on(cfg.login_per_ip), "login attempts"),
-            login_per_username: Limiter::new(
-                on(cfg.login_per_username),
-                "login attempts for this user",
+            login_per_ip_and_username: Limiter::new(
+                on(cfg.login_per_ip_and_username),
+                "login attempts for this user from this address",
             ),
             send_per_user: Limiter::new(on(cfg.send_per_user), "messages"),
             ws_connect_per_ip: Limiter::new(on(cfg.ws_connect_per_ip), "connections"),
@@ -192,7 +202,7 @@ impl RateLimits {
         each!(
             register_per_ip,
             login_per_ip,
-            login_per_username,
+            login_per_ip_and_username,
             send_per_user,
             ws_connect_per_ip,
             ws_connect_per_user
@@ -245,6 +255,37 @@ mod tests {
         for _ in 0..100 {
             assert!(limits.send_per_user.check(&7).is_ok());
         }
+    }
+
+    #[test]
+    fn the_old_per_username_key_sets_the_per_address_and_account_limit() {
+        let cfg: RateLimitConfig = serde_json::from_value(serde_json::json!({
+            "login_per_username": {"per_minute": 3, "burst": 2}
+        }))
+        .expect("the old key is read");
+        assert_eq!(cfg.login_per_ip_and_username, Rate::new(3, 2));
+    }
+
+    #[test]
+    fn logins_are_limited_per_address_and_account_never_per_account_alone() {
+        let limits = RateLimits::new(&RateLimitConfig {
+            login_per_ip_and_username: Rate::new(60, 2),
+            ..RateLimitConfig::default()
+        });
+        let (attacker, owner): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let l = &limits.login_per_ip_and_username;
+        for _ in 0..2 {
+            assert!(l.check(&(attacker, "alice".into())).is_ok());
+        }
+        assert!(l.check(&(attacker, "alice".into())).is_err());
+        assert!(l.check(&(owner, "alice".into())).is_ok(), "another address");
+        assert!(
+            l.check(&(attacker, "bob".into())).is_ok(),
+            "another account"
+        );
     }
 
     #[test]

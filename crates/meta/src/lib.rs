@@ -3,6 +3,7 @@
 //! - [`Config`], [`Deps`], [`MetaState`] and [`router`]: the settings, what the composition root
 //!   hands in, the shared state, and the HTTP API under `/api/user`, `/api/group` and `/api/room`.
 //! - `user`: registering, logging in, profiles, the password change, finding users.
+//! - `session`: sessions and their rotating refresh tokens (refresh, logout).
 //! - `group`: creating a group, its members, management, joining, join requests, dissolving;
 //!   every change of a room is computed under the room's change lock from its current state.
 //! - `room`: what groups and one-to-one rooms share: the caller's rooms, one-to-one rooms.
@@ -35,6 +36,7 @@ pub mod password;
 pub mod policy;
 mod room;
 mod search;
+mod session;
 mod user;
 pub mod web;
 
@@ -168,6 +170,8 @@ pub fn router(state: MetaState) -> Router {
     let api = OpenApiRouter::new()
         .routes(routes!(user::register))
         .routes(routes!(user::login))
+        .routes(routes!(session::refresh))
+        .routes(routes!(session::logout))
         .routes(routes!(user::me, user::update_profile))
         .routes(routes!(user::change_password))
         .routes(routes!(user::profile))

@@ -2,7 +2,10 @@
 //! own profile (`GET`/`PUT /api/user/me`), another user's public one (`GET /api/user/{user_id}`),
 //! finding users by name (`GET /api/user/search`), and the password change
 //! (`PUT /api/user/password`), which revokes every token issued before it (closing the
-//! WebSockets opened with one) and answers with a fresh one.
+//! WebSockets opened with one) and every session, and answers with a fresh session.
+//!
+//! Usernames are one account whatever their case (`proto::validate::username_key`): `Alice` and
+//! `alice` cannot both register, a login by either finds it, and it shows its own spelling.
 
 use axum::extract::State;
 use kit::auth::AuthUser;
@@ -20,7 +23,7 @@ use proto::{UserId, validate};
 use store::StoreError;
 
 use crate::search::{SearchPage, SearchQuery};
-use crate::{MetaState, db};
+use crate::{MetaState, db, session};
 
 fn user_view(u: &store::User) -> UserView {
     UserView {
@@ -73,17 +76,18 @@ pub(crate) async fn register(
         }
         Err(StoreError::Conflict) => Err(ApiError::new(
             ErrorCode::UsernameTaken,
-            "that username is already taken",
+            "that username (in some spelling) is already taken",
         )),
         Err(e) => Err(db(e)),
     }
 }
 
-/// Logs in and returns a JWT for `Authorization: Bearer`.
+/// Logs in (by the username in any case) and starts a session: a short-lived access token for
+/// `Authorization: Bearer` and a refresh token that renews it (`POST /api/user/refresh`).
 #[utoipa::path(post, path = "/api/user/login", tag = "users",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "A token and when it expires", body = Envelope<LoginReply>),
+        (status = 200, description = "An access token, a refresh token and when each expires", body = Envelope<LoginReply>),
         (status = 401, description = "`invalid_credentials`: wrong username or password", body = ErrorReply),
         RateLimited,
     ))]
@@ -93,7 +97,11 @@ pub(crate) async fn login(
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<LoginReply> {
     ip.check(&s.limits().login_per_ip)?;
-    s.limits().login_per_username.check(&req.username)?;
+    // Per address and account, never per account alone: nobody elsewhere can lock the owner out.
+    if let Some(addr) = ip.0 {
+        let key = validate::username_key(&req.username);
+        s.limits().login_per_ip_and_username.check(&(addr, key))?;
+    }
     let user = s
         .store()
         .user_by_username(&req.username)
@@ -111,14 +119,7 @@ pub(crate) async fn login(
             "wrong username or password",
         ));
     };
-    let issued = s
-        .auth()
-        .issue(user.id, &user.username, user.token_version)?;
-    Ok(ok(LoginReply {
-        token: issued.token,
-        user_id: user.id,
-        expires_at: kit::rfc3339_ms(issued.expires_at_ms),
-    }))
+    Ok(ok(session::start(&s, &user).await?))
 }
 
 fn user_not_found() -> ApiError {
@@ -134,7 +135,8 @@ async fn load(s: &MetaState, id: UserId) -> Result<store::User, ApiError> {
 }
 
 /// Users whose username or nickname contains `q` (ASCII case-insensitive), by id, a page at a
-/// time: public profiles, to pick members or a one-to-one peer by name.
+/// time: public profiles, to pick members or a one-to-one peer by name. An empty (or blank) `q`
+/// finds nobody: the user list is not for browsing.
 #[utoipa::path(get, path = "/api/user/search", tag = "users",
     security(("bearer" = [])),
     params(SearchQuery),
@@ -148,6 +150,12 @@ pub(crate) async fn search(
     Query(q): Query<SearchQuery>,
 ) -> ApiResult<SearchUsersReply> {
     let page = SearchPage::check(&q)?;
+    if page.q.is_empty() {
+        return Ok(ok(SearchUsersReply {
+            users: Vec::new(),
+            next_after_id: None,
+        }));
+    }
     let users = s
         .store()
         .search_users(page.q, page.after_id, page.limit + 1)
@@ -226,13 +234,14 @@ pub(crate) async fn update_profile(
     Ok(ok(user_view(&user)))
 }
 
-/// Changes the caller's password. Every token issued before is refused from then on (`401 token_revoked`)
-/// and the caller's open WebSockets are closed; the reply carries a fresh token.
+/// Changes the caller's password. Every token issued before is refused from then on (`401 token_revoked`),
+/// every session is revoked (their refresh tokens refused) and the caller's open WebSockets are
+/// closed; the reply is a fresh session.
 #[utoipa::path(put, path = "/api/user/password", tag = "users",
     security(("bearer" = [])),
     request_body = ChangePasswordRequest,
     responses(
-        (status = 200, description = "A fresh token", body = Envelope<LoginReply>),
+        (status = 200, description = "A fresh session", body = Envelope<LoginReply>),
         (status = 400, description = "`invalid_password`, `invalid_json` or `invalid_body`", body = ErrorReply),
         (status = 403, description = "`wrong_password`: the old password is not the current one", body = ErrorReply),
         (status = 404, description = "`user_not_found`", body = ErrorReply),
@@ -274,12 +283,12 @@ pub(crate) async fn change_password(
     s.notifier().revoke_tokens(me.user_id, version).await;
     tracing::info!(
         user_id = me.user_id,
-        "password changed; older tokens revoked"
+        "password changed; older tokens and every session revoked"
     );
-    let issued = s.auth().issue(user.id, &user.username, version)?;
-    Ok(ok(LoginReply {
-        token: issued.token,
-        user_id: user.id,
-        expires_at: kit::rfc3339_ms(issued.expires_at_ms),
-    }))
+    let user = store::User {
+        token_version: version,
+        password_hash: new_hash,
+        ..user
+    };
+    Ok(ok(session::start(&s, &user).await?))
 }

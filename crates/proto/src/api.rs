@@ -61,8 +61,8 @@ pub struct UpdateProfileRequest {
     pub avatar: Option<String>,
 }
 
-/// `PUT /api/user/password`: the reply is a fresh token (a [`LoginReply`]); every token issued
-/// before is refused from then on.
+/// `PUT /api/user/password`: the reply is a fresh session (a [`LoginReply`]); every token
+/// issued before is refused from then on and every other session is revoked.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChangePasswordRequest {
     pub old_password: String,
@@ -78,13 +78,34 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// Reply of `POST /api/user/login`.
+/// Reply of `POST /api/user/login` (also of `POST /api/user/refresh` and `PUT /api/user/password`):
+/// a short-lived access token and a refresh token that renews it (docs/protocol.md, "Sessions").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginReply {
+    /// The access token, for `Authorization: Bearer` and the WebSocket handshake.
     pub token: String,
     pub user_id: UserId,
-    /// RFC 3339 UTC instant after which the token is refused.
+    /// RFC 3339 UTC instant after which the access token is refused.
     pub expires_at: String,
+    /// Opaque; spent by one `POST /api/user/refresh`, which answers a new pair. Using it a second
+    /// time revokes the whole session.
+    pub refresh_token: String,
+    /// RFC 3339 UTC instant after which the refresh token is refused (log in again then).
+    pub refresh_expires_at: String,
+}
+
+/// `POST /api/user/refresh`: spends a refresh token for a new access token and refresh token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Reply of `POST /api/user/logout`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogoutReply {
+    /// Whether a live session was revoked now (false: it was revoked before, or the token names
+    /// no session).
+    pub revoked: bool,
 }
 
 /// `POST /api/group/create`.
@@ -303,8 +324,31 @@ pub struct RenameGroupRequest {
 /// `after_id=next_after_id` while it is present.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchGroupsReply {
-    pub groups: Vec<RoomView>,
+    pub groups: Vec<GroupSearchView>,
     pub next_after_id: Option<RoomId>,
+}
+
+/// A group as search shows it to anyone. An open group (anyone may join) shows what its members
+/// see; a closed group shows its name only, with the id to ask to join by: its owner, size,
+/// activity (`last_seq`) and age are left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupSearchView {
+    pub room_id: RoomId,
+    pub name: String,
+    /// Anyone may join without asking.
+    pub is_open: bool,
+    /// Open groups only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<UserId>,
+    /// Open groups only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<i64>,
+    /// Open groups only: the latest `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<Seq>,
+    /// Open groups only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 /// `POST /api/room/direct`: the one-to-one room with `user_id`.

@@ -115,9 +115,11 @@ error_codes! {
     MissingToken = "missing_token", Unauthorized, "no Authorization: Bearer token";
     InvalidToken = "invalid_token", Unauthorized, "the token is forged, malformed or for an unknown user";
     TokenExpired = "token_expired", Unauthorized, "the token has expired; log in again";
-    TokenRevoked = "token_revoked", Unauthorized, "the password changed after the token was issued; log in again";
+    TokenRevoked = "token_revoked", Unauthorized, "the password changed after the token was issued, or its session was revoked; log in again";
     InvalidInternalToken = "invalid_internal_token", Unauthorized, "an internal endpoint without the right X-Internal-Token";
     InvalidCredentials = "invalid_credentials", Unauthorized, "wrong username or password";
+    InvalidRefreshToken = "invalid_refresh_token", Unauthorized, "the refresh token is unknown, expired, or its session was logged out or revoked; log in again";
+    RefreshTokenReused = "refresh_token_reused", Unauthorized, "the refresh token was already spent: its whole session is revoked (it may have been stolen); log in again";
 
     // Input rules.
     InvalidUsername = "invalid_username", Invalid, "a username must be 3-32 characters of letters, digits, '_', '.' or '-'";

@@ -51,6 +51,16 @@ pub fn username(s: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The form of a username that decides whether two names are the same account: Unicode NFKC,
+/// then lowercase. `Alice`, `ALICE` and `alice` have one key, so only one of them can exist, and
+/// a login by any spelling finds that account; the account keeps (and shows) the spelling it
+/// registered with. Valid usernames are ASCII, where NFKC changes nothing and this is ASCII
+/// lowercasing; a login name is keyed the same way, so a fullwidth `Ａｌｉｃｅ` finds `alice` too.
+pub fn username_key(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfkc().collect::<String>().to_lowercase()
+}
+
 /// 8–128 characters (not bytes), anything printable or not: a password is opaque.
 pub fn password(s: &str) -> Result<(), Invalid> {
     let n = s.chars().count();
@@ -181,6 +191,18 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn username_keys_fold_case_and_compatibility_forms() {
+        assert_eq!(username_key("Alice"), "alice");
+        assert_eq!(username_key("ALICE"), username_key("alice"));
+        assert_eq!(
+            username_key("\u{ff21}lice"),
+            "alice",
+            "fullwidth A is A under NFKC"
+        );
+        assert_ne!(username_key("alice"), username_key("alice2"));
     }
 
     #[test]

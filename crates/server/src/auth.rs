@@ -19,7 +19,8 @@ pub(crate) fn auth(
     store: Option<Arc<dyn store::Store>>,
 ) -> anyhow::Result<Arc<Auth>> {
     let secret = jwt_secret(cfg, generate)?;
-    let mut auth = Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs));
+    let mut auth = Auth::new(&secret, Duration::from_secs(cfg.jwt.expire_secs))
+        .with_refresh_ttl(Duration::from_secs(cfg.jwt.refresh_expire_secs));
     if let Some(store) = store {
         auth = auth.with_versions(Arc::new(CachedTokenVersions::new(
             store,

@@ -24,8 +24,11 @@ pub struct JwtConfig {
     /// HS256 secret, at least 32 bytes. In `all`, when unset, a random one is generated on first
     /// start and kept in `<data_dir>/jwt_secret` (mode 0600).
     pub secret: Option<Secret>,
-    /// Token lifetime in seconds.
+    /// Access token lifetime in seconds (short: clients renew with their refresh token).
     pub expire_secs: u64,
+    /// Refresh token lifetime in seconds, each from when it is issued: a session unused this
+    /// long must log in again. Above `expire_secs`.
+    pub refresh_expire_secs: u64,
     /// Seconds a service may keep trusting a user's token version: after a password change,
     /// older tokens are refused at once by the Meta that made it and by every live gateway (told
     /// by Meta, which also closes their sockets), and within this time by every other process.
@@ -36,7 +39,8 @@ impl Default for JwtConfig {
     fn default() -> Self {
         Self {
             secret: None,
-            expire_secs: 7200,
+            expire_secs: 900,
+            refresh_expire_secs: 30 * 24 * 3600,
             revocation_check_secs: 10,
         }
     }
@@ -643,6 +647,13 @@ pub fn validate(cfg: &AllConfig) -> anyhow::Result<()> {
     }
     if let Some(s) = &cfg.jwt.secret {
         check_secret("jwt.secret", s)?;
+    }
+    if cfg.jwt.expire_secs == 0 || cfg.jwt.refresh_expire_secs <= cfg.jwt.expire_secs {
+        return Err(InvalidSetting::new(
+            "jwt.refresh_expire_secs",
+            "must be above jwt.expire_secs, which must be at least 1",
+        )
+        .into());
     }
     if proto::ids::Snowflake::new(cfg.send.machine_id).is_err() {
         bail!("send.machine_id must be 0..=31");

@@ -211,11 +211,32 @@ pub enum Rejected {
     ClientIdConflict,
 }
 
+/// A session (a login): the family of refresh tokens that renew its access tokens.
+pub type SessionId = i64;
+
+/// What spending a refresh token came to ([`SessionStore::rotate_refresh_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// Spent; the new token of the session is stored.
+    Rotated { session: SessionId, user: UserId },
+    /// The token was spent before: presenting it again means two holders, one of them a thief.
+    /// The whole session is revoked now (the new token was not stored).
+    Reused { session: SessionId, user: UserId },
+    /// No such token, or it expired, or its session was revoked before.
+    Refused,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
-    /// Fails with [`StoreError::Conflict`] when the username is taken.
+    /// Stores `new.username` with its key ([`proto::validate::username_key`]). Fails with
+    /// [`StoreError::Conflict`] when the username, or another spelling of it, is taken.
     async fn create_user(&self, new: NewUser) -> Result<User>;
+    /// The user named exactly `username`, or else the one whose username has the same key
+    /// (another spelling: `ALICE` finds `alice`).
     async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    /// Users that share their username's key with an older account (left by the migration that
+    /// introduced keys, which does not fail on them): each still logs in by its exact name only.
+    async fn username_collisions(&self) -> Result<Vec<User>>;
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
     /// The users among `ids` that exist, in id order.
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>>;
@@ -231,9 +252,10 @@ pub trait UserStore: Send + Sync {
         avatar: Option<&str>,
         now_ms: i64,
     ) -> Result<Option<User>>;
-    /// Replaces the password hash and bumps the token version, but only if the stored hash is
-    /// still `old_hash` (a concurrent change wins once). Returns the new token version, or
-    /// `None` when the hash changed meanwhile or the user does not exist.
+    /// Replaces the password hash, bumps the token version and revokes every session of the
+    /// user, in one transaction, but only if the stored hash is still `old_hash` (a concurrent
+    /// change wins once). Returns the new token version, or `None` (changing nothing) when the
+    /// hash changed meanwhile or the user does not exist.
     async fn change_password(
         &self,
         id: UserId,
@@ -351,11 +373,64 @@ pub trait MessageStore: Send + Sync {
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()>;
 }
 
+/// Sessions and their refresh tokens. Tokens are handed in and looked up by their hash only
+/// (the caller hashes; the store never sees a usable token).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Starts a session of `user` whose first refresh token is `token_hash`, valid until
+    /// `expires_at_ms`. Also forgets the user's refresh tokens that expired (and sessions left
+    /// with none), so the tables follow the live sessions.
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<SessionId>;
+    /// Spends the refresh token `token_hash` and stores `new_hash` (valid until
+    /// `new_expires_at_ms`) in its session, in one transaction. A token spent before revokes its
+    /// session ([`Rotation::Reused`]); an unknown or expired token, or one of a revoked session,
+    /// is [`Rotation::Refused`]. Of two concurrent spends of one token, one rotates and the other
+    /// is reuse.
+    async fn rotate_refresh_token(
+        &self,
+        token_hash: &str,
+        new_hash: &str,
+        new_expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<Rotation>;
+    /// Revokes session `session` of `user` (a logout): its refresh tokens are refused from then
+    /// on. `false` when it was revoked before or is not the user's.
+    async fn revoke_session(&self, user: UserId, session: SessionId, now_ms: i64) -> Result<bool>;
+}
+
 /// Everything a service may need from the database.
 #[async_trait]
-pub trait Store: UserStore + RoomStore + MessageStore {
+pub trait Store: UserStore + RoomStore + MessageStore + SessionStore {
     /// A cheap round trip, for `/health`.
     async fn ping(&self) -> Result<()>;
+}
+
+/// Logs every account the username key migration left without a key (`username_collisions`):
+/// names that differ only in case from an older account's. Run whenever a store opens, so an
+/// operator sees them on every start until they are renamed or removed; they are not an error.
+pub(crate) async fn report_username_collisions(store: &dyn UserStore) -> Result<()> {
+    let left = store.username_collisions().await?;
+    for u in &left {
+        tracing::warn!(
+            user_id = u.id,
+            username = %u.username,
+            "username collides with an older account's in another case: it logs in by its exact \
+             name only (other spellings reach the older account); rename or remove one of them"
+        );
+    }
+    if !left.is_empty() {
+        tracing::warn!(
+            accounts = left.len(),
+            "accounts whose usernames collide case-insensitively (see the lines above)"
+        );
+    }
+    Ok(())
 }
 
 /// The key that makes a one-to-one room unique: the two user ids, lower first.

@@ -11,8 +11,8 @@ use proto::{MessageId, RoomId, Seq, UserId};
 
 use crate::{
     Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges, MemberCheck, Message,
-    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Store, StoreError, User,
-    UserStore,
+    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Rotation, SessionId,
+    SessionStore, Store, StoreError, User, UserStore,
 };
 
 /// A store whose calls are measured.
@@ -47,6 +47,9 @@ impl<S: Store> UserStore for Metered<S> {
     }
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
         timed!("user_by_username", self.0.user_by_username(username))
+    }
+    async fn username_collisions(&self) -> Result<Vec<User>> {
+        timed!("username_collisions", self.0.username_collisions())
     }
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
         timed!("user_by_id", self.0.user_by_id(id))
@@ -196,6 +199,42 @@ impl<S: Store> MessageStore for Metered<S> {
     }
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()> {
         timed!("advance_cursors", self.0.advance_cursors(updates))
+    }
+}
+
+#[async_trait]
+impl<S: Store> SessionStore for Metered<S> {
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<SessionId> {
+        timed!(
+            "create_session",
+            self.0
+                .create_session(user, token_hash, expires_at_ms, now_ms)
+        )
+    }
+    async fn rotate_refresh_token(
+        &self,
+        token_hash: &str,
+        new_hash: &str,
+        new_expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<Rotation> {
+        timed!(
+            "rotate_refresh_token",
+            self.0
+                .rotate_refresh_token(token_hash, new_hash, new_expires_at_ms, now_ms)
+        )
+    }
+    async fn revoke_session(&self, user: UserId, session: SessionId, now_ms: i64) -> Result<bool> {
+        timed!(
+            "revoke_session",
+            self.0.revoke_session(user, session, now_ms)
+        )
     }
 }
 

@@ -80,7 +80,9 @@ impl MySqlStore {
             .connect(url)
             .await?;
         migrate(&pool).await?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        crate::report_username_collisions(&store).await?;
+        Ok(store)
     }
 
     /// Closes the pool (waits for connections to be returned).

@@ -132,7 +132,8 @@ macro_rules! sql_store {
             use $crate::{
                 Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges,
                 MemberCheck, MemberState, Message, MessageStore, NewMessage, NewUser, Rejected,
-                Result, Room, RoomStore, Store, StoreError, User, UserStore,
+                Result, Room, RoomStore, Rotation, SessionId, SessionStore, Store, StoreError,
+                User, UserStore,
             };
 
             type Pool = sqlx::Pool<$db>;
@@ -150,10 +151,11 @@ macro_rules! sql_store {
             impl UserStore for $store {
                 async fn create_user(&self, new: NewUser) -> Result<User> {
                     let done = sqlx::query(
-                        "INSERT INTO users (username, password_hash, nickname, created_at, \
-                         updated_at) VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO users (username, username_key, password_hash, nickname, \
+                         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     )
                     .bind(&new.username)
+                    .bind(proto::validate::username_key(&new.username))
                     .bind(&new.password_hash)
                     .bind(&new.nickname)
                     .bind(new.now_ms)
@@ -173,10 +175,25 @@ macro_rules! sql_store {
                 }
 
                 async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
-                    Ok(sqlx::query_as("SELECT * FROM users WHERE username = ?")
-                        .bind(username)
-                        .fetch_optional(self.reader())
-                        .await?)
+                    // The exact name first: an account the key migration left without a key
+                    // (a collision) is still found by its own spelling.
+                    Ok(sqlx::query_as(
+                        "SELECT * FROM users WHERE username = ? OR username_key = ? \
+                         ORDER BY CASE WHEN username = ? THEN 0 ELSE 1 END LIMIT 1",
+                    )
+                    .bind(username)
+                    .bind(proto::validate::username_key(username))
+                    .bind(username)
+                    .fetch_optional(self.reader())
+                    .await?)
+                }
+
+                async fn username_collisions(&self) -> Result<Vec<User>> {
+                    Ok(
+                        sqlx::query_as("SELECT * FROM users WHERE username_key IS NULL ORDER BY id")
+                            .fetch_all(self.reader())
+                            .await?,
+                    )
                 }
 
                 async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
@@ -273,6 +290,14 @@ macro_rules! sql_store {
                             .bind(id)
                             .fetch_one(&mut *tx)
                             .await?;
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? \
+                         AND revoked_at IS NULL",
+                    )
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                     tx.commit().await?;
                     Ok(Some(version))
                 }
@@ -673,6 +698,161 @@ macro_rules! sql_store {
                     sorted.sort_unstable_by_key(|&(user, room, seq)| (room, user, seq));
                     Self::retry("cursor batch", || advance_batch(self.writer(), &sorted)).await
                 }
+            }
+
+            #[async_trait]
+            impl SessionStore for $store {
+                async fn create_session(
+                    &self,
+                    user: UserId,
+                    token_hash: &str,
+                    expires_at_ms: i64,
+                    now_ms: i64,
+                ) -> Result<SessionId> {
+                    // Its own transaction, retried: concurrent logins of one user may deadlock
+                    // over the user's rows, and the new session below has nothing to prune.
+                    Self::retry("session pruning", || prune_sessions(self.writer(), user, now_ms))
+                        .await?;
+                    let mut tx = self.writer().begin().await?;
+                    let done =
+                        sqlx::query("INSERT INTO sessions (user_id, created_at) VALUES (?, ?)")
+                            .bind(user)
+                            .bind(now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                    let session = Self::inserted_id(&done)?;
+                    insert_refresh_token(&mut tx, token_hash, session, expires_at_ms).await?;
+                    tx.commit().await?;
+                    Ok(session)
+                }
+
+                async fn rotate_refresh_token(
+                    &self,
+                    token_hash: &str,
+                    new_hash: &str,
+                    new_expires_at_ms: i64,
+                    now_ms: i64,
+                ) -> Result<Rotation> {
+                    Self::retry("refresh token rotation", || {
+                        rotate_once(self.writer(), token_hash, new_hash, new_expires_at_ms, now_ms)
+                    })
+                    .await
+                }
+
+                async fn revoke_session(
+                    &self,
+                    user: UserId,
+                    session: SessionId,
+                    now_ms: i64,
+                ) -> Result<bool> {
+                    let done = sqlx::query(
+                        "UPDATE sessions SET revoked_at = ? WHERE id = ? AND user_id = ? \
+                         AND revoked_at IS NULL",
+                    )
+                    .bind(now_ms)
+                    .bind(session)
+                    .bind(user)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+            }
+
+            /// Deletes `user`'s expired refresh tokens and the sessions left with none: spent
+            /// tokens are kept until they expire (to recognise their reuse), not longer.
+            async fn prune_sessions(
+                pool: &Pool,
+                user: UserId,
+                now_ms: i64,
+            ) -> std::result::Result<(), sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "DELETE FROM refresh_tokens WHERE expires_at < ? AND session_id IN \
+                     (SELECT id FROM sessions WHERE user_id = ?)",
+                )
+                .bind(now_ms)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM sessions WHERE user_id = ? AND NOT EXISTS \
+                     (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id)",
+                )
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            }
+
+            async fn insert_refresh_token(
+                tx: &mut Tx<'_>,
+                token_hash: &str,
+                session: SessionId,
+                expires_at_ms: i64,
+            ) -> std::result::Result<(), sqlx::Error> {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) \
+                     VALUES (?, ?, ?)",
+                )
+                .bind(token_hash)
+                .bind(session)
+                .bind(expires_at_ms)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// One attempt of [`SessionStore::rotate_refresh_token`]. The token row (and its
+            /// session's) is locked first on MySQL, so a concurrent spend of the same token waits
+            /// and then finds it spent.
+            async fn rotate_once(
+                pool: &Pool,
+                token_hash: &str,
+                new_hash: &str,
+                new_expires_at_ms: i64,
+                now_ms: i64,
+            ) -> std::result::Result<Rotation, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let row: Option<(SessionId, i64, Option<i64>, UserId, Option<i64>)> =
+                    sqlx::query_as(concat!(
+                        "SELECT t.session_id, t.expires_at, t.spent_at, s.user_id, s.revoked_at \
+                         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+                         WHERE t.token_hash = ?",
+                        $for_update
+                    ))
+                    .bind(token_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((session, expires_at, spent_at, user, revoked_at)) = row else {
+                    tx.rollback().await?;
+                    return Ok(Rotation::Refused);
+                };
+                if revoked_at.is_some() || expires_at <= now_ms {
+                    tx.rollback().await?;
+                    return Ok(Rotation::Refused);
+                }
+                if spent_at.is_some() {
+                    sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ?")
+                        .bind(now_ms)
+                        .bind(session)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(Rotation::Reused { session, user });
+                }
+                sqlx::query("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?")
+                    .bind(now_ms)
+                    .bind(token_hash)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_refresh_token(&mut tx, new_hash, session, new_expires_at_ms).await?;
+                sqlx::query("DELETE FROM refresh_tokens WHERE session_id = ? AND expires_at < ?")
+                    .bind(session)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Rotation::Rotated { session, user })
             }
 
             #[async_trait]

@@ -50,7 +50,9 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let store = Self { writer, reader };
+        crate::report_username_collisions(&store).await?;
+        Ok(store)
     }
 
     /// Closes both pools (waits for connections to be returned), releasing the file.

@@ -197,6 +197,17 @@ impl Client {
         Self { http, addrs }
     }
 
+    /// A client whose connections come from `source` (a loopback address such as 127.0.0.2,
+    /// which Linux routes without setup): another client address, for per-address limits.
+    pub fn from_source(addrs: Addrs, source: std::net::IpAddr) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(WAIT)
+            .local_address(source)
+            .build()
+            .expect("a plain-HTTP reqwest client always builds");
+        Self { http, addrs }
+    }
+
     pub fn url(&self, service: Service, path: &str) -> String {
         self.addrs.url(service, path)
     }
@@ -318,6 +329,29 @@ impl Client {
             "/api/user/login",
             None,
             json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// `POST /api/user/refresh`: spends `refresh_token` for a new pair.
+    pub async fn refresh(&self, refresh_token: &str) -> Reply {
+        self.post_json(
+            Service::Meta,
+            "/api/user/refresh",
+            None,
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// `POST /api/user/logout`: revokes the session `token` was issued for.
+    pub async fn logout(&self, token: &str) -> Reply {
+        self.request(
+            Method::POST,
+            Service::Meta,
+            "/api/user/logout",
+            Some(token),
+            Body::None,
         )
         .await
     }

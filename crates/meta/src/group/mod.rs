@@ -12,13 +12,12 @@ use kit::auth::AuthUser;
 use kit::envelope::Envelope;
 use kit::openapi::ErrorReply;
 use kit::{ApiError, ApiResult, Path, Query, ok};
-use proto::api::{MemberView, MembersReply, SearchGroupsReply};
+use proto::api::{GroupSearchView, MemberView, MembersReply, SearchGroupsReply};
 use proto::error::ErrorCode;
 use proto::frame::{Notice, NoticeEvent};
 use proto::{RoomId, UserId};
 
 use crate::policy::{self, Op, Refusal, Relation, Target};
-use crate::room::room_view;
 use crate::search::{SearchPage, SearchQuery};
 use crate::{MetaState, db};
 
@@ -173,7 +172,9 @@ pub(crate) async fn members(
     }))
 }
 
-/// Groups whose name contains `q` (ASCII case-insensitive), by id, a page at a time.
+/// Groups whose name contains `q` (ASCII case-insensitive), by id, a page at a time. A closed
+/// group shows its id and name only (no owner, size, activity or age); an open one shows what
+/// its members see.
 #[utoipa::path(get, path = "/api/group/search", tag = "groups",
     security(("bearer" = [])),
     params(SearchQuery),
@@ -195,8 +196,22 @@ pub(crate) async fn search(
     let (rooms, next_after_id) = page.cut(rooms, |r| r.id);
     Ok(ok(SearchGroupsReply {
         next_after_id,
-        groups: rooms.iter().map(room_view).collect(),
+        groups: rooms.iter().map(search_view).collect(),
     }))
+}
+
+/// A found group as anyone may see it (see [`GroupSearchView`]).
+fn search_view(r: &store::Room) -> GroupSearchView {
+    let open = r.is_open;
+    GroupSearchView {
+        room_id: r.id,
+        name: r.name.clone(),
+        is_open: open,
+        owner_id: open.then_some(r.owner_id),
+        member_count: open.then_some(r.member_count),
+        last_seq: open.then_some(r.last_seq),
+        created_at: open.then(|| kit::rfc3339_ms(r.created_at_ms)),
+    }
 }
 
 #[cfg(test)]

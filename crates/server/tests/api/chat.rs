@@ -366,3 +366,48 @@ fn the_clients_credential_variables_are_not_read_as_server_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_renews_its_session_past_the_access_tokens_expiry() {
+    // Access tokens of two seconds: the token the client logged in with is dead by the time the
+    // second line is typed, so only a renewal keeps the session going. The test's own calls log
+    // in right before each use.
+    let config = "meta:\n  port: 0\n  argon2_memory_kib: 256\n  argon2_iterations: 1\n\
+         send:\n  port: 0\ngateway:\n  port: 0\nregistry:\n  port: 0\n\
+         jwt:\n  expire_secs: 2\n  refresh_expire_secs: 600\n";
+    let p = Process::start(BIN.as_ref(), config);
+    let bob = testkit::unique_username("bob");
+    let bob_id = register(&p, &bob).await;
+    let alice = p.api.register_ok(&testkit::unique_username("alice")).await;
+    let token = p.api.login_ok(&alice.username, PASSWORD).await.token;
+    let room_id = p
+        .api
+        .create_group(&token, "renewals", &[bob_id])
+        .await
+        .data::<CreateGroupReply>()
+        .room_id;
+    let token = p.api.login_ok(&alice.username, PASSWORD).await.token;
+    let mut alice_ws = WsClient::connect(p.api.addrs.gateway, &token)
+        .await
+        .expect("alice connects");
+
+    let mut session = chat(&p, &bob, PASSWORD, &[], true);
+    session.write_line(&format!("/join {room_id}"));
+    session.write_line("before expiry");
+    let first = alice_ws.next_chat().await.expect("the first line");
+    assert_eq!(
+        (first.content.as_str(), first.sender_id),
+        ("before expiry", bob_id)
+    );
+    // Waiting for the clock is the point: the token Bob's client holds expires.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    session.write_line("after expiry");
+    session.write_line("/quit");
+    let got = alice_ws.next_chat().await.expect("the line after expiry");
+    assert_eq!(
+        (got.content.as_str(), got.sender_id),
+        ("after expiry", bob_id)
+    );
+    let done = session.finish(RUN).await;
+    assert_eq!(done.code(), 0, "{}", done.transcript());
+}

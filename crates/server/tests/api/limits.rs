@@ -20,7 +20,7 @@ fn tight(cfg: &mut server::AllConfig) {
     r.enabled = true;
     r.register_per_ip = Rate::new(600, 100);
     r.login_per_ip = Rate::new(600, 100);
-    r.login_per_username = Rate::new(6, 3);
+    r.login_per_ip_and_username = Rate::new(6, 3);
     r.send_per_user = Rate::new(6, 3);
     r.ws_connect_per_ip = Rate::new(600, 100);
     r.ws_connect_per_user = Rate::new(6, 2);

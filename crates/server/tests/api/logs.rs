@@ -1,5 +1,6 @@
 //! What the real binary logs: to stdout and a size-rotated file, with request spans, and never a
-//! secret (passwords, JWTs, the JWT secret, the internal token), even at debug and trace levels.
+//! secret (passwords, JWTs, refresh tokens, the JWT secret, the internal token), even at debug and
+//! trace levels.
 
 use testkit::{Body, Method, Process, Service, WsClient, json};
 
@@ -68,11 +69,29 @@ async fn no_password_token_or_secret_reaches_the_logs_at_any_level() {
     api.joined_rooms(&first_token)
         .await
         .assert_error(401, "token_revoked");
-    let third_token = api.login(&alice, second_password).await.assert_success()["token"]
+    let third = api.login(&alice, second_password).await;
+    let third_token = third.assert_success()["token"]
         .as_str()
         .expect("token")
         .to_owned();
-    api.send(&third_token, room_id, "after the change")
+    // Refresh tokens: one spent (rotated), one refused as reused, the new one left alone.
+    let refresh = third.assert_success()["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    let renewed = api.refresh(&refresh).await;
+    let new_refresh = renewed.assert_success()["refresh_token"]
+        .as_str()
+        .expect("a new refresh token")
+        .to_owned();
+    api.refresh(&refresh)
+        .await
+        .assert_error(401, "refresh_token_reused");
+    let renewed_token = renewed.assert_success()["token"]
+        .as_str()
+        .expect("the renewed token")
+        .to_owned();
+    api.send(&renewed_token, room_id, "after the change")
         .await
         .assert_success();
     // The internal token, right and wrong.
@@ -106,6 +125,9 @@ async fn no_password_token_or_secret_reaches_the_logs_at_any_level() {
             second_token.as_str(),
         ),
         ("the JWT after the change", third_token.as_str()),
+        ("the renewed JWT", renewed_token.as_str()),
+        ("a refresh token", refresh.as_str()),
+        ("a rotated refresh token", new_refresh.as_str()),
         ("bob's JWT (in a handshake query)", bob_token.as_str()),
         ("the JWT secret", JWT_SECRET),
         ("the internal token", INTERNAL_TOKEN),
@@ -121,7 +143,13 @@ async fn no_password_token_or_secret_reaches_the_logs_at_any_level() {
         );
     }
     // A JWT's signature is its most specific part; check it alone too (a log might cut the token).
-    for token in [&first_token, &second_token, &third_token, &bob_token] {
+    for token in [
+        &first_token,
+        &second_token,
+        &third_token,
+        &renewed_token,
+        &bob_token,
+    ] {
         let signature = token.rsplit('.').next().expect("three parts");
         assert!(!logs.contains(signature), "a JWT signature is in the logs");
     }

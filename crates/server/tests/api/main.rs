@@ -10,6 +10,8 @@
 //! - `groups`: member management (add, remove, leave, roles, group nicknames): what it does to
 //!   delivery.
 //! - `rooms`: ownership transfer, rename, group search and one-to-one rooms.
+//! - `sessions`: refresh token rotation and reuse, logout, expiry, usernames in any case, the
+//!   login lockout per address, search privacy.
 //! - `dissolve`: dissolving a group: only its owner, and nothing of it is left for anyone.
 //! - `joining`: open groups, join requests, approval and rejection; group notices.
 //! - `limits`: rate limits (429 with Retry-After).
@@ -56,5 +58,6 @@ mod profiles;
 mod reload;
 mod restart;
 mod rooms;
+mod sessions;
 mod web;
 mod websocket;
