@@ -473,7 +473,7 @@ impl Drop for Slot {
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
         (status = 400, description = "`not_websocket`: the request is not a WebSocket upgrade, or `invalid_query`", body = ErrorReply),
-        (status = 403, description = "`origin_not_allowed`: a browser page of an origin not in `gateway.allowed_origins`", body = ErrorReply),
+        (status = 403, description = "`origin_not_allowed`: a browser page of an origin the gateway does not allow (allowed_origins)", body = ErrorReply),
         RateLimited,
         (status = 503, description = "`gateway_full` (try another) or `shutting_down`", body = ErrorReply),
     ))]

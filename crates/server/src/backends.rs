@@ -62,6 +62,14 @@ pub(crate) fn registry_client(
 pub async fn open_store(cfg: &AllConfig) -> anyhow::Result<SqliteStore> {
     create_private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    if let Some(mode) = loose_mode(&cfg.data_dir) {
+        tracing::warn!(
+            data_dir = %cfg.data_dir.display(),
+            mode = %format!("{mode:o}"),
+            "the data dir is open to other users; its files are private (0600), but `chmod 700` it \
+             unless it is shared on purpose"
+        );
+    }
     let path = cfg.data_dir.join("ruststacker.db");
     make_private(&path).with_context(|| format!("restricting {}", path.display()))?;
     let store = SqliteStore::open(&path)
@@ -84,6 +92,21 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// The permission bits of `dir` when group or others may enter or read it.
+fn loose_mode(dir: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 /// Creates `file` empty with mode 0600 when it is missing, else sets its mode to 0600.
@@ -423,6 +446,8 @@ mod tests {
             .await
             .expect("opened");
         assert_eq!(mode(&old), 0o755);
+        assert_eq!(loose_mode(&old), Some(0o755), "reported at start");
+        assert_eq!(loose_mode(&fresh), None);
         for f in ["ruststacker.db", "ruststacker.db-wal", "ruststacker.db-shm"] {
             assert_eq!(mode(&old.join(f)), 0o600, "{f}");
         }

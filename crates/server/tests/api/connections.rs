@@ -341,10 +341,11 @@ async fn a_flood_past_every_cap_leaves_every_service_answering() {
     let addrs = api.addrs;
     let user = api.register_and_login("budget").await;
 
-    // Fill the gateway: WebSockets of several users (a cap per user must not be what stops us)
+    // Fill the gateway: WebSockets of several users, at most 16 each (the default cap per user:
+    // one more would close that user's oldest instead of leaving the gateway full)
     // until it answers 503 `gateway_full`. One at a time: this client is held to its cap too.
     let mut users = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..GATEWAY_MAX.div_ceil(16) + 1 {
         users.push(api.register_and_login("flood").await);
     }
     let mut sockets = Vec::new();
