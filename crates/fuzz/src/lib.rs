@@ -288,14 +288,10 @@ fn bound(schema: &Value, key: &str) -> Option<u64> {
 }
 
 fn integer(schema: &Value) -> BoxedStrategy<Value> {
-    let min = schema
-        .get("minimum")
-        .and_then(Value::as_i64)
-        .unwrap_or(i64::MIN);
-    let max = schema
-        .get("maximum")
-        .and_then(Value::as_i64)
-        .unwrap_or(i64::MAX);
+    // Bounds may be written as floats (`1.0`); a `u64`'s beyond i64 are clamped.
+    let bound = |key: &str| schema.get(key).and_then(Value::as_f64).map(|f| f as i64);
+    let min = bound("minimum").unwrap_or(i64::MIN);
+    let max = bound("maximum").unwrap_or(i64::MAX);
     prop_oneof![edge_i64().prop_map(move |n| n.clamp(min, max)), (min..=max),]
         .prop_map(|n| Value::Number(n.into()))
         .boxed()
