@@ -32,6 +32,17 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 data=$(mktemp -d)
+pid=""
+# The server, then its data dir (its generated JWT secret first), whatever the outcome.
+stop() {
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  rm -f "$data/jwt_secret"
+  rm -rf "$data"
+}
+trap stop EXIT
 # The script's own variables are not the server's config (which refuses unknown keys).
 env -u RUSTSTACKER_BIN -u RUSTSTACKER_BENCH_BIN -u RUSTSTACKER_BENCH_PORT_OFFSET \
   RUSTSTACKER_RATE_LIMITS__ENABLED=false \
@@ -39,12 +50,6 @@ env -u RUSTSTACKER_BIN -u RUSTSTACKER_BENCH_BIN -u RUSTSTACKER_BENCH_PORT_OFFSET
   RUSTSTACKER_GATEWAY__PORT=$gateway RUSTSTACKER_REGISTRY__PORT=$registry \
   "$BIN" all --data-dir "$data" >"$data/all.log" 2>&1 &
 pid=$!
-stop() {
-  kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  rm -rf "$data"
-}
-trap stop EXIT
 
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$gateway/health" >/dev/null 2>&1 && break

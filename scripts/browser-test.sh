@@ -18,16 +18,17 @@ if [ ! -d web/tests/node_modules/playwright-core ] \
   (cd web/tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
-cargo build -p server --bin ruststacker
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/ruststacker
-
 . scripts/ports.sh
+cargo build -p server --bin ruststacker
+bin=$(target_dir)/debug/ruststacker
+
 # Below the ephemeral range (32768+); clear of the defaults and of scripts/schemathesis.sh's.
 offset=$(pick_port_offset 7000 8000 9000 10000) \
   || { echo "no free port range for the browser test" >&2; exit 1; }
 
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+# The server's data dir holds its generated JWT secret: that goes first.
+trap 'rm -f "$dir/jwt_secret"; rm -rf "$dir"' EXIT
 shots=$(pwd)/target/screenshots
 mkdir -p "$shots"
 RUSTSTACKER_BIN=$bin WEB_TEST_DATA=$dir SCREENSHOTS=$shots CHROMIUM=/usr/bin/chromium \

@@ -3,26 +3,39 @@
 # both gateways and both Send instances checked by ruststacker-bench (nothing lost, duplicated
 # or reordered), then scripts/cluster.sh down. Uses a database and key prefix of its own.
 # Run by scripts/test.sh. It moves every port by an offset at which all six are free.
+# Everything it made goes on exit, whatever the outcome: the processes, the database, the Redis
+# keys, and the cluster directory (the JWT secret and internal token first) unless
+# RUSTSTACKER_CLUSTER_DIR named one to keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ports.sh
 
 profile=${RUSTSTACKER_SMOKE_PROFILE:-debug}
 flag=$([ "$profile" = release ] && echo --release || true)
 cargo build $flag -p server -p bench --bins
-export RUSTSTACKER_BIN=target/$profile/ruststacker
-export RUSTSTACKER_CLUSTER_DIR=${RUSTSTACKER_CLUSTER_DIR:-$(mktemp -d)}
+target=$(target_dir)/$profile
+export RUSTSTACKER_BIN=$target/ruststacker
+made_dir=""
+if [ -z "${RUSTSTACKER_CLUSTER_DIR:-}" ]; then
+  RUSTSTACKER_CLUSTER_DIR=$(mktemp -d)
+  made_dir=$RUSTSTACKER_CLUSTER_DIR
+fi
+export RUSTSTACKER_CLUSTER_DIR
 id=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export RUSTSTACKER_CLUSTER_DB=rs_smoke_$id RUSTSTACKER_CLUSTER_PREFIX=rssmoke$id
 
 cleanup() {
   scripts/cluster.sh down >/dev/null 2>&1 || true
+  if [ -n "$made_dir" ]; then
+    rm -f "$made_dir/jwt_secret" "$made_dir/internal_token"
+    rm -rf "$made_dir"
+  fi
   mariadb -h 127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS $RUSTSTACKER_CLUSTER_DB" 2>/dev/null || true
   redis-cli -h 127.0.0.1 --scan --pattern "$RUSTSTACKER_CLUSTER_PREFIX*" 2>/dev/null \
     | xargs -r redis-cli -h 127.0.0.1 del >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 offset=""
 for candidate in 20000 21000 22000 23000 24000 25000; do
   ok=1
@@ -35,7 +48,7 @@ export RUSTSTACKER_CLUSTER_PORT_OFFSET=$offset
 export RUSTSTACKER_RATE_LIMITS__ENABLED=false
 
 scripts/cluster.sh up
-target/$profile/ruststacker-bench fanout --users 40 --messages 30 --timeout 20 \
+"$target/ruststacker-bench" fanout --users 40 --messages 30 --timeout 20 \
   --meta http://127.0.0.1:$((8080 + offset)) --registry http://127.0.0.1:$((8084 + offset)) \
   --send http://127.0.0.1:$((8081 + offset)),http://127.0.0.1:$((8181 + offset)) \
   --json "$RUSTSTACKER_CLUSTER_DIR/fanout.json" 2>/dev/null

@@ -3,8 +3,11 @@
 #   registry :8084, meta :8080, send :8081 and :8181, gateways :8082 and :8182,
 # against MariaDB on 127.0.0.1:3306 and Redis on 127.0.0.1:6379.
 #
-#   scripts/cluster.sh up        build (release) if needed, migrate, start all six, wait until healthy
-#   scripts/cluster.sh down      SIGTERM exactly the processes `up` started (graceful), wait for them
+#   scripts/cluster.sh up        build (release) if needed, migrate, start all six, wait until healthy;
+#                                if any fails to start, stop the others again (as `down`)
+#   scripts/cluster.sh down      SIGTERM exactly the processes `up` started (graceful), wait for them,
+#                                then delete the JWT secret, the internal token and the pid files
+#                                (the logs stay for reading; the next `up` makes new secrets)
 #   scripts/cluster.sh status    each process: pid, alive, /health
 #
 # The web chat page is on meta: http://127.0.0.1:8080/ (plus the offset).
@@ -16,11 +19,12 @@
 # target/release/ruststacker, built when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ports.sh
 
 DIR=${RUSTSTACKER_CLUSTER_DIR:-./cluster}
 DB=${RUSTSTACKER_CLUSTER_DB:-ruststacker}
 PREFIX=${RUSTSTACKER_CLUSTER_PREFIX:-ruststacker}
-BIN=${RUSTSTACKER_BIN:-target/release/ruststacker}
+BIN=${RUSTSTACKER_BIN:-}
 OFFSET=${RUSTSTACKER_CLUSTER_PORT_OFFSET:-0}
 # name kind port, in start order (the registry first, as the seed says)
 SERVICES=("registry registry 8084" "meta meta 8080" "send-1 send 8081" "send-2 send 8181"
@@ -52,8 +56,13 @@ env_for_kind() {
 }
 
 up() {
-  [ -x "$BIN" ] || cargo build --release -p server --bin ruststacker
+  if [ -z "$BIN" ]; then
+    BIN=$(target_dir)/release/ruststacker
+    [ -x "$BIN" ] || cargo build --release -p server --bin ruststacker
+  fi
   mkdir -p "$DIR"
+  # A failed start leaves nothing running and no secret behind.
+  trap 'down >/dev/null 2>&1 || true' EXIT
   [ -s "$DIR/jwt_secret" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/jwt_secret")
   [ -s "$DIR/internal_token" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/internal_token")
   # shellcheck disable=SC2046
@@ -73,6 +82,7 @@ up() {
     if alive "$1" && healthy "$3"; then echo "$1 up on :$3 (pid $(cat "$DIR/$1.pid"))"
     else echo "$1 failed to start; see $DIR/$1.log" >&2; tail -5 "$DIR/$1.log" >&2; exit 1; fi
   done
+  trap - EXIT
 }
 
 down() {
@@ -86,6 +96,7 @@ down() {
     if alive "$name"; then echo "$name did not stop; killing" >&2; kill -KILL "$(cat "$DIR/$name.pid")"; fi
     echo "$name stopped"
   done
+  rm -f "$DIR/jwt_secret" "$DIR/internal_token"
   rm -f "$DIR"/*.pid
 }
 

@@ -21,6 +21,8 @@ start_services
 
 export RUSTSTACKER_TEST_MYSQL_URL="${RUSTSTACKER_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
 export RUSTSTACKER_TEST_REDIS_URL="${RUSTSTACKER_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+# The fuzz targets' budget (crates/fuzz; about 30 s on 2 cores), and every other proptest's.
+export PROPTEST_CASES="${PROPTEST_CASES:-4096}"
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

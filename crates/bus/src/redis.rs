@@ -27,7 +27,7 @@ use proto::api::GatewayView;
 use proto::stream::PushEntry;
 use proto::{MessageId, UserId};
 use redis::AsyncCommands;
-use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadOptions;
 
 pub use self::conn::{Connector, RedisConn, Topology};
 use crate::metered::Metered;
@@ -37,11 +37,13 @@ use crate::{
 };
 
 pub mod conn;
+mod reply;
 
 const GROUP: &str = "gateways";
-const FIELD: &str = "e";
+/// The stream field holding an entry's JSON ([`PushEntry`], or a [`Receipt`] on a receipt stream).
+pub const FIELD: &str = "e";
 /// The stream field naming the Send instance that appended a chat entry (it wants a receipt).
-const ORIGIN: &str = "o";
+pub const ORIGIN: &str = "o";
 /// Approximate most receipts kept per Send instance's receipt stream (it reads them at once).
 pub const RECEIPTS_MAXLEN: usize = 10_000;
 
@@ -262,7 +264,8 @@ impl RedisBus {
         &self.s
     }
 
-    fn stream_key(&self, gateway: &str) -> String {
+    /// The key of `gateway`'s stream (hash-tagged by the gateway, for Redis Cluster).
+    pub fn stream_key(&self, gateway: &str) -> String {
         format!("{}:stream:{{{gateway}}}", self.s.prefix)
     }
 
@@ -450,16 +453,36 @@ fn parse_route(v: &str) -> Option<(bool, i64)> {
     Some((tag == "c", exp.parse().ok()?))
 }
 
-fn decode(map: &HashMap<String, redis::Value>) -> Option<PushEntry> {
-    let raw = match map.get(FIELD)? {
-        redis::Value::BulkString(b) => b.as_slice(),
-        redis::Value::SimpleString(s) => s.as_bytes(),
-        _ => return None,
+/// Reads the fields of one entry of a gateway's stream: the [`PushEntry`] in [`FIELD`] (`None`,
+/// logged, when it is missing or not one: the entry is then acknowledged and skipped) and the
+/// Send instance in [`ORIGIN`] that wants a receipt. Whatever the fields hold (anything may have
+/// been written to the stream), it answers; `crates/fuzz` checks that.
+pub fn decode_entry(fields: &HashMap<String, redis::Value>) -> (Option<PushEntry>, Option<String>) {
+    let origin = fields
+        .get(ORIGIN)
+        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+    let raw = match fields.get(FIELD) {
+        Some(redis::Value::BulkString(b)) => b.as_slice(),
+        Some(redis::Value::SimpleString(s)) => s.as_bytes(),
+        _ => return (None, origin),
     };
     match serde_json::from_slice(raw) {
-        Ok(e) => Some(e),
+        Ok(e) => (Some(e), origin),
         Err(e) => {
             tracing::error!(error = %e, "undecodable stream entry skipped");
+            (None, origin)
+        }
+    }
+}
+
+/// Reads the fields of one entry of a receipt stream (`None`, logged, when it holds no
+/// [`Receipt`]). Like [`decode_entry`], it answers whatever the fields hold.
+pub fn decode_receipt(fields: &HashMap<String, redis::Value>) -> Option<Receipt> {
+    let raw = redis::from_redis_value_ref::<Vec<u8>>(fields.get(FIELD)?).ok()?;
+    match serde_json::from_slice::<Receipt>(&raw) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable receipt skipped");
             None
         }
     }
@@ -553,7 +576,7 @@ impl StreamUpkeep for RedisBus {
         let mut start = "0-0".to_owned();
         let mut moved = 0;
         loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let reply: redis::Value = redis::cmd("XAUTOCLAIM")
                 .arg(&key)
                 .arg(GROUP)
                 .arg("reclaimer")
@@ -564,17 +587,19 @@ impl StreamUpkeep for RedisBus {
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
-            for id in &reply.claimed {
-                if let Some(entry) = decode(&id.map) {
+            let (next, claimed) = reply::autoclaim_reply(reply)
+                .ok_or_else(|| BusError::Unavailable("XAUTOCLAIM answered no cursor".into()))?;
+            for id in &claimed {
+                if let (Some(entry), _) = decode_entry(&id.map) {
                     self.reroute(entry).await?;
                     moved += 1;
                 }
                 let _: i64 = c.xack(&key, GROUP, &[&id.id]).await.map_err(unavailable)?;
             }
-            if reply.next_stream_id == "0-0" {
+            if next == "0-0" {
                 break;
             }
-            start = reply.next_stream_id;
+            start = next;
         }
         let pending: redis::streams::StreamPendingReply =
             c.xpending(&key, GROUP).await.map_err(unavailable)?;
@@ -915,22 +940,23 @@ impl RedisStream {
         if let Some(b) = block {
             opts = opts.block(ms(b) as usize);
         }
-        let reply: Option<StreamReadReply> =
-            match self.conn.xread_options(&[&self.key], &[from], &opts).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.recover(&e).await;
-                    return Err(unavailable(e));
-                }
-            };
-        Ok(reply
+        let reply: redis::Value = match self.conn.xread_options(&[&self.key], &[from], &opts).await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.recover(&e).await;
+                return Err(unavailable(e));
+            }
+        };
+        Ok(reply::read_reply(reply)
             .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|id| StreamItem {
-                entry: decode(&id.map),
-                origin: id.get::<String>(ORIGIN),
-                id: id.id,
+            .map(|id| {
+                let (entry, origin) = decode_entry(&id.map);
+                StreamItem {
+                    entry,
+                    origin,
+                    id: id.id,
+                }
             })
             .collect())
     }
@@ -1093,7 +1119,7 @@ impl Receipts for ReceiptStream {
         let opts = StreamReadOptions::default()
             .count(256)
             .block(ms(block) as usize);
-        let reply: Option<StreamReadReply> = match self
+        let reply: redis::Value = match self
             .conn
             .xread_options(&[&self.key], &[&self.last], &opts)
             .await
@@ -1109,13 +1135,8 @@ impl Receipts for ReceiptStream {
             }
         };
         let mut out = Vec::new();
-        for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-            if let Some(raw) = id.get::<Vec<u8>>(FIELD) {
-                match serde_json::from_slice::<Receipt>(&raw) {
-                    Ok(r) => out.push(r),
-                    Err(e) => tracing::error!(error = %e, "undecodable receipt skipped"),
-                }
-            }
+        for id in reply::read_reply(reply) {
+            out.extend(decode_receipt(&id.map));
             self.last = id.id;
         }
         Ok(out)

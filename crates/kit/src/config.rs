@@ -13,8 +13,13 @@ pub enum ConfigError {
         path: String,
         source: config::ConfigError,
     },
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] config::ConfigError),
+    /// `sources` says where the settings came from (the file, the variables by name, never
+    /// their values), because a message like "unknown field `x`" does not.
+    #[error("invalid configuration (from {sources}): {source}")]
+    Invalid {
+        sources: String,
+        source: config::ConfigError,
+    },
 }
 
 /// A setting whose value cannot be used: which key, and what is wrong with it in a sentence.
@@ -42,6 +47,17 @@ pub fn load<T: DeserializeOwned>(
     prefix: &str,
     reserved: &[&str],
 ) -> Result<T, ConfigError> {
+    load_with_env(file, prefix, reserved, std::env::vars())
+}
+
+/// [`load`] with the environment passed in rather than read from the process: for tests and
+/// fuzz targets, which must not change their process's environment (not thread-safe).
+pub fn load_with_env<T: DeserializeOwned>(
+    file: Option<&Path>,
+    prefix: &str,
+    reserved: &[&str],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
     if let Some(path) = file {
         if !path.exists() {
@@ -57,9 +73,11 @@ pub fn load<T: DeserializeOwned>(
         );
     }
     let skip: Vec<String> = reserved.iter().map(|r| format!("{prefix}_{r}")).collect();
-    let env: config::Map<String, String> = std::env::vars()
+    let env: config::Map<String, String> = env
+        .into_iter()
         .filter(|(k, _)| k.starts_with(prefix) && !skip.iter().any(|s| k.starts_with(s.as_str())))
         .collect();
+    let sources = sources(file, env.keys());
     builder = builder.add_source(
         config::Environment::with_prefix(prefix)
             .prefix_separator("_")
@@ -67,14 +85,27 @@ pub fn load<T: DeserializeOwned>(
             .try_parsing(true)
             .source(Some(env)),
     );
-    let cfg = builder.build().map_err(|e| match file {
-        Some(p) => ConfigError::File {
-            path: p.display().to_string(),
-            source: e,
-        },
-        None => ConfigError::Invalid(e),
-    })?;
-    Ok(cfg.try_deserialize()?)
+    builder
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|source| ConfigError::Invalid { sources, source })
+}
+
+/// "config file F and RUSTSTACKER_A, RUSTSTACKER_B": where the settings came from.
+fn sources<'a>(file: Option<&Path>, vars: impl Iterator<Item = &'a String>) -> String {
+    let mut vars: Vec<&str> = vars.map(String::as_str).collect();
+    vars.sort_unstable();
+    let vars = match vars.len() {
+        0 => None,
+        1..=5 => Some(vars.join(", ")),
+        n => Some(format!("{n} environment variables")),
+    };
+    match (file, vars) {
+        (Some(f), Some(v)) => format!("config file {} and {v}", f.display()),
+        (Some(f), None) => format!("config file {}", f.display()),
+        (None, Some(v)) => v,
+        (None, None) => "the defaults".to_owned(),
+    }
 }
 
 /// Deserializes an optional list of strings from a list (YAML) or from one comma-separated string

@@ -207,6 +207,8 @@ pub struct MembersReply {
 /// `POST /api/group/{room_id}/members`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddMembersRequest {
+    /// 1 or more ids of existing users (`unknown_members` otherwise), up to the group's limit.
+    #[schema(min_items = 1, example = json!([2]))]
     pub member_ids: Vec<UserId>,
 }
 
@@ -239,7 +241,17 @@ pub struct DissolvedReply {
 /// `PUT /api/group/{room_id}/members/{user_id}/role`: `admin` or `member`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChangeRoleRequest {
+    /// `owner` is refused (`invalid_role`): ownership moves only by a transfer.
+    #[schema(schema_with = assignable_role)]
     pub role: Role,
+}
+
+/// The roles `PUT .../role` assigns: a [`Role`] but `owner`.
+fn assignable_role() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["admin", "member"]))
+        .build()
 }
 
 /// `PUT /api/group/{room_id}/nickname`: the caller's nickname in the group (`null` clears it).
@@ -481,26 +493,50 @@ pub struct GatewayView {
 /// `POST /registry/gateway/register` (internal).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterGatewayRequest {
+    /// 1–64 characters of letters, digits, `-`, `_` or `.`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub gateway_id: String,
     /// Where clients reach it (host name or IP).
     #[schema(min_length = 1)]
     pub address: String,
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
-    #[schema(minimum = 1)]
+    #[schema(schema_with = positive_u64)]
     pub max_connections: u64,
+}
+
+/// A `u64` of at least 1: utoipa's own schema for `u64` says `int64`, whose bound (2^63 - 1) is
+/// below what the field takes (Schemathesis expects a refusal above it).
+fn positive_u64() -> utoipa::openapi::schema::Object {
+    u64_from(1)
+}
+
+/// Any `u64` (see [`positive_u64`]).
+fn any_u64() -> utoipa::openapi::schema::Object {
+    u64_from(0)
+}
+
+fn u64_from(minimum: u64) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::Custom("uint64".into())))
+        .minimum(Some(minimum as f64))
+        .build()
 }
 
 /// `POST /registry/gateway/heartbeat` (internal).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GatewayHeartbeatRequest {
     pub gateway_id: String,
+    #[schema(schema_with = any_u64)]
     pub connections: u64,
 }
 
 /// `POST /registry/send/register` (internal).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterSendRequest {
+    /// 1–64 characters of letters, digits, `-`, `_` or `.`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub instance_id: String,
     #[schema(min_length = 1)]
     pub address: String,
@@ -518,6 +554,8 @@ pub struct SendHeartbeatRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserRouteRequest {
     pub user_id: UserId,
+    /// 1–64 characters of letters, digits, `-`, `_` or `.`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub gateway_id: String,
 }
 
@@ -525,13 +563,19 @@ pub struct UserRouteRequest {
 /// connected to it alive.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RefreshRoutesRequest {
+    /// 1–64 characters of letters, digits, `-`, `_` or `.`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub gateway_id: String,
+    /// At most 1000 positive ids.
+    #[schema(max_items = 1000)]
     pub user_ids: Vec<UserId>,
 }
 
 /// `POST /registry/user/routes/batch` (internal).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoutesBatchRequest {
+    /// 1–1000 ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub user_ids: Vec<UserId>,
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 const OURS: &[&str] = &[
     "proto", "kit", "store", "bus", "groups", "meta", "send", "registry", "gateway", "server",
-    "client", "bench", "testkit",
+    "client", "bench", "testkit", "fuzz",
 ];
 
 /// `path` inside the repository.
@@ -64,6 +64,7 @@ fn each_crate_imports_only_what_the_dependency_rules_allow() {
         ("client", vec!["proto"]),
         ("bench", vec!["proto"]),
         ("testkit", vec!["server", "store", "proto"]),
+        ("fuzz", vec![]),
     ]
     .into_iter()
     .collect();
