@@ -115,8 +115,8 @@ impl ServerFrame {
     }
 }
 
-/// A frame a client may send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A frame a client may send. Only a JSON object parses (see the `Deserialize` impl).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// Cumulative: everything in `room_id` up to and including `seq` has been received.
@@ -127,10 +127,56 @@ pub enum ClientFrame {
     Ping {},
 }
 
+/// [`ClientFrame`]'s shape for serde. serde's internally tagged enums also take a sequence
+/// (`["ping"]` would parse as a ping, the fuzz target `frames` found); the protocol's frames are
+/// objects, so [`ClientFrame`] hands this only a map.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Tagged {
+    Ack { room_id: RoomId, seq: Seq },
+    Sync { room_id: RoomId, after_seq: Seq },
+    Ping {},
+}
+
+impl<'de> Deserialize<'de> for ClientFrame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = Tagged;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object with a \"type\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Tagged, A::Error> {
+                Tagged::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        Ok(match d.deserialize_map(ObjectOnly)? {
+            Tagged::Ack { room_id, seq } => Self::Ack { room_id, seq },
+            Tagged::Sync { room_id, after_seq } => Self::Sync { room_id, after_seq },
+            Tagged::Ping {} => Self::Ping {},
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_an_object_is_a_client_frame() {
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).ok(),
+            Some(ClientFrame::Ping {})
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"ack","room_id":1,"seq":2}"#).ok(),
+            Some(ClientFrame::Ack { room_id: 1, seq: 2 })
+        );
+        for not in [r#"["ping"]"#, r#"["ack",1,2]"#, r#""ping""#, "null", "1"] {
+            assert!(serde_json::from_str::<ClientFrame>(not).is_err(), "{not}");
+        }
+    }
 
     #[test]
     fn chat_frame_has_the_seed_shape_plus_seq() {
