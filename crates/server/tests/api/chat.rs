@@ -399,8 +399,18 @@ async fn the_client_renews_its_session_past_the_access_tokens_expiry() {
         (first.content.as_str(), first.sender_id),
         ("before expiry", bob_id)
     );
-    // Waiting for the clock is the point: the token Bob's client holds expires.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // The token Bob's client logged in with expires: a token of Bob's issued after it (the
+    // client logged in before its first line arrived) is refused first, so once this one is,
+    // the client's first token is past its expiry too.
+    let later = p.api.login_ok(&bob, PASSWORD).await.token;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while p.api.me(&later).await.status != 401 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a 2 s token still accepted after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     session.write_line("after expiry");
     session.write_line("/quit");
     let got = alice_ws.next_chat().await.expect("the line after expiry");

@@ -168,21 +168,26 @@ async fn concurrent_spends_of_one_token_rotate_once(s: Arc<dyn Store>) {
     );
 }
 
+/// Registering `name` is refused: someone has it, in some case.
+async fn assert_taken(s: &dyn Store, name: &str) {
+    let again = s
+        .create_user(store::NewUser {
+            username: name.into(),
+            password_hash: "y".into(),
+            nickname: name.into(),
+            now_ms: 1,
+        })
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict)),
+        "{name}: {again:?}"
+    );
+}
+
 async fn usernames_are_unique_in_any_case_and_found_by_any_spelling(s: &dyn Store) {
     let id = user(s, "Alice").await;
     for taken in ["alice", "ALICE", "aLiCe"] {
-        let again = s
-            .create_user(store::NewUser {
-                username: taken.into(),
-                password_hash: "y".into(),
-                nickname: taken.into(),
-                now_ms: 1,
-            })
-            .await;
-        assert!(
-            matches!(again, Err(StoreError::Conflict)),
-            "{taken}: {again:?}"
-        );
+        assert_taken(s, taken).await;
     }
     for spelling in ["Alice", "alice", "ALICE", "\u{ff21}lice"] {
         let found = s
@@ -254,15 +259,7 @@ async fn old_collisions_are_reported_and_stay_reachable(s: &dyn Store) {
         );
     }
     for taken in ["boB", "Carol"] {
-        let again = s
-            .create_user(store::NewUser {
-                username: taken.into(),
-                password_hash: "y".into(),
-                nickname: taken.into(),
-                now_ms: 2,
-            })
-            .await;
-        assert!(matches!(again, Err(StoreError::Conflict)), "{taken}");
+        assert_taken(s, taken).await;
     }
 }
 
