@@ -200,14 +200,14 @@ impl ConnShared {
         pushed != Pushed::Full
     }
 
-    /// Moves up to `max` of the oldest queued frames into `into`.
-    pub(crate) fn take_queued(&self, max: usize, into: &mut Vec<Outbound>) {
+    /// Takes up to `max` of the oldest queued frames.
+    pub(crate) fn take_queued(&self, max: usize) -> Vec<Outbound> {
         if !self.queued.load(Ordering::Acquire) {
-            return;
+            return Vec::new();
         }
         let mut q = self.queue();
         let n = q.len().min(max);
-        into.extend(q.drain(..n));
+        let taken = q.drain(..n).collect();
         if q.is_empty() {
             self.queued.store(false, Ordering::Release);
             // A burst's worth of slots is not kept for ever by a quiet connection.
@@ -215,6 +215,7 @@ impl ConnShared {
                 q.shrink_to(16);
             }
         }
+        taken
     }
 
     /// Resolves once the connection is asked to close or to ping, or frames wait. For the
@@ -615,9 +616,7 @@ mod tests {
             0,
             "a closing connection gets nothing more"
         );
-        let mut taken = Vec::new();
-        b.take_queued(64, &mut taken);
-        assert_eq!(taken.len(), 2);
+        assert_eq!(b.take_queued(64).len(), 2);
         hub.close_all(CloseCode::GoingAway);
         assert_eq!(b.close_code(), CloseCode::GoingAway);
     }
@@ -662,11 +661,10 @@ mod tests {
             "once for the whole batch"
         );
         assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Signal::Queued));
-        let mut taken = Vec::new();
-        shared.take_queued(2, &mut taken);
+        let mut taken = shared.take_queued(2);
         assert_eq!(taken.len(), 2, "at most what the writer asks for");
         assert_eq!(shared.signal().now_or_never(), Some(Signal::Queued));
-        shared.take_queued(2, &mut taken);
+        taken.extend(shared.take_queued(2));
         assert_eq!(taken.len(), 3);
         assert_eq!(shared.signal().now_or_never(), None, "the queue is empty");
         // A wake-up left in a dropped batch still happens.

@@ -346,9 +346,7 @@ where
             };
             self.command(cmd).await?;
         }
-        let mut items = Vec::new();
-        shared.take_queued(COALESCE, &mut items);
-        for item in items {
+        for item in shared.take_queued(COALESCE) {
             self.handle(item).await?;
         }
         self.flush().await
@@ -391,9 +389,7 @@ where
         while let Some(cmd) = commands.try_take() {
             self.command(cmd).await?;
         }
-        let mut items = Vec::new();
-        shared.take_queued(usize::MAX, &mut items);
-        for item in items {
+        for item in shared.take_queued(usize::MAX) {
             self.handle(item).await?;
         }
         self.flush().await
