@@ -1,6 +1,6 @@
 //! One WebSocket connection: the handshake's follow-up (hub registration, revocation check,
 //! route), a reader (client frames, keepalive, limits) and the writer (`writer.rs`), run
-//! together in the connection's one task.
+//! together in the connection's one task, each polled only when woken for itself (`apart.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use proto::{CloseCode, UserId};
 use store::Store;
 
 use crate::GatewayState;
+use crate::apart;
 use crate::cursor::CursorBook;
 use crate::hub::{CLOSE_ABORT, ConnShared, Meters};
 use crate::writer::{self, Command, Commands, Env};
@@ -116,11 +117,11 @@ async fn run(
     }
     tracing::debug!(user_id = user, conn = conn_id, "connected");
     // Reader and writer run in this one task (no second task per connection), sharing the
-    // client's commands by reference.
+    // client's commands by reference; each is polled only when its own waker fired.
     let commands = Commands::default();
     let reader = read_loop(stream, &commands, &shared);
     let writer = writer::write_loop(state.clone(), user, ack_mode, sink, &commands, &shared);
-    tokio::join!(reader, writer);
+    apart::join(reader, writer).await;
     state.0.hub.remove(user, conn_id);
     if shared.close_code() == CLOSE_ABORT {
         return;
@@ -181,7 +182,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, commands: &Commands, shar
         // Waits while the writer is behind on commands: reading stops, none is dropped.
         tokio::select! {
             () = shared.closed() => return,
-            () = commands.push(cmd) => {}
+            () = commands.push(cmd, shared) => {}
         }
     }
 }

@@ -75,17 +75,20 @@ pub struct ConnShared {
     /// Sweeper ticks (seconds since the hub started) of the last frame heard and the last ping.
     heard_at: AtomicU32,
     pinged_at: AtomicU32,
+    /// The reader queued a client command since the writer last looked (see
+    /// `writer::Commands`): the writer waits on this one waker slot for frames and commands.
+    commanded: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
 
-/// What woke the writer: the connection closes, the sweeper wants a ping sent, or frames wait in
-/// the queue.
+/// What woke the writer: the connection closes, the sweeper wants a ping sent, or frames or
+/// client commands wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     Close,
     Ping,
-    Queued,
+    Work,
 }
 
 /// What [`ConnShared::push`] did with a frame.
@@ -120,6 +123,7 @@ impl ConnShared {
             heard: AtomicBool::new(false),
             heard_at: AtomicU32::new(now),
             pinged_at: AtomicU32::new(now),
+            commanded: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         }
@@ -218,8 +222,14 @@ impl ConnShared {
         taken
     }
 
-    /// Resolves once the connection is asked to close or to ping, or frames wait. For the
-    /// writer: one waiter only.
+    /// The reader queued a client command: wakes the writer.
+    pub(crate) fn commanded(&self) {
+        self.commanded.store(true, Ordering::Release);
+        self.writer.wake();
+    }
+
+    /// Resolves once the connection is asked to close or to ping, or frames or commands wait.
+    /// For the writer: one waiter only.
     pub(crate) fn signal(&self) -> impl Future<Output = Signal> + '_ {
         std::future::poll_fn(move |cx| {
             if let Some(s) = self.pending_signal() {
@@ -238,8 +248,11 @@ impl ConnShared {
             Some(Signal::Close)
         } else if self.ping.load(Ordering::Relaxed) && self.ping.swap(false, Ordering::AcqRel) {
             Some(Signal::Ping)
-        } else if self.queued.load(Ordering::Acquire) {
-            Some(Signal::Queued)
+        } else if self.queued.load(Ordering::Acquire)
+            || (self.commanded.load(Ordering::Relaxed)
+                && self.commanded.swap(false, Ordering::AcqRel))
+        {
+            Some(Signal::Work)
         } else {
             None
         }
@@ -660,10 +673,10 @@ mod tests {
             1,
             "once for the whole batch"
         );
-        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Signal::Queued));
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Signal::Work));
         let mut taken = shared.take_queued(2);
         assert_eq!(taken.len(), 2, "at most what the writer asks for");
-        assert_eq!(shared.signal().now_or_never(), Some(Signal::Queued));
+        assert_eq!(shared.signal().now_or_never(), Some(Signal::Work));
         taken.extend(shared.take_queued(2));
         assert_eq!(taken.len(), 3);
         assert_eq!(shared.signal().now_or_never(), None, "the queue is empty");

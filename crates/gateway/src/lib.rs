@@ -1,7 +1,8 @@
 //! The Gateway service: holds WebSocket connections and is the push path's last hop.
 //!
 //! - [`hub`]: connections by user, bounded queues, the slow-consumer policy.
-//! - [`conn`]: one connection's reader; `writer`: its writer (resync, ordering, coalesced flushes).
+//! - [`conn`]: one connection's reader; `writer`: its writer (resync, ordering, coalesced flushes);
+//!   `apart`: both in the connection's one task, each polled only when woken for itself.
 //! - [`cursor`]: delivery cursors, batched to the database.
 //! - [`reorder`]: the short per-room reorder window in front of dispatch.
 //! - `consumer`: the one stream consumer, over any [`bus::PushStream`] (reorder, dispatch,
@@ -40,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod apart;
 pub mod conn;
 mod consumer;
 pub mod cursor;

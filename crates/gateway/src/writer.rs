@@ -9,13 +9,11 @@
 //! socket and a whole gateway.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::task::AtomicWaker;
 use futures_util::{Sink, SinkExt};
 use groups::{CachedGroups, Groups};
 use proto::frame::ServerFrame;
@@ -65,16 +63,14 @@ pub(crate) enum Command {
 /// holds the client back). Not a tokio channel: one costs about 1 KiB per connection up front (a
 /// cache-padded header and a first block of 32 slots), a sixth of an idle connection's memory,
 /// where this queue allocates nothing until the client sends a command. The writer's side takes
-/// no lock unless a command is waiting: it reads a count and a flag, and waits on a waker slot.
+/// no lock unless a command is waiting: it reads a count; it is woken through the connection's
+/// shared state ([`ConnShared::commanded`]), so it waits on one waker slot for frames and
+/// commands alike.
 #[derive(Debug, Default)]
 pub(crate) struct Commands {
     queue: Mutex<VecDeque<Command>>,
     /// Commands in `queue`.
     waiting: AtomicUsize,
-    /// A command was pushed since [`Commands::pushed`] last resolved.
-    added: AtomicBool,
-    /// The writer, waiting in [`Commands::pushed`].
-    writer: AtomicWaker,
     taken: Notify,
 }
 
@@ -84,17 +80,16 @@ impl Commands {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds `cmd`, waiting while the queue is full. Only the connection's reader pushes, so a
-    /// queue seen with room keeps it until this push.
-    pub(crate) async fn push(&self, cmd: Command) {
+    /// Adds `cmd`, waiting while the queue is full, and wakes the writer of `shared`. Only the
+    /// connection's reader pushes, so a queue seen with room keeps it until this push.
+    pub(crate) async fn push(&self, cmd: Command, shared: &ConnShared) {
         while self.queue().len() >= COMMANDS {
             // A take between the check and this wait leaves a permit: no wakeup is missed.
             self.taken.notified().await;
         }
         self.queue().push_back(cmd);
         self.waiting.fetch_add(1, Ordering::Release);
-        self.added.store(true, Ordering::Release);
-        self.writer.wake();
+        shared.commanded();
     }
 
     /// The oldest command, if any.
@@ -108,24 +103,6 @@ impl Commands {
             self.taken.notify_one();
         }
         cmd
-    }
-
-    /// Resolves once a command was pushed since the last time it resolved (possibly one already
-    /// taken with [`Commands::try_take`]: the queue may then be empty). One waiter: the writer.
-    fn pushed(&self) -> impl Future<Output = ()> + '_ {
-        let take =
-            || self.added.load(Ordering::Relaxed) && self.added.swap(false, Ordering::AcqRel);
-        std::future::poll_fn(move |cx| {
-            if take() {
-                return Poll::Ready(());
-            }
-            self.writer.register(cx.waker());
-            if take() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
     }
 }
 
@@ -372,14 +349,13 @@ where
                 signal = shared.signal() => match signal {
                     Signal::Close => return Ok(()),
                     Signal::Ping => self.send(Message::Ping(Default::default())).await?,
-                    Signal::Queued => self.coalesce(shared, commands).await?,
+                    Signal::Work => self.coalesce(shared, commands).await?,
                 },
                 () = async { catch_up.as_mut().expect("guarded").await }, if catch_up.is_some() => {
                     catch_up = None;
                     Box::pin(self.resync_all()).await?;
                     self.flush().await?;
                 }
-                () = commands.pushed() => self.coalesce(shared, commands).await?,
             }
         }
     }
@@ -765,7 +741,7 @@ mod tests {
                 assert!(shared.queue_now(item.clone()), "room in the queue");
             }
             commands
-                .push(Command::Ping)
+                .push(Command::Ping, &shared)
                 .now_or_never()
                 .expect("room for a command");
             assert_eq!(
@@ -843,9 +819,11 @@ mod tests {
             );
             assert_eq!(f.delivered(), None, "with acks the client moves the cursor");
             let room = f.room;
-            commands.push(Command::Ack { room, seq: 1 }).await;
-            commands.push(Command::Ack { room, seq: 9 }).await;
-            commands.push(Command::Sync { room, after: 1 }).await;
+            commands.push(Command::Ack { room, seq: 1 }, &shared).await;
+            commands.push(Command::Ack { room, seq: 9 }, &shared).await;
+            commands
+                .push(Command::Sync { room, after: 1 }, &shared)
+                .await;
             assert_eq!(next_flush(&mut flushed).await, ["chat 2"]);
             shared.close(CloseCode::GoingAway);
             assert_eq!(rest(&mut flushed).await, ["close 1001"]);
@@ -856,7 +834,7 @@ mod tests {
 
     #[test]
     fn an_unused_command_queue_costs_a_connection_little() {
-        // 104 bytes today, inside the connection's task; a tokio channel is ~1 KiB on the heap.
+        // Under 128 bytes, inside the connection's task; a tokio channel is ~1 KiB on the heap.
         let size = std::mem::size_of::<Commands>();
         assert!(size <= 128, "{size} bytes");
     }
@@ -864,13 +842,14 @@ mod tests {
     #[tokio::test]
     async fn a_full_command_queue_holds_the_reader_back_and_loses_nothing() {
         let commands = Commands::default();
+        let shared = ConnShared::new(0, 1);
         for seq in 0..COMMANDS as Seq {
             commands
-                .push(Command::Ack { room: 1, seq })
+                .push(Command::Ack { room: 1, seq }, &shared)
                 .now_or_never()
                 .expect("room for a command");
         }
-        let mut blocked = Box::pin(commands.push(Command::Ping));
+        let mut blocked = Box::pin(commands.push(Command::Ping, &shared));
         assert!((&mut blocked).now_or_never().is_none(), "the reader waits");
         assert_eq!(commands.try_take(), Some(Command::Ack { room: 1, seq: 0 }));
         blocked.now_or_never().expect("a take makes room");
