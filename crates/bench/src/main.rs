@@ -1,8 +1,8 @@
 //! `ruststacker-bench`: measurements against a running RustStacker, through its public API only.
 //!
 //! `idle`: registers a user, opens `--connections` WebSockets to the gateway and holds them idle,
-//! then reads the server's resident memory from `/proc/<pid>/status` before and after, and prints
-//! the memory per idle connection. Run it against `ruststacker all` (pass its pid);
+//! then reads the server's resident memory from `/proc/<pid>/status` once the first tenth are
+//! open and at the end, and prints the memory per idle connection over the other nine tenths. Run it against `ruststacker all` (pass its pid);
 //! `--compare-bare` measures a bare server's first, the same way, and gives the ratio.
 //!
 //! `send`: one user sends to a room of their own from `--concurrency` request loops for
@@ -232,14 +232,18 @@ async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Opens `n` sockets to `url`, each waiting for its welcome frame, and measures `pid`'s RSS
-/// growth per socket.
+/// growth per socket over the last nine tenths of them: the first tenth is the baseline, since
+/// while it connects the allocator may still be returning what earlier work (registrations, a
+/// previous run) freed, which would otherwise come out as a smaller or even negative growth.
 async fn idle_on(url: &str, pid: u32, n: usize) -> anyhow::Result<Value> {
     // Warm up: the first connection allocates per-process structures that are not per connection.
     let (mut warm, _) = tokio_tungstenite::connect_async(url).await?;
     warm.next().await;
     let before = settled_rss_kib(pid).await?;
+    let first = (n / 10).max(1).min(n.saturating_sub(1));
     let started = Instant::now();
     let mut conns = Vec::with_capacity(n);
+    let mut at_first = before;
     for i in 0..n {
         let (mut ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -248,6 +252,9 @@ async fn idle_on(url: &str, pid: u32, n: usize) -> anyhow::Result<Value> {
         match ws.next().await {
             Some(Ok(_)) => conns.push(ws),
             other => bail!("connection {i} got {other:?} instead of the welcome frame"),
+        }
+        if i + 1 == first {
+            at_first = settled_rss_kib(pid).await?;
         }
         if (i + 1) % 1000 == 0 {
             eprintln!("{} connections", i + 1);
@@ -258,15 +265,19 @@ async fn idle_on(url: &str, pid: u32, n: usize) -> anyhow::Result<Value> {
     let after = rss_kib(pid)?;
     // Signed: an allocator returning earlier garbage during the run shows as a negative growth
     // (rerun with more connections) rather than as a misleading 0.
-    let per = (after as f64 - before as f64) * 1024.0 / n as f64;
+    let per = |from: u64, sockets: usize| {
+        ((after as f64 - from as f64) * 1024.0 / sockets.max(1) as f64).round()
+    };
     drop(conns);
     drop(warm);
     Ok(json!({
         "connections": n,
         "connect_secs": connect_secs,
         "server_rss_before_kib": before,
+        "server_rss_first_tenth_kib": at_first,
         "server_rss_after_kib": after,
-        "bytes_per_idle_connection": per.round(),
+        "bytes_per_idle_connection": per(at_first, n - first),
+        "bytes_per_idle_connection_from_start": per(before, n),
     }))
 }
 
