@@ -40,8 +40,10 @@ impl InvalidSetting {
 }
 
 /// Loads `T` from its defaults, the YAML file at `file` (if any) and the environment under `prefix`.
-/// Variables `<prefix>_<R>...` for each `R` in `reserved` belong to tools (the test harness, the
-/// cluster script), not to the config, and are skipped.
+/// Variables named by `reserved` belong to tools (the test harness, the cluster script), not to the
+/// config, and are skipped: an entry ending in `_` names every `<prefix>_<R>...`, any other
+/// entry the one variable `<prefix>_<R>` (so `BIN` skips `RUSTSTACKER_BIN`, not
+/// `RUSTSTACKER_BIND`).
 pub fn load<T: DeserializeOwned>(
     file: Option<&Path>,
     prefix: &str,
@@ -73,9 +75,18 @@ pub fn load_with_env<T: DeserializeOwned>(
         );
     }
     let skip: Vec<String> = reserved.iter().map(|r| format!("{prefix}_{r}")).collect();
+    let reserved = |k: &str| {
+        skip.iter().any(|s| {
+            if s.ends_with('_') {
+                k.starts_with(s.as_str())
+            } else {
+                k == s
+            }
+        })
+    };
     let env: config::Map<String, String> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(prefix) && !skip.iter().any(|s| k.starts_with(s.as_str())))
+        .filter(|(k, _)| k.starts_with(prefix) && !reserved(k))
         .collect();
     let sources = sources(file, env.keys());
     builder = builder.add_source(

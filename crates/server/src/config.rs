@@ -13,9 +13,12 @@ use kit::config::InvalidSetting;
 use kit::secret::Secret;
 use serde::{Deserialize, Serialize};
 
-/// `RUSTSTACKER_*` variables that are not config: the test harness's, `scripts/cluster.sh`'s and
-/// the credentials of `ruststacker chat` (exported in the same shell that starts a server).
-pub const RESERVED_ENV: &[&str] = &["TEST_", "CLUSTER_", "BIN", "USER", "PASSWORD"];
+/// `RUSTSTACKER_*` variables that are not config: the test harness's, the scripts' (cluster,
+/// benchmarks, fault runs) and the credentials of `ruststacker chat` (exported in the same shell
+/// that starts a server). One ending in `_` is a prefix; any other is a whole name.
+pub const RESERVED_ENV: &[&str] = &[
+    "TEST_", "CLUSTER_", "BENCH_", "FAULT_", "BIN", "USER", "PASSWORD",
+];
 
 /// JWT settings (the `jwt:` block).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -756,6 +759,87 @@ impl Roles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `RUSTSTACKER_NAME=value` example the configs, docs and README give.
+    fn documented_variables() -> Vec<(String, String)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = vec![root.join("README.md")];
+        for dir in ["config", "config/cluster", "docs"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("readable");
+            for (at, _) in text.match_indices("RUSTSTACKER_") {
+                let rest = &text[at..];
+                let name_end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                let Some(value) = rest[name_end..].strip_prefix('=') else {
+                    continue;
+                };
+                let value = value
+                    .split(|c: char| c.is_whitespace() || matches!(c, '`' | ',' | ')' | '"'))
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches('.');
+                if !value.is_empty() {
+                    found.push((rest[..name_end].to_owned(), value.to_owned()));
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn every_documented_variable_is_applied_and_tool_variables_are_not() {
+        let load = |name: &str, value: &str| {
+            let env = [(name.to_owned(), value.to_owned())];
+            kit::config::load_with_env::<AllConfig>(None, "RUSTSTACKER", RESERVED_ENV, env)
+                .map(|c| serde_json_like(&c))
+                .unwrap_or_else(|e| panic!("{name}={value}: {e}"))
+        };
+        let defaults = serde_json_like(&AllConfig::default());
+        let documented = documented_variables();
+        assert!(
+            documented.iter().any(|(n, _)| n == "RUSTSTACKER_BIND"),
+            "{documented:?}"
+        );
+        let mut tools = 0;
+        for (name, value) in &documented {
+            let is_tool = RESERVED_ENV.iter().any(|r| {
+                let r = format!("RUSTSTACKER_{r}");
+                if r.ends_with('_') {
+                    name.starts_with(&r)
+                } else {
+                    *name == r
+                }
+            });
+            if is_tool {
+                tools += 1;
+                assert_eq!(load(name, value), defaults, "{name} belongs to a tool");
+            } else {
+                assert_ne!(load(name, value), defaults, "{name}={value} was ignored");
+            }
+        }
+        assert!(tools > 0, "the docs name tool variables too");
+        // A reserved whole name does not swallow a config key that starts with it.
+        let bind = load("RUSTSTACKER_BIND", "0.0.0.0");
+        assert_ne!(bind, defaults);
+        assert_eq!(load("RUSTSTACKER_BIN", "/usr/bin/x"), defaults);
+        assert_eq!(load("RUSTSTACKER_TEST_MYSQL_URL", "mysql://x"), defaults);
+        // Any other name is config: one that names no key is refused, not ignored.
+        let unknown = [("RUSTSTACKER_BINDING".to_owned(), "x".to_owned())];
+        let refused =
+            kit::config::load_with_env::<AllConfig>(None, "RUSTSTACKER", RESERVED_ENV, unknown)
+                .expect_err("an unknown variable is refused");
+        assert!(format!("{refused}").contains("RUSTSTACKER_BINDING"), "{refused}");
+    }
 
     #[test]
     fn the_example_config_loads_and_equals_the_defaults() {
