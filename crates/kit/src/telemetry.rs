@@ -5,6 +5,7 @@
 //! through one `EnvFilter` behind a reload handle, so the level can change while running
 //! ([`set_log_level`], used by the config reload).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -194,10 +195,15 @@ pub fn init_logging(cfg: &LogConfig) -> Result<LogGuard, InvalidSetting> {
     let json = cfg.format == "json";
     let mut layers: Vec<Box<dyn Layer<Filtered> + Send + Sync>> = Vec::new();
     if cfg.stdout || cfg.filename.is_none() {
+        // Colours only for a person at a terminal: a pipe, a file or a journal gets plain text.
+        let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         layers.push(if json {
-            tracing_subscriber::fmt::layer().json().boxed()
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_ansi(ansi)
+                .boxed()
         } else {
-            tracing_subscriber::fmt::layer().boxed()
+            tracing_subscriber::fmt::layer().with_ansi(ansi).boxed()
         });
     }
     let mut guard = None;

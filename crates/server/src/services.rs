@@ -11,7 +11,6 @@ mod send;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use kit::auth::Auth;
 use kit::http::Ready;
@@ -55,7 +54,22 @@ impl Listeners {
             TcpListener::bind((cfg.bind, port))
                 .await
                 .map(Some)
-                .with_context(|| format!("{service}: cannot listen on {}:{port}", cfg.bind))
+                .map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                        format!(
+                            " (another process holds it: stop that one, or move {service} with \
+                         `{service}.port` in the config file or \
+                         RUSTSTACKER_{}__PORT=<port>)",
+                            service.to_uppercase()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    anyhow::Error::new(e).context(format!(
+                        "{service}: cannot listen on {}:{port}{hint}",
+                        cfg.bind
+                    ))
+                })
         };
         Ok(Self {
             meta: listen(roles.meta, cfg.meta.port, "meta").await?,

@@ -53,25 +53,6 @@ async fn read_until_closed(
     tokio::time::timeout(within, read).await.ok().map(|()| got)
 }
 
-/// `text` without its terminal colour codes.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ ... m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The status and the JSON body of a raw HTTP/1.1 reply.
 fn parse_reply(bytes: &[u8]) -> (u16, Value) {
     let text = String::from_utf8_lossy(bytes);
@@ -327,7 +308,8 @@ async fn a_flood_past_every_cap_leaves_every_service_answering() {
         ),
     );
     let p = Process::start(&script, &config);
-    let budget_line = plain(&p.output())
+    let budget_line = p
+        .output()
         .lines()
         .find(|l| l.contains("connection budget"))
         .map(str::to_owned)

@@ -174,3 +174,44 @@ async fn logs_go_to_a_file_only_when_stdout_is_off() {
         "text lines with the request span in the file:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let config = Process::base_config("", "log:\n  level: info\n  format: text\n");
+    let p = Process::start(BIN.as_ref(), &config);
+    p.api.get(Service::Meta, "/health", None).await;
+    let stdout = p.output();
+    p.stop();
+    assert!(stdout.contains(" INFO "), "text lines on stdout:\n{stdout}");
+    assert!(
+        !stdout.contains('\x1b'),
+        "stdout is a pipe here, so no terminal escape codes:\n{stdout:?}"
+    );
+}
+
+#[test]
+fn a_port_that_is_taken_is_named_with_how_to_move_the_service() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("its address").port();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = dir.path().join("ruststacker.yaml");
+    let yaml =
+        Process::base_config("", "").replace("send:\n  port: 0", &format!("send:\n  port: {port}"));
+    std::fs::write(&config, yaml).expect("write the config");
+    let out = std::process::Command::new(BIN)
+        .arg("all")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run ruststacker all");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a taken port is fatal: {stderr}");
+    assert!(
+        stderr.contains(&format!("send: cannot listen on 127.0.0.1:{port}"))
+            && stderr.contains("`send.port`")
+            && stderr.contains("RUSTSTACKER_SEND__PORT"),
+        "the message names the port and how to change it: {stderr}"
+    );
+}
