@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -263,6 +263,26 @@ async fn idle_on(url: &str, pid: u32, n: usize) -> anyhow::Result<Value> {
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pid)?;
+    // Every socket must still be open, or the figure is not per connection (a server closes a
+    // user's oldest sockets past its per-user cap, for one).
+    let mut closed = 0;
+    for ws in &mut conns {
+        while let Some(next) = ws.next().now_or_never() {
+            match next {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_)) | None => {
+                    closed += 1;
+                    break;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    if closed > 0 {
+        bail!(
+            "{closed} of the {n} sockets were closed by the server (for `all`: raise \
+             gateway.max_connections_per_user, these are one user's)"
+        );
+    }
     // Signed: an allocator returning earlier garbage during the run shows as a negative growth
     // (rerun with more connections) rather than as a misleading 0.
     let per = |from: u64, sockets: usize| {

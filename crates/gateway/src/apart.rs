@@ -7,7 +7,7 @@
 //! task; a poll of the task polls the marked branches only.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -59,33 +59,64 @@ impl Wakers {
     }
 }
 
-/// Runs `first` and `second` to completion in the calling task, polling each only after its own
-/// waker fired (both once at the start, and both again should the task's waker ever change, so
-/// that each registers the new one).
-pub(crate) async fn join(first: impl Future<Output = ()>, second: impl Future<Output = ()>) {
-    let woken = Arc::new(AtomicU8::new(FIRST | SECOND));
-    let mut wakers: Option<Wakers> = None;
-    let mut first = pin!(first);
-    let mut second = pin!(second);
-    let mut pending = FIRST | SECOND;
-    std::future::poll_fn(|cx| {
-        let current = match &wakers {
+pin_project_lite::pin_project! {
+    /// `first` and `second` run to completion in the calling task, each polled only after its
+    /// own waker fired (both once at the start, and both again should the task's waker ever
+    /// change, so that each registers the new one). A struct rather than an async fn: an async
+    /// fn would keep its arguments' slots beside the pinned futures, twice a connection's
+    /// reader and writer for the connection's whole life.
+    pub(crate) struct Join<A, B> {
+        #[pin]
+        first: A,
+        #[pin]
+        second: B,
+        pending: u8,
+        woken: Arc<AtomicU8>,
+        wakers: Option<Wakers>,
+    }
+}
+
+/// Runs `first` and `second` together in the calling task, each polled only when woken for
+/// itself.
+pub(crate) fn join<A, B>(first: A, second: B) -> Join<A, B>
+where
+    A: Future<Output = ()>,
+    B: Future<Output = ()>,
+{
+    Join {
+        first,
+        second,
+        pending: FIRST | SECOND,
+        woken: Arc::new(AtomicU8::new(FIRST | SECOND)),
+        wakers: None,
+    }
+}
+
+impl<A, B> Future for Join<A, B>
+where
+    A: Future<Output = ()>,
+    B: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let current = match this.wakers {
             Some(w) if w.task.will_wake(cx.waker()) => w,
             _ => {
-                woken.fetch_or(FIRST | SECOND, Ordering::AcqRel);
-                wakers.insert(Wakers::new(&woken, cx.waker()))
+                this.woken.fetch_or(FIRST | SECOND, Ordering::AcqRel);
+                this.wakers.insert(Wakers::new(this.woken, cx.waker()))
             }
         };
-        let now = woken.swap(0, Ordering::AcqRel) & pending;
-        poll_if(now, FIRST, first.as_mut(), &current.first, &mut pending);
-        poll_if(now, SECOND, second.as_mut(), &current.second, &mut pending);
-        if pending == 0 {
+        let now = this.woken.swap(0, Ordering::AcqRel) & *this.pending;
+        poll_if(now, FIRST, this.first, &current.first, this.pending);
+        poll_if(now, SECOND, this.second, &current.second, this.pending);
+        if *this.pending == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
-    })
-    .await;
+    }
 }
 
 /// Polls `branch` with its own waker when `bit` is among the branches woken `now`; clears `bit`
@@ -93,7 +124,7 @@ pub(crate) async fn join(first: impl Future<Output = ()>, second: impl Future<Ou
 fn poll_if(
     now: u8,
     bit: u8,
-    branch: std::pin::Pin<&mut impl Future<Output = ()>>,
+    branch: Pin<&mut impl Future<Output = ()>>,
     waker: &Waker,
     pending: &mut u8,
 ) {
@@ -104,6 +135,7 @@ fn poll_if(
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
     use std::sync::atomic::AtomicUsize;
 
     use tokio::sync::Notify;
@@ -224,6 +256,23 @@ mod tests {
                 .as_mut()
                 .poll(&mut Context::from_waker(&waker_b))
                 .is_ready()
+        );
+    }
+
+    #[test]
+    fn the_joined_future_holds_each_branch_once() {
+        let big = |n: u8| async move {
+            let buffer = [n; 2048];
+            tokio::task::yield_now().await;
+            std::hint::black_box(buffer);
+        };
+        let (a, b) = (big(1), big(2));
+        let branches = std::mem::size_of_val(&a) + std::mem::size_of_val(&b);
+        let joined = join(a, b);
+        let size = std::mem::size_of_val(&joined);
+        assert!(
+            size <= branches + 64,
+            "{size} bytes for {branches} of branches"
         );
     }
 }
