@@ -113,6 +113,10 @@ pub struct FanoutArgs {
     /// and the median of each figure and ratio.
     #[arg(long, default_value_t = 1, requires = "compare_bare")]
     rounds: usize,
+    /// With `--compare-bare`: the port the bare server listens on (0: one the system picks), for
+    /// a machine where each user of it has a port range of its own.
+    #[arg(long, default_value_t = 0, requires = "compare_bare")]
+    bare_port: u16,
     /// Client processes to spread the sockets over (each has its own open-files limit). 1 keeps
     /// them in this process.
     #[arg(long, default_value_t = 1)]
@@ -839,10 +843,12 @@ pub struct BareChild {
 }
 
 impl BareChild {
-    pub async fn start() -> anyhow::Result<Self> {
+    /// Starts a bare server on `port` of 127.0.0.1 (0: one the system picks).
+    pub async fn start(port: u16) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
+        let port = port.to_string();
         let mut child = Command::new(exe)
-            .args(["bare-server", "--bind", "127.0.0.1", "--port", "0"])
+            .args(["bare-server", "--bind", "127.0.0.1", "--port", &port])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -906,7 +912,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
         let mut failures = Vec::new();
         for r in 1..=a.rounds {
             let label = format!("round {r}/{}", a.rounds);
-            let bare = BareChild::start().await?;
+            let bare = BareChild::start(a.bare_port).await?;
             eprintln!("{label}: bare server at {} (pid {})", bare.url, bare.pid);
             let base = bare.url.clone();
             let b = round(&a, &Target::Bare { base }, &mut None, &[bare.pid]).await;

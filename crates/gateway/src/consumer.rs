@@ -4,12 +4,13 @@
 //! connections' queues. The acknowledgement also reports the batch's chat entries to the Send
 //! instances that want to know (their pending trackers then ACK the senders).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus::{BusError, PushStream};
-use proto::UserId;
 use proto::stream::{PushEntry, PushMessage};
+use proto::{RoomId, Seq, UserId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,8 @@ use crate::reorder::{Released, Reorder};
 const READ_COUNT: usize = 128;
 /// How long one blocking read waits.
 const BLOCK: Duration = Duration::from_secs(1);
+/// Most messages one hole fill fetches; a longer hole is left to the connections.
+const MAX_FILL: u32 = 1000;
 
 /// Reads the stream and dispatches until `stop`, or, for a stream that drains at stop, until it
 /// ends. Entries are acknowledged once handed to the connections' queues (or held by the reorder
@@ -70,12 +73,7 @@ pub(crate) async fn consume<S: PushStream>(
                 continue;
             }
         };
-        for released in reorder.expire(Instant::now()) {
-            fill_hole(&state, &released, &mut wakes).await;
-            for entry in released.entries {
-                state.dispatch(entry, &mut wakes);
-            }
-        }
+        release(&state, reorder.expire(Instant::now()), &mut wakes).await;
         wakes.wake_all();
         match read {
             Ok(n) => {
@@ -103,12 +101,9 @@ pub(crate) async fn consume<S: PushStream>(
             }
             Err(BusError::Closed) => {
                 // Nothing comes any more: whatever the window holds goes out now.
-                for released in reorder.expire(Instant::now() + reorder.window()) {
-                    fill_hole(&state, &released, &mut wakes).await;
-                    for entry in released.entries {
-                        state.dispatch(entry, &mut wakes);
-                    }
-                }
+                let all = reorder.expire(Instant::now() + reorder.window());
+                release(&state, all, &mut wakes).await;
+                wakes.wake_all();
                 return;
             }
             Err(e) => {
@@ -182,44 +177,106 @@ async fn announce_routes(state: &GatewayState) -> Result<(), BusError> {
     Ok(())
 }
 
-/// Fetches a room's missing seqs once and hands them to every local recipient of the entries
-/// that waited for them, so the connections do not each fill the gap from the database.
-async fn fill_hole(state: &GatewayState, released: &Released, wakes: &mut Wakes) {
-    let Some((after, until)) = released.hole else {
+/// Dispatches what the reorder window gave up waiting for, with its holes filled from the
+/// database: one query per room for every chunk released together (the room's local recipients
+/// all get the same missing seqs), the rooms' queries at once, so the connections do not each
+/// fill the gaps themselves. Each chunk's entries and fetched messages go out merged in `seq`
+/// order. A failed fetch leaves the holes to the connections' own gap fill.
+async fn release(state: &GatewayState, released: Vec<Released>, wakes: &mut Wakes) {
+    if released.is_empty() {
         return;
-    };
-    let mut targets: Vec<UserId> = released
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            PushEntry::Chat { targets, .. } => Some(targets.iter().copied()),
-            PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
-        })
-        .flatten()
-        .collect();
-    targets.sort_unstable();
-    targets.dedup();
-    let limit = u32::try_from(until - after).unwrap_or(u32::MAX).min(1000);
-    match state
-        .0
-        .store
-        .messages_after(released.room, after, limit)
-        .await
-    {
-        Ok(missing) => {
-            metrics::counter!("ruststacker_gateway_hole_fills_total").increment(1);
-            for m in missing.into_iter().filter(|m| m.seq <= until) {
-                state.dispatch(
-                    PushEntry::Chat {
-                        message: Arc::new(PushMessage::from(m)),
-                        targets: targets.clone(),
-                    },
-                    wakes,
-                );
-            }
+    }
+    let missing: Vec<Vec<Seq>> = released.iter().map(Released::missing).collect();
+    // Per room: the lowest and the highest missing seq over its chunks.
+    let mut spans: BTreeMap<RoomId, (Seq, Seq)> = BTreeMap::new();
+    for (r, m) in released.iter().zip(&missing) {
+        if let (Some(&lo), Some(&hi)) = (m.first(), m.last()) {
+            let span = spans.entry(r.room).or_insert((lo, hi));
+            *span = (span.0.min(lo), span.1.max(hi));
         }
-        // The connections fill the gap themselves.
-        Err(e) => tracing::debug!(error = %e, "hole fill failed"),
+    }
+    let fetched = futures_util::future::join_all(
+        spans
+            .into_iter()
+            .map(|(room, (lo, hi))| fetch(state, room, lo, hi)),
+    )
+    .await;
+    let fetched: HashMap<RoomId, Vec<Arc<PushMessage>>> = fetched.into_iter().flatten().collect();
+    for (r, missing) in released.into_iter().zip(missing) {
+        let fill = fetched.get(&r.room).map_or(&[][..], Vec::as_slice);
+        dispatch_merged(state, r, &missing, fill, wakes);
+    }
+}
+
+/// `room`'s messages with `seq` in `lo ..= hi` (at most [`MAX_FILL`] of them), or `None` when
+/// the database did not answer.
+async fn fetch(
+    state: &GatewayState,
+    room: RoomId,
+    lo: Seq,
+    hi: Seq,
+) -> Option<(RoomId, Vec<Arc<PushMessage>>)> {
+    let limit = u32::try_from(hi - lo + 1).unwrap_or(u32::MAX).min(MAX_FILL);
+    match state.0.store.messages_after(room, lo - 1, limit).await {
+        Ok(found) => {
+            metrics::counter!("ruststacker_gateway_hole_fills_total").increment(1);
+            let found = found
+                .into_iter()
+                .filter(|m| m.seq <= hi)
+                .map(|m| Arc::new(PushMessage::from(m)))
+                .collect();
+            Some((room, found))
+        }
+        Err(e) => {
+            tracing::debug!(room_id = room, error = %e, "hole fill failed");
+            None
+        }
+    }
+}
+
+/// Dispatches one released chunk: its held entries and, for every local recipient among their
+/// targets, the fetched messages it was missing, all in `seq` order.
+fn dispatch_merged(
+    state: &GatewayState,
+    released: Released,
+    missing: &[Seq],
+    fill: &[Arc<PushMessage>],
+    wakes: &mut Wakes,
+) {
+    let mut fill = fill
+        .iter()
+        .filter(|m| missing.binary_search(&m.seq).is_ok())
+        .peekable();
+    let targets: Vec<UserId> = if fill.peek().is_some() {
+        let mut t: Vec<UserId> = released
+            .held
+            .iter()
+            .flat_map(|(_, entries)| entries)
+            .filter_map(|e| match e {
+                PushEntry::Chat { targets, .. } => Some(targets.iter().copied()),
+                PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
+            })
+            .flatten()
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    } else {
+        Vec::new()
+    };
+    for (seq, entries) in released.held {
+        while let Some(m) = fill.next_if(|m| m.seq < seq) {
+            state.dispatch(
+                PushEntry::Chat {
+                    message: m.clone(),
+                    targets: targets.clone(),
+                },
+                wakes,
+            );
+        }
+        for entry in entries {
+            state.dispatch(entry, wakes);
+        }
     }
 }
 
@@ -234,12 +291,15 @@ mod tests {
     use proto::api::MessageType;
 
     use super::*;
+    use crate::hub::{ConnShared, Outbound};
     use crate::{Config, Deps};
 
     /// A stream that answers its scripted reads in turn, then ends (when it drains at stop) or
-    /// waits for ever, like a shared stream nobody appends to.
+    /// finds nothing in each read's wait, like a shared stream nobody appends to.
     struct Scripted {
         reads: VecDeque<Result<Vec<PushEntry>, BusError>>,
+        /// Reads the consumer started.
+        started: Arc<AtomicUsize>,
         acks: Arc<AtomicUsize>,
         drains: bool,
         reset: bool,
@@ -249,6 +309,7 @@ mod tests {
         fn new(drains: bool, reads: Vec<Result<Vec<PushEntry>, BusError>>) -> Self {
             Self {
                 reads: reads.into(),
+                started: Arc::default(),
                 acks: Arc::default(),
                 drains,
                 reset: false,
@@ -265,8 +326,9 @@ mod tests {
             &mut self,
             out: &mut Vec<PushEntry>,
             _max: usize,
-            _block: Duration,
+            block: Duration,
         ) -> Result<usize, BusError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
             match self.reads.pop_front() {
                 Some(Ok(entries)) => {
                     let n = entries.len();
@@ -275,7 +337,10 @@ mod tests {
                 }
                 Some(Err(e)) => Err(e),
                 None if self.drains => Err(BusError::Closed),
-                None => std::future::pending().await,
+                None => {
+                    tokio::time::sleep(block).await;
+                    Ok(0)
+                }
             }
         }
 
@@ -322,11 +387,12 @@ mod tests {
     }
 
     async fn state(dir: &Path, instances: Arc<InProcInstances>) -> GatewayState {
-        let store: Arc<dyn store::Store> = Arc::new(
+        // Metered as in service, so a test can count the database calls.
+        let store: Arc<dyn store::Store> = Arc::new(store::metered::Metered(
             store::sqlite::SqliteStore::open(&dir.join("db.sqlite"))
                 .await
                 .expect("store"),
-        );
+        ));
         let groups = groups::CachedGroups::new(
             Arc::new(groups::DirectGroups::new(store.clone())),
             100,
@@ -437,5 +503,123 @@ mod tests {
         acked(&acks).await;
         stop.cancel();
         task.await.expect("join");
+    }
+
+    /// The seqs of the chat frames queued for a connection, in order.
+    fn queued_seqs(conn: &ConnShared) -> Vec<Seq> {
+        conn.take_queued(usize::MAX)
+            .into_iter()
+            .filter_map(|o| match o {
+                Outbound::Chat(c) => Some(c.seq),
+                Outbound::Frame(_) | Outbound::RoomGone(..) | Outbound::CatchUp => None,
+            })
+            .collect()
+    }
+
+    /// How many times the store was asked for `op` (the service's own database meter).
+    fn store_calls(metrics: &str, op: &str) -> u64 {
+        crate::rendered_count(
+            metrics,
+            &format!("ruststacker_db_call_duration_seconds_count{{op=\"{op}\"}}"),
+        )
+    }
+
+    /// A room of 201 members stored 1..=6; this gateway holds 200 of them in two chunks of 100
+    /// (as Send cuts them). Seqs 2, 4 and 5 of one Send instance never reach the stream within
+    /// the window, 3 and 6 of the other do: every connection still gets 1..=6 in order from the
+    /// consumer, filled from one store query for the room, none from its own gap fill.
+    #[tokio::test]
+    async fn holes_past_the_window_are_filled_once_per_room_for_every_local_recipient() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let meter = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state(
+            dir.path(),
+            Arc::new(InProcInstances::new(Duration::from_secs(30))),
+        )
+        .await;
+        let store = &state.0.store;
+        let mut users = Vec::new();
+        for i in 0..201 {
+            let user = store
+                .create_user(store::NewUser {
+                    username: format!("user{i}"),
+                    password_hash: "x".into(),
+                    nickname: format!("user {i}"),
+                    now_ms: 1,
+                })
+                .await
+                .expect("user");
+            users.push(user.id);
+        }
+        users.sort_unstable();
+        let (room, _) = store
+            .create_group("g", users[0], &users[1..], 1)
+            .await
+            .expect("group");
+        let ids = proto::ids::Snowflake::new(1).expect("a valid node");
+        let batch: Vec<store::NewMessage> = (0..6)
+            .map(|_| store::NewMessage {
+                id: ids.next_id(),
+                room_id: room.id,
+                sender_id: users[0],
+                msg_type: MessageType::Text,
+                content: "hi".into(),
+                client_msg_id: None,
+                created_at_ms: 1,
+            })
+            .collect();
+        let stored: Vec<Arc<PushMessage>> = store
+            .append_messages(&batch)
+            .await
+            .expect("append")
+            .into_iter()
+            .map(|r| match r {
+                Ok(store::Appended::Stored(m)) => Arc::new(PushMessage::from(m)),
+                other => panic!("not stored: {other:?}"),
+            })
+            .collect();
+        // The recipients on this gateway: all but the sender, two chunks.
+        let local = &users[1..];
+        let conns: Vec<Arc<ConnShared>> = local
+            .iter()
+            .map(|&u| {
+                let c = Arc::new(ConnShared::new(0, 64));
+                state.0.hub.add(u, 0, c.clone());
+                c
+            })
+            .collect();
+        let entries = |seq: usize| -> Vec<PushEntry> {
+            local
+                .chunks(100)
+                .map(|chunk| PushEntry::Chat {
+                    message: stored[seq - 1].clone(),
+                    targets: chunk.to_vec(),
+                })
+                .collect()
+        };
+        let reads = vec![Ok(entries(1)), Ok([entries(3), entries(6)].concat())];
+        let stream = Scripted::new(false, reads);
+        let started = stream.started.clone();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consume(state.clone(), stream, stop.clone()));
+        // The first empty read waits until the window closes; the consumer releases what it
+        // held before it starts the second.
+        let released = async {
+            while started.load(Ordering::SeqCst) < 4 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), released)
+            .await
+            .expect("the window closed and the consumer read on");
+        stop.cancel();
+        task.await.expect("join");
+        for (user, conn) in local.iter().zip(&conns) {
+            assert_eq!(queued_seqs(conn), [1, 2, 3, 4, 5, 6], "user {user}");
+        }
+        let metrics = meter.render();
+        assert_eq!(store_calls(&metrics, "messages_after"), 1, "{metrics}");
     }
 }

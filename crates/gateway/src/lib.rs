@@ -593,6 +593,17 @@ async fn health(State(s): State<GatewayState>) -> Response {
     kit::http::health_reply("gateway", &s.0.ready, checks)
 }
 
+/// A counter's (or a histogram's `_count`) value in a test's rendered metrics, `series` with its
+/// labels as rendered (`name{label="value"}`); 0 when it never counted.
+#[cfg(test)]
+pub(crate) fn rendered_count(rendered: &str, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    rendered
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

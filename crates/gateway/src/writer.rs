@@ -120,6 +120,19 @@ impl From<store::StoreError> for WriteError {
     }
 }
 
+/// How long the catch-up pass waits, once due, for live traffic to make it unneeded.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(1);
+
+/// The catch-up pass after connect, once due: the rooms it would still query. A chat frame of a
+/// room stored at or after `since_ms` settles that room: the frame's `seq` is higher than that of
+/// any message fanned out before the Send instances saw the connect, so a gap before it is filled
+/// as any gap is, and the database need not be asked.
+#[derive(Debug)]
+struct CatchUpWatch {
+    since_ms: i64,
+    rooms: std::collections::HashSet<RoomId, Fast>,
+}
+
 struct Writer<S, E> {
     sink: S,
     env: E,
@@ -127,6 +140,9 @@ struct Writer<S, E> {
     ack_mode: bool,
     last_sent: HashMap<RoomId, Seq, Fast>,
     unflushed: HashMap<RoomId, Seq, Fast>,
+    /// The catch-up pass's unsettled rooms, between its due time and its end (boxed: most
+    /// connections are past it, and an idle one keeps its writer resident).
+    watch: Option<Box<CatchUpWatch>>,
     /// Chat frames fed since the last flush, and when the first live one of them was stored
     /// (0: none), for the metrics recorded once per flush.
     fed: u64,
@@ -255,6 +271,11 @@ where
                 if self.first_live_ms == 0 {
                     self.first_live_ms = chat.created_at_ms;
                 }
+                if let Some(w) = &mut self.watch
+                    && chat.created_at_ms >= w.since_ms
+                {
+                    w.rooms.remove(&room);
+                }
                 match self.last_sent.get(&room).copied() {
                     Some(last) if seq <= last => Ok(()),
                     Some(last) if seq > last + 1 => {
@@ -336,9 +357,12 @@ where
         // One more resync a little after connect: a message stored after the first resync but
         // fanned out with a route cached before this connection existed (another Send instance's
         // cache had not yet seen the connect event) reached the wrong gateway or none. A later
-        // message would reveal the gap; this pass does not wait for one. Its timer is boxed and
-        // dropped once done, so it costs nothing where it is off (`all`) or past. Pings come from
-        // the hub's sweeper: the connection keeps no timer of its own.
+        // message would reveal the gap; this pass does not wait for one where none comes: once
+        // due, it waits `CATCH_UP_GRACE` more and asks the database only if a room the
+        // connection knows had no chat frame stored since it was due (a busy room always has
+        // one, so a crowd of connections does not query the database each). Its timer is boxed
+        // and dropped once done, so it costs nothing where it is off (`all`) or past. Pings come
+        // from the hub's sweeper: the connection keeps no timer of its own.
         let mut catch_up = self
             .env
             .catch_up_after()
@@ -349,15 +373,56 @@ where
                 signal = shared.signal() => match signal {
                     Signal::Close => return Ok(()),
                     Signal::Ping => self.send(Message::Ping(Default::default())).await?,
-                    Signal::Work => self.coalesce(shared, commands).await?,
+                    Signal::Work => {
+                        self.coalesce(shared, commands).await?;
+                        if self.watch.as_ref().is_some_and(|w| w.rooms.is_empty()) {
+                            self.watch = None;
+                            catch_up = None;
+                            metrics::counter!("ruststacker_gateway_catch_ups_total", "outcome" => "settled_live")
+                                .increment(1);
+                        }
+                    }
                 },
                 () = async { catch_up.as_mut().expect("guarded").await }, if catch_up.is_some() => {
-                    catch_up = None;
-                    Box::pin(self.resync_all()).await?;
-                    self.flush().await?;
+                    catch_up = self.catch_up_due().await?;
                 }
             }
         }
+    }
+
+    /// The catch-up timer fired: the first time, starts watching the rooms this connection
+    /// knows and returns the grace timer; the second time, resyncs unless every room was
+    /// settled by live traffic meanwhile (see [`CatchUpWatch`]).
+    async fn catch_up_due(
+        &mut self,
+    ) -> Result<Option<std::pin::Pin<Box<tokio::time::Sleep>>>, WriteError> {
+        let outcome = match self.watch.take() {
+            None => {
+                let rooms: std::collections::HashSet<RoomId, Fast> = self
+                    .last_sent
+                    .iter()
+                    .filter(|&(_, &seq)| seq != Seq::MAX)
+                    .map(|(&room, _)| room)
+                    .collect();
+                if !rooms.is_empty() {
+                    self.watch = Some(Box::new(CatchUpWatch {
+                        since_ms: kit::now_ms(),
+                        rooms,
+                    }));
+                    return Ok(Some(Box::pin(tokio::time::sleep(CATCH_UP_GRACE))));
+                }
+                // In no room yet: nothing to watch, and the query is small.
+                "resynced"
+            }
+            Some(w) if w.rooms.is_empty() => "settled_live",
+            Some(_) => "resynced",
+        };
+        metrics::counter!("ruststacker_gateway_catch_ups_total", "outcome" => outcome).increment(1);
+        if outcome == "resynced" {
+            Box::pin(self.resync_all()).await?;
+            self.flush().await?;
+        }
+        Ok(None)
     }
 
     /// At shutdown, writes (and acknowledges) what is already waiting before the close frame.
@@ -394,6 +459,7 @@ where
         ack_mode,
         last_sent: HashMap::default(),
         unflushed: HashMap::default(),
+        watch: None,
         fed: 0,
         first_live_ms: 0,
     };
@@ -500,6 +566,7 @@ mod tests {
         groups: CachedGroups,
         cursors: Arc<CursorBook>,
         meters: Meters,
+        catch_up: Option<Duration>,
     }
 
     impl Env for TestEnv {
@@ -520,7 +587,7 @@ mod tests {
             &self.meters
         }
         fn catch_up_after(&self) -> Option<Duration> {
-            None
+            self.catch_up
         }
     }
 
@@ -566,6 +633,7 @@ mod tests {
                     groups,
                     cursors: Arc::default(),
                     meters: Meters::new(),
+                    catch_up: None,
                 },
                 alice,
                 bob,
@@ -576,6 +644,11 @@ mod tests {
 
         /// Stores `n` messages of alice's; returns them as the push path would queue them.
         async fn store_messages(&self, n: usize) -> Vec<Outbound> {
+            self.store_messages_at(n, kit::now_ms()).await
+        }
+
+        /// The same, stored at `created_at_ms`.
+        async fn store_messages_at(&self, n: usize, created_at_ms: i64) -> Vec<Outbound> {
             let batch: Vec<NewMessage> = (0..n)
                 .map(|_| NewMessage {
                     id: self.ids.next_id(),
@@ -584,7 +657,7 @@ mod tests {
                     msg_type: Default::default(),
                     content: "hi".into(),
                     client_msg_id: None,
-                    created_at_ms: kit::now_ms(),
+                    created_at_ms,
                 })
                 .collect();
             let stored = self
@@ -857,5 +930,83 @@ mod tests {
         assert_eq!(rest.len(), COMMANDS);
         assert_eq!(rest[0], Command::Ack { room: 1, seq: 1 });
         assert_eq!(rest[COMMANDS - 1], Command::Ping);
+    }
+
+    /// What `ruststacker_gateway_catch_ups_total{outcome}` counted on this thread.
+    fn catch_ups(meter: &metrics_exporter_prometheus::PrometheusHandle, outcome: &str) -> u64 {
+        crate::rendered_count(
+            &meter.render(),
+            &format!("ruststacker_gateway_catch_ups_total{{outcome=\"{outcome}\"}}"),
+        )
+    }
+
+    /// A fixture whose connections' catch-up pass is due at once, with one message stored.
+    async fn catching_up() -> Fixture {
+        let mut f = Fixture::new().await;
+        f.env.catch_up = Some(Duration::ZERO);
+        f.store_messages(1).await;
+        f
+    }
+
+    #[tokio::test]
+    async fn live_traffic_after_the_catch_up_is_due_settles_it_without_a_resync() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let meter = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let f = catching_up().await;
+        let Conn {
+            socket,
+            mut flushed,
+            commands,
+            shared,
+        } = Conn::new(16);
+        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let script = async {
+            assert_eq!(next_flush(&mut flushed).await, ["welcome", "chat 1"]);
+            // Live frames, each stored after the pass fell due, until one of them settles it.
+            let mut seq = 1;
+            while catch_ups(&meter, "settled_live") == 0 {
+                let live = f.store_messages_at(1, kit::now_ms() + 60_000).await;
+                assert!(shared.queue_now(live[0].clone()), "room in the queue");
+                seq += 1;
+                assert_eq!(next_flush(&mut flushed).await, [format!("chat {seq}")]);
+            }
+            // Another message stored now reaches nobody: no resync looks for it.
+            f.store_messages(1).await;
+            shared.close(CloseCode::GoingAway);
+            assert_eq!(rest(&mut flushed).await, ["close 1001"]);
+        };
+        tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(writer, script)
+        })
+        .await
+        .expect("settled within 30 s");
+        assert_eq!(catch_ups(&meter, "resynced"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_no_later_frame_reveals_is_sent_by_the_catch_up_pass() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let meter = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let f = catching_up().await;
+        let Conn {
+            socket,
+            mut flushed,
+            commands,
+            shared,
+        } = Conn::new(16);
+        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let script = async {
+            assert_eq!(next_flush(&mut flushed).await, ["welcome", "chat 1"]);
+            // Stored, but fanned out to another gateway (a stale route): only the pass finds it.
+            f.store_messages(1).await;
+            assert_eq!(next_flush(&mut flushed).await, ["chat 2"]);
+            shared.close(CloseCode::GoingAway);
+            assert_eq!(rest(&mut flushed).await, ["close 1001"]);
+        };
+        tokio::join!(writer, script);
+        assert_eq!(catch_ups(&meter, "resynced"), 1);
+        assert_eq!(catch_ups(&meter, "settled_live"), 0);
     }
 }

@@ -838,7 +838,10 @@ mod tests {
         let refused =
             kit::config::load_with_env::<AllConfig>(None, "RUSTSTACKER", RESERVED_ENV, unknown)
                 .expect_err("an unknown variable is refused");
-        assert!(format!("{refused}").contains("RUSTSTACKER_BINDING"), "{refused}");
+        assert!(
+            format!("{refused}").contains("RUSTSTACKER_BINDING"),
+            "{refused}"
+        );
     }
 
     #[test]
