@@ -195,7 +195,7 @@ async fn idle(
     let token = token(meta).await?;
     let server_url = format!("{gateway}?token={token}");
     let out = if compare_bare {
-        let bare = fanout::BareChild::start().await?;
+        let bare = fanout::BareChild::start(0).await?;
         let ws = bare.url.replacen("http://", "ws://", 1);
         eprintln!("bare server at {} (pid {})", bare.url, bare.pid);
         let b = idle_on(&format!("{ws}/api/ws"), bare.pid, n).await;
