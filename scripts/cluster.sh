@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local distributed deployment as separate processes:
-#   registry :8084, meta :8080, send :8081 and :8181, gateways :8082 and :8182,
+#   registry :8084, meta :8080, send :8081 and :8181, gateways :8082 and :8182 (gateway k on
+#   8082 + (k-1)*100 when RUSTSTACKER_CLUSTER_GATEWAYS asks for more than two),
 # against MariaDB on 127.0.0.1:3306 and Redis on 127.0.0.1:6379.
 #
 #   scripts/cluster.sh up        build (release) if needed, migrate, start all six, wait until healthy;
@@ -15,8 +16,13 @@
 # Environment: RUSTSTACKER_CLUSTER_DIR (logs, pid files, the generated JWT secret; default
 # ./cluster), RUSTSTACKER_CLUSTER_DB (MySQL database, default ruststacker),
 # RUSTSTACKER_CLUSTER_PREFIX (Redis key prefix, default ruststacker), RUSTSTACKER_CLUSTER_PORT_OFFSET
-# (added to every port, default 0), RUSTSTACKER_BIN (the binary; default
-# target/release/ruststacker, built when missing).
+# (added to every port, default 0), RUSTSTACKER_CLUSTER_GATEWAYS (gateway processes, default 2,
+# at most 9; the third and later run config/cluster/gateway-1.yaml under their own name and port;
+# `down` and `status` need the same count as `up`), RUSTSTACKER_BIN (the binary; default
+# target/release/ruststacker, built when missing). Other RUSTSTACKER_* variables in the
+# environment reach every service as config overrides (e.g. RUSTSTACKER_RATE_LIMITS__ENABLED);
+# RUSTSTACKER_CLUSTER_ENV_REGISTRY (or _META, _SEND, _GATEWAY) holds overrides for one kind only,
+# e.g. "RUSTSTACKER_HTTP__MAX_CONNECTIONS=8192".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/ports.sh
@@ -27,8 +33,21 @@ PREFIX=${RUSTSTACKER_CLUSTER_PREFIX:-ruststacker}
 BIN=${RUSTSTACKER_BIN:-}
 OFFSET=${RUSTSTACKER_CLUSTER_PORT_OFFSET:-0}
 # name kind port, in start order (the registry first, as the seed says)
-SERVICES=("registry registry 8084" "meta meta 8080" "send-1 send 8081" "send-2 send 8181"
-          "gateway-1 gateway 8082" "gateway-2 gateway 8182")
+GATEWAYS=${RUSTSTACKER_CLUSTER_GATEWAYS:-2}
+case "$GATEWAYS" in [1-9]) ;; *) echo "RUSTSTACKER_CLUSTER_GATEWAYS must be 1 to 9" >&2; exit 2 ;; esac
+SERVICES=("registry registry 8084" "meta meta 8080" "send-1 send 8081" "send-2 send 8181")
+for k in $(seq 1 "$GATEWAYS"); do SERVICES+=("gateway-$k gateway $((8082 + (k - 1) * 100))"); done
+
+# The config file of a service: its own, or gateway-1's for the gateways beyond the second
+# (renamed by env_for_name).
+config_of() {
+  if [ -f "config/cluster/$1.yaml" ]; then echo "config/cluster/$1.yaml"
+  else echo "config/cluster/gateway-1.yaml"; fi
+}
+
+env_for_name() {
+  if [ ! -f "config/cluster/$1.yaml" ]; then echo "RUSTSTACKER_NAME=$1"; fi
+}
 
 # Every service lets the web page on meta's origin call it (CORS), wherever the offset puts meta.
 env_for() {
@@ -48,6 +67,9 @@ port_of() { echo $(( $1 + OFFSET )); }
 # port offset. The other services find each other through Redis.
 # The web page served by meta finds send-1 and the registry at their offset ports.
 env_for_kind() {
+  # RUSTSTACKER_CLUSTER_ENV_REGISTRY (_META, _SEND, _GATEWAY): overrides for that kind only.
+  local own="RUSTSTACKER_CLUSTER_ENV_${1^^}"
+  if [ -n "${!own:-}" ]; then echo "${!own}"; fi
   if [ "$1" = gateway ]; then echo "RUSTSTACKER_REGISTRY__URL=http://127.0.0.1:$(port_of 8084)"; fi
   if [ "$1" = meta ]; then
     echo "RUSTSTACKER_WEB__SEND_URL=http://127.0.0.1:$(port_of 8081)" \
@@ -76,7 +98,8 @@ up() {
       exit 1
     fi
     # shellcheck disable=SC2046
-    env $(env_for) $(env_for_kind "$2") RUSTSTACKER_PORT="$3" nohup "$BIN" "$2" --config "config/cluster/$1.yaml" > "$DIR/$1.log" 2>&1 &
+    env $(env_for) $(env_for_kind "$2") $(env_for_name "$1") RUSTSTACKER_PORT="$3" \
+      nohup "$BIN" "$2" --config "$(config_of "$1")" > "$DIR/$1.log" 2>&1 &
     echo $! > "$DIR/$1.pid"
     for _ in $(seq 1 100); do healthy "$3" && break; alive "$1" || break; sleep 0.1; done
     if alive "$1" && healthy "$3"; then echo "$1 up on :$3 (pid $(cat "$DIR/$1.pid"))"

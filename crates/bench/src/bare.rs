@@ -18,7 +18,8 @@
 //! room, as the gateway delivers a room's messages to its members only. A socket that names no
 //! room gets every room's broadcasts (one big room, the simplest use).
 //!
-//! `POST /api/broadcast` takes `{"room_id", "content", "client_msg_id", "sender_id"}` and answers
+//! `POST /api/broadcast` takes `{"room_id", "content", "client_msg_id", "sender_id"}` (and
+//! optionally the `message_id` and `seq` to give it, for a fleet of bare servers) and answers
 //! like `send_message` (`{"code":0,"data":{"message_id","room_id","seq",...}}`) once every queue of
 //! the room has the frame. `GET /api/ws` opens a socket. The first line on stdout is
 //! `listening on http://ADDR`.
@@ -153,6 +154,14 @@ struct BroadcastReq {
     /// Shown in the frame as the gateway shows the sender (the bare server has no users).
     #[serde(default)]
     sender_id: i64,
+    /// The message's id and its room's `seq`, when the caller names them: a fleet of bare
+    /// servers fed by one coordinator (`fanout --bare A,B,...`) shows every socket the same
+    /// message, as one bus feeding several gateways does. The caller then keeps a room's
+    /// broadcasts in order (it posts the next only once this one answered).
+    #[serde(default)]
+    message_id: Option<i64>,
+    #[serde(default)]
+    seq: Option<i64>,
 }
 
 /// `?rooms=1,2`: the rooms whose broadcasts this socket gets (none: every room's).
@@ -182,11 +191,11 @@ async fn broadcast(State(s): State<AppState>, Json(req): Json<BroadcastReq>) -> 
         let mut hub = s.hub();
         let seq = {
             let s = hub.seqs.entry(req.room_id).or_default();
-            *s += 1;
+            *s = req.seq.unwrap_or(*s + 1);
             *s
         };
         hub.next_id += 1;
-        let id = FIRST_ID + hub.next_id;
+        let id = req.message_id.unwrap_or(FIRST_ID + hub.next_id);
         let text: Utf8Bytes = ServerFrame::Chat {
             id,
             room_id: req.room_id,

@@ -9,8 +9,9 @@
 use serde_json::{Map, Value, json};
 
 /// The figures of a round's summary that are compared, by name and JSON pointer.
-const FIGURES: [(&str, &str); 13] = [
+const FIGURES: [(&str, &str); 17] = [
     ("deliveries_per_sec", "/deliveries_per_sec"),
+    ("duration_secs", "/duration_secs"),
     ("sends_per_sec", "/sends_per_sec"),
     ("server_cpu_us_per_delivery", "/server_cpu_us_per_delivery"),
     ("latency_p50_ms", "/latency_ms/p50"),
@@ -18,6 +19,9 @@ const FIGURES: [(&str, &str); 13] = [
     ("latency_p99_ms", "/latency_ms/p99"),
     ("latency_p999_ms", "/latency_ms/p999"),
     ("latency_max_ms", "/latency_ms/max"),
+    ("reach_all_p50_ms", "/reach_all_ms/p50"),
+    ("reach_all_max_ms", "/reach_all_ms/max"),
+    ("rss_per_socket_bytes", "/server_rss_per_socket_bytes"),
     ("rss_start_kib", "/server_rss_kib/start"),
     ("rss_ready_kib", "/server_rss_kib/ready"),
     ("rss_peak_kib", "/server_rss_kib/peak"),
@@ -25,16 +29,21 @@ const FIGURES: [(&str, &str); 13] = [
     ("lost", "/lost"),
 ];
 
-/// The figures given as `server / bare` (memory is not: the bare server keeps no state to
-/// compare against, its RSS is there to read beside the server's).
-const RATIOS: [&str; 7] = [
+/// The figures given as `server / bare`. Memory as a whole is not (the bare server keeps no state
+/// to compare against, its RSS is there to read beside the server's); memory per socket is, since
+/// both hold the same sockets.
+const RATIOS: [&str; 11] = [
     "deliveries_per_sec",
+    "duration_secs",
     "server_cpu_us_per_delivery",
     "latency_p50_ms",
     "latency_p90_ms",
     "latency_p99_ms",
     "latency_p999_ms",
     "latency_max_ms",
+    "reach_all_p50_ms",
+    "reach_all_max_ms",
+    "rss_per_socket_bytes",
 ];
 
 /// The goals the ratios are read against (docs/performance.md).
@@ -138,13 +147,16 @@ fn fmt_mb(v: &Value, key: &str) -> String {
 pub fn print_ratios(label: &str, ratios: &Value) {
     eprintln!(
         "{label}: server / bare: deliveries/s {} (target >= 0.9x), server CPU per delivery {} \
-         (target <= 1.25x), latency p50 {}, p90 {}, p99 {}, max {}",
+         (target <= 1.25x), latency p50 {}, p90 {}, p99 {}, max {}, time to reach a room p50 {}, \
+         max {}",
         fmt_ratio(ratios, "deliveries_per_sec"),
         fmt_ratio(ratios, "server_cpu_us_per_delivery"),
         fmt_ratio(ratios, "latency_p50_ms"),
         fmt_ratio(ratios, "latency_p90_ms"),
         fmt_ratio(ratios, "latency_p99_ms"),
         fmt_ratio(ratios, "latency_max_ms"),
+        fmt_ratio(ratios, "reach_all_p50_ms"),
+        fmt_ratio(ratios, "reach_all_max_ms"),
     );
 }
 

@@ -9,7 +9,9 @@
 //! or delivered to a non-member (or a send failed).
 //!
 //! `--bare URL` drives a bare broadcast server (`ruststacker-bench bare-server`) the same way:
-//! same sockets, rooms, messages, in-flight requests and verifier, no users. `--compare-bare`
+//! same sockets, rooms, messages, in-flight requests and verifier, no users; `--bare A,B,...`
+//! a fleet of them, the sockets spread over them, each message posted to every one (this process
+//! standing in for the bus that feeds a fleet of gateways). `--compare-bare`
 //! starts one as a child process, measures it, then the server, and reports every figure of the
 //! server as a ratio of the bare server's; `--rounds R` alternates the two R times (a fresh bare
 //! server each round, the server's users and rooms made once) and adds the median of every figure
@@ -98,13 +100,19 @@ pub struct FanoutArgs {
     /// Registrations (argon2 on the server: ~20 ms CPU each) in flight at once.
     #[arg(long, default_value_t = 8)]
     register_concurrency: usize,
+    /// Members named per group request: a bigger group is created with this many and the rest
+    /// added this many at a time (2,500 ids fit the server's default 64 KiB body limit).
+    #[arg(long, default_value_t = 2500)]
+    group_chunk: usize,
     /// WebSocket connects in flight at once (per client process).
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
     /// Drive a bare broadcast server (`ruststacker-bench bare-server`) at this base URL instead
     /// of RustStacker: the same sockets, messages and verifier, no users, group or registry.
-    #[arg(long, conflicts_with = "compare_bare")]
-    bare: Option<String>,
+    /// Several (comma-separated) make a fleet: the sockets spread over them in turn and every
+    /// message is posted to each, with the id and `seq` this process gives it.
+    #[arg(long, value_delimiter = ',', conflicts_with = "compare_bare")]
+    bare: Vec<String>,
     /// Start a bare broadcast server as a child process, measure it (with its pid for the CPU
     /// figures), stop it, then measure RustStacker; print both and the server-to-bare ratios.
     #[arg(long)]
@@ -113,10 +121,25 @@ pub struct FanoutArgs {
     /// and the median of each figure and ratio.
     #[arg(long, default_value_t = 1, requires = "compare_bare")]
     rounds: usize,
-    /// With `--compare-bare`: the port the bare server listens on (0: one the system picks), for
-    /// a machine where each user of it has a port range of its own.
+    /// With `--compare-bare`: bare server processes per round, a fleet as large as the server's
+    /// gateway fleet (each holds its share of the sockets under its own open-files limit).
+    #[arg(long, default_value_t = 1, requires = "compare_bare")]
+    bare_procs: usize,
+    /// With `--compare-bare`: the bare servers listen on the first free ports from this one on
+    /// (0: any free port).
     #[arg(long, default_value_t = 0, requires = "compare_bare")]
     bare_port: u16,
+    /// A shell command run just before and just after the measured part (after the sockets
+    /// connected, until the last delivery); its output lines `NAME NUMBER` are compared and the
+    /// summary's `probe` has each difference, `probe_per_delivery` each per delivered message
+    /// (e.g. database counters; run against the server only, not the bare server).
+    #[arg(long)]
+    probe: Option<String>,
+    /// Seconds to wait after every socket connected before measuring: a server that syncs each
+    /// new connection (its rooms, what it missed) may still be at it after the welcome frames,
+    /// and a message sent then measures the connect burst, not the push path.
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
     /// Client processes to spread the sockets over (each has its own open-files limit). 1 keeps
     /// them in this process.
     #[arg(long, default_value_t = 1)]
@@ -404,6 +427,64 @@ fn progress(sent: u64, t: Totals, errors: u64) {
     );
 }
 
+/// A room's last seq in a bare fleet, held while its next message is posted to every server.
+type RoomSeq = Arc<tokio::sync::Mutex<i64>>;
+
+/// Posts one message to every server of a bare fleet, as the next of its room (`last` is the
+/// room's last seq, held until every server answered so the next message of the room follows),
+/// with the id `body` gives for that seq.
+async fn fleet_post(
+    http: reqwest::Client,
+    urls: Vec<String>,
+    last: RoomSeq,
+    body: impl Fn(i64) -> Value + Send + 'static,
+) -> anyhow::Result<SendMessageReply> {
+    let mut last = last.lock().await;
+    let body = body(*last + 1);
+    let replies = futures_util::future::join_all(
+        urls.iter()
+            .map(|u| call::<SendMessageReply>(http.post(u).json(&body))),
+    )
+    .await;
+    let mut first = None;
+    for (u, r) in urls.iter().zip(replies) {
+        let r = r.with_context(|| format!("broadcast to {u}"))?;
+        first.get_or_insert(r);
+    }
+    let reply = first.context("a bare fleet of no servers")?;
+    *last = reply.seq;
+    Ok(reply)
+}
+
+/// Runs `cmd` in a shell and reads its `NAME NUMBER` lines (others are skipped).
+async fn run_probe(cmd: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("running the probe")?;
+    if !out.status.success() {
+        bail!("the probe exited with {}", out.status);
+    }
+    Ok(parse_probe(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `NAME NUMBER` lines into a map (a repeated name adds up; other lines are skipped).
+fn parse_probe(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        if let (Some(name), Some(v), None) = (f.next(), f.next(), f.next())
+            && let Ok(v) = v.parse::<f64>()
+        {
+            *out.entry(name.to_owned()).or_default() += v;
+        }
+    }
+    out
+}
+
 /// One measured round and whether its delivery check failed.
 struct Round {
     summary: Value,
@@ -461,7 +542,17 @@ async fn round(
     // 1. Who is in which room, who sends where (made once per target).
     if cache.is_none() {
         let sizes = sizes_of(a)?;
-        *cache = Some(layout::setup(&http, target, &sizes, &prefix, a.register_concurrency).await?);
+        *cache = Some(
+            layout::setup(
+                &http,
+                target,
+                &sizes,
+                &prefix,
+                a.register_concurrency,
+                a.group_chunk,
+            )
+            .await?,
+        );
     }
     let lay = cache.as_mut().context("no layout")?;
     let specs = lay.round_specs();
@@ -536,6 +627,10 @@ async fn round(
         json!(gateways)
     );
 
+    if a.settle > 0.0 {
+        eprintln!("settling for {} s", a.settle);
+        tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
+    }
     // Measurements start here: setup costs (argon2, connects) are not in them.
     let redis_url = match target {
         Target::Server { .. } => a.redis_url.as_deref(),
@@ -543,6 +638,14 @@ async fn round(
     };
     let redis_before = match redis_url {
         Some(u) => Some(resp::commandstats(u).await.context("redis INFO (before)")?),
+        None => None,
+    };
+    let probe = match target {
+        Target::Server { .. } => a.probe.as_deref(),
+        Target::Bare { .. } => None,
+    };
+    let probe_before = match probe {
+        Some(cmd) => Some(run_probe(cmd).await.context("--probe (before)")?),
         None => None,
     };
     let pid_names: Vec<String> = pids.iter().map(u32::to_string).collect();
@@ -586,6 +689,18 @@ async fn round(
     };
     let mut sends = Vec::with_capacity(if until.is_some() { 4096 } else { a.messages });
     let mut offered = 0;
+    // A bare fleet: each room's last seq, locked while a message is posted to every server, so
+    // that every server gets a room's messages in seq order.
+    let fleet: Option<(Vec<String>, Vec<RoomSeq>)> = match &lay.send_to {
+        layout::SendTo::Bare { urls } if urls.len() > 1 => Some((
+            urls.clone(),
+            lay.rooms
+                .iter()
+                .map(|r| Arc::new(tokio::sync::Mutex::new(r.last_seq)))
+                .collect(),
+        )),
+        _ => None,
+    };
     while more(offered) {
         let i = offered;
         if let Some(rate) = a.rate {
@@ -598,11 +713,20 @@ async fn round(
         }
         offered += 1;
         let (room, _) = lay.message(i);
-        let req = lay.request(&http, &prefix, i);
         let (sent, send_errors) = (sent.clone(), send_errors.clone());
+        let post: futures_util::future::BoxFuture<'static, anyhow::Result<SendMessageReply>> =
+            match &fleet {
+                Some((urls, seqs)) => Box::pin(fleet_post(
+                    http.clone(),
+                    urls.clone(),
+                    seqs[room].clone(),
+                    lay.fleet_body(&prefix, i),
+                )),
+                None => Box::pin(call::<SendMessageReply>(lay.request(&http, &prefix, i))),
+            };
         sends.push(tokio::spawn(async move {
             let start = Instant::now();
-            let r = call::<SendMessageReply>(req).await;
+            let r = post.await;
             drop(permit);
             match r {
                 Ok(reply) => {
@@ -672,6 +796,10 @@ async fn round(
         Some(u) => Some(resp::commandstats(u).await.context("redis INFO (after)")?),
         None => None,
     };
+    let probe_after = match probe {
+        Some(cmd) => Some(run_probe(cmd).await.context("--probe (after)")?),
+        None => None,
+    };
 
     // 5. Every shard checks its receivers against the accepted messages; merge the verdicts.
     for s in &mut shards {
@@ -701,6 +829,7 @@ async fn round(
             v.merge(d);
         }
     }
+    let reach = v.last_arrivals.reach(&shard::accepted_by_room(&started));
 
     let deliveries = v.deliveries;
     let duration_secs = if deliveries > 0 {
@@ -735,6 +864,7 @@ async fn round(
         "in_flight": a.in_flight,
         "rate": a.rate,
         "client_procs": if in_process { 1 } else { bench_pids.len() - 1 },
+        "settle_secs": a.settle,
         "gateways": gateways,
         "sends_ok": sends_ok,
         "send_errors": offered - sends_ok,
@@ -750,6 +880,13 @@ async fn round(
             "p99": v.latency.percentile_ms(0.99),
             "p999": v.latency.percentile_ms(0.999),
             "max": v.latency.max_ms(),
+        },
+        // Per message, from its send's start until the last member of its room had it.
+        "reach_all_ms": {
+            "messages": reach.count(),
+            "p50": reach.percentile_ms(0.50),
+            "p99": reach.percentile_ms(0.99),
+            "max": reach.max_ms(),
         },
         "lost": v.lost,
         "incomplete_receivers": v.incomplete_receivers,
@@ -768,7 +905,7 @@ async fn round(
     }
     match &lay.send_to {
         layout::SendTo::Server { urls, .. } => summary["send_urls"] = json!(urls),
-        layout::SendTo::Bare { url } => summary["bare_url"] = json!(url),
+        layout::SendTo::Bare { urls } => summary["bare_urls"] = json!(urls),
     }
     if !a.source_addrs.is_empty() {
         summary["source_addrs"] = json!(a.source_addrs);
@@ -810,6 +947,20 @@ async fn round(
             "peak": rss_peak,
             "after": rss_after,
         });
+        // What holding the sockets cost: the growth from before this round's setup to when all
+        // were connected, per socket (the servers' other growth in setup included, if any).
+        summary["server_rss_per_socket_bytes"] =
+            json!(((rss_ready as f64 - rss_start as f64) * 1024.0 / a.users as f64).round());
+    }
+    if let (Some(before), Some(after)) = (probe_before, probe_after) {
+        let delta: BTreeMap<&str, f64> = after
+            .iter()
+            .map(|(k, &v)| (k.as_str(), v - before.get(k).copied().unwrap_or(0.0)))
+            .collect();
+        let per: BTreeMap<&str, Option<f64>> =
+            delta.iter().map(|(&k, &d)| (k, per_delivery(d))).collect();
+        summary["probe"] = json!(delta);
+        summary["probe_per_delivery"] = json!(per);
     }
     if !pid_names.is_empty() {
         let cpu_secs = ticks(&cpu_after, &cpu_before) as f64 / USER_HZ;
@@ -834,6 +985,40 @@ async fn round(
     Ok(Round { summary, failure })
 }
 
+/// Tries this many ports from `--bare-port` on for each bare server: a port in the ephemeral
+/// range may be held by some client connection for a while.
+const BARE_PORT_TRIES: u16 = 64;
+
+/// `n` bare servers, on ports from `port` on (the first free ones) or on any free ports (0).
+async fn start_fleet(n: usize, port: u16) -> anyhow::Result<Vec<BareChild>> {
+    let mut fleet = Vec::with_capacity(n);
+    let mut next = port;
+    let mut failure = None;
+    'servers: for _ in 0..n {
+        let mut last = None;
+        for _ in 0..if port == 0 { 1 } else { BARE_PORT_TRIES } {
+            let p = next;
+            next = next.saturating_add(u16::from(port != 0));
+            match BareChild::start(p).await {
+                Ok(b) => {
+                    fleet.push(b);
+                    continue 'servers;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        failure = last;
+        break;
+    }
+    if let Some(e) = failure {
+        for b in fleet {
+            b.stop().await;
+        }
+        return Err(e.context(format!("starting {n} bare servers from port {port}")));
+    }
+    Ok(fleet)
+}
+
 /// A bare server in a child process, for `--compare-bare`.
 pub struct BareChild {
     child: Child,
@@ -843,7 +1028,7 @@ pub struct BareChild {
 }
 
 impl BareChild {
-    /// Starts a bare server on `port` of 127.0.0.1 (0: one the system picks).
+    /// A bare server on `port` (0: any free port).
     pub async fn start(port: u16) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
         let port = port.to_string();
@@ -878,8 +1063,24 @@ impl BareChild {
 }
 
 pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
-    if a.users == 0 || a.messages == 0 || a.in_flight == 0 || a.procs == 0 || a.rounds == 0 {
-        bail!("--users, --messages, --in-flight, --procs and --rounds must be at least 1");
+    if a.users == 0
+        || a.messages == 0
+        || a.in_flight == 0
+        || a.procs == 0
+        || a.rounds == 0
+        || a.bare_procs == 0
+        || a.group_chunk == 0
+    {
+        bail!(
+            "--users, --messages, --in-flight, --procs, --rounds, --bare-procs and --group-chunk \
+             must be at least 1"
+        );
+    }
+    if a.bare_port != 0 && usize::from(a.bare_port) + a.bare_procs > 65536 {
+        bail!("--bare-port plus --bare-procs runs past port 65535");
+    }
+    if !a.settle.is_finite() || a.settle < 0.0 {
+        bail!("--settle must be 0 or more seconds");
     }
     if a.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
         bail!("--rate must be positive");
@@ -912,11 +1113,17 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
         let mut failures = Vec::new();
         for r in 1..=a.rounds {
             let label = format!("round {r}/{}", a.rounds);
-            let bare = BareChild::start(a.bare_port).await?;
-            eprintln!("{label}: bare server at {} (pid {})", bare.url, bare.pid);
-            let base = bare.url.clone();
-            let b = round(&a, &Target::Bare { base }, &mut None, &[bare.pid]).await;
-            bare.stop().await;
+            let fleet = start_fleet(a.bare_procs, a.bare_port).await?;
+            let bases: Vec<String> = fleet.iter().map(|b| b.url.clone()).collect();
+            let bare_pids: Vec<u32> = fleet.iter().map(|b| b.pid).collect();
+            eprintln!(
+                "{label}: bare server at {} (pid {bare_pids:?})",
+                bases.join(",")
+            );
+            let b = round(&a, &Target::Bare { bases }, &mut None, &bare_pids).await;
+            for bare in fleet {
+                bare.stop().await;
+            }
             let b = b?;
             eprintln!("{label}: server");
             let s = round(&a, &server, &mut server_layout, &a.pids).await?;
@@ -944,11 +1151,16 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
         });
         (out, failures)
     } else {
-        let target = match &a.bare {
-            Some(base) => Target::Bare {
-                base: base.trim_end_matches('/').to_owned(),
-            },
-            None => server,
+        let bases: Vec<String> = a
+            .bare
+            .iter()
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        let target = if bases.is_empty() {
+            server
+        } else {
+            Target::Bare { bases }
         };
         let r = round(&a, &target, &mut None, &a.pids).await?;
         (r.summary, r.failure.into_iter().collect())
@@ -1024,11 +1236,52 @@ mod tests {
     async fn the_bare_server_broadcasts_to_every_socket_and_the_verifier_counts_them() {
         let base = bare_server().await;
         let a = bare_args(&base, &["--users", "3", "--messages", "20"]);
-        let r = round(&a, &Target::Bare { base }, &mut None, &[])
+        let r = round(&a, &Target::Bare { bases: vec![base] }, &mut None, &[])
             .await
             .expect("round");
         assert_verified(&r, 60);
         assert_eq!(r.summary["rooms"], 1, "{}", r.summary);
+    }
+
+    /// Where each room's seq ended after the rounds.
+    fn last_seqs(layout: Option<Layout>) -> Vec<i64> {
+        let rooms = layout.expect("layout").rooms;
+        rooms.iter().map(|r| r.last_seq).collect()
+    }
+
+    /// A fleet of two bare servers: the sockets spread over both, every message (posted to each
+    /// with the id and seq this process gave it) reaches every socket once and in order, and each
+    /// message's time to reach its room is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bare_fleet_shows_every_socket_every_message_once_in_order() {
+        let bases = vec![bare_server().await, bare_server().await];
+        let a = bare_args(
+            &bases[0],
+            &["--users", "10", "--rooms", "2", "--messages", "12"],
+        );
+        let target = Target::Bare {
+            bases: bases.clone(),
+        };
+        let mut layout = None;
+        for _ in 0..2 {
+            let r = round(&a, &target, &mut layout, &[]).await.expect("round");
+            // 6 messages per room of 5.
+            assert_verified(&r, 60);
+            let gateways = r.summary["gateways"].as_object().expect("gateways");
+            assert_eq!(gateways.len(), 2, "{}", r.summary);
+            assert!(gateways.values().all(|n| n == 5), "{}", r.summary);
+            assert_eq!(r.summary["reach_all_ms"]["messages"], 12, "{}", r.summary);
+        }
+        assert_eq!(last_seqs(layout), vec![12, 12]);
+    }
+
+    #[test]
+    fn a_probe_reads_name_number_lines_and_adds_up_repeats() {
+        let p =
+            parse_probe("db_calls.append 3\nnoise\nmysql.questions 10\ndb_calls.append 2\nx 1 2\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p["db_calls.append"], 5.0);
+        assert_eq!(p["mysql.questions"], 10.0);
     }
 
     /// Three rooms of four on the bare server: each socket gets its room's messages only, with
@@ -1041,7 +1294,7 @@ mod tests {
             &base,
             &["--users", "12", "--rooms", "3", "--messages", "21"],
         );
-        let target = Target::Bare { base };
+        let target = Target::Bare { bases: vec![base] };
         let mut layout = None;
         for _ in 0..2 {
             let r = round(&a, &target, &mut layout, &[]).await.expect("round");
@@ -1050,12 +1303,6 @@ mod tests {
             assert_eq!(r.summary["rooms"], 3, "{}", r.summary);
             assert_eq!(r.summary["room_sizes"]["4"], 3, "{}", r.summary);
         }
-        let seqs: Vec<i64> = layout
-            .expect("layout")
-            .rooms
-            .iter()
-            .map(|r| r.last_seq)
-            .collect();
-        assert_eq!(seqs, vec![14, 14, 14]);
+        assert_eq!(last_seqs(layout), vec![14, 14, 14]);
     }
 }

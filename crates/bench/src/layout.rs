@@ -2,7 +2,8 @@
 //!
 //! The users are split into rooms (`--rooms N`, or `--room-sizes a,b,...` in turn); on the server
 //! each room is a real one, made through Meta's API by one of its members: a one-to-one room
-//! (`POST /api/room/direct`) for two members, a group (`POST /api/group/create`) otherwise. On the
+//! (`POST /api/room/direct`) for two members, a group (`POST /api/group/create`, then
+//! `POST /api/group/{id}/members` for a group too big for one request) otherwise. On the
 //! bare server the same layout is rooms 1..=N that each socket names on connect. Message `i` goes
 //! to room `i mod N`, sent by the room's members in turn, so every room gets its share and every
 //! sender is a member of the room it sends to.
@@ -12,7 +13,7 @@
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use proto::api::{CreateGroupReply, DirectRoomReply, LoginReply};
+use proto::api::{AddMembersReply, CreateGroupReply, DirectRoomReply, LoginReply};
 use serde_json::{Value, json};
 
 use crate::fanout::call;
@@ -25,9 +26,9 @@ pub enum Target {
         send_urls: Vec<String>,
         registry: String,
     },
-    Bare {
-        base: String,
-    },
+    /// One bare server, or a fleet of them (the sockets spread over them in turn, every message
+    /// posted to each).
+    Bare { bases: Vec<String> },
 }
 
 /// One room of the run.
@@ -46,10 +47,14 @@ pub enum SendTo {
         urls: Vec<String>,
         tokens: Vec<String>,
     },
-    Bare {
-        url: String,
-    },
+    /// The bare servers' broadcast URLs. One server numbers the messages itself; a fleet is
+    /// posted each message with the id and `seq` the coordinator gave it ([`Layout::fleet_body`]).
+    Bare { urls: Vec<String> },
 }
+
+/// Message ids the coordinator gives a bare fleet's messages start above this (the bare server's
+/// own start at 2^40).
+const FLEET_FIRST_ID: i64 = 1 << 41;
 
 pub struct Layout {
     pub rooms: Vec<RoomPlan>,
@@ -97,12 +102,31 @@ impl Layout {
             SendTo::Server { urls, tokens } => http
                 .post(format!("{}/api/chat/send_message", urls[i % urls.len()]))
                 .bearer_auth(&tokens[sender]),
-            SendTo::Bare { url } => {
+            SendTo::Bare { urls } => {
                 body["sender_id"] = json!(self.specs[sender].user_id);
-                http.post(url)
+                http.post(&urls[0])
             }
         }
         .json(&body)
+    }
+
+    /// The body of message `i` for a bare fleet, given its room's `seq`: the id is unique over
+    /// the run's rounds (it is made of the room and the seq) and the same on every server.
+    pub fn fleet_body(&self, prefix: &str, i: usize) -> impl Fn(i64) -> Value + Send + 'static {
+        let (r, sender) = self.message(i);
+        let (room_id, rooms) = (self.rooms[r].id, self.rooms.len() as i64);
+        let sender_id = self.specs[sender].user_id;
+        let (content, client_msg_id) = (format!("fanout {prefix} #{i}"), format!("{prefix}-{i}"));
+        move |seq| {
+            json!({
+                "room_id": room_id,
+                "content": content,
+                "client_msg_id": client_msg_id,
+                "sender_id": sender_id,
+                "message_id": FLEET_FIRST_ID + seq * rooms + r as i64,
+                "seq": seq,
+            })
+        }
     }
 
     /// How many rooms have each size, e.g. `{"2": 1000}`.
@@ -197,6 +221,7 @@ async fn make_room(
     name: String,
     users: &[User],
     members: &[usize],
+    group_chunk: usize,
 ) -> anyhow::Result<i64> {
     let owner = &users[members[0]];
     if let [_, peer] = members {
@@ -210,16 +235,32 @@ async fn make_room(
         return Ok(direct.room.room_id);
     }
     let ids: Vec<i64> = members[1..].iter().map(|&m| users[m].id).collect();
+    // A big group is made in steps, each request within the server's body limit: created with
+    // the first `group_chunk` members, the rest added `group_chunk` at a time.
+    let mut chunks = ids.chunks(group_chunk.max(1));
+    let first = chunks.next().unwrap_or_default();
     let group: CreateGroupReply = call(
         http.post(format!("{meta}/api/group/create"))
             .bearer_auth(&owner.token)
-            .json(&json!({"name": name, "member_ids": ids})),
+            .json(&json!({"name": name, "member_ids": first})),
     )
     .await
     .context(
         "creating a group (the server caps a group at meta.max_group_members members, the owner \
          included, 1000 by default)",
     )?;
+    for chunk in chunks {
+        let _: AddMembersReply = call(
+            http.post(format!("{meta}/api/group/{}/members", group.room_id))
+                .bearer_auth(&owner.token)
+                .json(&json!({"member_ids": chunk})),
+        )
+        .await
+        .context(
+            "adding members to a group (the server caps a group at meta.max_group_members \
+             members, the owner included, 1000 by default)",
+        )?;
+    }
     Ok(group.room_id)
 }
 
@@ -230,6 +271,7 @@ pub async fn setup(
     sizes: &[usize],
     prefix: &str,
     concurrency: usize,
+    group_chunk: usize,
 ) -> anyhow::Result<Layout> {
     let members = members_of(sizes);
     let n: usize = sizes.iter().sum();
@@ -255,7 +297,10 @@ pub async fn setup(
             eprintln!(" ({:.1} s)", t.elapsed().as_secs_f64());
             let users = &users;
             let ids: Vec<i64> = futures_util::stream::iter(members.iter().enumerate())
-                .map(|(r, m)| make_room(http, meta, format!("fanout {prefix} {r}"), users, m))
+                .map(|(r, m)| {
+                    let name = format!("fanout {prefix} {r}");
+                    make_room(http, meta, name, users, m, group_chunk)
+                })
                 .buffered(concurrency.max(1))
                 .collect::<Vec<_>>()
                 .await
@@ -285,13 +330,16 @@ pub async fn setup(
                 },
             })
         }
-        Target::Bare { base } => {
-            let ws_base = if let Some(rest) = base.strip_prefix("https://") {
-                format!("wss://{rest}")
-            } else if let Some(rest) = base.strip_prefix("http://") {
-                format!("ws://{rest}")
-            } else {
-                base.clone()
+        Target::Bare { bases } => {
+            let ws_url = |base: &String| {
+                let ws = if let Some(rest) = base.strip_prefix("https://") {
+                    format!("wss://{rest}")
+                } else if let Some(rest) = base.strip_prefix("http://") {
+                    format!("ws://{rest}")
+                } else {
+                    base.clone()
+                };
+                format!("{ws}/api/ws")
             };
             let mut specs: Vec<SocketSpec> = (0..n)
                 .map(|index| SocketSpec {
@@ -308,10 +356,10 @@ pub async fn setup(
                 rooms,
                 specs,
                 connect: ConnectTarget::Url {
-                    ws_url: format!("{ws_base}/api/ws"),
+                    ws_urls: bases.iter().map(ws_url).collect(),
                 },
                 send_to: SendTo::Bare {
-                    url: format!("{base}/api/broadcast"),
+                    urls: bases.iter().map(|b| format!("{b}/api/broadcast")).collect(),
                 },
             })
         }
@@ -371,9 +419,11 @@ mod tests {
                 .collect(),
             specs: Vec::new(),
             connect: ConnectTarget::Url {
-                ws_url: String::new(),
+                ws_urls: vec![String::new()],
             },
-            send_to: SendTo::Bare { url: String::new() },
+            send_to: SendTo::Bare {
+                urls: vec![String::new()],
+            },
         };
         let sent: Vec<(usize, usize)> = (0..6).map(|i| layout.message(i)).collect();
         assert_eq!(sent, vec![(0, 0), (1, 2), (0, 1), (1, 3), (0, 0), (1, 4)]);

@@ -57,9 +57,9 @@ pub fn wall_us(t: Instant) -> u64 {
 pub enum ConnectTarget {
     /// RustStacker: ask the registry which gateway, authenticate with the user's token.
     Registry { registry: String },
-    /// One WebSocket URL for every socket (the bare server), which names its room with
-    /// `?rooms=ID`.
-    Url { ws_url: String },
+    /// The bare server's WebSocket URL, or a fleet's (socket `index` connects to URL
+    /// `index mod len`); each socket names its room with `?rooms=ID`.
+    Url { ws_urls: Vec<String> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +257,55 @@ impl ReceiverLog {
     }
 }
 
+/// For each accepted message, when its last receiver got it (µs), so that the run can say how
+/// long a message took to reach every member of its room. On the wire as `[[id, µs], ...]`, like
+/// [`Histogram`].
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(into = "Vec<(i64, u64)>", from = "Vec<(i64, u64)>")]
+pub struct LastArrivals(pub HashMap<i64, u64>);
+
+impl From<LastArrivals> for Vec<(i64, u64)> {
+    fn from(l: LastArrivals) -> Self {
+        l.0.into_iter().collect()
+    }
+}
+
+impl From<Vec<(i64, u64)>> for LastArrivals {
+    fn from(v: Vec<(i64, u64)>) -> Self {
+        let mut l = Self::default();
+        for (id, at) in v {
+            l.record(id, at);
+        }
+        l
+    }
+}
+
+impl LastArrivals {
+    pub fn record(&mut self, id: i64, at_us: u64) {
+        let e = self.0.entry(id).or_default();
+        *e = (*e).max(at_us);
+    }
+
+    pub fn merge(&mut self, other: &LastArrivals) {
+        for (&id, &at) in &other.0 {
+            self.record(id, at);
+        }
+    }
+
+    /// Per message, from its send's start to its last arrival: the time to reach its whole room.
+    pub fn reach(&self, accepted: &Accepted) -> Histogram {
+        let mut h = Histogram::default();
+        for started in accepted.values() {
+            for (id, &start) in started {
+                if let Some(&last) = self.0.get(id) {
+                    h.record(last.saturating_sub(start));
+                }
+            }
+        }
+        h
+    }
+}
+
 /// The verifier's counts over some receivers (a shard's, or the whole run's once merged).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Verdict {
@@ -278,6 +327,8 @@ pub struct Verdict {
     /// µs of the last delivery of an accepted message.
     pub last_delivery_us: u64,
     pub latency: Histogram,
+    /// Per accepted message, its last arrival.
+    pub last_arrivals: LastArrivals,
 }
 
 impl Verdict {
@@ -292,6 +343,7 @@ impl Verdict {
                     got += 1;
                     self.latency.record(at.saturating_sub(start));
                     self.last_delivery_us = self.last_delivery_us.max(at);
+                    self.last_arrivals.record(id, at);
                 }
                 None => self.unexpected += 1,
             }
@@ -329,6 +381,7 @@ impl Verdict {
         }
         self.last_delivery_us = self.last_delivery_us.max(o.last_delivery_us);
         self.latency.merge(&o.latency);
+        self.last_arrivals.merge(&o.last_arrivals);
     }
 }
 
@@ -408,7 +461,12 @@ async fn connect(
     source: Option<IpAddr>,
 ) -> anyhow::Result<(Ws, String)> {
     let (url, at) = match &target {
-        ConnectTarget::Url { ws_url } => (format!("{ws_url}?rooms={}", s.room_id), ws_url.clone()),
+        ConnectTarget::Url { ws_urls } => {
+            let ws_url = ws_urls
+                .get(s.index % ws_urls.len().max(1))
+                .context("no bare server URL")?;
+            (format!("{ws_url}?rooms={}", s.room_id), ws_url.clone())
+        }
         ConnectTarget::Registry { registry } => {
             let gw: GatewayView = call(http.get(format!(
                 "{registry}/registry/gateway/available?user_id={}",
@@ -540,8 +598,13 @@ pub async fn run(
     let source = |i: usize| {
         (!job.source_addrs.is_empty()).then(|| job.source_addrs[i % job.source_addrs.len()])
     };
-    let mut sockets = Vec::with_capacity(n);
     let mut gateways: BTreeMap<String, u64> = BTreeMap::new();
+    // Each socket is read from as soon as it is open: connecting a large shard takes longer than
+    // a server waits for a silent socket (it pings, and a socket nobody reads never answers).
+    let live = Arc::new(Live::default());
+    live.alive.store(n, Relaxed);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut receivers = Vec::with_capacity(n);
     {
         let specs = std::mem::take(&mut job.sockets);
         let mut conns = futures_util::stream::iter(specs)
@@ -555,23 +618,21 @@ pub async fn run(
         while let Some(c) = conns.next().await {
             let (ws, gw, log) = c?;
             *gateways.entry(gw).or_default() += 1;
-            sockets.push((ws, log));
-            if sockets.len() % 100 == 0 || sockets.len() == n {
+            receivers.push(tokio::spawn(receive(
+                ws,
+                log,
+                job.ack,
+                live.clone(),
+                stop_rx.clone(),
+            )));
+            if receivers.len() % 100 == 0 || receivers.len() == n {
                 emit(ShardEvent::Connected {
-                    count: sockets.len(),
+                    count: receivers.len(),
                 });
             }
         }
     }
     emit(ShardEvent::Ready { gateways });
-
-    let live = Arc::new(Live::default());
-    live.alive.store(n, Relaxed);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let receivers: Vec<_> = sockets
-        .into_iter()
-        .map(|(ws, log)| tokio::spawn(receive(ws, log, job.ack, live.clone(), stop_rx.clone())))
-        .collect();
 
     let mut stop = stop;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -676,6 +737,32 @@ mod tests {
         assert_eq!((v.deliveries, v.lost, v.incomplete_receivers), (4, 1, 1));
         assert_eq!(v.latency.count(), 4);
         assert_eq!(v.last_delivery_us, 40);
+        assert_eq!(v.last_arrivals.0[&102], 40);
+    }
+
+    #[test]
+    fn a_message_reaches_its_room_when_its_last_receiver_got_it() {
+        // Two receivers in two shards; message 1 started at 100 µs, message 2 at 1,000 µs.
+        let accepted = accepted_by_room(&[(7, 1, 100), (7, 2, 1_000)]);
+        let mut a = ReceiverLog::new(7, 0, 2);
+        assert!(a.chat(7, 1, 1, 600));
+        assert!(a.chat(7, 2, 2, 1_300));
+        let mut b = ReceiverLog::new(7, 0, 2);
+        assert!(b.chat(7, 1, 1, 900));
+        let (mut va, mut vb) = (Verdict::default(), Verdict::default());
+        va.add(a, &accepted);
+        vb.add(b, &accepted);
+        // Across the process boundary and merged, as the coordinator sees them.
+        let vb: Verdict =
+            serde_json::from_str(&serde_json::to_string(&vb).expect("json")).expect("parse");
+        va.merge(vb);
+        let reach = va.last_arrivals.reach(&accepted);
+        // Message 1 reached both at 900 (800 µs after its start); message 2 reached one of two
+        // (its time counts what arrived; the loss is counted apart).
+        assert_eq!(reach.count(), 2);
+        assert_eq!(reach.max_ms(), 0.8);
+        assert_eq!(reach.percentile_ms(0.5), 0.3);
+        assert_eq!(va.lost, 1);
     }
 
     #[test]

@@ -766,14 +766,23 @@ macro_rules! sql_store {
                 now_ms: i64,
             ) -> std::result::Result<(), sqlx::Error> {
                 let mut tx = pool.begin().await?;
-                sqlx::query(
-                    "DELETE FROM refresh_tokens WHERE expires_at < ? AND session_id IN \
-                     (SELECT id FROM sessions WHERE user_id = ?)",
-                )
-                .bind(now_ms)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
+                // Session by session, each delete on the token table's session index: MariaDB
+                // runs `DELETE ... WHERE session_id IN (SELECT ...)` as a scan of every user's
+                // tokens, which made each login cost more the more users had logged in.
+                let sessions: Vec<(SessionId,)> =
+                    sqlx::query_as("SELECT id FROM sessions WHERE user_id = ?")
+                        .bind(user)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for (session,) in sessions {
+                    sqlx::query(
+                        "DELETE FROM refresh_tokens WHERE session_id = ? AND expires_at < ?",
+                    )
+                    .bind(session)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "DELETE FROM sessions WHERE user_id = ? AND NOT EXISTS \
                      (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id)",
