@@ -153,11 +153,30 @@ fn prometheus_scrapes_every_port_of_the_local_cluster() {
             script[start..end].to_owned()
         })
         .expect("scripts/cluster.sh lists its SERVICES");
-    let ports: Vec<&str> = services
+    let mut ports: Vec<String> = services
         .split('"')
         .filter_map(|s| s.split_whitespace().nth(2))
+        .map(str::to_owned)
         .collect();
-    assert_eq!(ports.len(), 6, "{services}");
+    assert_eq!(
+        ports.len(),
+        4,
+        "registry, meta and two Send instances: {services}"
+    );
+    // The gateways, as many as RUSTSTACKER_CLUSTER_GATEWAYS says (by default the two the
+    // Prometheus config scrapes), gateway k on 8082 + (k - 1) * 100.
+    let gateways: u16 = script
+        .lines()
+        .find_map(|l| l.strip_prefix("GATEWAYS=${RUSTSTACKER_CLUSTER_GATEWAYS:-"))
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|n| n.parse().ok())
+        .expect("scripts/cluster.sh has a default gateway count");
+    assert!(
+        script.contains("SERVICES+=(\"gateway-$k gateway $((8082 + (k - 1) * 100))\")"),
+        "scripts/cluster.sh places gateway k on 8082 + (k - 1) * 100"
+    );
+    ports.extend((1..=gateways).map(|k| (8082 + (k - 1) * 100).to_string()));
+    assert_eq!(ports.len(), 6, "{services}, {gateways} gateways");
     let prometheus = read("deploy/prometheus/prometheus.yml");
     for port in ports {
         assert!(
