@@ -202,6 +202,11 @@ mod tests {
         }
     }
 
+    /// Polls `joined` once as the task of `waker`.
+    fn poll(joined: &mut Pin<&mut impl Future<Output = ()>>, waker: &Waker) -> Poll<()> {
+        joined.as_mut().poll(&mut Context::from_waker(waker))
+    }
+
     #[test]
     fn a_new_task_waker_has_both_branches_polled_again() {
         let (first_polls, second_polls) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -215,48 +220,23 @@ mod tests {
             Arc::new(Count(AtomicUsize::new(0))),
         );
         let (waker_a, waker_b) = (Waker::from(a.clone()), Waker::from(b.clone()));
-        assert!(
-            joined
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_a))
-                .is_pending()
-        );
+        assert!(poll(&mut joined, &waker_a).is_pending());
         // Polled again by the same task without a wake: neither branch is polled.
-        assert!(
-            joined
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_a))
-                .is_pending()
-        );
+        assert!(poll(&mut joined, &waker_a).is_pending());
         assert_eq!(first_polls.load(Ordering::Relaxed), 1);
         // By another waker: both are, so that they register it.
-        assert!(
-            joined
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_b))
-                .is_pending()
-        );
+        assert!(poll(&mut joined, &waker_b).is_pending());
         assert_eq!(first_polls.load(Ordering::Relaxed), 2);
         assert_eq!(second_polls.load(Ordering::Relaxed), 2);
         // A branch's wake now reaches the new waker, and only that branch is polled.
         second_notify.notify_one();
         assert_eq!(b.0.load(Ordering::Relaxed), 1);
         assert_eq!(a.0.load(Ordering::Relaxed), 0);
-        assert!(
-            joined
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_b))
-                .is_pending()
-        );
+        assert!(poll(&mut joined, &waker_b).is_pending());
         assert_eq!(first_polls.load(Ordering::Relaxed), 2);
         assert_eq!(second_polls.load(Ordering::Relaxed), 3);
         first_notify.notify_one();
-        assert!(
-            joined
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_b))
-                .is_ready()
-        );
+        assert!(poll(&mut joined, &waker_b).is_ready());
     }
 
     #[test]
