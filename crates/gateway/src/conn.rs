@@ -113,7 +113,8 @@ async fn run(
         return;
     }
     if let Err(e) = state.0.routes.connected(user, &state.0.id).await {
-        tracing::warn!(user_id = user, error = %e, "route not recorded");
+        tracing::warn!(user_id = user, error = %e, "route not recorded, retrying");
+        state.0.unrouted.add(user);
     }
     tracing::debug!(user_id = user, conn = conn_id, "connected");
     // Reader and writer run in this one task (no second task per connection), sharing the
@@ -132,8 +133,8 @@ async fn run(
         if let Err(e) = state.0.routes.disconnected(user, &state.0.id).await {
             tracing::warn!(user_id = user, error = %e, "route not cleared");
         }
-        if state.0.hub.has(user) {
-            let _ = state.0.routes.connected(user, &state.0.id).await;
+        if state.0.hub.has(user) && state.0.routes.connected(user, &state.0.id).await.is_err() {
+            state.0.unrouted.add(user);
         }
     }
     tracing::debug!(user_id = user, conn = conn_id, "disconnected");

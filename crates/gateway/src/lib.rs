@@ -172,6 +172,8 @@ pub(crate) struct Inner {
     checks: Vec<HealthCheck>,
     pub(crate) hub: Hub,
     pub(crate) cursors: Arc<cursor::CursorBook>,
+    /// Connected users whose route is still to be recorded.
+    pub(crate) unrouted: upkeep::Unrouted,
     pub(crate) closing: CancellationToken,
     conns: TaskTracker,
     /// When the stream consumer last read successfully (Unix ms; a read returns at least once a
@@ -204,6 +206,7 @@ impl GatewayState {
             checks: deps.checks,
             hub,
             cursors: Arc::default(),
+            unrouted: upkeep::Unrouted::default(),
             closing: CancellationToken::new(),
             conns: TaskTracker::new(),
             stream_read_ms: std::sync::atomic::AtomicI64::new(0),
@@ -261,6 +264,7 @@ impl GatewayState {
                 stop.clone(),
             )),
             tokio::spawn(upkeep::route_refresher(self.clone(), stop.clone())),
+            tokio::spawn(upkeep::route_retrier(self.clone(), stop.clone())),
         ];
         let consumer = tokio::spawn(consumer::consume(
             self.clone(),

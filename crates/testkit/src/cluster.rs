@@ -266,6 +266,20 @@ impl Cluster {
         self.gateways[i] = Some(g);
     }
 
+    /// Stops the registry gracefully; what it keeps is in Redis and stays there.
+    pub async fn stop_registry(&mut self) {
+        if let Some(r) = self.registry.take() {
+            r.shutdown().await.expect("registry shuts down");
+        }
+    }
+
+    /// Starts the registry again on its port (the URL the other instances were given).
+    pub async fn start_registry(&mut self) {
+        let mut cfg = base_config(&self.backends, &self.configure);
+        cfg.registry.port = self.registry_addr.port();
+        self.registry = Some(boot(cfg, Roles::REGISTRY, "registry").await);
+    }
+
     /// Stops meta gracefully (its flusher writes every pending group change) and starts it again.
     pub async fn restart_meta(&mut self) {
         if let Some(m) = self.meta.take() {

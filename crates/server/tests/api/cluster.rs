@@ -816,6 +816,48 @@ async fn gateways_configured_with_the_registry_url_register_and_report_routes_ov
     c.shutdown().await;
 }
 
+/// A gateway that cannot record a user's route when they connect (here the registry, where routes
+/// go, is down) writes it again until it is recorded: once the registry is back the user gets live
+/// messages on the same socket, with no periodic refresh (an hour here) and no catch-up pass (off
+/// here) to bring them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_not_recorded_at_connect_is_written_again_until_it_is() {
+    let mut c = Cluster::spawn_with_registry_url(|cfg| {
+        cfg.internal_token = Some(REGISTRY_TOKEN.into());
+        cfg.gateway.route_refresh_secs = 3600;
+        cfg.gateway.catch_up_secs = 0;
+    })
+    .await;
+    let api = c.api(0, 0);
+    let users = api.register_users(&["unrouted1", "unrouted2"]).await;
+    let room = api
+        .create_group_ok(&users[0], "routes retried", &[&users[1]])
+        .await
+        .room_id;
+    let gateway = Cluster::gateway_name(0);
+
+    c.stop_registry().await;
+    let mut ws = c.ws(0, &users[1]).await;
+    assert_eq!(
+        route_expiry(&c, users[1].id, &gateway).await,
+        None,
+        "no route while the registry is down"
+    );
+    c.start_registry().await;
+    eventually(WAIT, "the gateway records the route again", || async {
+        route_expiry(&c, users[1].id, &gateway).await.is_some()
+    })
+    .await;
+    let sent = api
+        .send_ok(&users[0], room, "after the registry came back")
+        .await;
+    assert_eq!(
+        ws.next_new_chat().await.expect("a live chat").id,
+        sent.message_id
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_the_registry_url_and_a_wrong_internal_token_refuses_to_start() {
     let c = Cluster::spawn_with_registry_url(|cfg| {
