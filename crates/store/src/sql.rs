@@ -98,7 +98,7 @@ impl TryFrom<Text> for MessageType {
 macro_rules! room_columns {
     () => {
         "r.id, r.name, r.is_group, r.is_open, r.owner_id, r.last_seq, r.created_at, \
-         (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id) AS member_count"
+         r.member_count"
     };
 }
 pub(crate) use room_columns;
@@ -620,7 +620,22 @@ macro_rules! sql_store {
                     // Rows in (room, user) order, the order cursor batches lock them in: no
                     // deadlock.
                     changes.sort_unstable_by_key(|(user, _)| *user);
+                    // How many rows this adds (removals count down), for the room's count.
+                    let mut grown: i64 = 0;
                     for (user, state) in &changes {
+                        let present = sqlx::query_scalar::<_, i64>(
+                            "SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?",
+                        )
+                        .bind(room)
+                        .bind(user)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                        grown += match (state, present) {
+                            (MemberState::Member { .. }, false) => 1,
+                            (MemberState::Removed, true) => -1,
+                            _ => 0,
+                        };
                         match state {
                             MemberState::Member {
                                 role,
@@ -643,6 +658,13 @@ macro_rules! sql_store {
                         }
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    if grown != 0 {
+                        sqlx::query("UPDATE rooms SET member_count = member_count + ? WHERE id = ?")
+                            .bind(grown)
+                            .bind(room)
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     tx.commit().await?;
                     Ok(changes)
@@ -887,7 +909,14 @@ macro_rules! sql_store {
                     .bind(user)
                     .execute(&mut **tx)
                     .await?;
-                Ok(done.rows_affected() != 0)
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE rooms SET member_count = member_count + 1 WHERE id = ?")
+                    .bind(room)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(true)
             }
 
             /// The room `id` inserted by this transaction.
@@ -922,7 +951,7 @@ macro_rules! sql_store {
             ) -> std::result::Result<bool, sqlx::Error> {
                 let mut tx = pool.begin().await?;
                 let done = sqlx::query(
-                    "UPDATE rooms SET dissolved_at = ? \
+                    "UPDATE rooms SET dissolved_at = ?, member_count = 0 \
                      WHERE id = ? AND is_group = TRUE AND dissolved_at IS NULL",
                 )
                 .bind(now_ms)

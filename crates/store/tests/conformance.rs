@@ -680,6 +680,56 @@ async fn users_by_ids_returns_existing_users_sorted_and_deduplicated(s: &dyn Sto
     assert_eq!(all.iter().map(|u| u.id).collect::<Vec<_>>(), vec![a, b, c]);
 }
 
+/// The room's `member_count` is kept by the writes (not counted on each read): it follows adds,
+/// rewrites of existing members (no change), removals of members and of non-members (no change),
+/// and a batch that does several at once, in `room` and in `joined_rooms` alike.
+async fn member_count_follows_every_membership_change(s: &dyn Store) {
+    let a = user(s, "mc_owner").await;
+    let b = user(s, "mc_member").await;
+    let n = user(s, "mc_new").await;
+    let o = user(s, "mc_other").await;
+    let (room, _) = s.create_group("g", a, &[b, b], 1).await.expect("create");
+    assert_eq!(room.member_count, 2, "as created: the owner and b once");
+    let count = || async {
+        let here = s.room(room.id).await.expect("room").expect("exists");
+        let listed = s.joined_rooms(a).await.expect("rooms");
+        let listed = listed
+            .iter()
+            .find(|j| j.room.id == room.id)
+            .expect("listed");
+        assert_eq!(listed.room.member_count, here.member_count);
+        here.member_count
+    };
+    let batch = vec![
+        (n, member_state(Role::Member, None, 2, 0)),
+        (o, member_state(Role::Member, None, 2, 0)),
+        (b, MemberState::Removed),
+    ];
+    s.write_members(room.id, ready(batch)).await.expect("batch");
+    assert_eq!(count().await, 3, "two in, one out");
+    s.write_members(
+        room.id,
+        ready(vec![(n, member_state(Role::Admin, Some("x"), 3, 0))]),
+    )
+    .await
+    .expect("rewrite");
+    assert_eq!(count().await, 3, "a rewrite adds nobody");
+    s.write_members(
+        room.id,
+        ready(vec![(b, MemberState::Removed), (o, MemberState::Removed)]),
+    )
+    .await
+    .expect("removals");
+    assert_eq!(count().await, 2, "only a member's removal counts");
+    let (direct, _) = s.direct_room(a, n, 4).await.expect("direct");
+    assert_eq!(direct.member_count, 2);
+    assert_eq!(
+        count().await,
+        2,
+        "another room's members are not this one's"
+    );
+}
+
 async fn write_members_upserts_and_removes_memberships(s: &dyn Store) {
     let a = user(s, "wm_owner").await;
     let b = user(s, "wm_member").await;
@@ -1087,6 +1137,12 @@ async fn sqlite_users_by_ids_returns_existing_users_sorted_and_deduplicated() {
 }
 
 #[tokio::test]
+async fn sqlite_member_count_follows_every_membership_change() {
+    let (_d, s) = sqlite().await;
+    member_count_follows_every_membership_change(s.as_ref()).await;
+}
+
+#[tokio::test]
 async fn sqlite_write_members_upserts_and_removes_memberships() {
     let (_d, s) = sqlite().await;
     write_members_upserts_and_removes_memberships(s.as_ref()).await;
@@ -1163,6 +1219,12 @@ async fn mysql_concurrent_batches_never_leave_gaps() {
 async fn mysql_users_by_ids_returns_existing_users_sorted_and_deduplicated() {
     let (_db, s) = mysql().await;
     users_by_ids_returns_existing_users_sorted_and_deduplicated(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_member_count_follows_every_membership_change() {
+    let (_db, s) = mysql().await;
+    member_count_follows_every_membership_change(s.as_ref()).await;
 }
 
 #[tokio::test]
