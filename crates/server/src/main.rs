@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 /// that had registered 1,000 users and pushed a million frames held ~315 MB it never returned;
 /// with mimalloc ~85 MB, at the same or slightly lower CPU per delivery. jemalloc held less still
 /// (~55 MB) but cost ~7% more CPU per delivery and a slower C build.
+/// Left out with `--no-default-features`, for heap profilers that hook the system's malloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
