@@ -32,6 +32,9 @@ else
   cargo test --workspace --no-fail-fast "$@"
 fi
 
+# The JavaScript SDK (clients/js) with node's test runner against real `ruststacker all`s.
+scripts/sdk-test.sh
+
 # The distributed deployment as separate processes (scripts/cluster.sh), checked end to end.
 scripts/cluster-smoke.sh
 

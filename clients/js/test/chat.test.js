@@ -1,0 +1,283 @@
+// Two (and more) people chatting through the SDK against a real `ruststacker all` (access tokens
+// of 4 s, so every step also runs over silent renewals; at most 2 sockets per user per gateway):
+// live messages and the sender's ACK, acknowledgements moving the delivery cursor, a server
+// restart under connected clients, sending retried under one client_msg_id, history paging, a gap
+// left by another device of the same user, and the close codes that stop reconnecting.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { Client, newClientMsgId } from '../src/index.js';
+import { Server, next, record, uniqueName, until } from './server.js';
+
+const PASSWORD = 'password-123';
+let server;
+
+before(async () => {
+  server = new Server({
+    RUSTSTACKER_JWT__EXPIRE_SECS: '4',
+    RUSTSTACKER_GATEWAY__MAX_CONNECTIONS_PER_USER: '2',
+  });
+  await server.start();
+});
+
+after(async () => {
+  if (server) await server.dispose();
+});
+
+const clients = [];
+
+function newClient(extra = {}) {
+  // Short reconnect delays: a restart is waited for in a second or two, not ten.
+  const c = new Client({ metaUrl: server.metaUrl, reconnectMaxMs: 2000, ...extra });
+  clients.push(c);
+  return c;
+}
+
+after(() => {
+  for (const c of clients) c.close();
+});
+
+async function user(prefix, extra = {}) {
+  const c = newClient(extra);
+  const username = uniqueName(prefix);
+  await c.register({ username, password: PASSWORD });
+  await c.login(username, PASSWORD);
+  return c;
+}
+
+/** Another client of the same user (another device), with a session of its own. */
+async function sameUser(c, extra = {}) {
+  const other = newClient(extra);
+  const { username } = await c.me();
+  await other.login(username, PASSWORD);
+  return other;
+}
+
+async function online(c) {
+  const connected = next(c, 'connected');
+  await c.connect();
+  await connected;
+}
+
+function seqs(list) {
+  return list.map((m) => m.seq);
+}
+
+test('two users chat live; the sender gets the ACK of each message', async () => {
+  const alice = await user('alice');
+  const bob = await user('bob', { deviceId: 'bob-phone' });
+  const { room_id: room } = await alice.createGroup('chat', [bob.userId]);
+  await Promise.all([online(alice), online(bob)]);
+  const bobGot = record(bob);
+  const acks = [];
+  alice.on('ack', (a) => acks.push(a));
+
+  const cid = newClientMsgId();
+  const echo = next(alice, 'message', (m) => m.client_msg_id === cid);
+  const sent = await alice.sendMessage(room, 'hello bob', { clientMsgId: cid });
+  assert.equal(sent.duplicate, false);
+  assert.equal(sent.client_msg_id, cid);
+  const m = await next(bob, 'message', (x) => x.id === sent.message_id);
+  assert.deepEqual(
+    { room: m.room_id, sender: m.sender_id, seq: m.seq, content: m.content, type: m.type, cid: m.client_msg_id },
+    { room, sender: alice.userId, seq: sent.seq, content: 'hello bob', type: 'text', cid },
+  );
+  assert.equal((await echo).id, sent.message_id, 'the sender gets its own message too');
+  await until(() => acks.some((a) => a.id === sent.message_id), 'the ACK of the message');
+  const ack = acks.find((a) => a.id === sent.message_id);
+  assert.equal(ack.client_msg_id, cid);
+  assert.equal(ack.seq, sent.seq);
+
+  const reply = await bob.sendMessage(room, 'hi alice');
+  const got = await next(alice, 'message', (x) => x.id === reply.message_id);
+  assert.equal(got.content, 'hi alice');
+  assert.deepEqual(seqs(bobGot), [1, 2]);
+});
+
+test('acknowledged messages are not sent again to the next connection (ack=true)', async () => {
+  const alice = await user('alice');
+  const bob = await user('bob');
+  const { room_id: room } = await alice.createGroup('acks', [bob.userId]);
+  await online(bob);
+  const got = record(bob);
+  for (const text of ['one', 'two', 'three']) await alice.sendMessage(room, text);
+  await until(() => got.length === 3, 'three messages');
+  // The pong answers after the gateway handled the acknowledgements sent before it.
+  await bob.ping();
+  const session = bob.session;
+  bob.close();
+
+  // A fresh client of the same session (nothing remembered locally): the gateway resyncs from
+  // the cursor the acknowledgements moved, so the first message it gets is the next one.
+  const again = newClient({ session });
+  const got2 = record(again);
+  await online(again);
+  const four = await alice.sendMessage(room, 'four');
+  await until(() => got2.length >= 1, 'the next message');
+  assert.deepEqual(got2.map((m) => m.id), [four.message_id]);
+});
+
+test('a server restart: clients reconnect, a send made meanwhile is retried, nothing is lost or repeated', async () => {
+  const alice = await user('alice');
+  const bob = await user('bob');
+  const { room_id: room } = await alice.createGroup('restart', [bob.userId]);
+  await Promise.all([online(alice), online(bob)]);
+  const bobGot = record(bob);
+  const aliceGot = record(alice);
+  const first = await alice.sendMessage(room, 'before');
+  await until(() => bobGot.length === 1, 'the first message');
+
+  const bobLost = next(bob, 'disconnected');
+  const retried = next(alice, 'send_retry');
+  await server.stop();
+  const lost = await bobLost;
+  assert.equal(lost.code, 1001, 'the gateway closed with "going away"');
+  assert.equal(lost.willReconnect, true);
+  // Sent while the server is down: retried until it is back.
+  const during = alice.sendMessage(room, 'during');
+  await retried;
+  const bobBack = next(bob, 'connected');
+  const aliceBack = next(alice, 'connected');
+  await server.start();
+  const second = await during;
+  await Promise.all([bobBack, aliceBack]);
+  const third = await alice.sendMessage(room, 'after');
+  await until(() => bobGot.length >= 3, 'three messages for bob');
+  await until(() => aliceGot.length >= 3, 'three messages for alice');
+  for (const got of [bobGot, aliceGot]) {
+    assert.deepEqual(got.map((m) => m.id), [first.message_id, second.message_id, third.message_id]);
+    assert.deepEqual(seqs(got), [1, 2, 3]);
+  }
+});
+
+test('a send whose answer was lost is retried with the same client_msg_id and stored once', async (t) => {
+  // A forwarding proxy in front of the real Send that cuts the connection instead of handing
+  // back the first send's answer: the message is stored, the client does not know it.
+  const urls = await (await user('probe')).urls();
+  let dropped = 0;
+  const proxy = http.createServer((req, res) => {
+    const up = http.request(`${urls.send}${req.url}`, { method: req.method, headers: req.headers }, (upRes) => {
+      if (req.url.startsWith('/api/chat/send_message') && dropped === 0) {
+        dropped += 1;
+        upRes.resume();
+        upRes.on('end', () => req.socket.destroy());
+        return;
+      }
+      res.writeHead(upRes.statusCode, upRes.headers);
+      upRes.pipe(res);
+    });
+    req.pipe(up);
+  });
+  await new Promise((ok) => proxy.listen(0, '127.0.0.1', ok));
+  t.after(() => proxy.close());
+  const alice = await user('alice', {
+    sendUrl: `http://127.0.0.1:${proxy.address().port}`, registryUrl: urls.registry,
+  });
+  const { room_id: room } = await alice.createGroup('once', []);
+  const retries = [];
+  alice.on('send_retry', (r) => retries.push(r));
+  const sent = await alice.sendMessage(room, 'stored once');
+  assert.equal(dropped, 1);
+  assert.equal(retries.length, 1);
+  assert.equal(retries[0].error.status, 0);
+  assert.equal(sent.duplicate, true, 'the retry found the message the first attempt stored');
+  const { messages } = await alice.history(room);
+  assert.deepEqual(messages.map((m) => [m.id, m.content]), [[sent.message_id, 'stored once']]);
+});
+
+test('history pages forward and back', async () => {
+  const alice = await user('alice');
+  const { room_id: room } = await alice.createGroup('pages', []);
+  const ids = [];
+  for (let i = 1; i <= 7; i += 1) ids.push((await alice.sendMessage(room, `m${i}`)).message_id);
+  const pages = [];
+  for await (const page of alice.historyPages(room, { limit: 3 })) pages.push(seqs(page));
+  assert.deepEqual(pages, [[1, 2, 3], [4, 5, 6], [7]]);
+  const part = [];
+  for await (const page of alice.historyPages(room, { afterSeq: 2, limit: 2, untilSeq: 5 })) part.push(seqs(page));
+  assert.deepEqual(part, [[3, 4], [5]]);
+  const newest = await alice.historyBefore(room, 8, 3);
+  assert.deepEqual(seqs(newest.messages), [5, 6, 7]);
+  assert.equal(newest.has_more, true);
+  assert.deepEqual(newest.messages.map((m) => m.id), ids.slice(4));
+  const oldest = await alice.historyBefore(room, 3, 5);
+  assert.deepEqual(seqs(oldest.messages), [1, 2]);
+  assert.equal(oldest.has_more, false);
+  const page = await alice.history(room, { afterSeq: 5, limit: 1 });
+  assert.deepEqual([seqs(page.messages), page.has_more], [[6], true]);
+});
+
+test('a gap left by another device of the same user is filled, in order, each message once', async () => {
+  const alice = await user('alice');
+  const laptop = await user('bob', { deviceId: 'laptop' });
+  const phone = await sameUser(laptop, { deviceId: 'phone' });
+  const { room_id: room } = await alice.createGroup('gap', [laptop.userId]);
+  await Promise.all([online(laptop), online(phone)]);
+  const onLaptop = record(laptop);
+  const onPhone = record(phone);
+  const gaps = [];
+  laptop.on('gap', (g) => gaps.push(g));
+  await alice.sendMessage(room, 'm1');
+  await until(() => onLaptop.length === 1 && onPhone.length === 1, 'm1 on both devices');
+
+  // The laptop goes away; the phone reads and acknowledges three more, moving the user's cursor.
+  laptop.disconnect();
+  for (const text of ['m2', 'm3', 'm4']) await alice.sendMessage(room, text);
+  await until(() => onPhone.length === 4, 'm2-m4 on the phone');
+  await phone.ping();
+
+  // Back online, the gateway has nothing to resync for the laptop (the cursor is past m4); the
+  // next message is ahead of what the laptop has.
+  await online(laptop);
+  await alice.sendMessage(room, 'm5');
+  await until(() => onLaptop.length >= 5, 'five messages on the laptop');
+  assert.deepEqual(onLaptop.map((m) => m.content), ['m1', 'm2', 'm3', 'm4', 'm5']);
+  assert.ok(gaps.length >= 1 && gaps[0].room_id === room && gaps[0].after_seq === 1, JSON.stringify(gaps));
+  assert.deepEqual(laptop.cursors(), { [room]: 5 });
+});
+
+test('4009 (too many connections) stops reconnecting; the newer connections stay', async () => {
+  const alice = await user('alice');
+  const first = await user('carol');
+  const second = await sameUser(first);
+  const third = await sameUser(first);
+  const { room_id: room } = await alice.createGroup('many', [first.userId]);
+  await online(first);
+  await online(second);
+  const stopped = next(first, 'stopped');
+  const firstLost = next(first, 'disconnected');
+  await online(third);
+  assert.equal((await stopped).code, 4009);
+  assert.equal((await firstLost).willReconnect, false);
+  assert.equal(first.state, 'stopped');
+  assert.equal(first.nextReconnectAt, null, 'no reconnect planned');
+
+  const onFirst = record(first);
+  const sent = await alice.sendMessage(room, 'to the newer two');
+  await Promise.all([second, third].map((c) => next(c, 'message', (m) => m.id === sent.message_id)));
+  assert.equal(second.state, 'online');
+  assert.equal(third.state, 'online');
+  assert.equal(first.state, 'stopped');
+  assert.deepEqual(onFirst, []);
+});
+
+test('4401 (token revoked): the client that changed the password reconnects, another session ends', async () => {
+  const changer = await user('dave');
+  const other = await sameUser(changer);
+  await Promise.all([online(changer), online(other)]);
+  const revoked = next(changer, 'disconnected', (d) => d.code === 4401);
+  const otherLost = next(other, 'disconnected', (d) => d.code === 4401);
+  const otherEnded = next(other, 'session_ended');
+  const { username } = await changer.me();
+  await changer.changePassword(PASSWORD, 'password-456');
+  const d = await revoked;
+  assert.equal(d.willReconnect, true);
+  await next(changer, 'connected');
+  assert.equal(changer.state, 'online');
+  assert.equal((await otherLost).code, 4401);
+  await otherEnded;
+  assert.equal(other.session, null);
+  await until(() => other.state === 'idle', 'the other client to give up');
+  assert.equal(other.nextReconnectAt, null);
+  assert.ok(username);
+});
