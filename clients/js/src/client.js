@@ -173,7 +173,7 @@ export class Client extends Emitter {
   /** Renews the access token now (spends the refresh token). */
   async renew() {
     if (!this._session.data) throw new SessionEndedError('not_logged_in', 'Not logged in.');
-    return this._session.renew(this._session.data.token);
+    return this._session.renew(this._session.data);
   }
 
   /** Changes the password: every other session is revoked; this client takes the new one. */
@@ -259,12 +259,16 @@ export class Client extends Emitter {
    */
   async request(service, method, path, body, { auth = true } = {}) {
     const base = await this._base(service);
-    const token = auth ? await this._session.fresh() : null;
+    const used = auth ? await this._session.fresh() : null;
+    const token = used ? used.token : null;
     let { status, envelope } = await this._raw(base, method, path, body, token);
-    if (status === 401 && token) {
-      if (await this._session.renew(token)) {
-        ({ status, envelope } = await this._raw(base, method, path, body, this._session.token));
+    if (status === 401 && used) {
+      if (!(await this._session.renew(used))) {
+        // The refresh did not get through (Meta out of reach or failing): not the end of the
+        // session, and worth trying again (sendMessage does).
+        throw new ApiError(0, 'unreachable', 'The session could not be renewed: Meta is out of reach.');
       }
+      ({ status, envelope } = await this._raw(base, method, path, body, this._session.token));
     }
     if (status >= 200 && status < 300 && envelope && envelope.code === 200) return envelope.data;
     const name = (envelope && envelope.error) || `http_${status}`;

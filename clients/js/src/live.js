@@ -46,6 +46,8 @@ export class Live {
     /** Resolvers of `ping()` waiting for a pong, oldest first. */
     this._pongs = [];
     this._wanted = false;
+    /** Bumped by `stop()`: an attempt under way when it changed gives up. */
+    this._gen = 0;
   }
 
   _setState(s, detail) {
@@ -65,6 +67,7 @@ export class Live {
   /** Closes the connection (after sending the acknowledgements due) and stops reconnecting. */
   stop(state = 'idle') {
     this._wanted = false;
+    this._gen += 1;
     this._clearReconnect();
     this._flushAcks();
     const ws = this._ws;
@@ -148,6 +151,9 @@ export class Live {
 
   async _connect() {
     if (!this._wanted || this._ws) return;
+    const gen = this._gen;
+    // Whether this attempt was overtaken (stopped, or stopped and started again) while it waited.
+    const stale = () => gen !== this._gen || !this._wanted || this._ws !== null;
     const client = this._client;
     this._connects += 1;
     this._setState('connecting', { attempt: this._attempt });
@@ -156,24 +162,26 @@ export class Live {
     try {
       gw = await client.placement(this._excluded());
     } catch (e) {
+      if (stale()) return undefined;
       if (e instanceof SessionEndedError) return this._sessionOver();
       // No placement at all (no gateway, no registry): the next attempt starts afresh.
       this._avoid.clear();
       return this._scheduleReconnect({ code: null, reason: `no gateway: ${e.message}`, gateway: null });
     }
-    if (!this._wanted || this._ws) return;
-    let token;
+    if (stale()) return undefined;
+    let used;
     try {
       // The gateway checks the token at the handshake only: a fresh one, renewed if due.
-      token = await client._session.fresh();
+      used = await client._session.fresh();
     } catch (e) {
+      if (stale()) return undefined;
       if (e instanceof SessionEndedError) return this._sessionOver();
       return this._scheduleReconnect({ code: null, reason: `cannot renew the session: ${e.message}`, gateway: gw.gateway_id });
     }
-    if (!this._wanted || this._ws) return;
+    if (stale()) return undefined;
     let ws;
     try {
-      ws = new this._o.WebSocket(this._url(gw, token));
+      ws = new this._o.WebSocket(this._url(gw, used.token));
     } catch (e) {
       this._suspect(gw.gateway_id);
       return this._scheduleReconnect({ code: null, reason: `cannot open: ${e.message}`, gateway: gw.gateway_id });
@@ -216,7 +224,7 @@ export class Live {
       this._ws = null;
       this._stopTimers();
       this._failPongs();
-      this._closed(ev.code, ev.reason || '', opened, token, gw);
+      this._closed(ev.code, ev.reason || '', opened, used, gw);
     };
   }
 
@@ -232,8 +240,9 @@ export class Live {
     return url;
   }
 
-  async _closed(code, reason, opened, token, gw) {
+  async _closed(code, reason, opened, used, gw) {
     const client = this._client;
+    const gen = this._gen;
     const detail = { code, reason, gateway: gw.gateway_id };
     if (!this._wanted) {
       client._emit('disconnected', { ...detail, willReconnect: false, retryInMs: null });
@@ -252,10 +261,13 @@ export class Live {
       // Revoked by a password change: a newer token (ours, if this client made the change) gets
       // a new connection; a refused renewal ends the session.
       try {
-        await client._session.renew(token);
+        await client._session.renew(used);
       } catch (e) {
+        // (An ended session has stopped this connection already: `gen` moved.)
         if (e instanceof SessionEndedError) return this._sessionOver(detail);
+        if (gen !== this._gen) return undefined;
       }
+      if (gen !== this._gen) return undefined;
       return this._scheduleReconnect({ ...detail, immediate: true });
     }
     // Unreachable, dropped without a close frame (1006) or going away (1001): it may be dead.
@@ -267,10 +279,13 @@ export class Live {
       try {
         await client.request('meta', 'GET', '/api/user/me');
       } catch (e) {
+        // (An ended session has stopped this connection already: `gen` moved.)
         if (e instanceof SessionEndedError) return this._sessionOver(detail);
+        if (gen !== this._gen) return undefined;
       }
+      if (gen !== this._gen) return undefined;
     }
-    this._scheduleReconnect(detail);
+    return this._scheduleReconnect(detail);
   }
 
   _sessionOver(detail) {

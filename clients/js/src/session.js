@@ -96,7 +96,7 @@ export class Session {
     // Timers longer than 2^31-1 ms fire at once; a 30-day session is renewed well before then.
     this._timer = setTimeout(() => {
       this._timer = null;
-      if (this.data) this.renew(this.data.token).catch(() => {});
+      if (this.data) this.renew(this.data).catch(() => {});
     }, Math.min(ms, 2 ** 31 - 1));
   }
 
@@ -108,35 +108,38 @@ export class Session {
   }
 
   /**
-   * The access token, renewed first when it is due. Throws SessionEndedError without a session.
-   * @returns {Promise<string>}
+   * The session, its access token renewed first when due. Throws SessionEndedError without one.
+   * What it answers is what to hand to `renew` when that token is refused.
+   * @returns {Promise<SessionData>}
    */
   async fresh() {
     if (!this.data) throw new SessionEndedError('not_logged_in', 'Not logged in.');
-    if (Date.now() >= this._renewAt) await this.renew(this.data.token);
+    if (Date.now() >= this._renewAt) await this.renew(this.data);
     if (!this.data) throw new SessionEndedError('not_logged_in', 'Not logged in.');
-    return this.data.token;
+    return this.data;
   }
 
   /**
-   * Renews the access token `stale` (the one that is due or was refused): under the lock, a pair
-   * renewed meanwhile (by this client or, through `loadSession`, another tab) is adopted as it
-   * is; otherwise the refresh token is spent. Answers whether a token newer than `stale` is held.
-   * A refused refresh ends the session (`session_ended`) and throws SessionEndedError; a server
+   * Renews the session `stale` (the pair whose access token is due or was refused; compared by
+   * identity, and by refresh token for a saved one: two access tokens issued within the same
+   * second are the same string): under the lock, a pair renewed meanwhile (by this client or,
+   * through `loadSession`, another tab) is adopted as it is; otherwise the refresh token is
+   * spent. Answers whether a pair newer than `stale` is held. A refused refresh ends the session (`session_ended`) and throws SessionEndedError; a server
    * out of reach leaves the session as it is (tried again shortly) and answers false.
-   * @param {string} stale @returns {Promise<boolean>}
+   * @param {SessionData} stale @returns {Promise<boolean>}
    */
   async renew(stale) {
     if (this._changing) await this._changing;
     return this._lock(async () => {
       if (!this.data) throw new SessionEndedError('not_logged_in', 'Not logged in.');
       const saved = this._loadSession ? this._loadSession() : null;
-      if (saved && saved.user_id === this.data.user_id && saved.token
-          && saved.token !== stale && saved.token !== this.data.token) {
+      if (saved && saved.user_id === this.data.user_id && saved.token && saved.refresh_token
+          && saved.refresh_token !== stale.refresh_token
+          && saved.refresh_token !== this.data.refresh_token) {
         this.adopt(saved, false);
         return true;
       }
-      if (this.data.token !== stale) return true;
+      if (this.data !== stale) return true;
       const before = this.data;
       let reply;
       try {
@@ -147,7 +150,7 @@ export class Session {
         return false;
       }
       // Logged out (or logged in afresh) while the refresh was under way: not wanted.
-      if (this.data !== before) return this.data !== null && this.data.token !== stale;
+      if (this.data !== before) return this.data !== null;
       const { status, envelope } = reply;
       if (status === 200 && envelope && envelope.code === 200) {
         this.adopt(envelope.data);

@@ -91,6 +91,7 @@ test('two users chat live; the sender gets the ACK of each message', async () =>
   const reply = await bob.sendMessage(room, 'hi alice');
   const got = await next(alice, 'message', (x) => x.id === reply.message_id);
   assert.equal(got.content, 'hi alice');
+  await until(() => bobGot.length === 2, 'bob\'s own message back');
   assert.deepEqual(seqs(bobGot), [1, 2]);
 });
 
@@ -148,6 +149,45 @@ test('a server restart: clients reconnect, a send made meanwhile is retried, not
     assert.deepEqual(got.map((m) => m.id), [first.message_id, second.message_id, third.message_id]);
     assert.deepEqual(seqs(got), [1, 2, 3]);
   }
+});
+
+test('a gateway that dropped the client without a close frame is excluded from the next placements', async () => {
+  const alice = await user('alice');
+  // Every URL the client fetches is noted (the calls themselves go to the real server).
+  const fetched = [];
+  const bob = await user('bob', {
+    fetch: (url, init) => {
+      fetched.push(String(url));
+      return fetch(url, init);
+    },
+  });
+  const { room_id: room } = await alice.createGroup('failover', [bob.userId]);
+  const connected = next(bob, 'connected');
+  await bob.connect();
+  const { gateway } = await connected;
+  const got = record(bob);
+  const first = await alice.sendMessage(room, 'before the crash');
+  await until(() => got.length === 1, 'the first message');
+
+  const lost = next(bob, 'disconnected');
+  await server.kill();
+  const d = await lost;
+  assert.equal(d.code, 1006);
+  assert.equal(d.willReconnect, true);
+  const seen = fetched.length;
+  const back = next(bob, 'connected');
+  await server.start();
+  await back;
+  const placements = fetched.slice(seen).filter((u) => u.includes('/registry/gateway/available'));
+  assert.ok(placements.length >= 1);
+  // The lost gateway is named in every placement since (the registry still offers it when, as
+  // here, there is no other).
+  for (const u of placements) {
+    assert.equal(new URL(u).searchParams.get('exclude'), gateway.gateway_id, u);
+  }
+  const second = await alice.sendMessage(room, 'after the crash');
+  await until(() => got.length >= 2, 'the second message');
+  assert.deepEqual(got.map((m) => m.id), [first.message_id, second.message_id]);
 });
 
 test('a send whose answer was lost is retried with the same client_msg_id and stored once', async (t) => {

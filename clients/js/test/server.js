@@ -100,6 +100,15 @@ export class Server {
     await child.exited;
   }
 
+  /** Kills it (SIGKILL): its sockets end without a close frame, as in a crash. */
+  async kill() {
+    const child = this.child;
+    this.child = null;
+    if (!child || child.exitCode !== null) return;
+    child.kill('SIGKILL');
+    await child.exited;
+  }
+
   /** Stops it and removes its data dir. */
   async dispose() {
     await this.stop();

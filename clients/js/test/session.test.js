@@ -78,6 +78,13 @@ test('a 401 renews the token once and the call is made again', async (t) => {
   assert.equal(again.user_id, me.user_id);
   assert.equal(sessions.length, 1, 'one refresh for the three refused calls');
   assert.notEqual(c.session.refresh_token, saved.refresh_token);
+
+  // Two renewals asked for at once spend the refresh token once: the second finds the pair the
+  // first got (spending it twice would revoke the session).
+  const [a, b] = await Promise.all([c.renew(), c.renew()]);
+  assert.deepEqual([a, b], [true, true]);
+  assert.equal(sessions.length, 2);
+  assert.equal((await c.me()).user_id, me.user_id);
 });
 
 test('log-out revokes the session: its refresh token is refused from then on', async () => {
