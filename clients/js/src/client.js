@@ -227,6 +227,7 @@ export class Client extends Emitter {
 
   /** One HTTP call; answers the status and the parsed envelope (null when not JSON). */
   async _raw(base, method, path, body, token) {
+    /** @type {Record<string, string>} */
     const headers = {};
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -286,7 +287,10 @@ export class Client extends Emitter {
     return this.request('meta', 'GET', '/api/joined_rooms');
   }
 
-  /** Creates a group with you as owner. */
+  /**
+   * Creates a group with you as owner.
+   * @param {string} name @param {number[]} memberIds @param {{open?: boolean}} [opts]
+   */
   createGroup(name, memberIds, { open } = {}) {
     const body = { name, member_ids: memberIds };
     if (open !== undefined) body.open = open;
@@ -364,6 +368,7 @@ export class Client extends Emitter {
 
   /**
    * One page of a room's messages with `seq` after `afterSeq`, in `seq` order.
+   * @param {number} roomId @param {{afterSeq?: number, limit?: number}} [opts]
    * @returns {Promise<{room_id: number, messages: import('./delivery.js').Message[], has_more: boolean}>}
    */
   history(roomId, { afterSeq = 0, limit = this._o.historyPageSize } = {}) {
@@ -374,6 +379,9 @@ export class Client extends Emitter {
   /**
    * Pages forward through a room's messages after `afterSeq` (up to `untilSeq` when given): one
    * array of messages per page, until there are no more.
+   * @param {number} roomId
+   * @param {{afterSeq?: number, limit?: number, untilSeq?: number}} [opts]
+   * @returns {AsyncGenerator<import('./delivery.js').Message[], void, void>}
    */
   async *historyPages(roomId, { afterSeq = 0, limit = this._o.historyPageSize, untilSeq } = {}) {
     let after = afterSeq;
@@ -392,6 +400,7 @@ export class Client extends Emitter {
   /**
    * The page of up to `limit` messages just before `beforeSeq` (for scrolling back), in `seq`
    * order; `has_more` says whether older ones exist.
+   * @param {number} roomId @param {number} beforeSeq @param {number} [limit]
    */
   async historyBefore(roomId, beforeSeq, limit = this._o.historyPageSize) {
     const after = Math.max(0, beforeSeq - 1 - limit);
@@ -415,6 +424,10 @@ export class Client extends Emitter {
   async connect() {
     if (this._closed) throw new Error('this client was closed');
     if (!this._session.data) throw new SessionEndedError('not_logged_in', 'Not logged in.');
+    if (typeof this._o.WebSocket !== 'function') {
+      // Node 20 without --experimental-websocket, for one.
+      throw new TypeError('no WebSocket: pass a constructor as the WebSocket option');
+    }
     await this.urls();
     this._live.start();
   }

@@ -23,7 +23,7 @@ export class Live {
   /**
    * @param {object} o
    * @param {import('./client.js').Client} o.client
-   * @param {Required<import('./client.js').ClientOptions>} o.options
+   * @param {Record<string, any>} o.options the client's options, defaults filled in
    */
   constructor({ client, options }) {
     this._client = client;

@@ -48,6 +48,7 @@ export class Session {
    * @param {() => Promise<SessionData>} fn
    */
   async changing(fn) {
+    /** @type {(value?: unknown) => void} */
     let done = () => {};
     this._changing = new Promise((resolve) => {
       done = resolve;

@@ -69,28 +69,31 @@ test('two users chat live; the sender gets the ACK of each message', async () =>
   const { room_id: room } = await alice.createGroup('chat', [bob.userId]);
   await Promise.all([online(alice), online(bob)]);
   const bobGot = record(bob);
+  const aliceGot = record(alice);
   const acks = [];
   alice.on('ack', (a) => acks.push(a));
 
+  // (The frames may come before the HTTP answer: everything is recorded from the start.)
   const cid = newClientMsgId();
-  const echo = next(alice, 'message', (m) => m.client_msg_id === cid);
   const sent = await alice.sendMessage(room, 'hello bob', { clientMsgId: cid });
   assert.equal(sent.duplicate, false);
   assert.equal(sent.client_msg_id, cid);
-  const m = await next(bob, 'message', (x) => x.id === sent.message_id);
+  await until(() => bobGot.length === 1, 'the message for bob');
+  const [m] = bobGot;
   assert.deepEqual(
     { room: m.room_id, sender: m.sender_id, seq: m.seq, content: m.content, type: m.type, cid: m.client_msg_id },
     { room, sender: alice.userId, seq: sent.seq, content: 'hello bob', type: 'text', cid },
   );
-  assert.equal((await echo).id, sent.message_id, 'the sender gets its own message too');
+  await until(() => aliceGot.length === 1, 'the message back to alice');
+  assert.equal(aliceGot[0].id, sent.message_id, 'the sender gets its own message too');
   await until(() => acks.some((a) => a.id === sent.message_id), 'the ACK of the message');
   const ack = acks.find((a) => a.id === sent.message_id);
   assert.equal(ack.client_msg_id, cid);
   assert.equal(ack.seq, sent.seq);
 
   const reply = await bob.sendMessage(room, 'hi alice');
-  const got = await next(alice, 'message', (x) => x.id === reply.message_id);
-  assert.equal(got.content, 'hi alice');
+  await until(() => aliceGot.length === 2, 'the reply for alice');
+  assert.deepEqual([aliceGot[1].id, aliceGot[1].content], [reply.message_id, 'hi alice']);
   await until(() => bobGot.length === 2, 'bob\'s own message back');
   assert.deepEqual(seqs(bobGot), [1, 2]);
 });
@@ -276,6 +279,31 @@ test('a gap left by another device of the same user is filled, in order, each me
   assert.deepEqual(laptop.cursors(), { [room]: 5 });
 });
 
+test('group notices arrive as events (every frame also as "frame"), the dissolved one included', async () => {
+  const alice = await user('alice');
+  const bob = await user('bob');
+  const carol = await user('carol');
+  const { room_id: room } = await alice.createGroup('notices', [bob.userId]);
+  await online(bob);
+  const notices = [];
+  bob.on('notice', (n) => notices.push(n));
+  const frames = [];
+  bob.on('frame', (f) => frames.push(f.type));
+  await alice.request('meta', 'POST', `/api/group/${room}/members`, { member_ids: [carol.userId] });
+  await until(() => notices.length === 1, 'the member_added notice');
+  assert.deepEqual(
+    [notices[0].room_id, notices[0].event, notices[0].user_ids, notices[0].by],
+    [room, 'member_added', [carol.userId], alice.userId],
+  );
+  await alice.request('meta', 'DELETE', `/api/group/${room}`);
+  await until(() => notices.length === 2, 'the dissolved notice');
+  assert.deepEqual([notices[1].event, notices[1].by], ['dissolved', alice.userId]);
+  assert.deepEqual(frames, ['notice', 'notice'], 'each frame is seen by "frame" too');
+  await assert.rejects(alice.sendMessage(room, 'too late'), (e) => e.status === 404 && e.name === 'room_not_found');
+  await bob.ping();
+  assert.deepEqual(frames, ['notice', 'notice', 'pong']);
+});
+
 test('4009 (too many connections) stops reconnecting; the newer connections stay', async () => {
   const alice = await user('alice');
   const first = await user('carol');
@@ -292,9 +320,10 @@ test('4009 (too many connections) stops reconnecting; the newer connections stay
   assert.equal(first.state, 'stopped');
   assert.equal(first.nextReconnectAt, null, 'no reconnect planned');
 
-  const onFirst = record(first);
+  const [onFirst, onSecond, onThird] = [first, second, third].map(record);
   const sent = await alice.sendMessage(room, 'to the newer two');
-  await Promise.all([second, third].map((c) => next(c, 'message', (m) => m.id === sent.message_id)));
+  await until(() => onSecond.length === 1 && onThird.length === 1, 'the message on the newer two');
+  assert.deepEqual([onSecond[0].id, onThird[0].id], [sent.message_id, sent.message_id]);
   assert.equal(second.state, 'online');
   assert.equal(third.state, 'online');
   assert.equal(first.state, 'stopped');
@@ -308,11 +337,12 @@ test('4401 (token revoked): the client that changed the password reconnects, ano
   const revoked = next(changer, 'disconnected', (d) => d.code === 4401);
   const otherLost = next(other, 'disconnected', (d) => d.code === 4401);
   const otherEnded = next(other, 'session_ended');
+  const reconnected = next(changer, 'connected');
   const { username } = await changer.me();
   await changer.changePassword(PASSWORD, 'password-456');
   const d = await revoked;
   assert.equal(d.willReconnect, true);
-  await next(changer, 'connected');
+  await reconnected;
   assert.equal(changer.state, 'online');
   assert.equal((await otherLost).code, 4401);
   await otherEnded;
