@@ -33,7 +33,6 @@ export class Live {
     this.gateway = null;
     this._ws = null;
     this._attempt = 0;
-    this._connects = 0;
     /** gateway_id -> when it was lost (ms). */
     this._avoid = new Map();
     this._reconnectTimer = null;
@@ -155,7 +154,6 @@ export class Live {
     // Whether this attempt was overtaken (stopped, or stopped and started again) while it waited.
     const stale = () => gen !== this._gen || !this._wanted || this._ws !== null;
     const client = this._client;
-    this._connects += 1;
     this._setState('connecting', { attempt: this._attempt });
     client._emit('connecting', { attempt: this._attempt });
     let gw;
