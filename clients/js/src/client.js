@@ -527,9 +527,17 @@ export class Client extends Emitter {
           for (const m of page) this._delivery.take(m);
         }
       }
-    } catch {
-      // History is out of reach too: what is held goes out in order, over the hole.
+    } catch (e) {
+      if (this._closed) return;
+      if (e instanceof ApiError && e.retryable) {
+        // Out of reach for now: the messages after the gap stay held (none is handed over, or
+        // acknowledged, past a hole that may yet be filled) and both ways are tried again.
+        if (this._delivery.waiting(roomId)) this._gap(roomId, this._delivery.delivered(roomId), until);
+        return;
+      }
+      // Refused (no longer a member, the room is gone): there is nothing to fill it with.
     }
+    // What history did not have is not there to have: the held messages go out in order.
     if (this._delivery.waiting(roomId)) this._delivery.release(roomId);
     const upTo = this._delivery.delivered(roomId);
     if (upTo !== null) this._live.queueAck(roomId, upTo);

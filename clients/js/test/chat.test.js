@@ -59,6 +59,36 @@ async function online(c) {
   await connected;
 }
 
+/**
+ * A forwarding proxy in front of the real Send (a fault at the network edge, the server is
+ * untouched). `decide(req)` answers `forward`, `cut answer` (the request reaches Send, its answer
+ * is dropped with the connection) or `refuse` (the connection is dropped before Send sees it).
+ * Answers the URLs a client is given.
+ */
+async function sendProxy(t, decide) {
+  const urls = await newClient().urls();
+  const proxy = http.createServer((req, res) => {
+    const what = decide(req);
+    if (what === 'refuse') {
+      req.socket.destroy();
+      return;
+    }
+    const up = http.request(`${urls.send}${req.url}`, { method: req.method, headers: req.headers }, (upRes) => {
+      if (what === 'cut answer') {
+        upRes.resume();
+        upRes.on('end', () => req.socket.destroy());
+        return;
+      }
+      res.writeHead(upRes.statusCode, upRes.headers);
+      upRes.pipe(res);
+    });
+    req.pipe(up);
+  });
+  await new Promise((ok) => proxy.listen(0, '127.0.0.1', ok));
+  t.after(() => proxy.close());
+  return { sendUrl: `http://127.0.0.1:${proxy.address().port}`, registryUrl: urls.registry };
+}
+
 function seqs(list) {
   return list.map((m) => m.seq);
 }
@@ -194,28 +224,16 @@ test('a gateway that dropped the client without a close frame is excluded from t
 });
 
 test('a send whose answer was lost is retried with the same client_msg_id and stored once', async (t) => {
-  // A forwarding proxy in front of the real Send that cuts the connection instead of handing
-  // back the first send's answer: the message is stored, the client does not know it.
-  const urls = await (await user('probe')).urls();
+  // The first send's answer is cut after Send stored the message: the client does not know it.
   let dropped = 0;
-  const proxy = http.createServer((req, res) => {
-    const up = http.request(`${urls.send}${req.url}`, { method: req.method, headers: req.headers }, (upRes) => {
-      if (req.url.startsWith('/api/chat/send_message') && dropped === 0) {
-        dropped += 1;
-        upRes.resume();
-        upRes.on('end', () => req.socket.destroy());
-        return;
-      }
-      res.writeHead(upRes.statusCode, upRes.headers);
-      upRes.pipe(res);
-    });
-    req.pipe(up);
+  const { sendUrl, registryUrl } = await sendProxy(t, (req) => {
+    if (req.url.startsWith('/api/chat/send_message') && dropped === 0) {
+      dropped += 1;
+      return 'cut answer';
+    }
+    return 'forward';
   });
-  await new Promise((ok) => proxy.listen(0, '127.0.0.1', ok));
-  t.after(() => proxy.close());
-  const alice = await user('alice', {
-    sendUrl: `http://127.0.0.1:${proxy.address().port}`, registryUrl: urls.registry,
-  });
+  const alice = await user('alice', { sendUrl, registryUrl });
   const { room_id: room } = await alice.createGroup('once', []);
   const retries = [];
   alice.on('send_retry', (r) => retries.push(r));
@@ -331,6 +349,44 @@ test('a gap the sync does not fill is read from history', async () => {
   await until(() => onLaptop.length >= 5, 'five messages on the laptop');
   assert.deepEqual(onLaptop.map((m) => m.content), ['m1', 'm2', 'm3', 'm4', 'm5']);
   assert.equal(syncs.length, 1, 'the sync was asked for (and lost)');
+});
+
+test('while history is out of reach too, the gap stays held and is filled once it answers', async (t) => {
+  class NoSync extends WebSocket {
+    send(data) {
+      if (JSON.parse(data).type !== 'sync') super.send(data);
+    }
+  }
+  // History reads from the laptop are refused (connection dropped) until `reachable`.
+  let reachable = false;
+  let refused = 0;
+  const { sendUrl, registryUrl } = await sendProxy(t, (req) => {
+    if (!req.url.startsWith('/api/chat/history') || reachable) return 'forward';
+    refused += 1;
+    return 'refuse';
+  });
+  const alice = await user('alice');
+  const laptop = await user('bob', {
+    WebSocket: NoSync, gapTimeoutMs: 300, catchUp: false, sendUrl, registryUrl,
+  });
+  const phone = await sameUser(laptop);
+  const { room_id: room } = await alice.createGroup('no history', [laptop.userId]);
+  await Promise.all([online(laptop), online(phone)]);
+  const onLaptop = record(laptop);
+  const onPhone = record(phone);
+  await alice.sendMessage(room, 'm1');
+  await until(() => onLaptop.length === 1 && onPhone.length === 1, 'm1 on both devices');
+  laptop.disconnect();
+  for (const text of ['m2', 'm3']) await alice.sendMessage(room, text);
+  await until(() => onPhone.length === 3, 'm2 and m3 on the phone');
+  await phone.ping();
+  await online(laptop);
+  await alice.sendMessage(room, 'm4');
+  await until(() => refused >= 2, 'two refused history reads');
+  assert.deepEqual(onLaptop.map((m) => m.content), ['m1'], 'nothing past the hole');
+  reachable = true;
+  await until(() => onLaptop.length >= 4, 'four messages on the laptop');
+  assert.deepEqual(onLaptop.map((m) => m.content), ['m1', 'm2', 'm3', 'm4']);
 });
 
 test('group notices arrive as events (every frame also as "frame"), the dissolved one included', async () => {
