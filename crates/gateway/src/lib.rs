@@ -459,8 +459,9 @@ struct WsQuery {
     ack: bool,
 }
 
-/// Gives back a reserved connection slot unless the connection took it over.
-struct Slot(Option<GatewayState>);
+/// A reserved connection slot, given back when dropped: with the upgrade that never happened, or
+/// with the connection's future when it ends.
+pub(crate) struct Slot(Option<GatewayState>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -539,14 +540,13 @@ async fn ws_handshake(
             // over a KiB of an idle connection's memory.
             let span = tracing::debug_span!("ws", user_id = user.user_id, ack = q.ack);
             // Made here, not in the task's future: that one would keep the socket a second time.
-            let tracked = state.0.conns.track_future(tracing::Instrument::instrument(
-                conn::serve(state.clone(), user, q.ack, socket),
+            // Returned as it is, the slot inside: an `async move { ...; tracked.await }` around
+            // it would hold the connection's future twice (the captured one, and the one moved
+            // into the await), 3 KiB more per idle connection.
+            state.0.conns.track_future(tracing::Instrument::instrument(
+                conn::serve(state.clone(), user, q.ack, socket, slot),
                 span,
-            ));
-            async move {
-                let _slot = slot;
-                tracked.await;
-            }
+            ))
         })
         .into_response())
 }
