@@ -87,7 +87,7 @@ pub async fn sweeper(store: Arc<dyn Store>, ttl_days: u32, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match sweep(store.as_ref(), kit::now_ms() - ttl_ms).await {
+        match sweep(store.as_ref(), kit::now_ms() - ttl_ms, SWEEP_BATCH).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(forgotten = n, "unused devices forgotten"),
             Err(e) => tracing::warn!(error = %e, "device sweep failed; will retry"),
@@ -95,15 +95,61 @@ pub async fn sweeper(store: Arc<dyn Store>, ttl_days: u32, interval: Duration) {
     }
 }
 
-/// Deletes every device not seen since `before_ms`, a batch at a time; returns how many.
-pub async fn sweep(store: &dyn Store, before_ms: i64) -> Result<u64, store::StoreError> {
+/// Deletes every device not seen since `before_ms`, `batch` at a time; returns how many.
+pub async fn sweep(
+    store: &dyn Store,
+    before_ms: i64,
+    batch: u32,
+) -> Result<u64, store::StoreError> {
+    let batch = batch.max(1);
     let mut total = 0;
     loop {
-        let n = store.forget_devices(before_ms, SWEEP_BATCH).await?;
+        let n = store.forget_devices(before_ms, batch).await?;
         metrics::counter!("ruststacker_devices_forgotten_total").increment(n);
         total += n;
-        if n < u64::from(SWEEP_BATCH) {
+        if n < u64::from(batch) {
             return Ok(total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use store::sqlite::SqliteStore;
+    use store::{DeviceStore, NewUser, UserStore};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sweep_forgets_every_unseen_device_batch_after_batch_and_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .expect("open");
+        let user = s
+            .create_user(NewUser {
+                username: "sweepy".into(),
+                password_hash: "x".into(),
+                nickname: "s".into(),
+                now_ms: 1,
+            })
+            .await
+            .expect("user")
+            .id;
+        for (i, seen) in [10, 20, 30, 40, 50, 5_000].into_iter().enumerate() {
+            s.device_connected(user, &format!("d{i}"), 100, seen)
+                .await
+                .expect("device");
+        }
+        assert_eq!(sweep(&s, 1_000, 2).await.expect("sweep"), 5);
+        assert_eq!(sweep(&s, 1_000, 2).await.expect("sweep again"), 0);
+        let left: Vec<String> = s
+            .devices(user)
+            .await
+            .expect("devices")
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        assert_eq!(left, ["d5"]);
     }
 }
