@@ -183,9 +183,10 @@ impl PushStream for InProcStream {
             self.taken
                 .extend(out[before..].iter().filter_map(|e| match e {
                     PushEntry::Chat { message, .. } => Some(message.id),
-                    PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => {
-                        None
-                    }
+                    PushEntry::Ack { .. }
+                    | PushEntry::Notice { .. }
+                    | PushEntry::Revoke { .. }
+                    | PushEntry::DropDevice { .. } => None,
                 }));
         }
         Ok(n)

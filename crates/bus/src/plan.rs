@@ -82,7 +82,7 @@ mod tests {
     fn targets(e: &PushEntry) -> &[UserId] {
         match e {
             PushEntry::Notice { targets, .. } | PushEntry::Chat { targets, .. } => targets,
-            PushEntry::Ack { .. } | PushEntry::Revoke { .. } => &[],
+            PushEntry::Ack { .. } | PushEntry::Revoke { .. } | PushEntry::DropDevice { .. } => &[],
         }
     }
 

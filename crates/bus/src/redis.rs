@@ -339,7 +339,7 @@ impl RedisBus {
                 .map(|gateway| (gateway, entry.clone()))
                 .collect(),
             // Every live gateway got its own copy; the dead one's connections are gone.
-            PushEntry::Revoke { .. } => Vec::new(),
+            PushEntry::Revoke { .. } | PushEntry::DropDevice { .. } => Vec::new(),
         };
         if entries.is_empty() {
             return Ok(());

@@ -95,6 +95,10 @@ fn entry() -> impl Strategy<Value = PushEntry> {
             user_id,
             token_version,
         }),
+        1 => (id(), fuzz::text()).prop_map(|(user_id, device_id)| PushEntry::DropDevice {
+            user_id,
+            device_id,
+        }),
         1 => (id(), id(), id(), id(), prop::option::of(fuzz::text())).prop_map(
             |(sender_id, message_id, room_id, seq, client_msg_id)| PushEntry::Ack {
                 sender_id,

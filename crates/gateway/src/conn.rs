@@ -83,17 +83,19 @@ async fn revoked(state: &GatewayState, user: UserId, version: i64) -> bool {
 pub(crate) fn serve(
     state: GatewayState,
     caller: kit::auth::AuthUser,
+    device: Option<Arc<str>>,
     ack_mode: bool,
     socket: WebSocket,
     slot: crate::Slot,
 ) -> impl Future<Output = ()> {
     let (sink, stream) = socket.split();
-    run(state, caller, ack_mode, sink, stream, slot)
+    run(state, caller, device, ack_mode, sink, stream, slot)
 }
 
 async fn run(
     state: GatewayState,
     caller: kit::auth::AuthUser,
+    device: Option<Arc<str>>,
     ack_mode: bool,
     mut sink: SplitSink<WebSocket, Message>,
     stream: SplitStream<WebSocket>,
@@ -104,7 +106,11 @@ async fn run(
         state.0.hub.now(),
         state.0.cfg.send_channel_size,
     ));
-    let conn_id = state.0.hub.add(user, caller.token_version, shared.clone());
+    let conn_id =
+        state
+            .0
+            .hub
+            .add_device(user, caller.token_version, device.clone(), shared.clone());
     // A revocation handled between the handshake's check and the line above did not see this
     // connection; one handled from now on does. Checked again (it forgot the cached version,
     // so this reads the current one), nothing slips between.
@@ -128,12 +134,26 @@ async fn run(
     // in this one (1.8 KiB more per idle connection).
     let joined = std::pin::pin!(apart::join(
         read_loop(stream, &commands, &shared),
-        writer::write_loop(state.clone(), user, ack_mode, sink, &commands, &shared),
+        writer::write_loop(
+            state.clone(),
+            user,
+            device.clone(),
+            ack_mode,
+            sink,
+            &commands,
+            &shared,
+        ),
     ));
     joined.await;
     state.0.hub.remove(user, conn_id);
     if shared.close_code() == CLOSE_ABORT {
         return;
+    }
+    // A named device was last seen now (its connect recorded it; a removed one stays removed).
+    if let Some(device) = &device
+        && let Err(e) = state.0.store.device_seen(user, device, kit::now_ms()).await
+    {
+        tracing::warn!(user_id = user, error = %e, "device's last_seen not recorded");
     }
     // The route is per (user, gateway): only the user's last connection here ends it. A connection
     // of the same user that arrived meanwhile re-asserts it.

@@ -254,7 +254,10 @@ fn dispatch_merged(
             .flat_map(|(_, entries)| entries)
             .filter_map(|e| match e {
                 PushEntry::Chat { targets, .. } => Some(targets.iter().copied()),
-                PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
+                PushEntry::Ack { .. }
+                | PushEntry::Notice { .. }
+                | PushEntry::Revoke { .. }
+                | PushEntry::DropDevice { .. } => None,
             })
             .flatten()
             .collect();

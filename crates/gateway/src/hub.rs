@@ -287,6 +287,8 @@ struct Conn {
     id: u64,
     /// The token version the connection was authenticated with.
     token_version: i64,
+    /// The device it named (`None`: the default device).
+    device: Option<Arc<str>>,
     shared: Arc<ConnShared>,
 }
 
@@ -418,12 +420,24 @@ impl Hub {
     /// with [`CloseCode::TooManyConnections`]: a user who opens a new session keeps it, and a
     /// forgotten tab or a dead client's socket is what goes.
     pub fn add(&self, user: UserId, token_version: i64, shared: Arc<ConnShared>) -> u64 {
+        self.add_device(user, token_version, None, shared)
+    }
+
+    /// [`Hub::add`] for a connection of `device` (`None`: the default device).
+    pub fn add_device(
+        &self,
+        user: UserId,
+        token_version: i64,
+        device: Option<Arc<str>>,
+        shared: Arc<ConnShared>,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut conns = self.conns.entry(user).or_default();
             conns.push(Conn {
                 id,
                 token_version,
+                device,
                 shared: shared.clone(),
             });
             // Oldest first: connections are pushed in order.
@@ -523,6 +537,20 @@ impl Hub {
         let mut closed = 0;
         for c in conns.iter().filter(|c| c.token_version < version) {
             c.shared.close(CloseCode::TokenRevoked);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Closes every connection of `device` of `user` with [`CloseCode::DeviceRemoved`]. Returns
+    /// how many.
+    pub fn drop_device(&self, user: UserId, device: &str) -> usize {
+        let Some(conns) = self.conns.get(&user) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for c in conns.iter().filter(|c| c.device.as_deref() == Some(device)) {
+            c.shared.close(CloseCode::DeviceRemoved);
             closed += 1;
         }
         closed
@@ -729,6 +757,30 @@ mod tests {
         assert!(!current.is_closed(), "the new token's connection stays");
         assert!(!someone_else.is_closed());
         assert_eq!(hub.revoke(3, 9), 0, "a user with no connection here");
+    }
+
+    #[test]
+    fn dropping_a_device_closes_only_its_connections() {
+        let hub = Hub::default();
+        let conn = |user: UserId, device: Option<&str>| {
+            let shared = Arc::new(ConnShared::new(0, 1));
+            hub.add_device(user, 0, device.map(Arc::from), shared.clone());
+            shared
+        };
+        let phone = conn(1, Some("phone"));
+        let phone_too = conn(1, Some("phone"));
+        let laptop = conn(1, Some("laptop"));
+        let default = conn(1, None);
+        let other_users_phone = conn(2, Some("phone"));
+        assert_eq!(hub.drop_device(1, "phone"), 2);
+        assert_eq!(phone.close_code(), CloseCode::DeviceRemoved);
+        assert_eq!(phone_too.close_code(), CloseCode::DeviceRemoved);
+        assert!(!laptop.is_closed() && !default.is_closed() && !other_users_phone.is_closed());
+        assert_eq!(
+            hub.drop_device(3, "phone"),
+            0,
+            "a user with no connection here"
+        );
     }
 }
 

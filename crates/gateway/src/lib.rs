@@ -66,6 +66,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Most connections one user holds on this gateway; one more closes their oldest with 4009.
     pub max_connections_per_user: usize,
+    /// Most named devices (`device_id` on `/api/ws`) one user has recorded; a handshake naming
+    /// a new one beyond gets 409 `too_many_devices` until one is removed or forgotten.
+    pub max_devices_per_user: u32,
     /// Origins whose web pages may open a WebSocket (`*`: any). A handshake whose `Origin` is not
     /// listed gets 403: without this, any site a logged-in user visits could open a socket with
     /// the token its page holds. A handshake without `Origin` (native clients, which are not
@@ -120,6 +123,7 @@ impl Default for Config {
             address: None,
             max_connections: 100_000,
             max_connections_per_user: 16,
+            max_devices_per_user: 100,
             allowed_origins: None,
             send_channel_size: 1024,
             stream_capacity: 8192,
@@ -342,6 +346,14 @@ impl GatewayState {
                         .increment(closed as u64);
                 }
             }
+            PushEntry::DropDevice { user_id, device_id } => {
+                let closed = self.0.hub.drop_device(user_id, &device_id);
+                if closed > 0 {
+                    tracing::info!(user_id, closed, "connections of a removed device closed");
+                    metrics::counter!("ruststacker_gateway_device_removed_connections_total")
+                        .increment(closed as u64);
+                }
+            }
             PushEntry::Notice { notice, targets } => {
                 let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
                 let item = if notice.event == NoticeEvent::Dissolved {
@@ -457,6 +469,10 @@ struct WsQuery {
     /// `true`: the client acknowledges (`{"type":"ack"}`) and only its acks move its cursor.
     #[serde(default)]
     ack: bool,
+    /// The client's device: 1-64 printable ASCII characters without spaces, chosen by the client
+    /// and kept across its reconnects. Each device has delivery cursors of its own; without it,
+    /// the user's default device.
+    device_id: Option<String>,
 }
 
 /// A reserved connection slot, given back when dropped: with the upgrade that never happened, or
@@ -479,10 +495,11 @@ impl Drop for Slot {
     params(WsQuery),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
-        (status = 400, description = "`not_websocket`: the request is not a WebSocket upgrade, or `invalid_query`", body = ErrorReply),
+        (status = 400, description = "`not_websocket`: the request is not a WebSocket upgrade, `invalid_query`, or `invalid_device_id`", body = ErrorReply),
         (status = 403, description = "`origin_not_allowed`: a browser page of an origin the gateway does not allow (allowed_origins)", body = ErrorReply),
+        (status = 409, description = "`too_many_devices`: the device_id is new and the user has gateway.max_devices_per_user devices", body = ErrorReply),
         RateLimited,
-        (status = 503, description = "`gateway_full` (try another) or `shutting_down`", body = ErrorReply),
+        (status = 503, description = "`gateway_full` (try another), `shutting_down`, or `database_unavailable` (a device_id could not be recorded)", body = ErrorReply),
     ))]
 async fn ws_handshake(
     State(s): State<GatewayState>,
@@ -492,6 +509,9 @@ async fn ws_handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     ip.check(&s.0.limits.ws_connect_per_ip)?;
+    if let Some(device) = q.device_id.as_deref() {
+        proto::validate::device_id(device)?;
+    }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN)
         && !origin_allowed(s.0.cfg.allowed_origins.as_deref(), origin.as_bytes())
     {
@@ -524,6 +544,27 @@ async fn ws_handshake(
         ));
     }
     let slot = Slot(Some(s.clone()));
+    let device: Option<Arc<str>> = q.device_id.as_deref().map(Arc::from);
+    if let Some(device) = &device {
+        // Recorded before the upgrade, so a refusal is an answer the client can read.
+        let connected =
+            s.0.store
+                .device_connected(
+                    user.user_id,
+                    device,
+                    s.0.cfg.max_devices_per_user,
+                    kit::now_ms(),
+                )
+                .await
+                .map_err(|e| ApiError::database(e.is_unavailable(), &e))?;
+        if connected == store::DeviceConnect::TooMany {
+            return Err(ApiError::new(
+                ErrorCode::TooManyDevices,
+                "this user has the most devices allowed (gateway.max_devices_per_user); \
+                 remove one (DELETE /api/user/devices/{device_id})",
+            ));
+        }
+    }
     let cfg = &s.0.cfg;
     let upgrade = upgrade
         .read_buffer_size(cfg.read_buffer_bytes)
@@ -544,7 +585,7 @@ async fn ws_handshake(
             // it would hold the connection's future twice (the captured one, and the one moved
             // into the await), 3 KiB more per idle connection.
             state.0.conns.track_future(tracing::Instrument::instrument(
-                conn::serve(state.clone(), user, q.ack, socket, slot),
+                conn::serve(state.clone(), user, device, q.ack, socket, slot),
                 span,
             ))
         })

@@ -81,7 +81,10 @@ fn key_seq(e: &PushEntry) -> Option<(Key, Seq)> {
             ),
             message.seq,
         )),
-        PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
+        PushEntry::Ack { .. }
+        | PushEntry::Notice { .. }
+        | PushEntry::Revoke { .. }
+        | PushEntry::DropDevice { .. } => None,
     }
 }
 
@@ -238,7 +241,10 @@ mod tests {
     fn room_seq(e: &PushEntry) -> Option<(RoomId, Seq)> {
         match e {
             PushEntry::Chat { message, .. } => Some((message.room_id, message.seq)),
-            PushEntry::Ack { .. } | PushEntry::Notice { .. } | PushEntry::Revoke { .. } => None,
+            PushEntry::Ack { .. }
+            | PushEntry::Notice { .. }
+            | PushEntry::Revoke { .. }
+            | PushEntry::DropDevice { .. } => None,
         }
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -137,6 +137,8 @@ struct Writer<S, E> {
     sink: S,
     env: E,
     user: UserId,
+    /// The device the connection named (`None`: the default device, the user's cursor).
+    device: Option<Arc<str>>,
     ack_mode: bool,
     last_sent: HashMap<RoomId, Seq, Fast>,
     unflushed: HashMap<RoomId, Seq, Fast>,
@@ -195,7 +197,7 @@ where
         let book = self.env.cursors();
         for (room, seq) in self.unflushed.drain() {
             if !self.ack_mode {
-                book.advance(self.user, room, seq);
+                book.advance_for(self.user, self.device.as_ref(), room, seq);
             }
         }
         Ok(())
@@ -229,18 +231,38 @@ where
         }
     }
 
-    /// Everything the user missed in every room: from their cursor on connect, from what this
-    /// connection already sent on the catch-up pass.
+    /// Everything the user missed in every room: from the cursor of the connection's device on
+    /// connect, from what this connection already sent on the catch-up pass. A named device's
+    /// cursor in a room where it has none is where the user joined it; it is never before that
+    /// (a member removed and added back gets nothing from while they were out).
     async fn resync_all(&mut self) -> Result<(), WriteError> {
         let rooms = self.env.groups().joined_rooms(self.user).await?;
+        let device_cursors: HashMap<RoomId, Seq, Fast> = match &self.device {
+            Some(device) => self
+                .env
+                .store()
+                .device_cursors(self.user, device)
+                .await?
+                .into_iter()
+                .collect(),
+            None => HashMap::default(),
+        };
         for r in rooms {
             let pending = self
                 .env
                 .cursors()
-                .pending(self.user, r.room.id)
+                .pending_for(self.user, self.device.as_ref(), r.room.id)
                 .unwrap_or(0);
             let sent = self.last_sent.get(&r.room.id).copied().unwrap_or(0);
-            let cursor = r.delivered_seq.max(pending).max(sent);
+            let stored = match self.device {
+                Some(_) => device_cursors
+                    .get(&r.room.id)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(r.joined_seq),
+                None => r.delivered_seq,
+            };
+            let cursor = stored.max(pending).max(sent);
             self.last_sent.insert(r.room.id, cursor);
             if r.room.last_seq > cursor {
                 metrics::counter!("ruststacker_gateway_resyncs_total").increment(1);
@@ -308,7 +330,12 @@ where
             Command::Ack { room, seq } => {
                 // Only what this connection was sent can be acknowledged.
                 if let Some(last) = self.last_sent.get(&room) {
-                    self.env.cursors().advance(self.user, room, seq.min(*last));
+                    self.env.cursors().advance_for(
+                        self.user,
+                        self.device.as_ref(),
+                        room,
+                        seq.min(*last),
+                    );
                 }
                 Ok(())
             }
@@ -443,6 +470,7 @@ where
 pub(crate) fn write_loop<'a, S, E>(
     env: E,
     user: UserId,
+    device: Option<Arc<str>>,
     ack_mode: bool,
     sink: S,
     commands: &'a Commands,
@@ -456,6 +484,7 @@ where
         sink,
         env,
         user,
+        device,
         ack_mode,
         last_sent: HashMap::default(),
         unflushed: HashMap::default(),
@@ -513,7 +542,6 @@ pub(crate) fn close_frame(code: CloseCode) -> Message {
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
-    use std::sync::Arc;
     use std::task::{Context, Poll};
 
     use futures_util::FutureExt;
@@ -750,7 +778,15 @@ mod tests {
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
         let script = async {
             // The connect resync, two messages per query.
             assert_eq!(
@@ -780,7 +816,15 @@ mod tests {
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome", "chat 1"]);
             // 2, 3 and 4 are stored; only 4 reaches this gateway.
@@ -805,7 +849,15 @@ mod tests {
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome"]);
             let live = f.store_messages(3).await;
@@ -839,7 +891,15 @@ mod tests {
             shared,
         } = Conn::new(2);
         hub.add(f.bob, 0, shared.clone());
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome"]);
             let live = f.store_messages(3).await;
@@ -862,6 +922,7 @@ mod tests {
         write_loop(
             f.env.clone(),
             f.bob,
+            None,
             false,
             again.socket,
             &again.commands,
@@ -884,7 +945,7 @@ mod tests {
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, true, socket, &commands, &shared);
+        let writer = write_loop(f.env.clone(), f.bob, None, true, socket, &commands, &shared);
         let script = async {
             assert_eq!(
                 next_flush(&mut flushed).await,
@@ -960,7 +1021,15 @@ mod tests {
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome", "chat 1"]);
             // Live frames, each stored after the pass fell due, until one of them settles it.
@@ -996,7 +1065,15 @@ mod tests {
             commands,
             shared,
         } = Conn::new(16);
-        let writer = write_loop(f.env.clone(), f.bob, false, socket, &commands, &shared);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
         let script = async {
             assert_eq!(next_flush(&mut flushed).await, ["welcome", "chat 1"]);
             // Stored, but fanned out to another gateway (a stale route): only the pass finds it.

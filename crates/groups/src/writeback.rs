@@ -430,6 +430,7 @@ impl<C: Connection> Groups for WriteBack<C> {
                     if let Some(j) = rooms.get_mut(&room) {
                         j.role = role;
                         j.delivered_seq = j.delivered_seq.max(joined_seq);
+                        j.joined_seq = joined_seq;
                     } else if let Some(r) = self.store.room(room).await? {
                         rooms.insert(
                             room,
@@ -437,6 +438,7 @@ impl<C: Connection> Groups for WriteBack<C> {
                                 room: r,
                                 role,
                                 delivered_seq: joined_seq,
+                                joined_seq,
                             },
                         );
                     }

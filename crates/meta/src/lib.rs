@@ -4,6 +4,7 @@
 //!   hands in, the shared state, and the HTTP API under `/api/user`, `/api/group` and `/api/room`.
 //! - `user`: registering, logging in, profiles, the password change, finding users.
 //! - `session`: sessions and their rotating refresh tokens (refresh, logout).
+//! - [`device`]: the caller's named devices (list, remove) and the sweep of unused ones.
 //! - `group`: creating a group, its members, management, joining, join requests, dissolving;
 //!   every change of a room is computed under the room's change lock from its current state.
 //! - `room`: what groups and one-to-one rooms share: the caller's rooms, one-to-one rooms.
@@ -30,6 +31,7 @@ use store::{Store, StoreError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub mod device;
 mod group;
 pub mod notify;
 pub mod password;
@@ -54,6 +56,11 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// argon2id iterations.
     pub argon2_iterations: u32,
+    /// Named devices not seen (connected or disconnected) for this many days are forgotten with
+    /// their delivery cursors (0: never).
+    pub device_ttl_days: u32,
+    /// Seconds between sweeps for such devices.
+    pub device_sweep_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -64,6 +71,8 @@ impl Default for Config {
             max_group_members: 1000,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            device_ttl_days: 90,
+            device_sweep_interval_secs: 3600,
         }
     }
 }
@@ -176,6 +185,8 @@ pub fn router(state: MetaState) -> Router {
         .routes(routes!(user::change_password))
         .routes(routes!(user::profile))
         .routes(routes!(user::search))
+        .routes(routes!(device::list))
+        .routes(routes!(device::remove))
         .routes(routes!(group::lifecycle::create_group))
         .routes(routes!(group::lifecycle::dissolve))
         .routes(routes!(group::members, group::membership::add_members))

@@ -5,7 +5,8 @@
 //!
 //! And token revocations after a password change ([`Notifier::revoke_tokens`]), sent to every
 //! live gateway rather than only those on the user's route: a gateway that holds no connection of
-//! the user may still have their old token version cached, and must forget it.
+//! the user may still have their old token version cached, and must forget it. A removed device's
+//! connections are closed the same way ([`Notifier::drop_device`]).
 
 use std::sync::Arc;
 
@@ -46,21 +47,7 @@ impl Notifier {
     /// what cannot be sent is logged; those gateways still refuse the old token at the next
     /// handshake once their cached version expires (`jwt.revocation_check_secs`).
     pub async fn revoke_tokens(&self, user: UserId, token_version: i64) {
-        let mut gateways: Vec<GatewayId> = match self.instances.live_gateways().await {
-            Ok(live) => live.into_iter().map(|g| g.gateway_id.into()).collect(),
-            Err(e) => {
-                tracing::warn!(user_id = user, error = %e, "live gateways unavailable for a revocation");
-                Vec::new()
-            }
-        };
-        match self.routes.locate(&[user]).await {
-            Ok(located) => gateways.extend(located.into_keys()),
-            Err(e) => {
-                tracing::warn!(user_id = user, error = %e, "routes unavailable for a revocation");
-            }
-        }
-        gateways.sort_unstable();
-        gateways.dedup();
+        let gateways = self.gateways_of(user, "a revocation").await;
         if gateways.is_empty() {
             return;
         }
@@ -78,6 +65,52 @@ impl Notifier {
             tracing::warn!(user_id = user, error = %e, "revocation not sent");
             metrics::counter!("ruststacker_revocation_failures_total").increment(1);
         }
+    }
+
+    /// Tells every live gateway (and any other holding a connection of `user`) to close the
+    /// connections of `user`'s removed device `device`. Best effort, like
+    /// [`Notifier::revoke_tokens`]: what cannot be sent is logged; the device's record and
+    /// cursors are gone already, so its connections that stay open write no cursor and the
+    /// device is a new one at its next connect.
+    pub async fn drop_device(&self, user: UserId, device: &str) {
+        let gateways = self.gateways_of(user, "a device removal").await;
+        if gateways.is_empty() {
+            return;
+        }
+        let entries = gateways
+            .into_iter()
+            .map(|g| {
+                let entry = PushEntry::DropDevice {
+                    user_id: user,
+                    device_id: device.to_owned(),
+                };
+                (g, entry)
+            })
+            .collect();
+        if let Err(e) = self.bus.publish_many(entries).await {
+            tracing::warn!(user_id = user, error = %e, "device removal not sent");
+            metrics::counter!("ruststacker_revocation_failures_total").increment(1);
+        }
+    }
+
+    /// Every live gateway and any other on `user`'s route, sorted, each once.
+    async fn gateways_of(&self, user: UserId, what: &str) -> Vec<GatewayId> {
+        let mut gateways: Vec<GatewayId> = match self.instances.live_gateways().await {
+            Ok(live) => live.into_iter().map(|g| g.gateway_id.into()).collect(),
+            Err(e) => {
+                tracing::warn!(user_id = user, error = %e, "live gateways unavailable for {what}");
+                Vec::new()
+            }
+        };
+        match self.routes.locate(&[user]).await {
+            Ok(located) => gateways.extend(located.into_keys()),
+            Err(e) => {
+                tracing::warn!(user_id = user, error = %e, "routes unavailable for {what}");
+            }
+        }
+        gateways.sort_unstable();
+        gateways.dedup();
+        gateways
     }
 
     /// Sends `notice` to every connection of `targets`.

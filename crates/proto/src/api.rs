@@ -108,6 +108,30 @@ pub struct LogoutReply {
     pub revoked: bool,
 }
 
+/// One of the caller's named devices (`GET /api/user/devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    /// The `device_id` its connections gave.
+    pub device_id: String,
+    /// Its first connect, RFC 3339 UTC.
+    pub first_seen: String,
+    /// Its last connect or disconnect, RFC 3339 UTC.
+    pub last_seen: String,
+}
+
+/// Reply of `GET /api/user/devices`: the caller's named devices, oldest first. Connections
+/// without a `device_id` (the default device) are not listed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DevicesReply {
+    pub devices: Vec<DeviceView>,
+}
+
+/// Reply of `DELETE /api/user/devices/{device_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceRemovedReply {
+    pub device_id: String,
+}
+
 /// `POST /api/group/create`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateGroupRequest {

@@ -34,11 +34,13 @@ pub enum CloseCode {
     TooManyConnections,
     /// 4401: the connection's token was revoked (its user changed their password).
     TokenRevoked,
+    /// 4410: the connection's device was removed (`DELETE /api/user/devices/{device_id}`).
+    DeviceRemoved,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         Self::Normal,
         Self::GoingAway,
         Self::ProtocolError,
@@ -51,6 +53,7 @@ impl CloseCode {
         Self::SlowConsumer,
         Self::TooManyConnections,
         Self::TokenRevoked,
+        Self::DeviceRemoved,
     ];
 
     /// The number on the wire.
@@ -68,6 +71,7 @@ impl CloseCode {
             Self::SlowConsumer => 4008,
             Self::TooManyConnections => 4009,
             Self::TokenRevoked => 4401,
+            Self::DeviceRemoved => 4410,
         }
     }
 
@@ -86,6 +90,7 @@ impl CloseCode {
             Self::SlowConsumer => "slow consumer: reconnect to resync",
             Self::TooManyConnections => "too many connections of this user: the oldest is closed",
             Self::TokenRevoked => "token revoked",
+            Self::DeviceRemoved => "device removed",
         }
     }
 }

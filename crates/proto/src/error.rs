@@ -175,6 +175,9 @@ error_codes! {
     NotWebsocket = "not_websocket", Invalid, "the request is not a WebSocket upgrade";
     GatewayFull = "gateway_full", Unavailable, "the gateway has its maximum of connections; try another";
     OriginNotAllowed = "origin_not_allowed", Forbidden, "web pages of this origin may not open a WebSocket here";
+    InvalidDeviceId = "invalid_device_id", Invalid, "a device_id must be 1-64 printable ASCII characters without spaces";
+    TooManyDevices = "too_many_devices", Conflict, "the user has the most devices the gateway allows (max_devices_per_user); remove one first";
+    DeviceNotFound = "device_not_found", NotFound, "the caller has no device with this id";
 
     // Registry.
     InvalidInstanceId = "invalid_instance_id", Invalid, "an instance id must be 1-64 characters of letters, digits, '-', '_' or '.'";

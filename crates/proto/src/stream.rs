@@ -43,6 +43,9 @@ pub enum PushEntry {
     /// token older than `token_version` (and forget their cached token version, so no such
     /// token opens a new one). Sent to every live gateway.
     Revoke { user_id: UserId, token_version: i64 },
+    /// `user_id` removed their device `device_id`: close its connections. Sent to every live
+    /// gateway.
+    DropDevice { user_id: UserId, device_id: String },
     /// Tell the sender's connections that `message_id` was handed off to every recipient.
     Ack {
         sender_id: UserId,

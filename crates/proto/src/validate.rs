@@ -33,6 +33,7 @@ pub const PASSWORD_MAX: usize = 128;
 pub const NICKNAME_MAX: usize = 50;
 pub const ROOM_NAME_MAX: usize = 64;
 pub const CLIENT_MSG_ID_MAX: usize = 64;
+pub const DEVICE_ID_MAX: usize = 64;
 pub const AVATAR_MAX: usize = 1024;
 
 /// 3–32 characters of `[A-Za-z0-9_.-]`.
@@ -144,6 +145,19 @@ pub fn client_msg_id(s: &str) -> Result<(), Invalid> {
         return Err(invalid(
             ErrorCode::InvalidClientMsgId,
             format!("client_msg_id must be 1-{CLIENT_MSG_ID_MAX} printable ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// 1–64 printable ASCII characters without spaces (like a `client_msg_id`).
+pub fn device_id(s: &str) -> Result<(), Invalid> {
+    if s.is_empty() || s.len() > DEVICE_ID_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            ErrorCode::InvalidDeviceId,
+            format!(
+                "device_id must be 1-{DEVICE_ID_MAX} printable ASCII characters without spaces"
+            ),
         ));
     }
     Ok(())

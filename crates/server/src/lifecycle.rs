@@ -60,7 +60,10 @@ fn shutdown_order(services: Services, db: Option<Db>) -> Vec<Step> {
         None => (None, Vec::new(), Vec::new(), None),
     };
     let (meta_http, flusher) = match meta {
-        Some(m) => (Some(m.http), m.flusher),
+        Some(m) => {
+            background.push(m.device_sweeper);
+            (Some(m.http), m.flusher)
+        }
         None => (None, None),
     };
     let (registry_http, registry_metrics) = match registry {

@@ -111,7 +111,7 @@ pub struct Member {
     pub joined_seq: Seq,
 }
 
-/// A room of a user's, with the user's role and delivery cursor.
+/// A room of a user's, with the user's role and delivery cursor (the default device's).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JoinedRoom {
     #[sqlx(flatten)]
@@ -119,7 +119,35 @@ pub struct JoinedRoom {
     #[sqlx(try_from = "sql::Text")]
     pub role: Role,
     pub delivered_seq: Seq,
+    /// The room's `seq` when the user joined: no device's delivery starts before it.
+    pub joined_seq: Seq,
 }
+
+/// A named device of a user (the `device_id` its connections give), as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Device {
+    pub device_id: String,
+    /// Its first connect (Unix ms).
+    #[sqlx(rename = "first_seen")]
+    pub first_seen_ms: i64,
+    /// Its last connect or disconnect (Unix ms).
+    #[sqlx(rename = "last_seen")]
+    pub last_seen_ms: i64,
+}
+
+/// What a device's connect came to ([`DeviceStore::device_connected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceConnect {
+    /// Known before: its `last_seen` moved.
+    Known,
+    /// Recorded now, with a cursor at each of the user's rooms' current `seq`.
+    New,
+    /// Not recorded: the user has `max` devices already.
+    TooMany,
+}
+
+/// A device cursor to advance: `(user, device, room, seq)`.
+pub type DeviceCursor<'a> = (UserId, &'a str, RoomId, Seq);
 
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -404,9 +432,43 @@ pub trait SessionStore: Send + Sync {
     async fn revoke_session(&self, user: UserId, session: SessionId, now_ms: i64) -> Result<bool>;
 }
 
+/// Named devices and their delivery cursors (one per device and room). The default device (a
+/// connection without `device_id`) is not here: its cursor is the membership's `delivered_seq`.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// `device` of `user` connects at `now_ms`. A known device's `last_seen` moves. An unknown
+    /// one is recorded, in one transaction, with a cursor in each of the user's rooms at the
+    /// room's current `last_seq` (a new device starts from now; older messages are in the
+    /// history) unless the user has `max_devices` already ([`DeviceConnect::TooMany`], nothing
+    /// written).
+    async fn device_connected(
+        &self,
+        user: UserId,
+        device: &str,
+        max_devices: u32,
+        now_ms: i64,
+    ) -> Result<DeviceConnect>;
+    /// Moves a known device's `last_seen` (a disconnect); never records a device.
+    async fn device_seen(&self, user: UserId, device: &str, now_ms: i64) -> Result<()>;
+    /// The cursors `device` of `user` has: `(room, delivered_seq)`, in room order. In a room
+    /// without one, its cursor is the membership's `joined_seq`.
+    async fn device_cursors(&self, user: UserId, device: &str) -> Result<Vec<(RoomId, Seq)>>;
+    /// Moves device cursors forward (never back), creating a room's row when it has none.
+    /// Cursors of a device that is not recorded (removed, forgotten) are dropped.
+    async fn advance_device_cursors(&self, updates: &[DeviceCursor<'_>]) -> Result<()>;
+    /// `user`'s devices, oldest first.
+    async fn devices(&self, user: UserId) -> Result<Vec<Device>>;
+    /// Deletes `device` of `user` with its cursors; `false` when there was no such device.
+    async fn remove_device(&self, user: UserId, device: &str) -> Result<bool>;
+    /// Deletes up to `limit` devices (with their cursors) not seen since `seen_before_ms`,
+    /// oldest first, and returns how many. Each is deleted only if still unseen at that moment,
+    /// so a device that connects meanwhile stays, and several instances may sweep at once.
+    async fn forget_devices(&self, seen_before_ms: i64, limit: u32) -> Result<u64>;
+}
+
 /// Everything a service may need from the database.
 #[async_trait]
-pub trait Store: UserStore + RoomStore + MessageStore + SessionStore {
+pub trait Store: UserStore + RoomStore + MessageStore + SessionStore + DeviceStore {
     /// A cheap round trip, for `/health`.
     async fn ping(&self) -> Result<()>;
 }

@@ -10,9 +10,10 @@ use proto::api::{Access, Role};
 use proto::{MessageId, RoomId, Seq, UserId};
 
 use crate::{
-    Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges, MemberCheck, Message,
-    MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Rotation, SessionId,
-    SessionStore, Store, StoreError, User, UserStore,
+    Appended, ChangesFuture, Device, DeviceConnect, DeviceCursor, DeviceStore, JoinRequest,
+    JoinedRoom, Member, MemberChanges, MemberCheck, Message, MessageStore, NewMessage, NewUser,
+    Rejected, Result, Room, RoomStore, Rotation, SessionId, SessionStore, Store, StoreError, User,
+    UserStore,
 };
 
 /// A store whose calls are measured.
@@ -199,6 +200,46 @@ impl<S: Store> MessageStore for Metered<S> {
     }
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()> {
         timed!("advance_cursors", self.0.advance_cursors(updates))
+    }
+}
+
+#[async_trait]
+impl<S: Store> DeviceStore for Metered<S> {
+    async fn device_connected(
+        &self,
+        user: UserId,
+        device: &str,
+        max_devices: u32,
+        now_ms: i64,
+    ) -> Result<DeviceConnect> {
+        timed!(
+            "device_connected",
+            self.0.device_connected(user, device, max_devices, now_ms)
+        )
+    }
+    async fn device_seen(&self, user: UserId, device: &str, now_ms: i64) -> Result<()> {
+        timed!("device_seen", self.0.device_seen(user, device, now_ms))
+    }
+    async fn device_cursors(&self, user: UserId, device: &str) -> Result<Vec<(RoomId, Seq)>> {
+        timed!("device_cursors", self.0.device_cursors(user, device))
+    }
+    async fn advance_device_cursors(&self, updates: &[DeviceCursor<'_>]) -> Result<()> {
+        timed!(
+            "advance_device_cursors",
+            self.0.advance_device_cursors(updates)
+        )
+    }
+    async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
+        timed!("devices", self.0.devices(user))
+    }
+    async fn remove_device(&self, user: UserId, device: &str) -> Result<bool> {
+        timed!("remove_device", self.0.remove_device(user, device))
+    }
+    async fn forget_devices(&self, seen_before_ms: i64, limit: u32) -> Result<u64> {
+        timed!(
+            "forget_devices",
+            self.0.forget_devices(seen_before_ms, limit)
+        )
     }
 }
 

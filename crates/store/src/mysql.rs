@@ -168,6 +168,8 @@ crate::sql::sql_store! {
         group_nickname = VALUES(group_nickname), joined_at = VALUES(joined_at), \
         joined_seq = VALUES(joined_seq), \
         delivered_seq = GREATEST(delivered_seq, VALUES(delivered_seq))",
+    upsert_device_cursor: "ON DUPLICATE KEY UPDATE \
+        delivered_seq = GREATEST(delivered_seq, VALUES(delivered_seq))",
     search_users: crate::mysql::search_users_sql(),
 }
 

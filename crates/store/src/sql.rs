@@ -115,6 +115,7 @@ macro_rules! sql_store {
         contains: $contains:literal,
         greatest: $greatest:literal,
         upsert_member: $upsert_member:literal,
+        upsert_device_cursor: $upsert_device_cursor:literal,
         search_users: $search_users:expr $(,)?
     ) => {
         mod shared {
@@ -130,10 +131,10 @@ macro_rules! sql_store {
                 room_columns,
             };
             use $crate::{
-                Appended, ChangesFuture, JoinRequest, JoinedRoom, Member, MemberChanges,
-                MemberCheck, MemberState, Message, MessageStore, NewMessage, NewUser, Rejected,
-                Result, Room, RoomStore, Rotation, SessionId, SessionStore, Store, StoreError,
-                User, UserStore,
+                Appended, ChangesFuture, Device, DeviceConnect, DeviceCursor, DeviceStore,
+                JoinRequest, JoinedRoom, Member, MemberChanges, MemberCheck, MemberState, Message,
+                MessageStore, NewMessage, NewUser, Rejected, Result, Room, RoomStore, Rotation,
+                SessionId, SessionStore, Store, StoreError, User, UserStore,
             };
 
             type Pool = sqlx::Pool<$db>;
@@ -580,7 +581,7 @@ macro_rules! sql_store {
                     Ok(sqlx::query_as(concat!(
                         "SELECT ",
                         room_columns!(),
-                        ", m.role, m.delivered_seq FROM room_members m \
+                        ", m.role, m.delivered_seq, m.joined_seq FROM room_members m \
                          JOIN rooms r ON r.id = m.room_id \
                          WHERE m.user_id = ? AND r.dissolved_at IS NULL ORDER BY r.id"
                     ))
@@ -884,6 +885,225 @@ macro_rules! sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(Rotation::Rotated { session, user })
+            }
+
+            #[async_trait]
+            impl DeviceStore for $store {
+                async fn device_connected(
+                    &self,
+                    user: UserId,
+                    device: &str,
+                    max_devices: u32,
+                    now_ms: i64,
+                ) -> Result<DeviceConnect> {
+                    let attempt = || {
+                        Self::retry("device connect", || {
+                            connect_device(self.writer(), user, device, max_devices, now_ms)
+                        })
+                    };
+                    match attempt().await {
+                        // Another connect of the same new device recorded it first (MySQL):
+                        // it is known now.
+                        Err(StoreError::Conflict) => attempt().await,
+                        done => done,
+                    }
+                }
+
+                async fn device_seen(
+                    &self,
+                    user: UserId,
+                    device: &str,
+                    now_ms: i64,
+                ) -> Result<()> {
+                    sqlx::query(
+                        "UPDATE devices SET last_seen = ? WHERE user_id = ? AND device_id = ? \
+                         AND last_seen < ?",
+                    )
+                    .bind(now_ms)
+                    .bind(user)
+                    .bind(device)
+                    .bind(now_ms)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                async fn device_cursors(
+                    &self,
+                    user: UserId,
+                    device: &str,
+                ) -> Result<Vec<(RoomId, Seq)>> {
+                    Ok(sqlx::query_as(
+                        "SELECT room_id, delivered_seq FROM device_cursors \
+                         WHERE user_id = ? AND device_id = ? ORDER BY room_id",
+                    )
+                    .bind(user)
+                    .bind(device)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn advance_device_cursors(&self, updates: &[DeviceCursor<'_>]) -> Result<()> {
+                    if updates.is_empty() {
+                        return Ok(());
+                    }
+                    // One global order (user, device, room), so concurrent flushes queue, not
+                    // deadlock.
+                    let mut sorted = updates.to_vec();
+                    sorted.sort_unstable();
+                    Self::retry("device cursor batch", || {
+                        advance_devices(self.writer(), &sorted)
+                    })
+                    .await
+                }
+
+                async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
+                    Ok(sqlx::query_as(
+                        "SELECT device_id, first_seen, last_seen FROM devices WHERE user_id = ? \
+                         ORDER BY first_seen, device_id",
+                    )
+                    .bind(user)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn remove_device(&self, user: UserId, device: &str) -> Result<bool> {
+                    // The cursors go with it (ON DELETE CASCADE); the device row is locked
+                    // first, as a cursor flush locks it (shared) before its cursors.
+                    let done = Self::retry("device removal", || async {
+                        sqlx::query("DELETE FROM devices WHERE user_id = ? AND device_id = ?")
+                            .bind(user)
+                            .bind(device)
+                            .execute(self.writer())
+                            .await
+                    })
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn forget_devices(&self, seen_before_ms: i64, limit: u32) -> Result<u64> {
+                    let stale: Vec<(UserId, String)> = sqlx::query_as(
+                        "SELECT user_id, device_id FROM devices WHERE last_seen < ? \
+                         ORDER BY last_seen LIMIT ?",
+                    )
+                    .bind(seen_before_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                    let mut forgotten = 0;
+                    for (user, device) in &stale {
+                        // Still unseen now: a device that connected since the read stays.
+                        let done = Self::retry("device sweep", || async {
+                            sqlx::query(
+                                "DELETE FROM devices WHERE user_id = ? AND device_id = ? \
+                                 AND last_seen < ?",
+                            )
+                            .bind(user)
+                            .bind(device)
+                            .bind(seen_before_ms)
+                            .execute(self.writer())
+                            .await
+                        })
+                        .await?;
+                        forgotten += done.rows_affected();
+                    }
+                    Ok(forgotten)
+                }
+            }
+
+            /// One attempt of [`DeviceStore::device_connected`]. The device row is read with a
+            /// lock (MySQL), so two first connects of one device record it once.
+            async fn connect_device(
+                pool: &Pool,
+                user: UserId,
+                device: &str,
+                max_devices: u32,
+                now_ms: i64,
+            ) -> std::result::Result<DeviceConnect, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let known: Option<i64> = sqlx::query_scalar(concat!(
+                    "SELECT first_seen FROM devices WHERE user_id = ? AND device_id = ?",
+                    $for_update
+                ))
+                .bind(user)
+                .bind(device)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if known.is_some() {
+                    sqlx::query(
+                        "UPDATE devices SET last_seen = ? WHERE user_id = ? AND device_id = ? \
+                         AND last_seen < ?",
+                    )
+                    .bind(now_ms)
+                    .bind(user)
+                    .bind(device)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(DeviceConnect::Known);
+                }
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE user_id = ?")
+                        .bind(user)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if count >= i64::from(max_devices) {
+                    tx.rollback().await?;
+                    return Ok(DeviceConnect::TooMany);
+                }
+                sqlx::query(
+                    "INSERT INTO devices (user_id, device_id, first_seen, last_seen) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(user)
+                .bind(device)
+                .bind(now_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO device_cursors (user_id, device_id, room_id, delivered_seq) \
+                     SELECT m.user_id, ?, m.room_id, r.last_seq FROM room_members m \
+                     JOIN rooms r ON r.id = m.room_id \
+                     WHERE m.user_id = ? AND r.dissolved_at IS NULL",
+                )
+                .bind(device)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(DeviceConnect::New)
+            }
+
+            /// One statement per cursor, each writing only when its device is recorded (the
+            /// device row is read, and on MySQL share-locked, before the cursor row).
+            async fn advance_devices(
+                pool: &Pool,
+                updates: &[DeviceCursor<'_>],
+            ) -> std::result::Result<(), sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                for (i, &(user, device, room, seq)) in updates.iter().enumerate() {
+                    let superseded = updates
+                        .get(i + 1)
+                        .is_some_and(|&(u, d, r, _)| (u, d, r) == (user, device, room));
+                    if superseded {
+                        continue;
+                    }
+                    sqlx::query(concat!(
+                        "INSERT INTO device_cursors (user_id, device_id, room_id, delivered_seq) \
+                         SELECT user_id, device_id, ?, ? FROM devices \
+                         WHERE user_id = ? AND device_id = ? ",
+                        $upsert_device_cursor
+                    ))
+                    .bind(room)
+                    .bind(seq)
+                    .bind(user)
+                    .bind(device)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
             }
 
             #[async_trait]

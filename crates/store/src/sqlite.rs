@@ -98,6 +98,8 @@ crate::sql::sql_store! {
         group_nickname = excluded.group_nickname, joined_at = excluded.joined_at, \
         joined_seq = excluded.joined_seq, \
         delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+    upsert_device_cursor: "ON CONFLICT (user_id, device_id, room_id) DO UPDATE \
+        SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
     // lower() folds ASCII letters only, the same folding as the pattern's.
     search_users: "SELECT * FROM users WHERE id > ? AND (lower(username) LIKE ? ESCAPE '\\' \
         OR lower(nickname) LIKE ? ESCAPE '\\') ORDER BY id LIMIT ?",

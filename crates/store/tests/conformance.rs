@@ -19,6 +19,9 @@ use tokio::sync::{Barrier, oneshot};
 #[path = "conformance/sessions.rs"]
 mod sessions;
 
+#[path = "conformance/devices.rs"]
+mod devices;
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SqliteStore::open(&dir.path().join("t.db"))

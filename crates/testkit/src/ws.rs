@@ -117,6 +117,31 @@ impl WsClient {
         Self::open(ws_url(gateway, token), None).await
     }
 
+    /// Connects with `?token=` and more query parameters (`query`, e.g. `device_id=phone&ack=true`)
+    /// and waits for the welcome frame.
+    pub async fn connect_with_query(
+        gateway: SocketAddr,
+        token: &str,
+        query: &str,
+    ) -> anyhow::Result<Self> {
+        Self::open(format!("{}&{query}", ws_url(gateway, token)), None).await
+    }
+
+    /// Connects as device `device` (`?device_id=`), acknowledging for itself when `ack`.
+    pub async fn connect_device(
+        gateway: SocketAddr,
+        token: &str,
+        device: &str,
+        ack: bool,
+    ) -> anyhow::Result<Self> {
+        let query = if ack {
+            format!("device_id={device}&ack=true")
+        } else {
+            format!("device_id={device}")
+        };
+        Self::connect_with_query(gateway, token, &query).await
+    }
+
     /// Connects with an `Authorization: Bearer` header (no query) and waits for the welcome frame.
     pub async fn connect_with_header(gateway: SocketAddr, token: &str) -> anyhow::Result<Self> {
         Self::open(format!("ws://{gateway}/api/ws"), Some(token)).await

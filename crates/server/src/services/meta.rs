@@ -11,6 +11,8 @@ use super::Context;
 pub(crate) struct MetaPart {
     pub(crate) http: JoinHandle<()>,
     pub(crate) flusher: Option<Flusher>,
+    /// Forgets unused devices (idempotent: aborted at shutdown).
+    pub(crate) device_sweeper: JoinHandle<()>,
 }
 
 /// The write-back flusher, with its own stop signal: it stops after every other part that may
@@ -23,6 +25,11 @@ pub(crate) struct Flusher {
 /// Starts Meta on `listener`.
 pub(crate) fn meta(ctx: &Context, listener: TcpListener) -> anyhow::Result<MetaPart> {
     let shared = &ctx.backends.shared;
+    let device_sweeper = tokio::spawn(meta::device::sweeper(
+        ctx.store()?,
+        ctx.cfg.meta.device_ttl_days,
+        std::time::Duration::from_secs(ctx.cfg.meta.device_sweep_interval_secs),
+    ));
     let state = meta::MetaState::new(
         ctx.cfg.meta.clone(),
         meta::Deps {
@@ -49,5 +56,6 @@ pub(crate) fn meta(ctx: &Context, listener: TcpListener) -> anyhow::Result<MetaP
     Ok(MetaPart {
         http: ctx.serve(listener, meta::router(state), "meta"),
         flusher,
+        device_sweeper,
     })
 }

@@ -19,6 +19,8 @@
 //! - `messages`: send, history, idempotency, content rules.
 //! - `errors`: every error status and stable name, and that no internal text leaks.
 //! - `delivery`: the delivery contract over WebSockets (docs/protocol.md).
+//! - `devices`: several devices per user: a delivery cursor per device, listing and removing
+//!   devices, on `all` and on the cluster.
 //! - `websocket`: the socket protocol itself (auth, ping, sync, close codes).
 //! - `reload`: editing the config file (or SIGHUP) under the running binary.
 //! - `restart`: a graceful restart on the same data keeps everything.
@@ -42,6 +44,7 @@ mod cluster;
 mod connections;
 mod delivery;
 mod deploy;
+mod devices;
 mod dissolve;
 mod errors;
 mod groups;

@@ -16,10 +16,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use testkit::proto::api::{
-    AddMembersReply, CreateGroupReply, DecisionReply, DirectRoomReply, DissolvedReply,
-    HistoryReply, JoinRequestView, JoinRequestsReply, JoinedRoomsReply, LoginReply,
-    MemberRemovedReply, MembersReply, MembershipReply, Role, RoomView, SearchGroupsReply,
-    SearchUsersReply, SendMessageReply, UserView,
+    AddMembersReply, CreateGroupReply, DecisionReply, DeviceRemovedReply, DevicesReply,
+    DirectRoomReply, DissolvedReply, HistoryReply, JoinRequestView, JoinRequestsReply,
+    JoinedRoomsReply, LoginReply, MemberRemovedReply, MembersReply, MembershipReply, Role,
+    RoomView, SearchGroupsReply, SearchUsersReply, SendMessageReply, UserView,
 };
 use testkit::proto::{MessageId, RoomId, UserId};
 use testkit::{
@@ -110,6 +110,10 @@ const ASK_FIRST: Cell = no(403, "approval_required");
 const PENDING: Cell = no(409, "request_pending");
 const NO_REQUEST: Cell = no(404, "request_not_found");
 const NO_MESSAGE: Cell = no(404, "message_not_found");
+const NO_DEVICE: Cell = no(404, "device_not_found");
+
+/// The device a devices cell lists or removes.
+const DEVICE: &str = "matrix-phone";
 
 /// Who an operation is aimed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +173,12 @@ enum Op {
     Profile(Target),
     CreateGroup,
     JoinedRooms,
+    /// The caller's devices.
+    Devices,
+    /// Removing a device: the caller's own, or another user's.
+    RemoveDevice {
+        own: bool,
+    },
     Search,
     SearchUsers,
     Direct(Target),
@@ -182,13 +192,19 @@ enum Op {
     Rename,
     SetOpen,
     Dissolve,
-    Join { open: bool },
-    AskToJoin { pending: bool },
+    Join {
+        open: bool,
+    },
+    AskToJoin {
+        pending: bool,
+    },
     Requests,
     Decide(Decision),
     Send,
     History,
-    Resend { own: bool },
+    Resend {
+        own: bool,
+    },
     Sync,
 }
 
@@ -204,6 +220,8 @@ impl Op {
             Self::Profile(_) => "GET /api/user/{user_id}",
             Self::CreateGroup => "POST /api/group/create",
             Self::JoinedRooms => "GET /api/joined_rooms",
+            Self::Devices => "GET /api/user/devices",
+            Self::RemoveDevice { .. } => "DELETE /api/user/devices/{device_id}",
             Self::Search => "GET /api/group/search",
             Self::SearchUsers => "GET /api/user/search",
             Self::Direct(_) => "POST /api/room/direct",
@@ -261,6 +279,9 @@ const MATRIX: &[Row] = &[
     row(Op::Profile(Target::Member),          [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
     row(Op::Profile(Target::Nobody),          [NO_USER,      NO_USER,      NO_USER,      NO_USER,      UNAUTH,       NA,           NA,           NA]),
     row(Op::JoinedRooms,                      [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
+    row(Op::Devices,                          [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
+    row(Op::RemoveDevice { own: true },       [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
+    row(Op::RemoveDevice { own: false },      [NO_DEVICE,    NO_DEVICE,    NO_DEVICE,    NO_DEVICE,    UNAUTH,       NA,           NA,           NA]),
     row(Op::SearchUsers,                      [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
     // Groups and one-to-one rooms anyone signed in may make or find.
     row(Op::CreateGroup,                      [OK,           OK,           OK,           OK,           UNAUTH,       NA,           NA,           NA]),
@@ -443,6 +464,19 @@ impl Scene {
                     .await
                     .assert_success();
             }
+            // A device of the caller's (or, for another's, of member2, never a caller).
+            Op::Devices | Op::RemoveDevice { .. } => {
+                let owner = match op {
+                    Op::RemoveDevice { own: false } => &self.member2,
+                    _ => self.nominal(rel),
+                };
+                WsClient::connect_device(api.addrs.gateway, &owner.token, DEVICE, false)
+                    .await
+                    .expect("a device connects")
+                    .close()
+                    .await
+                    .expect("close");
+            }
             Op::Nickname(Nick::Clear) => {
                 if let Rel::Owner | Rel::Admin | Rel::Member = rel {
                     let me = self.actor(rel).expect("a member");
@@ -582,6 +616,13 @@ impl Scene {
                 body(json!({"name": "made in a cell", "member_ids": [self.member2.id]})),
             ),
             Op::JoinedRooms => (M::GET, Meta, "/api/joined_rooms".into(), Body::None),
+            Op::Devices => (M::GET, Meta, "/api/user/devices".into(), Body::None),
+            Op::RemoveDevice { .. } => (
+                M::DELETE,
+                Meta,
+                format!("/api/user/devices/{DEVICE}"),
+                Body::None,
+            ),
             Op::Search => (
                 M::GET,
                 Meta,
@@ -751,6 +792,23 @@ impl Scene {
                     roster.get(&self.member2.id).map(|m| m.0),
                     Some(Role::Member)
                 );
+            }
+            Op::Devices => {
+                let listed: DevicesReply = reply.data();
+                let ids: Vec<&str> = listed
+                    .devices
+                    .iter()
+                    .map(|d| d.device_id.as_str())
+                    .collect();
+                assert_eq!(ids, [DEVICE], "the caller's own devices");
+            }
+            Op::RemoveDevice { .. } => {
+                assert_eq!(reply.data::<DeviceRemovedReply>().device_id, DEVICE);
+                let left: DevicesReply = api
+                    .get(Service::Meta, "/api/user/devices", Some(&me.token))
+                    .await
+                    .data();
+                assert_eq!(left.devices, vec![], "removed");
             }
             Op::JoinedRooms => {
                 let joined: JoinedRoomsReply = reply.data();
