@@ -9,8 +9,7 @@
 #     all sent at once: one broadcast reaching every socket, its time to reach all the run's
 #     `duration_secs`; alternated HK_ROUNDS times with HK_GATEWAYS bare servers (ports
 #     HK_BARE_PORT...) holding the same sockets in the same rooms, each message posted to each.
-#     Not one group of 100,000: every connect reads the user's rooms with their member counts,
-#     a count over the whole group per connect (docs/scaling.md, "What breaks first");
+#     HK_GROUP=100000 makes it one group of 100,000 (docs/scaling.md has both runs);
 #  3. `room`: HK_ROOM users in one group (default 10,000) with messages at HK_ROOM_RATE per second
 #     for HK_ROOM_SECONDS, against one bare server, HK_ROUNDS rounds;
 #  4. `sends`: one Send instance's durable sends per second (`ruststacker-bench send`, 64 in
