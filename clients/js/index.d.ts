@@ -213,7 +213,7 @@ export interface ClientEvents {
   /** The welcome frame arrived: the connection is live. */
   connected: { gateway: Gateway; deviceId: string | null };
   disconnected: Disconnected;
-  /** Closed with a code that means do not reconnect (4009, 1002, 1003, 1007, 1009). */
+  /** Closed with a code that means do not reconnect (4009, 4410, 1002, 1003, 1007, 1009). */
   stopped: { code: number; reason: string; gateway: string | null };
   /** Every server frame as it arrived, before any other event. */
   frame: ServerFrame | Record<string, unknown>;

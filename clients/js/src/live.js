@@ -8,10 +8,11 @@ import { ApiError, SessionEndedError } from './errors.js';
 /**
  * Close codes after which the client does not reconnect by itself: 4009 (the user opened more
  * connections than the gateway allows and this was the oldest: reconnecting would close the newer
- * one in turn), and the ones that say the client broke the protocol (reconnecting would break it
- * again): 1002, 1003, 1007, 1009.
+ * one in turn), 4410 (the user removed this device: reconnecting with its `device_id` would make
+ * it a new device), and the ones that say the client broke the protocol (reconnecting would break
+ * it again): 1002, 1003, 1007, 1009.
  */
-export const NO_RECONNECT = Object.freeze([1002, 1003, 1007, 1009, 4009]);
+export const NO_RECONNECT = Object.freeze([1002, 1003, 1007, 1009, 4009, 4410]);
 
 /** 4401: the connection's token was revoked (a password change): renew, then reconnect. */
 export const TOKEN_REVOKED = 4401;

@@ -268,11 +268,12 @@ test('history pages forward and back', async () => {
   assert.deepEqual([seqs(page.messages), page.has_more], [[6], true]);
 });
 
-test('a gap left by another device of the same user is filled, in order, each message once', async () => {
+test('a gap left by another connection of the same device is filled, in order, each message once', async () => {
   const alice = await user('alice');
+  // Two connections of the default device (no `device_id`) share one cursor, as two tabs do.
   // (No check after connect: the gap is found by the next message, and filled by `sync`.)
-  const laptop = await user('bob', { deviceId: 'laptop', catchUp: false });
-  const phone = await sameUser(laptop, { deviceId: 'phone' });
+  const laptop = await user('bob', { catchUp: false });
+  const phone = await sameUser(laptop, {});
   const { room_id: room } = await alice.createGroup('gap', [laptop.userId]);
   await Promise.all([online(laptop), online(phone)]);
   const onLaptop = record(laptop);
@@ -282,7 +283,7 @@ test('a gap left by another device of the same user is filled, in order, each me
   await alice.sendMessage(room, 'm1');
   await until(() => onLaptop.length === 1 && onPhone.length === 1, 'm1 on both devices');
 
-  // The laptop goes away; the phone reads and acknowledges three more, moving the user's cursor.
+  // The laptop goes away; the phone reads and acknowledges three more, moving the device's cursor.
   laptop.disconnect();
   for (const text of ['m2', 'm3', 'm4']) await alice.sendMessage(room, text);
   await until(() => onPhone.length === 4, 'm2-m4 on the phone');
@@ -296,6 +297,27 @@ test('a gap left by another device of the same user is filled, in order, each me
   assert.deepEqual(onLaptop.map((m) => m.content), ['m1', 'm2', 'm3', 'm4', 'm5']);
   assert.ok(gaps.length >= 1 && gaps[0].room_id === room && gaps[0].after_seq === 1, JSON.stringify(gaps));
   assert.deepEqual(laptop.cursors(), { [room]: 5 });
+});
+
+test('named devices keep their own cursors: one that was away gets what it missed on reconnect', async () => {
+  const alice = await user('alice');
+  const laptop = await user('bob', { deviceId: 'laptop', catchUp: false });
+  const phone = await sameUser(laptop, { deviceId: 'phone' });
+  const { room_id: room } = await alice.createGroup('devices', [laptop.userId]);
+  await Promise.all([online(laptop), online(phone)]);
+  const onLaptop = record(laptop);
+  const onPhone = record(phone);
+  await alice.sendMessage(room, 'm1');
+  await until(() => onLaptop.length === 1 && onPhone.length === 1, 'm1 on both devices');
+  laptop.disconnect();
+  for (const text of ['m2', 'm3', 'm4']) await alice.sendMessage(room, text);
+  await until(() => onPhone.length === 4, 'm2-m4 on the phone');
+  await phone.ping();
+  // The phone's acks moved the phone's cursor only: the laptop's resync brings m2-m4.
+  await online(laptop);
+  await until(() => onLaptop.length >= 4, 'm2-m4 on the laptop');
+  assert.deepEqual(onLaptop.map((m) => m.content), ['m1', 'm2', 'm3', 'm4']);
+  assert.deepEqual(laptop.cursors(), { [room]: 4 });
 });
 
 test('after a connect, a quiet room behind what another device read is caught up', async () => {
