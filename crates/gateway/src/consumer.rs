@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::{BusError, PushStream};
+use groups::RoomMembers;
 use proto::stream::{PushEntry, PushMessage};
 use proto::{RoomId, Seq, UserId};
 use tokio::time::Instant;
@@ -181,7 +182,9 @@ async fn announce_routes(state: &GatewayState) -> Result<(), BusError> {
 /// database: one query per room for every chunk released together (the room's local recipients
 /// all get the same missing seqs), the rooms' queries at once, so the connections do not each
 /// fill the gaps themselves. Each chunk's entries and fetched messages go out merged in `seq`
-/// order. A failed fetch leaves the holes to the connections' own gap fill.
+/// order, a fetched message only to the recipients who were members when it was stored (a member
+/// who joined after it gets nothing from before they joined, as their own gap fill ensures). A
+/// failed fetch or membership read leaves the holes to the connections' own gap fill.
 async fn release(state: &GatewayState, released: Vec<Released>, wakes: &mut Wakes) {
     if released.is_empty() {
         return;
@@ -201,9 +204,26 @@ async fn release(state: &GatewayState, released: Vec<Released>, wakes: &mut Wake
             .map(|(room, (lo, hi))| fetch(state, room, lo, hi)),
     )
     .await;
-    let fetched: HashMap<RoomId, Vec<Arc<PushMessage>>> = fetched.into_iter().flatten().collect();
+    let mut fetched: HashMap<RoomId, Vec<Arc<PushMessage>>> =
+        fetched.into_iter().flatten().collect();
+    fetched.retain(|_, fill| !fill.is_empty());
+    let members = futures_util::future::join_all(fetched.keys().map(|&room| async move {
+        match state.0.groups.current_room(room).await {
+            Ok(members) => Some((room, members)),
+            Err(e) => {
+                tracing::debug!(room_id = room, error = %e, "hole fill: members not read");
+                None
+            }
+        }
+    }))
+    .await;
+    let members: HashMap<RoomId, Option<Arc<RoomMembers>>> =
+        members.into_iter().flatten().collect();
     for (r, missing) in released.into_iter().zip(missing) {
-        let fill = fetched.get(&r.room).map_or(&[][..], Vec::as_slice);
+        let fill = match (fetched.get(&r.room), members.get(&r.room)) {
+            (Some(fill), Some(Some(members))) => Some((fill.as_slice(), &**members)),
+            _ => None,
+        };
         dispatch_merged(state, r, &missing, fill, wakes);
     }
 }
@@ -240,10 +260,12 @@ fn dispatch_merged(
     state: &GatewayState,
     released: Released,
     missing: &[Seq],
-    fill: &[Arc<PushMessage>],
+    fill: Option<(&[Arc<PushMessage>], &RoomMembers)>,
     wakes: &mut Wakes,
 ) {
+    let (fill, members) = fill.unzip();
     let mut fill = fill
+        .unwrap_or_default()
         .iter()
         .filter(|m| missing.binary_search(&m.seq).is_ok())
         .peekable();
@@ -269,10 +291,22 @@ fn dispatch_merged(
     };
     for (seq, entries) in released.held {
         while let Some(m) = fill.next_if(|m| m.seq < seq) {
+            let targets: Vec<UserId> = targets
+                .iter()
+                .copied()
+                .filter(|&u| {
+                    members
+                        .and_then(|r| r.get(u))
+                        .is_some_and(|member| member.joined_seq < m.seq)
+                })
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
             state.dispatch(
                 PushEntry::Chat {
                     message: m.clone(),
-                    targets: targets.clone(),
+                    targets,
                 },
                 wakes,
             );
@@ -527,6 +561,79 @@ mod tests {
         )
     }
 
+    /// `n` new users' ids, sorted.
+    async fn users(store: &dyn store::Store, n: usize) -> Vec<UserId> {
+        let mut users = Vec::new();
+        for i in 0..n {
+            let user = store
+                .create_user(store::NewUser {
+                    username: format!("user{i}"),
+                    password_hash: "x".into(),
+                    nickname: format!("user {i}"),
+                    now_ms: 1,
+                })
+                .await
+                .expect("user");
+            users.push(user.id);
+        }
+        users.sort_unstable();
+        users
+    }
+
+    /// Stores `n` messages of `sender` in `room`, as the consumer would get them.
+    async fn append(
+        store: &dyn store::Store,
+        ids: &proto::ids::Snowflake,
+        room: RoomId,
+        sender: UserId,
+        n: usize,
+    ) -> Vec<Arc<PushMessage>> {
+        let batch: Vec<store::NewMessage> = (0..n)
+            .map(|_| store::NewMessage {
+                id: ids.next_id(),
+                room_id: room,
+                sender_id: sender,
+                msg_type: MessageType::Text,
+                content: "hi".into(),
+                client_msg_id: None,
+                created_at_ms: 1,
+            })
+            .collect();
+        store
+            .append_messages(&batch)
+            .await
+            .expect("append")
+            .into_iter()
+            .map(|r| match r {
+                Ok(store::Appended::Stored(m)) => Arc::new(PushMessage::from(m)),
+                other => panic!("not stored: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Runs the consumer over `reads` until it has started `reads` + 2 reads (the window closed
+    /// after the last one and what it held was released), then stops it.
+    async fn consume_until_released(
+        state: &GatewayState,
+        reads: Vec<Result<Vec<PushEntry>, BusError>>,
+    ) {
+        let wanted = reads.len() + 2;
+        let stream = Scripted::new(false, reads);
+        let started = stream.started.clone();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consume(state.clone(), stream, stop.clone()));
+        let released = async {
+            while started.load(Ordering::SeqCst) < wanted {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), released)
+            .await
+            .expect("the window closed and the consumer read on");
+        stop.cancel();
+        task.await.expect("join");
+    }
+
     /// A room of 201 members stored 1..=6; this gateway holds 200 of them in two chunks of 100
     /// (as Send cuts them). Seqs 2, 4 and 5 of one Send instance never reach the stream within
     /// the window, 3 and 6 of the other do: every connection still gets 1..=6 in order from the
@@ -542,47 +649,14 @@ mod tests {
             Arc::new(InProcInstances::new(Duration::from_secs(30))),
         )
         .await;
-        let store = &state.0.store;
-        let mut users = Vec::new();
-        for i in 0..201 {
-            let user = store
-                .create_user(store::NewUser {
-                    username: format!("user{i}"),
-                    password_hash: "x".into(),
-                    nickname: format!("user {i}"),
-                    now_ms: 1,
-                })
-                .await
-                .expect("user");
-            users.push(user.id);
-        }
-        users.sort_unstable();
+        let store = &*state.0.store;
+        let users = users(store, 201).await;
         let (room, _) = store
             .create_group("g", users[0], &users[1..], 1)
             .await
             .expect("group");
         let ids = proto::ids::Snowflake::new(1).expect("a valid node");
-        let batch: Vec<store::NewMessage> = (0..6)
-            .map(|_| store::NewMessage {
-                id: ids.next_id(),
-                room_id: room.id,
-                sender_id: users[0],
-                msg_type: MessageType::Text,
-                content: "hi".into(),
-                client_msg_id: None,
-                created_at_ms: 1,
-            })
-            .collect();
-        let stored: Vec<Arc<PushMessage>> = store
-            .append_messages(&batch)
-            .await
-            .expect("append")
-            .into_iter()
-            .map(|r| match r {
-                Ok(store::Appended::Stored(m)) => Arc::new(PushMessage::from(m)),
-                other => panic!("not stored: {other:?}"),
-            })
-            .collect();
+        let stored = append(store, &ids, room.id, users[0], 6).await;
         // The recipients on this gateway: all but the sender, two chunks.
         let local = &users[1..];
         let conns: Vec<Arc<ConnShared>> = local
@@ -602,27 +676,66 @@ mod tests {
                 })
                 .collect()
         };
-        let reads = vec![Ok(entries(1)), Ok([entries(3), entries(6)].concat())];
-        let stream = Scripted::new(false, reads);
-        let started = stream.started.clone();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(consume(state.clone(), stream, stop.clone()));
         // The first empty read waits until the window closes; the consumer releases what it
         // held before it starts the second.
-        let released = async {
-            while started.load(Ordering::SeqCst) < 4 {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), released)
-            .await
-            .expect("the window closed and the consumer read on");
-        stop.cancel();
-        task.await.expect("join");
+        let reads = vec![Ok(entries(1)), Ok([entries(3), entries(6)].concat())];
+        consume_until_released(&state, reads).await;
         for (user, conn) in local.iter().zip(&conns) {
             assert_eq!(queued_seqs(conn), [1, 2, 3, 4, 5, 6], "user {user}");
         }
         let metrics = meter.render();
         assert_eq!(store_calls(&metrics, "messages_after"), 1, "{metrics}");
+    }
+
+    /// A hole filled for a chunk's recipients reaches only those who were members when the
+    /// missing message was stored: a member who joined after seq 3 gets 4, not 2 and 3.
+    #[tokio::test]
+    async fn a_hole_fill_gives_a_member_nothing_from_before_they_joined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state(
+            dir.path(),
+            Arc::new(InProcInstances::new(Duration::from_secs(30))),
+        )
+        .await;
+        let store = &*state.0.store;
+        let users = users(store, 3).await;
+        let (sender, old, new) = (users[0], users[1], users[2]);
+        let (room, _) = store
+            .create_group("g", sender, &[old], 1)
+            .await
+            .expect("group");
+        let ids = proto::ids::Snowflake::new(1).expect("a valid node");
+        let mut stored = append(store, &ids, room.id, sender, 3).await;
+        let joined = store::MemberState::Member {
+            role: proto::api::Role::Member,
+            group_nickname: None,
+            joined_at_ms: 2,
+            joined_seq: 3,
+        };
+        store
+            .write_members(room.id, Box::pin(async move { Ok(vec![(new, joined)]) }))
+            .await
+            .expect("join");
+        stored.extend(append(store, &ids, room.id, sender, 1).await);
+        let conns: Vec<Arc<ConnShared>> = [old, new]
+            .iter()
+            .map(|&u| {
+                let c = Arc::new(ConnShared::new(0, 64));
+                state.0.hub.add(u, 0, c.clone());
+                c
+            })
+            .collect();
+        let chat = |seq: usize, targets: Vec<UserId>| PushEntry::Chat {
+            message: stored[seq - 1].clone(),
+            targets,
+        };
+        // 2 and 3 never come; 4 goes to both.
+        let reads = vec![
+            Ok(vec![chat(1, vec![old])]),
+            Ok(vec![chat(4, vec![old, new])]),
+        ];
+        consume_until_released(&state, reads).await;
+        assert_eq!(queued_seqs(&conns[0]), [1, 2, 3, 4], "a member all along");
+        assert_eq!(queued_seqs(&conns[1]), [4], "joined after 3");
     }
 }
