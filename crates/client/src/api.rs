@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use proto::api::{
     CreateGroupReply, DirectRoomReply, GatewayView, HistoryReply, JoinedRoomsReply, LoginReply,
-    MessageView, RoomView, SendMessageReply, SendView, UserView,
+    MessageView, RoomView, SearchUsersReply, SendMessageReply, SendView, UserView,
 };
 use proto::{RoomId, Seq, UserId};
 use reqwest::{Method, StatusCode, Url};
@@ -291,6 +291,36 @@ impl Api {
             None,
         )
         .await
+    }
+
+    /// The user whose username is `name` (ignoring ASCII case, as accounts compare), found with
+    /// `GET /api/user/search` (it matches usernames and nicknames containing the text, a page
+    /// at a time). `None` when no username is exactly `name` among the first pages' results.
+    pub async fn user_named(&self, name: &str) -> Result<Option<UserView>> {
+        /// Pages of 100 read before giving up on a very common name.
+        const PAGES: usize = 5;
+        let mut after_id = 0;
+        for _ in 0..PAGES {
+            let mut url = Url::parse("http://meta/api/user/search").expect("a valid URL");
+            url.query_pairs_mut()
+                .append_pair("q", name)
+                .append_pair("after_id", &after_id.to_string())
+                .append_pair("limit", "100");
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            let page: SearchUsersReply = self.call(Service::Meta, Method::GET, &path, None).await?;
+            if let Some(u) = page
+                .users
+                .into_iter()
+                .find(|u| u.username.eq_ignore_ascii_case(name))
+            {
+                return Ok(Some(u));
+            }
+            match page.next_after_id {
+                Some(next) => after_id = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Joins an open group (`POST /api/group/{room_id}/join`).

@@ -31,8 +31,10 @@ const HELP: &str = "\
 commands:
   /rooms                 list your rooms (* marks the open one)
   /join ROOM             open a room by id or name (joins an open group you are not in)
-  /dm USER_ID            open the one-to-one room with a user
-  /create NAME [ID,ID]   create a group with these members and open it
+  /dm USER               open the one-to-one room with a user (a username or an id)
+  /create NAME [U,U]     create a group with these members (usernames or ids) and open it;
+                         the last word is the member list: quote a name with spaces and no
+                         members, /create \"dev team\"
   /history [N]           show the open room's last N messages (default as --history)
   /help                  this text
   /quit                  leave (also Ctrl-D)
@@ -46,8 +48,13 @@ enum Input {
     Quit,
     Rooms,
     Join(String),
-    Dm(UserId),
-    Create { name: String, members: Vec<UserId> },
+    /// A username or a user id.
+    Dm(String),
+    /// Members as typed: usernames or user ids.
+    Create {
+        name: String,
+        members: Vec<String>,
+    },
     History(Option<u32>),
     Say(String),
     Bad(String),
@@ -74,11 +81,12 @@ fn parse(line: &str) -> Input {
         ("rooms", _) => Input::Rooms,
         ("join" | "open", "") => Input::Bad("usage: /join ROOM_ID or /join NAME".into()),
         ("join" | "open", room) => Input::Join(room.to_owned()),
-        ("dm", id) => match id.parse() {
-            Ok(id) => Input::Dm(id),
-            Err(_) => Input::Bad("usage: /dm USER_ID".into()),
-        },
-        ("create", "") => Input::Bad("usage: /create NAME [ID,ID,...]".into()),
+        ("dm", "") => Input::Bad("usage: /dm USER (a username or an id)".into()),
+        ("dm", user) if user.contains(char::is_whitespace) => {
+            Input::Bad("usage: /dm USER (one username or id)".into())
+        }
+        ("dm", user) => Input::Dm(user.to_owned()),
+        ("create", "") => Input::Bad("usage: /create NAME [USER,USER,...]".into()),
         ("create", args) => parse_create(args),
         ("history", "") => Input::History(None),
         ("history", n) => match n.parse() {
@@ -89,20 +97,37 @@ fn parse(line: &str) -> Input {
     }
 }
 
-/// `NAME [ID,ID]`: the last word is the member list when it is one; the name may have spaces.
+/// `NAME [USER,USER]`: with more than one word, the last is the member list (usernames or ids,
+/// comma-separated); `"NAME WITH SPACES" [USER,USER]` quotes a name, which may then stand alone.
 fn parse_create(args: &str) -> Input {
-    let ids = |s: &str| -> Option<Vec<UserId>> {
+    let list = |s: &str| -> Vec<String> {
         s.split(',')
+            .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|p| p.trim().parse().ok())
+            .map(str::to_owned)
             .collect()
     };
-    match args.rsplit_once(char::is_whitespace) {
-        Some((name, last)) if ids(last).is_some() => Input::Create {
+    if let Some(quoted) = args.strip_prefix('"') {
+        let Some((name, rest)) = quoted.split_once('"') else {
+            return Input::Bad("usage: /create \"NAME\" [USER,USER,...] (a closing quote)".into());
+        };
+        let rest = rest.trim();
+        if rest.contains(char::is_whitespace) {
+            return Input::Bad(
+                "usage: /create \"NAME\" [USER,USER,...] (members without spaces)".into(),
+            );
+        }
+        return Input::Create {
             name: name.trim().to_owned(),
-            members: ids(last).unwrap_or_default(),
+            members: list(rest),
+        };
+    }
+    match args.rsplit_once(char::is_whitespace) {
+        Some((name, last)) => Input::Create {
+            name: name.trim().to_owned(),
+            members: list(last),
         },
-        _ => Input::Create {
+        None => Input::Create {
             name: args.to_owned(),
             members: Vec::new(),
         },
@@ -253,13 +278,18 @@ impl Chat {
                 self.print_rooms();
             }
             Input::Join(key) => self.join(&key).await?,
-            Input::Dm(user_id) => {
+            Input::Dm(user) => {
+                let user_id = self.resolve(&user).await?;
                 let reply = self.api.direct_room(user_id).await?;
                 self.refresh_rooms().await?;
                 self.open_room(reply.room.room_id).await?;
             }
             Input::Create { name, members } => {
-                let reply = self.api.create_group(&name, &members).await?;
+                let mut ids = Vec::with_capacity(members.len());
+                for m in &members {
+                    ids.push(self.resolve(m).await?);
+                }
+                let reply = self.api.create_group(&name, &ids).await?;
                 self.refresh_rooms().await?;
                 self.open_room(reply.room_id).await?;
             }
@@ -278,6 +308,19 @@ impl Chat {
             }
         }
         Ok(())
+    }
+
+    /// A user named as typed: an id, or a username (ignoring case).
+    async fn resolve(&self, user: &str) -> Result<UserId> {
+        if let Ok(id) = user.parse::<UserId>() {
+            return Ok(id);
+        }
+        match self.api.user_named(user).await? {
+            Some(u) => Ok(u.user_id),
+            None => Err(ClientError::NotFound(format!(
+                "no user named {user:?} (give a username or a user id)"
+            ))),
+        }
     }
 
     async fn join(&mut self, key: &str) -> Result<()> {
@@ -388,7 +431,7 @@ impl Chat {
 
     fn print_rooms(&self) {
         if self.rooms.is_empty() {
-            println!("you are in no room yet: /dm USER_ID or /create NAME ID,ID");
+            println!("you are in no room yet: /dm USER or /create NAME USER,USER");
             return;
         }
         println!("your rooms:");
@@ -418,36 +461,38 @@ mod tests {
         assert_eq!(parse("//join me"), Input::Say("/join me".into()));
         assert_eq!(parse("/join 12"), Input::Join("12".into()));
         assert_eq!(parse("/join dev team"), Input::Join("dev team".into()));
-        assert_eq!(parse("/dm 7"), Input::Dm(7));
-        assert!(matches!(parse("/dm bob"), Input::Bad(_)));
+        assert_eq!(parse("/dm 7"), Input::Dm("7".into()));
+        assert_eq!(parse("/dm bob"), Input::Dm("bob".into()));
+        assert!(matches!(parse("/dm"), Input::Bad(_)));
+        assert!(matches!(parse("/dm bob carol"), Input::Bad(_)));
         assert_eq!(parse("/quit\r\n"), Input::Quit);
         assert_eq!(parse("/history 5"), Input::History(Some(5)));
         assert!(matches!(parse("/frobnicate"), Input::Bad(_)));
     }
 
     #[test]
-    fn create_takes_a_name_with_spaces_and_an_optional_member_list() {
+    fn create_takes_a_name_and_the_last_word_as_its_members() {
+        let create = |name: &str, members: &[&str]| Input::Create {
+            name: name.into(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        };
         assert_eq!(
             parse("/create dev team 2,3"),
-            Input::Create {
-                name: "dev team".into(),
-                members: vec![2, 3]
-            }
+            create("dev team", &["2", "3"])
         );
+        assert_eq!(parse("/create team bob"), create("team", &["bob"]));
         assert_eq!(
-            parse("/create solo"),
-            Input::Create {
-                name: "solo".into(),
-                members: vec![]
-            }
+            parse("/create team bob,carol"),
+            create("team", &["bob", "carol"])
         );
+        assert_eq!(parse("/create solo"), create("solo", &[]));
+        assert_eq!(parse("/create release 2026"), create("release", &["2026"]));
+        assert_eq!(parse("/create \"dev team\""), create("dev team", &[]));
         assert_eq!(
-            parse("/create release 2026"),
-            Input::Create {
-                name: "release".into(),
-                members: vec![2026]
-            },
-            "a trailing number is a member list of one"
+            parse("/create \"dev team\" bob,7"),
+            create("dev team", &["bob", "7"])
         );
+        assert!(matches!(parse("/create \"dev team"), Input::Bad(_)));
+        assert!(matches!(parse("/create \"dev\" bob carol"), Input::Bad(_)));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::proto::api::{CreateGroupReply, MessageView};
+use testkit::proto::api::{CreateGroupReply, JoinedRoomsReply, MessageView};
 use testkit::{Cli, Finished, PASSWORD, Process, TestUser, WsClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ruststacker");
@@ -266,9 +266,17 @@ async fn interactive_mode_takes_commands_and_messages_from_piped_stdin() {
     session.write_line("/join nowhere-at-all");
     session.write_line(&format!("/join {group}"));
     session.write_line("//slash at the start");
-    session.write_line(&format!("/dm {}", alice.id));
+    session.write_line("/dm no-such-user-anywhere");
+    session.write_line(&format!("/dm {}", alice.username));
     session.write_line("just between us");
-    session.write_line(&format!("/create {group}-2 {}", alice.id));
+    session.write_line(&format!(
+        "/create {group}-3 {},no-such-user-anywhere",
+        alice.username
+    ));
+    session.write_line(&format!(
+        "/create {group}-2 {}",
+        alice.username.to_uppercase()
+    ));
     session.write_line("in the new group");
     session.write_line("/quit");
     let done = session.finish(RUN).await;
@@ -308,10 +316,31 @@ async fn interactive_mode_takes_commands_and_messages_from_piped_stdin() {
         );
     }
     let err = done.stderr.join("\n");
-    assert!(
-        err.contains("no room named \"nowhere-at-all\""),
-        "{}",
+    for expected in [
+        "no room named \"nowhere-at-all\"",
+        "no user named \"no-such-user-anywhere\"",
+    ] {
+        assert!(
+            err.contains(expected),
+            "missing {expected:?}; {}",
+            done.transcript()
+        );
+    }
+    assert_eq!(
+        err.matches("no user named").count(),
+        2,
+        "the /dm and the /create with an unknown member: {}",
         done.transcript()
+    );
+    let rooms = p
+        .api
+        .joined_rooms(&alice.token)
+        .await
+        .data::<JoinedRoomsReply>();
+    assert!(
+        !rooms.rooms.iter().any(|r| r.name == format!("{group}-3")),
+        "a group with an unknown member is not created: {:?}",
+        rooms.rooms
     );
 }
 
