@@ -201,10 +201,14 @@ pub async fn listen(api: &Api, me: &Me, what: Listen, out: Output) -> Result<()>
             None => Ok(events.recv().await),
         };
         let Ok(ev) = next else {
+            let secs = what.timeout.unwrap_or_default().as_secs();
             return match what.count {
                 Some(n) => Err(ClientError::Timeout(format!(
-                    "timed out after {}s with {printed} of {n} messages",
-                    what.timeout.unwrap_or_default().as_secs()
+                    "timed out after {secs}s with {printed} of {n} messages"
+                ))),
+                // Listening for a while is a success only if it listened at all.
+                None if !announced => Err(ClientError::Timeout(format!(
+                    "timed out after {secs}s without reaching a gateway"
                 ))),
                 None => Ok(()),
             };

@@ -243,6 +243,23 @@ async fn failures_exit_non_zero_with_one_clear_line() {
     );
 }
 
+/// A listener with a time limit and no count succeeds when it listened that long, and fails
+/// (exit 6) when it never reached a gateway: here the registry places clients on an address
+/// nothing listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_never_connected_does_not_exit_0() {
+    let p = start("  address: 127.0.0.2\n");
+    let name = testkit::unique_username("group");
+    let (_alice, bob, _, _) = alice_and_bob(&p, &name).await;
+    let (code, err) = chat_err(&p, &bob, PASSWORD, &["--listen", &name, "--timeout", "2"]).await;
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("without reaching a gateway"), "{err}");
+
+    let p = start("");
+    let (_alice, bob, _, _) = alice_and_bob(&p, &name).await;
+    chat_ok(&p, &bob, &["--listen", &name, "--timeout", "2"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_mode_takes_commands_and_messages_from_piped_stdin() {
     let p = start("");
