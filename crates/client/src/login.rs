@@ -88,7 +88,8 @@ pub async fn log_in(api: &mut Api, given: Given) -> Result<Me> {
         Err(ClientError::Auth(_)) if terminal && !given.register => {
             let answer = prompt(
                 &format!(
-                    "log-in refused. Register a new user {username:?} with this password? [y/N] "
+                    "log-in refused: a wrong password, or no user {username:?} yet. \
+                     If you are new, register {username:?} with this password? [y/N] "
                 ),
                 false,
             )
@@ -97,7 +98,9 @@ pub async fn log_in(api: &mut Api, given: Given) -> Result<Me> {
                 return Err(bad_credentials(&username));
             }
             if !register(api, &username, &password, given.nickname.as_deref()).await? {
-                return Err(bad_credentials(&username));
+                return Err(ClientError::Auth(format!(
+                    "the user {username:?} exists, so the password was wrong; nothing was registered"
+                )));
             }
             let reply = api.login(&username, password.expose()).await?;
             Ok(Me {
