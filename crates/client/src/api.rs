@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use proto::api::{
     CreateGroupReply, DirectRoomReply, GatewayView, HistoryReply, JoinedRoomsReply, LoginReply,
-    MessageView, RoomView, SearchUsersReply, SendMessageReply, SendView, UserView,
+    MessageView, RoomView, SearchUsersReply, SendMessageReply, SendView, UserView, WebConfigReply,
 };
 use proto::{RoomId, Seq, UserId};
 use reqwest::{Method, StatusCode, Url};
@@ -215,6 +215,28 @@ impl Api {
             .await?;
         self.keep(&reply);
         Ok(reply.token)
+    }
+
+    /// Asks Meta where Send and the registry are (`GET /api/web/config`, what the web page
+    /// reads) and uses its answer for each of them the command line did not name; keeps the
+    /// defaults (Meta's host, ports 8081 and 8084) when Meta does not answer it.
+    pub async fn discover_services(&mut self, send_given: bool, registry_given: bool) {
+        if send_given && registry_given {
+            return;
+        }
+        let Ok(config) = self
+            .call::<WebConfigReply>(Service::Meta, Method::GET, "/api/web/config", None)
+            .await
+        else {
+            return;
+        };
+        if !send_given && let Ok(url) = parse_base(&config.send_url, "Meta's Send URL") {
+            self.endpoints.send = url;
+        }
+        if !registry_given && let Ok(url) = parse_base(&config.registry_url, "Meta's registry URL")
+        {
+            self.endpoints.registry = url;
+        }
     }
 
     /// Asks the registry for a live Send instance and uses it from now on; keeps the configured

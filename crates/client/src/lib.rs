@@ -38,11 +38,11 @@ pub struct ChatArgs {
     /// Meta's base URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// Send's base URL, used when the registry names no live Send instance (default: the
-    /// server's host, port 8081).
+    /// Send's base URL, used when the registry names no live Send instance (default: where
+    /// Meta says, else the server's host, port 8081).
     #[arg(long = "send-url", value_name = "URL")]
     pub send_url: Option<String>,
-    /// The registry's base URL (default: the server's host, port 8084).
+    /// The registry's base URL (default: where Meta says, else the server's host, port 8084).
     #[arg(long = "registry-url", alias = "registry", value_name = "URL")]
     pub registry_url: Option<String>,
     /// Username (prompted on a terminal when missing).
@@ -108,6 +108,8 @@ pub async fn run(args: ChatArgs) -> Result<(), ClientError> {
         args.registry_url.as_deref(),
     )?;
     let mut api = Api::new(endpoints)?;
+    api.discover_services(args.send_url.is_some(), args.registry_url.is_some())
+        .await;
     let given = login::Given {
         user: args.user,
         password: args.password.map(login::Password::new),

@@ -243,6 +243,38 @@ async fn failures_exit_non_zero_with_one_clear_line() {
     );
 }
 
+/// Given Meta's URL alone, the client asks Meta where Send and the registry are: on ports other
+/// than the seed's, a send waits for its ACK (Send, the registry's placement and the gateway)
+/// without `--send-url` or `--registry-url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_only_meta_the_client_finds_send_and_the_registry() {
+    let p = start("");
+    let name = testkit::unique_username("group");
+    let (_alice, bob, _, room) = alice_and_bob(&p, &name).await;
+    let meta = format!("http://{}", p.api.addrs.meta);
+    let room = room.to_string();
+    let args = [
+        "chat",
+        "--server",
+        &meta,
+        "--user",
+        &bob,
+        "--password",
+        PASSWORD,
+        "--send",
+        &room,
+        "found",
+        "--wait-ack",
+    ];
+    let done = Cli::spawn(BIN.as_ref(), &args, false).finish(RUN).await;
+    assert_eq!(done.code(), 0, "{}", done.transcript());
+    assert!(
+        done.stdout.join("\n").contains("delivered message"),
+        "{}",
+        done.transcript()
+    );
+}
+
 /// A listener with a time limit and no count succeeds when it listened that long, and fails
 /// (exit 6) when it never reached a gateway: here the registry places clients on an address
 /// nothing listens on.
