@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use proto::api::{
     CreateGroupReply, DirectRoomReply, GatewayView, HistoryReply, JoinedRoomsReply, LoginReply,
-    MessageView, RoomView, SearchUsersReply, SendMessageReply, SendView, UserView, WebConfigReply,
+    MembersReply, MessageView, RoomView, SearchUsersReply, SendMessageReply, SendView, UserView,
+    WebConfigReply,
 };
 use proto::{RoomId, Seq, UserId};
 use reqwest::{Method, StatusCode, Url};
@@ -310,6 +311,17 @@ impl Api {
             Service::Meta,
             Method::GET,
             &format!("/api/user/{user_id}"),
+            None,
+        )
+        .await
+    }
+
+    /// A room's members (`GET /api/group/{room_id}/members`; one-to-one rooms answer too).
+    pub async fn members(&self, room_id: RoomId) -> Result<MembersReply> {
+        self.call(
+            Service::Meta,
+            Method::GET,
+            &format!("/api/group/{room_id}/members"),
             None,
         )
         .await

@@ -325,7 +325,7 @@ impl Chat {
 
     async fn join(&mut self, key: &str) -> Result<()> {
         self.refresh_rooms().await?;
-        let found: Vec<RoomId> = view::find_rooms(&self.rooms, key)
+        let found: Vec<RoomId> = view::find_rooms(&self.rooms, key, &self.names)
             .iter()
             .map(|r| r.room_id)
             .collect();
@@ -425,7 +425,9 @@ impl Chat {
 
     async fn refresh_rooms(&mut self) -> Result<()> {
         self.rooms = self.api.joined_rooms().await?;
-        self.names.learn_rooms(&self.rooms);
+        self.names
+            .learn_rooms(&self.api, self.me.user_id, &self.rooms)
+            .await;
         Ok(())
     }
 
@@ -441,7 +443,7 @@ impl Chat {
             } else {
                 ' '
             };
-            println!("{mark}{}", view::room_row(r));
+            println!("{mark}{}", view::room_row(r, &self.names));
         }
     }
 }

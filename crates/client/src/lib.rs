@@ -121,7 +121,7 @@ pub async fn run(args: ChatArgs) -> Result<(), ClientError> {
     let out = script::Output { json: args.json };
     let timeout = args.timeout.map(Duration::from_secs);
     if args.rooms {
-        return script::rooms(&api, out).await;
+        return script::rooms(&api, &me, out).await;
     }
     if let Some(send) = args.send {
         let [room, text] = send.as_slice() else {

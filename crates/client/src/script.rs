@@ -42,12 +42,17 @@ fn stdout_gone(e: std::io::Error) -> ClientError {
 }
 
 /// `--rooms`: my rooms, one per line.
-pub async fn rooms(api: &Api, out: Output) -> Result<()> {
-    for r in api.joined_rooms().await? {
+pub async fn rooms(api: &Api, me: &Me, out: Output) -> Result<()> {
+    let rooms = api.joined_rooms().await?;
+    let mut names = Names::default();
+    if !out.json {
+        names.learn_rooms(api, me.user_id, &rooms).await;
+    }
+    for r in rooms {
         let line = if out.json {
             serde_json::to_string(&r).expect("a room always serializes")
         } else {
-            view::room_row(&r)
+            view::room_row(&r, &names)
         };
         emit(&line).map_err(stdout_gone)?;
     }
@@ -55,8 +60,8 @@ pub async fn rooms(api: &Api, out: Output) -> Result<()> {
 }
 
 /// The one room among mine that `key` (an id or a name) names.
-pub fn resolve<'a>(rooms: &'a [RoomView], key: &str) -> Result<&'a RoomView> {
-    match view::find_rooms(rooms, key).as_slice() {
+pub fn resolve<'a>(rooms: &'a [RoomView], key: &str, names: &Names) -> Result<&'a RoomView> {
+    match view::find_rooms(rooms, key, names).as_slice() {
         [one] => Ok(one),
         [] => Err(ClientError::NotFound(format!(
             "room {key:?} is not one of your rooms (see --rooms)"
@@ -89,7 +94,12 @@ pub async fn send(
 ) -> Result<()> {
     let room_id = match room_key.parse::<RoomId>() {
         Ok(id) => id,
-        Err(_) => resolve(&api.joined_rooms().await?, room_key)?.room_id,
+        Err(_) => {
+            let rooms = api.joined_rooms().await?;
+            let mut names = Names::default();
+            names.learn_rooms(api, me.user_id, &rooms).await;
+            resolve(&rooms, room_key, &names)?.room_id
+        }
     };
     // The ACK goes to the sender's connections open when the message is fanned out: connect
     // first.
@@ -184,9 +194,9 @@ pub struct Listen {
 /// `--listen ROOM`: prints the room's messages in `seq` order, each once, as they arrive.
 pub async fn listen(api: &Api, me: &Me, what: Listen, out: Output) -> Result<()> {
     let rooms = api.joined_rooms().await?;
-    let room = resolve(&rooms, &what.room)?.clone();
     let mut names = Names::default();
-    names.learn_rooms(&rooms);
+    names.learn_rooms(api, me.user_id, &rooms).await;
+    let room = resolve(&rooms, &what.room, &names)?.clone();
     let mut follow = Follow::new(room.room_id, what.after_seq.unwrap_or(room.last_seq));
     let mut printed = 0u64;
     if what.count == Some(0) {

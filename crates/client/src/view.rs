@@ -2,6 +2,7 @@
 //! one JSON object per line, and the room list.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use proto::api::{MessageView, RoomView};
 use proto::{RoomId, UserId};
@@ -16,11 +17,32 @@ pub struct Names {
 }
 
 impl Names {
-    /// Remembers the names of `rooms`.
-    pub fn learn_rooms(&mut self, rooms: &[RoomView]) {
+    /// Remembers the names of `rooms`: a group's name; for a one-to-one room, `@` and the other
+    /// member's username, asked from Meta once per room (`direct #id` if that fails).
+    pub async fn learn_rooms(&mut self, api: &Api, me: UserId, rooms: &[RoomView]) {
         for r in rooms {
-            self.rooms.insert(r.room_id, room_label(r));
+            if r.is_group || !r.name.is_empty() {
+                self.rooms.insert(r.room_id, r.name.clone());
+            } else if let Entry::Vacant(slot) = self.rooms.entry(r.room_id) {
+                let peer = api.members(r.room_id).await.ok().and_then(|m| {
+                    m.members
+                        .into_iter()
+                        .find(|m| m.user_id != me)
+                        .map(|m| format!("@{}", m.username))
+                });
+                if let Some(peer) = peer {
+                    slot.insert(peer);
+                }
+            }
         }
+    }
+
+    /// How `r` is shown and named: see [`Names::learn_rooms`].
+    pub fn label(&self, r: &RoomView) -> String {
+        self.rooms
+            .get(&r.room_id)
+            .cloned()
+            .unwrap_or_else(|| room_label(r))
     }
 
     /// The room's name, or `#id` for a room not seen in a list yet.
@@ -77,25 +99,33 @@ pub fn message_json(m: &MessageView) -> String {
 }
 
 /// One line per room: id, name, kind, members and the latest `seq`.
-pub fn room_row(r: &RoomView) -> String {
+pub fn room_row(r: &RoomView, names: &Names) -> String {
     let kind = if r.is_group { "group" } else { "direct" };
     format!(
         "{:>6}  {}  ({kind}, {} members, last seq {})",
         r.room_id,
-        room_label(r),
+        names.label(r),
         r.member_count,
         r.last_seq
     )
 }
 
-/// The rooms among `rooms` that `key` names: its id, else its name (case-insensitive).
-pub fn find_rooms<'a>(rooms: &'a [RoomView], key: &str) -> Vec<&'a RoomView> {
+/// The rooms among `rooms` that `key` names: its id, else its name as [`Names::label`] shows it
+/// (case-insensitive; a one-to-one room also by the other member's username without the `@`).
+pub fn find_rooms<'a>(rooms: &'a [RoomView], key: &str, names: &Names) -> Vec<&'a RoomView> {
     if let Ok(id) = key.parse::<RoomId>() {
         return rooms.iter().filter(|r| r.room_id == id).collect();
     }
     rooms
         .iter()
-        .filter(|r| room_label(r).eq_ignore_ascii_case(key))
+        .filter(|r| {
+            let label = names.label(r);
+            label.eq_ignore_ascii_case(key)
+                || (!r.is_group
+                    && label
+                        .strip_prefix('@')
+                        .is_some_and(|peer| peer.eq_ignore_ascii_case(key)))
+        })
         .collect()
 }
 
@@ -144,14 +174,31 @@ mod tests {
 
     #[test]
     fn rooms_are_found_by_id_or_by_name_ignoring_case() {
-        let rooms = [room(1, "dev"), room(2, "Ops"), room(3, ""), room(4, "ops")];
+        let rooms = [
+            room(1, "dev"),
+            room(2, "Ops"),
+            room(3, ""),
+            room(4, "ops"),
+            room(5, ""),
+        ];
+        let mut names = Names::default();
+        names.rooms.insert(5, "@bob".into());
         let ids = |key: &str| -> Vec<RoomId> {
-            find_rooms(&rooms, key).iter().map(|r| r.room_id).collect()
+            find_rooms(&rooms, key, &names)
+                .iter()
+                .map(|r| r.room_id)
+                .collect()
         };
         assert_eq!(ids("1"), [1]);
         assert_eq!(ids("DEV"), [1]);
         assert_eq!(ids("ops"), [2, 4], "ambiguous: the caller says so");
-        assert_eq!(ids("direct #3"), [3]);
+        assert_eq!(ids("direct #3"), [3], "a peer not learned yet");
+        assert_eq!(ids("@Bob"), [5]);
+        assert_eq!(ids("bob"), [5], "a one-to-one room by the peer's username");
         assert!(ids("9").is_empty() && ids("nope").is_empty());
+        assert_eq!(
+            room_row(&rooms[4], &names),
+            "     5  @bob  (direct, 2 members, last seq 0)"
+        );
     }
 }

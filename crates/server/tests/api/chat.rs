@@ -356,6 +356,8 @@ async fn interactive_mode_takes_commands_and_messages_from_piped_stdin() {
         format!("[{group}] {}: earlier, from alice", alice.username),
         format!("[{group}] {bob}: hello"),
         format!("[{group}-2] {bob}: in the new group"),
+        // A one-to-one room is named after the other member.
+        format!("[@{}] {bob}: just between us", alice.username),
         "delivered message".to_owned(),
     ] {
         assert!(
