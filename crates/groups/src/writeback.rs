@@ -333,6 +333,12 @@ impl<C: Connection> WriteBack<C> {
     /// Runs the flusher until `stop`, then flushes what is left.
     pub fn spawn_flusher(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let wb = self.clone();
+        // The flush series exist from the start, at 0, so that a dashboard's rate of them has
+        // a first point before the first flush and shows that flush (a histogram first made by
+        // it would have no earlier sample to take a rate from).
+        let _ = metrics::histogram!("ruststacker_writeback_flush_duration_seconds");
+        metrics::counter!("ruststacker_writeback_rooms_flushed_total").increment(0);
+        metrics::counter!("ruststacker_writeback_flush_failures_total").increment(0);
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval(wb.s.flush_interval.max(Duration::from_millis(10)));

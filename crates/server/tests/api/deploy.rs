@@ -141,6 +141,29 @@ async fn every_metric_the_dashboard_queries_exists_in_a_live_cluster() {
     );
 }
 
+/// The write-back flush's series are on Meta's /metrics from the start, before any group change:
+/// a dashboard's rate of them then has a point before the first flush, and shows that flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_back_flush_series_exist_before_the_first_flush() {
+    let c = Cluster::spawn().await;
+    let text = c.api(0, 0).get(Service::Meta, "/metrics", None).await.text;
+    c.shutdown().await;
+    for series in [
+        "ruststacker_writeback_flush_duration_seconds_count 0",
+        "ruststacker_writeback_rooms_flushed_total 0",
+        "ruststacker_writeback_flush_failures_total 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series:?} not on /metrics:\n{}",
+            text.lines()
+                .filter(|l| l.contains("writeback"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
 #[test]
 fn prometheus_scrapes_every_port_of_the_local_cluster() {
     let script = read("scripts/cluster.sh");
