@@ -79,7 +79,7 @@ request_ids = [
 dictionaries = {
     "owned": owned, "doomed": doomed, "handed": handed, "removal": removal, "leaving": leaving,
     "joinable": joinable, "closed": closed, "decide_room": [decide_room], "requests": request_ids,
-    "member": [bob], "web_files": ["index.html", "app.js", "style.css"],
+    "member": [bob], "web_files": ["index.html", "app.js", "style.css", "index.js", "client.js"],
 }
 # (operation, {path parameter: dictionary})
 bindings = [

@@ -1,6 +1,7 @@
-//! The web chat page: plain HTML, CSS and JavaScript from the workspace's `web/` directory,
-//! compiled into the binary (no build step, nothing fetched from elsewhere), served by Meta at
-//! `GET /` and `GET /web/{file}`; and `GET /api/web/config`, which tells the page where Send and
+//! The web chat page: plain HTML, CSS and JavaScript from the workspace's `web/` directory, and
+//! the JavaScript SDK's modules (`clients/js/src/*.js`) it is built on, compiled into the binary
+//! (no build step, nothing fetched from elsewhere), served by Meta at `GET /` and
+//! `GET /web/{file}`; and `GET /api/web/config`, which tells the page where Send and
 //! the registry are (the page finds its gateway through the registry, like any client).
 //!
 //! The page uses the public API and the WebSocket protocol only; it talks to Send and the registry
@@ -134,10 +135,39 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../../web/style.css"),
     ),
+    // The JavaScript SDK (`clients/js/src`), byte for byte, served flat next to the page's own
+    // files: `app.js` imports `./index.js`, whose relative imports resolve to these.
+    sdk("index.js", include_str!("../../../clients/js/src/index.js")),
+    sdk(
+        "client.js",
+        include_str!("../../../clients/js/src/client.js"),
+    ),
+    sdk(
+        "delivery.js",
+        include_str!("../../../clients/js/src/delivery.js"),
+    ),
+    sdk(
+        "emitter.js",
+        include_str!("../../../clients/js/src/emitter.js"),
+    ),
+    sdk(
+        "errors.js",
+        include_str!("../../../clients/js/src/errors.js"),
+    ),
+    sdk("live.js", include_str!("../../../clients/js/src/live.js")),
+    sdk(
+        "session.js",
+        include_str!("../../../clients/js/src/session.js"),
+    ),
 ];
 
-/// What the page may do, as the browser enforces it: scripts and styles from this origin only
-/// (no inline script, so injected markup cannot run), connections to any http(s)/ws(s) service
+/// A module of the SDK, served as JavaScript.
+const fn sdk(name: &'static str, body: &'static str) -> (&'static str, &'static str, &'static str) {
+    (name, "text/javascript; charset=utf-8", body)
+}
+
+/// What the page may do, as the browser enforces it: scripts (module scripts included) and styles
+/// from this origin only (no inline script, so injected markup cannot run), connections to any http(s)/ws(s) service
 /// (Send, the registry and the gateway are on other ports), no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src http: https: ws: wss:; base-uri 'none'; \
@@ -181,7 +211,9 @@ pub(crate) async fn index() -> Result<Response, ApiError> {
     file_reply("index.html")
 }
 
-/// A file of the web page (`index.html`, `app.js`, `style.css`).
+/// A file of the web page (`index.html`, `app.js`, `style.css`) or a module of the JavaScript SDK
+/// it imports (`index.js`, `client.js`, `delivery.js`, `emitter.js`, `errors.js`, `live.js`,
+/// `session.js`: `clients/js/src` as it is).
 #[utoipa::path(get, path = "/web/{file}", tag = "web",
     params(("file" = String, Path, description = "The file's name")),
     responses(
@@ -255,13 +287,30 @@ mod tests {
     }
 
     #[test]
+    fn file_names_are_unique_and_the_sdk_modules_are_all_served() {
+        let names: std::collections::HashSet<_> = FILES.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(names.len(), FILES.len(), "two files of one name");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js/src");
+        for entry in std::fs::read_dir(&dir).expect("clients/js/src") {
+            let path = entry.expect("an entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).expect("a name");
+            let (_, _, body) = FILES
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .unwrap_or_else(|| panic!("{name} of the SDK is not served"));
+            let on_disk = std::fs::read_to_string(&path).expect("the module");
+            assert_eq!(*body, on_disk, "{name} differs from the SDK's");
+        }
+    }
+
+    #[test]
     fn every_file_is_served_with_its_type_and_an_unknown_one_is_a_404() {
         for (name, ty, _) in FILES {
             let r = file_reply(name).expect("a file");
             assert_eq!(r.headers()[header::CONTENT_TYPE], *ty);
             assert_eq!(r.headers()[header::CACHE_CONTROL], "no-cache");
         }
-        for unknown in ["", "../Cargo.toml", "index.htm", "tests"] {
+        for unknown in ["", "../Cargo.toml", "index.htm", "tests", "index.d.ts"] {
             assert!(file_reply(unknown).is_err(), "{unknown}");
         }
     }

@@ -22,7 +22,8 @@ async fn meta_serves_the_page_and_its_files_with_their_types() {
         Some("text/html; charset=utf-8")
     );
     assert!(
-        page.text.contains("<script src=\"/web/app.js\""),
+        page.text
+            .contains("<script type=\"module\" src=\"/web/app.js\""),
         "{}",
         page.text
     );
@@ -35,9 +36,20 @@ async fn meta_serves_the_page_and_its_files_with_their_types() {
         (
             "app.js",
             "text/javascript; charset=utf-8",
-            "/api/web/config",
+            "from './index.js'",
         ),
         ("style.css", "text/css; charset=utf-8", "@media (max-width"),
+        // The SDK the page imports, next to it.
+        (
+            "index.js",
+            "text/javascript; charset=utf-8",
+            "export { Client",
+        ),
+        (
+            "client.js",
+            "text/javascript; charset=utf-8",
+            "/api/web/config",
+        ),
     ] {
         let reply = app
             .api
@@ -47,7 +59,17 @@ async fn meta_serves_the_page_and_its_files_with_their_types() {
         assert_eq!(reply.content_type.as_deref(), Some(ty), "{file}");
         assert!(reply.text.contains(needle), "{file} lacks {needle}");
     }
-    for unknown in ["missing.js", "..%2FCargo.toml", "app.js.map"] {
+    // The SDK's modules as they are in the repository.
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js/src");
+    for module in ["index.js", "client.js", "live.js"] {
+        let reply = app
+            .api
+            .get(Service::Meta, &format!("/web/{module}"), None)
+            .await;
+        let on_disk = std::fs::read_to_string(sdk.join(module)).expect("the SDK's module");
+        assert_eq!(reply.text, on_disk, "{module} differs from clients/js/src");
+    }
+    for unknown in ["missing.js", "..%2FCargo.toml", "app.js.map", "index.d.ts"] {
         app.api
             .get(Service::Meta, &format!("/web/{unknown}"), None)
             .await
