@@ -148,6 +148,16 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, InvalidSetting> {
     if level.trim().is_empty() {
         return Err(InvalidSetting::new(KEY, "must not be empty"));
     }
+    // Directives are ASCII (levels, module paths, span and field names); EnvFilter's parser
+    // panics on some other characters (it slices a directive inside a multi-byte character).
+    if let Some(c) = level.chars().find(|c| !c.is_ascii_graphic() && *c != ' ') {
+        return Err(InvalidSetting::new(
+            KEY,
+            format!(
+                "{level:?}: {c:?} is not allowed (a level, or target=level directives, in ASCII)"
+            ),
+        ));
+    }
     // A bare word is a target to EnvFilter ("debgu" would enable everything under a target of
     // that name and silently log nothing else): here a directive without `=` must be a level.
     const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -274,7 +284,14 @@ mod tests {
     fn bad_levels_and_formats_are_refused() {
         let ok = LogConfig::default();
         assert!(ok.validate().is_ok());
-        for bad in ["", "loud", "info,gateway=loudest"] {
+        // The last: found by the config fuzz target, it made EnvFilter's parser panic.
+        for bad in [
+            "",
+            "loud",
+            "info,gateway=loudest",
+            "info,a\u{a1}=a\u{a1}",
+            "info\t",
+        ] {
             let cfg = LogConfig {
                 level: bad.into(),
                 ..LogConfig::default()

@@ -164,11 +164,16 @@ async fn metrics_cover_connections_deliveries_push_latency_queues_and_the_databa
     app.api.send_ok(alice, room, "counted").await;
     bob_ws.next_chat().await.expect("bob gets it");
 
-    // The writer counts a frame once its flush returned, which may be just after bob read it.
+    // The writer counts a frame once its flush returned, which may be just after bob read it
+    // (the series itself may exist from the start, at 0).
     let mut text = String::new();
     for _ in 0..250 {
         text = app.api.get(Service::Gateway, "/metrics", None).await.text;
-        if !series(&text, "ruststacker_gateway_frames_sent_total").is_empty() {
+        let sent = series(&text, "ruststacker_gateway_frames_sent_total");
+        if sent
+            .iter()
+            .any(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
