@@ -257,7 +257,9 @@ fn dispatch_merged(
                 PushEntry::Ack { .. }
                 | PushEntry::Notice { .. }
                 | PushEntry::Revoke { .. }
-                | PushEntry::DropDevice { .. } => None,
+                | PushEntry::DropDevice { .. }
+                | PushEntry::Read { .. }
+                | PushEntry::Typing { .. } => None,
             })
             .flatten()
             .collect();
@@ -414,6 +416,7 @@ mod tests {
                 groups,
                 limits: Arc::new(kit::limit::RateLimits::new(&Default::default())),
                 routes: Arc::new(InProcRoutes::default()),
+                bus: Arc::new(InProcBus::default()),
                 instances,
                 upkeep: Arc::new(InProcBus::default()),
                 checks: Vec::new(),

@@ -158,6 +158,14 @@ pub struct RoomView {
     /// The room's latest `seq` (0 when empty).
     pub last_seq: Seq,
     pub created_at: String,
+    /// `GET /api/joined_rooms` only: the highest `seq` the caller said they read (`read`
+    /// frames, cumulative across their devices; 0: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<Seq>,
+    /// `GET /api/joined_rooms` only: messages of others after `read_seq` (and after the caller
+    /// joined); the caller's own messages never count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<i64>,
 }
 
 /// Reply of `POST /api/group/create`.
