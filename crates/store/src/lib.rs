@@ -420,6 +420,8 @@ pub trait MessageStore: Send + Sync {
     ) -> Result<Vec<(UserId, RoomId, Seq)>>;
     /// `user`'s read cursor and unread count in each of their rooms, in room order.
     async fn read_states(&self, user: UserId) -> Result<Vec<ReadState>>;
+    /// Every member's read cursor in `room`: `(user, read_seq)`, in user order.
+    async fn read_positions(&self, room: RoomId) -> Result<Vec<(UserId, Seq)>>;
 }
 
 /// Sessions and their refresh tokens. Tokens are handed in and looked up by their hash only

@@ -210,6 +210,9 @@ impl<S: Store> MessageStore for Metered<S> {
     async fn read_states(&self, user: UserId) -> Result<Vec<crate::ReadState>> {
         timed!("read_states", self.0.read_states(user))
     }
+    async fn read_positions(&self, room: RoomId) -> Result<Vec<(UserId, Seq)>> {
+        timed!("read_positions", self.0.read_positions(room))
+    }
 }
 
 #[async_trait]

@@ -754,6 +754,16 @@ macro_rules! sql_store {
                     .fetch_all(self.reader())
                     .await?)
                 }
+
+                async fn read_positions(&self, room: RoomId) -> Result<Vec<(UserId, Seq)>> {
+                    Ok(sqlx::query_as(
+                        "SELECT user_id, read_seq FROM room_members WHERE room_id = ? \
+                         ORDER BY user_id",
+                    )
+                    .bind(room)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
             }
 
             #[async_trait]

@@ -202,6 +202,10 @@ async fn read_cursors_move_forward_and_unread_leaves_out_ones_own(s: &dyn Store)
     assert_eq!(moved, vec![(a, room.id, 4), (b, room.id, 5)]);
     assert_eq!(read_state(s, a, room.id).await, Some((4, 1)));
     assert_eq!(read_state(s, b, room.id).await, Some((5, 0)));
+    assert_eq!(
+        s.read_positions(room.id).await.expect("positions"),
+        vec![(a, 4), (b, 5)]
+    );
 }
 
 async fn usernames_are_unique(s: &dyn Store) {

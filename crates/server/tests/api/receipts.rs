@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use kit::limit::Rate;
-use testkit::proto::api::{HistoryReply, JoinedRoomsReply, RoomView};
+use testkit::proto::api::{HistoryReply, JoinedRoomsReply, ReadPosition, RoomView};
 use testkit::proto::{RoomId, Seq, UserId};
 use testkit::ws::Receipt;
 use testkit::{Client, Cluster, TestApp, TestUser, WsClient};
@@ -156,6 +156,58 @@ async fn a_read_receipt_reaches_the_other_device_and_the_sender(w: &World) {
         (0, 1, 4),
         "bob's own cursor did not move"
     );
+
+    // Who has read what: every member's cursor comes with the history of a small room.
+    let history: HistoryReply = w.api.history(&bob.token, room, 0, None).await.data();
+    let mut want = vec![
+        ReadPosition {
+            user_id: alice.id,
+            read_seq: 4,
+        },
+        ReadPosition {
+            user_id: bob.id,
+            read_seq: 0,
+        },
+    ];
+    want.sort_by_key(|p| p.user_id);
+    assert_eq!(history.read_seqs, Some(want));
+}
+
+/// Above `send.read_by_max_members` a history page carries no read cursors, and above
+/// `gateway.read_receipts_max_members` a receipt goes to the reader's devices only.
+async fn large_rooms_keep_receipts_to_the_reader(w: &World) {
+    let (alice, bob, carol, room) = w.scene("lg").await;
+    w.api
+        .add_members(&alice.token, room, &[carol.id])
+        .await
+        .assert_success();
+    w.api.send_ok(&bob, room, "m").await;
+    let mut one = w.device(0, &alice, "one").await;
+    let mut two = w.device(1, &alice, "two").await;
+    let mut sender = w.device(1, &bob, "phone").await;
+    let mut third = w.device(0, &carol, "one").await;
+    // Each device is new: it starts at the room's latest message, which counts as sent to it.
+    one.read(room, 1).await.expect("read");
+    assert_eq!(
+        two.next_receipt().await.expect("device two"),
+        read(room, alice.id, 1)
+    );
+    // The receipt was pushed to everyone it went to at once (bob's gateway is device two's); carol
+    // types after it, so bob would have had the receipt first.
+    third.typing(room).await.expect("typing");
+    assert_eq!(
+        sender.next_receipt().await.expect("bob"),
+        typing(room, carol.id),
+        "no receipt to the sender in a large room"
+    );
+    let history: HistoryReply = w.api.history(&bob.token, room, 0, None).await.data();
+    assert_eq!(history.read_seqs, None, "no read cursors in a large room");
+}
+
+/// Rooms of three are large here.
+fn small_limits(cfg: &mut server::AllConfig) {
+    cfg.gateway.read_receipts_max_members = 2;
+    cfg.send.read_by_max_members = 2;
 }
 
 /// Typing reaches the other members online, not the typist's own connection; nothing is stored.
@@ -287,6 +339,12 @@ async fn all_typing_is_rate_limited_per_user_and_room() {
     typing_is_rate_limited_per_user_and_room(&World::all(&app)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_large_rooms_keep_receipts_to_the_reader() {
+    let app = TestApp::spawn_with(small_limits).await;
+    large_rooms_keep_receipts_to_the_reader(&World::all(&app)).await;
+}
+
 // ---- on the cluster ----
 
 /// The scenarios above on the cluster: devices and senders on both gateways, receipts crossing
@@ -299,5 +357,12 @@ async fn cluster_read_receipts_and_typing_cross_gateways() {
     typing_reaches_the_others_and_is_not_stored(&w).await;
     frames_for_a_room_one_is_not_in_are_ignored(&w).await;
     typing_is_rate_limited_per_user_and_room(&w).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_large_rooms_keep_receipts_to_the_reader() {
+    let c = Cluster::spawn_with(small_limits).await;
+    large_rooms_keep_receipts_to_the_reader(&World::cluster(&c)).await;
     c.shutdown().await;
 }
