@@ -41,7 +41,7 @@ impl ReadBook {
         *e = (*e).max(seq);
     }
 
-    fn take(&self) -> Vec<(UserId, RoomId, Seq)> {
+    pub(crate) fn take(&self) -> Vec<(UserId, RoomId, Seq)> {
         self.lock()
             .drain()
             .map(|((user, room), seq)| (user, room, seq))

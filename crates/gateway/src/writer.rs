@@ -992,6 +992,47 @@ mod tests {
         assert_eq!(f.delivered(), Some(2));
     }
 
+    #[tokio::test]
+    async fn a_read_counts_only_up_to_what_was_sent_in_the_room() {
+        let f = Fixture::new().await;
+        f.store_messages(2).await;
+        let Conn {
+            socket,
+            mut flushed,
+            commands,
+            shared,
+        } = Conn::new(16);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
+        let script = async {
+            assert_eq!(
+                next_flush(&mut flushed).await,
+                ["welcome", "chat 1", "chat 2"]
+            );
+            let room = f.room;
+            for (room, seq) in [(room, 9), (room + 1, 1), (room, 0), (room, 1)] {
+                commands.push(Command::Read { room, seq }, &shared).await;
+            }
+            commands.push(Command::Ping, &shared).await;
+            assert_eq!(next_flush(&mut flushed).await, ["pong"]);
+            shared.close(CloseCode::GoingAway);
+            assert_eq!(rest(&mut flushed).await, ["close 1001"]);
+        };
+        tokio::join!(writer, script);
+        assert_eq!(
+            f.env.reads.take(),
+            vec![(f.bob, f.room, 1)],
+            "beyond what was sent, another room and 0 are ignored"
+        );
+    }
+
     #[test]
     fn an_unused_command_queue_costs_a_connection_little() {
         // Under 128 bytes, inside the connection's task; a tokio channel is ~1 KiB on the heap.
