@@ -186,7 +186,9 @@ impl PushStream for InProcStream {
                     PushEntry::Ack { .. }
                     | PushEntry::Notice { .. }
                     | PushEntry::Revoke { .. }
-                    | PushEntry::DropDevice { .. } => None,
+                    | PushEntry::DropDevice { .. }
+                    | PushEntry::Read { .. }
+                    | PushEntry::Typing { .. } => None,
                 }));
         }
         Ok(n)

@@ -81,7 +81,10 @@ mod tests {
 
     fn targets(e: &PushEntry) -> &[UserId] {
         match e {
-            PushEntry::Notice { targets, .. } | PushEntry::Chat { targets, .. } => targets,
+            PushEntry::Notice { targets, .. }
+            | PushEntry::Chat { targets, .. }
+            | PushEntry::Read { targets, .. }
+            | PushEntry::Typing { targets, .. } => targets,
             PushEntry::Ack { .. } | PushEntry::Revoke { .. } | PushEntry::DropDevice { .. } => &[],
         }
     }

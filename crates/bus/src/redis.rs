@@ -338,8 +338,25 @@ impl RedisBus {
                 .into_keys()
                 .map(|gateway| (gateway, entry.clone()))
                 .collect(),
-            // Every live gateway got its own copy; the dead one's connections are gone.
-            PushEntry::Revoke { .. } | PushEntry::DropDevice { .. } => Vec::new(),
+            PushEntry::Read {
+                room_id,
+                user_id,
+                seq,
+                targets,
+            } => {
+                crate::plan::locate(self, &targets, |targets| PushEntry::Read {
+                    room_id,
+                    user_id,
+                    seq,
+                    targets,
+                })
+                .await?
+            }
+            // Every live gateway got its own copy; the dead one's connections are gone. A typing
+            // frame that old says nothing true any more.
+            PushEntry::Revoke { .. } | PushEntry::DropDevice { .. } | PushEntry::Typing { .. } => {
+                Vec::new()
+            }
         };
         if entries.is_empty() {
             return Ok(());

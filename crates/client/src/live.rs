@@ -309,7 +309,8 @@ async fn session(
     }
 }
 
-/// The event a server frame stands for (pongs and repeated welcomes stand for none).
+/// The event a server frame stands for (pongs and repeated welcomes stand for none; nor, yet,
+/// read receipts and typing: the terminal client shows neither).
 fn into_event(frame: ServerFrame) -> Option<Event> {
     Some(match frame {
         ServerFrame::Chat {
@@ -341,7 +342,10 @@ fn into_event(frame: ServerFrame) -> Option<Event> {
             client_msg_id,
         },
         ServerFrame::Notice(n) => Event::Notice(n),
-        ServerFrame::System { .. } | ServerFrame::Pong {} => return None,
+        ServerFrame::System { .. }
+        | ServerFrame::Pong {}
+        | ServerFrame::Read { .. }
+        | ServerFrame::Typing { .. } => return None,
     })
 }
 

@@ -143,6 +143,8 @@ mod tests {
             member_count: 2,
             last_seq: 0,
             created_at: String::new(),
+            read_seq: None,
+            unread: None,
         }
     }
 

@@ -7,8 +7,9 @@ use proptest::prelude::*;
 use proto::frame::ClientFrame;
 use serde_json::Value;
 
-/// What the protocol page allows: an object with `type` `ack` (integer `room_id` and `seq`),
-/// `sync` (integer `room_id` and `after_seq`) or `ping`, and no other key.
+/// What the protocol page allows: an object with `type` `ack` or `read` (integer `room_id` and
+/// `seq`), `sync` (integer `room_id` and `after_seq`), `typing` (integer `room_id`) or `ping`, and
+/// no other key.
 fn model(v: &Value) -> Option<ClientFrame> {
     let obj = v.as_object()?;
     let int = |k: &str| obj.get(k).and_then(Value::as_i64);
@@ -28,6 +29,19 @@ fn model(v: &Value) -> Option<ClientFrame> {
             &["room_id", "after_seq"],
         ),
         "ping" => (ClientFrame::Ping {}, &[]),
+        "read" => (
+            ClientFrame::Read {
+                room_id: int("room_id")?,
+                seq: int("seq")?,
+            },
+            &["room_id", "seq"],
+        ),
+        "typing" => (
+            ClientFrame::Typing {
+                room_id: int("room_id")?,
+            },
+            &["room_id"],
+        ),
         _ => return None,
     };
     obj.keys()
@@ -40,7 +54,9 @@ fn model(v: &Value) -> Option<ClientFrame> {
 /// nested values.
 fn frame_like() -> impl Strategy<Value = Value> {
     let kind = prop_oneof![
-        8 => prop::sample::select(vec!["ack", "sync", "ping", "Ack", "chat", "pong", ""])
+        8 => prop::sample::select(vec![
+            "ack", "sync", "ping", "read", "typing", "Ack", "chat", "pong", "Read", ""
+        ])
             .prop_map(|s| Value::String(s.to_owned())),
         1 => fuzz::json_value(),
     ];
@@ -48,6 +64,7 @@ fn frame_like() -> impl Strategy<Value = Value> {
         2 => Just(vec![]),
         2 => Just(vec!["room_id", "seq"]),
         2 => Just(vec!["room_id", "after_seq"]),
+        2 => Just(vec!["room_id"]),
         2 => prop::sample::subsequence(vec!["room_id", "seq", "after_seq"], 0..=3),
     ];
     let value = prop_oneof![
@@ -80,6 +97,9 @@ fn any_frame() -> impl Strategy<Value = ClientFrame> {
         (fuzz::edge_i64(), fuzz::edge_i64())
             .prop_map(|(room_id, after_seq)| ClientFrame::Sync { room_id, after_seq }),
         Just(ClientFrame::Ping {}),
+        (fuzz::edge_i64(), fuzz::edge_i64())
+            .prop_map(|(room_id, seq)| ClientFrame::Read { room_id, seq }),
+        fuzz::edge_i64().prop_map(|room_id| ClientFrame::Typing { room_id }),
     ]
 }
 
@@ -136,7 +156,8 @@ enum Sent {
 
 /// A real gateway, one socket per case: every frame the parser refuses ends the socket with 1007
 /// (a binary frame with 1003), every `ping` is answered in order, and after frames that parse
-/// (acks and syncs of rooms the user is in or not, with any `seq`) the socket still answers.
+/// (acks, syncs, reads and typing of rooms the user is in or not, with any `seq`) the socket still
+/// answers.
 #[test]
 fn a_gateway_closes_on_exactly_the_frames_the_parser_refuses() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
@@ -148,13 +169,15 @@ fn a_gateway_closes_on_exactly_the_frames_the_parser_refuses() {
         (app, user, room)
     });
     // Frames naming the user's room as well as any other.
-    let room_frame = (0..2i64, fuzz::edge_i64(), prop::bool::ANY).prop_map(move |(r, s, ack)| {
+    let room_frame = (0..2i64, fuzz::edge_i64(), 0..4u8).prop_map(move |(r, s, kind)| {
         let room_id = if r == 0 { room } else { r + 1_000_000 };
-        if ack {
-            serde_json::json!({"type": "ack", "room_id": room_id, "seq": s}).to_string()
-        } else {
-            serde_json::json!({"type": "sync", "room_id": room_id, "after_seq": s}).to_string()
+        match kind {
+            0 => serde_json::json!({"type": "ack", "room_id": room_id, "seq": s}),
+            1 => serde_json::json!({"type": "sync", "room_id": room_id, "after_seq": s}),
+            2 => serde_json::json!({"type": "read", "room_id": room_id, "seq": s}),
+            _ => serde_json::json!({"type": "typing", "room_id": room_id}),
         }
+        .to_string()
     });
     let sent = prop_oneof![
         6 => client_text().prop_map(Sent::Text),

@@ -99,6 +99,19 @@ fn entry() -> impl Strategy<Value = PushEntry> {
             user_id,
             device_id,
         }),
+        1 => (id(), id(), id(), targets()).prop_map(|(room_id, user_id, seq, targets)| {
+            PushEntry::Read {
+                room_id,
+                user_id,
+                seq,
+                targets,
+            }
+        }),
+        1 => (id(), id(), targets()).prop_map(|(room_id, user_id, targets)| PushEntry::Typing {
+            room_id,
+            user_id,
+            targets,
+        }),
         1 => (id(), id(), id(), id(), prop::option::of(fuzz::text())).prop_map(
             |(sender_id, message_id, room_id, seq, client_msg_id)| PushEntry::Ack {
                 sender_id,

@@ -60,6 +60,10 @@ impl Env for GatewayState {
         &self.0.hub.meters
     }
 
+    fn reads(&self) -> &crate::receipts::ReadBook {
+        &self.0.reads
+    }
+
     fn catch_up_after(&self) -> Option<Duration> {
         // Zero (the composition root's choice where routes change synchronously): no catch-up.
         let secs = self.0.cfg.catch_up_secs;
@@ -133,7 +137,7 @@ async fn run(
     // to locals first, or a join awaited by value, would each keep a second copy of the futures
     // in this one (1.8 KiB more per idle connection).
     let joined = std::pin::pin!(apart::join(
-        read_loop(stream, &commands, &shared),
+        read_loop(&state, user, stream, &commands, &shared),
         writer::write_loop(
             state.clone(),
             user,
@@ -181,7 +185,13 @@ fn read_error_code(e: axum::Error) -> Option<CloseCode> {
 
 /// Reads the client's frames until the connection closes. It keeps no timer: the hub's sweeper
 /// sees what it marks as heard, pings quiet connections and closes idle ones.
-async fn read_loop(mut stream: SplitStream<WebSocket>, commands: &Commands, shared: &ConnShared) {
+async fn read_loop(
+    state: &GatewayState,
+    user: UserId,
+    mut stream: SplitStream<WebSocket>,
+    commands: &Commands,
+    shared: &ConnShared,
+) {
     loop {
         let next = tokio::select! {
             biased;
@@ -202,6 +212,13 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, commands: &Commands, shar
                     after: after_seq,
                 },
                 Ok(ClientFrame::Ping {}) => Command::Ping,
+                Ok(ClientFrame::Read { room_id, seq }) => Command::Read { room: room_id, seq },
+                // Handled here, not by the writer: it sends nothing on this connection. Boxed:
+                // rare, and an idle connection's future stays small.
+                Ok(ClientFrame::Typing { room_id }) => {
+                    Box::pin(state.typing_frame(user, room_id)).await;
+                    continue;
+                }
                 Err(_) => return shared.close(CloseCode::InvalidFrame),
             },
             Message::Binary(_) => return shared.close(CloseCode::Unsupported),

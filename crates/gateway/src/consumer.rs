@@ -279,7 +279,9 @@ fn dispatch_merged(
                 PushEntry::Ack { .. }
                 | PushEntry::Notice { .. }
                 | PushEntry::Revoke { .. }
-                | PushEntry::DropDevice { .. } => None,
+                | PushEntry::DropDevice { .. }
+                | PushEntry::Read { .. }
+                | PushEntry::Typing { .. } => None,
             })
             .flatten()
             .collect();
@@ -448,6 +450,7 @@ mod tests {
                 groups,
                 limits: Arc::new(kit::limit::RateLimits::new(&Default::default())),
                 routes: Arc::new(InProcRoutes::default()),
+                bus: Arc::new(InProcBus::default()),
                 instances,
                 upkeep: Arc::new(InProcBus::default()),
                 checks: Vec::new(),

@@ -24,7 +24,8 @@ use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bus::{
-    GatewayId, GatewayRegistration, HealthCheck, Instances, PushStream, Routes, StreamUpkeep,
+    GatewayId, GatewayRegistration, HealthCheck, Instances, PushBus, PushStream, Routes,
+    StreamUpkeep,
 };
 use kit::auth::Auth;
 use kit::http::{Check, Ready};
@@ -46,6 +47,7 @@ pub mod conn;
 mod consumer;
 pub mod cursor;
 pub mod hub;
+mod receipts;
 pub mod reorder;
 mod upkeep;
 mod writer;
@@ -113,6 +115,13 @@ pub struct Config {
     pub reclaim_min_idle_secs: u64,
     /// Distributed mode: seconds between refreshes of this gateway's users' routes.
     pub route_refresh_secs: u64,
+    /// A `read` frame goes to the reader's own connections always, and to the room's other
+    /// members only in rooms of at most this many members (above, a receipt per reader to
+    /// every member is members² frames; `unread` in `GET /api/joined_rooms` still counts).
+    pub read_receipts_max_members: usize,
+    /// `typing` frames are passed on only in rooms of at most this many members (above, they
+    /// are dropped: "someone is typing" in a crowd is noise, at members frames each).
+    pub typing_max_members: usize,
 }
 
 impl Default for Config {
@@ -140,6 +149,8 @@ impl Default for Config {
             reclaim_interval_secs: 10,
             reclaim_min_idle_secs: 30,
             route_refresh_secs: 20,
+            read_receipts_max_members: 100,
+            typing_max_members: 100,
         }
     }
 }
@@ -152,6 +163,8 @@ pub struct Deps {
     pub groups: groups::CachedGroups,
     pub limits: Arc<kit::limit::RateLimits>,
     pub routes: Arc<dyn Routes>,
+    /// Where `read` and `typing` frames are pushed to the gateways of their recipients.
+    pub bus: Arc<dyn PushBus>,
     pub instances: Arc<dyn Instances>,
     /// Measures this gateway's stream and reclaims what dead gateways left in theirs.
     pub upkeep: Arc<dyn StreamUpkeep>,
@@ -171,11 +184,14 @@ pub(crate) struct Inner {
     pub(crate) groups: groups::CachedGroups,
     limits: Arc<kit::limit::RateLimits>,
     pub(crate) routes: Arc<dyn Routes>,
+    pub(crate) bus: Arc<dyn PushBus>,
     instances: Arc<dyn Instances>,
     upkeep: Arc<dyn StreamUpkeep>,
     checks: Vec<HealthCheck>,
     pub(crate) hub: Hub,
     pub(crate) cursors: Arc<cursor::CursorBook>,
+    /// `read` frames waiting to be written.
+    pub(crate) reads: receipts::ReadBook,
     /// Connected users whose route is still to be recorded.
     pub(crate) unrouted: upkeep::Unrouted,
     pub(crate) closing: CancellationToken,
@@ -205,11 +221,13 @@ impl GatewayState {
             groups: deps.groups,
             limits: deps.limits,
             routes: deps.routes,
+            bus: deps.bus,
             instances: deps.instances,
             upkeep: deps.upkeep,
             checks: deps.checks,
             hub,
             cursors: Arc::default(),
+            reads: receipts::ReadBook::default(),
             unrouted: upkeep::Unrouted::default(),
             closing: CancellationToken::new(),
             conns: TaskTracker::new(),
@@ -265,6 +283,10 @@ impl GatewayState {
             tokio::spawn(upkeep::stream_stats(
                 self.clone(),
                 self.0.upkeep.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(self.clone().run_read_flusher(
+                Duration::from_millis(self.0.cfg.cursor_flush_ms.max(10)),
                 stop.clone(),
             )),
             tokio::spawn(upkeep::route_refresher(self.clone(), stop.clone())),
@@ -353,6 +375,29 @@ impl GatewayState {
                     metrics::counter!("ruststacker_gateway_device_removed_connections_total")
                         .increment(closed as u64);
                 }
+            }
+            PushEntry::Read {
+                room_id,
+                user_id,
+                seq,
+                targets,
+            } => {
+                let text: Utf8Bytes = ServerFrame::Read {
+                    room_id,
+                    user_id,
+                    seq,
+                }
+                .to_json()
+                .into();
+                self.0.hub.deliver(&targets, &Outbound::Frame(text), wakes);
+            }
+            PushEntry::Typing {
+                room_id,
+                user_id,
+                targets,
+            } => {
+                let text: Utf8Bytes = ServerFrame::Typing { room_id, user_id }.to_json().into();
+                self.0.hub.deliver(&targets, &Outbound::Frame(text), wakes);
             }
             PushEntry::Notice { notice, targets } => {
                 let text: Utf8Bytes = ServerFrame::Notice((*notice).clone()).to_json().into();
@@ -488,7 +533,7 @@ impl Drop for Slot {
 }
 
 /// Opens the WebSocket (see docs/protocol.md). The server sends `ServerFrame`s (a `system`
-/// welcome first, then what the caller missed, then live `chat`, `ack` and `notice` frames) and
+/// welcome first, then what the caller missed, then live `chat`, `ack`, `notice`, `read` and `typing` frames) and
 /// takes `ClientFrame`s. Authenticate with `Authorization: Bearer` or `?token=`.
 #[utoipa::path(get, path = "/api/ws", tag = "gateway",
     security(("bearer" = [])),

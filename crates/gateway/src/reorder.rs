@@ -84,7 +84,9 @@ fn key_seq(e: &PushEntry) -> Option<(Key, Seq)> {
         PushEntry::Ack { .. }
         | PushEntry::Notice { .. }
         | PushEntry::Revoke { .. }
-        | PushEntry::DropDevice { .. } => None,
+        | PushEntry::DropDevice { .. }
+        | PushEntry::Read { .. }
+        | PushEntry::Typing { .. } => None,
     }
 }
 
@@ -244,7 +246,9 @@ mod tests {
             PushEntry::Ack { .. }
             | PushEntry::Notice { .. }
             | PushEntry::Revoke { .. }
-            | PushEntry::DropDevice { .. } => None,
+            | PushEntry::DropDevice { .. }
+            | PushEntry::Read { .. }
+            | PushEntry::Typing { .. } => None,
         }
     }
 

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::conn::chat_text;
 use crate::cursor::CursorBook;
 use crate::hub::{CLOSE_ABORT, ConnShared, Fast, Meters, Outbound, Signal};
+use crate::receipts::ReadBook;
 
 /// Most queue items and commands handled per flush.
 const COALESCE: usize = 64;
@@ -44,6 +45,8 @@ pub(crate) trait Env {
     fn meters(&self) -> &Meters;
     /// When, after connect, the catch-up resync runs (`None`: it does not).
     fn catch_up_after(&self) -> Option<Duration>;
+    /// Where `read` frames wait to be written.
+    fn reads(&self) -> &ReadBook;
 }
 
 /// What the client asked for, handed from the connection's reader to its writer.
@@ -53,6 +56,8 @@ pub(crate) enum Command {
     Ack { room: RoomId, seq: Seq },
     /// The client wants everything in `room` after `after`.
     Sync { room: RoomId, after: Seq },
+    /// The user has read `room` up to `seq`.
+    Read { room: RoomId, seq: Seq },
     /// An application ping, answered with a pong.
     Ping,
 }
@@ -339,6 +344,22 @@ where
                 }
                 Ok(())
             }
+            Command::Read { room, seq } => {
+                // Only what this connection was sent can be read: a room it was sent nothing of
+                // (not a member, no such room) or a gone one is ignored, and so is a `seq` beyond
+                // the last it was sent, without asking anyone.
+                if let Some(&last) = self.last_sent.get(&room)
+                    && last != Seq::MAX
+                    && seq > 0
+                    && seq <= last
+                {
+                    self.env.reads().mark(self.user, room, seq);
+                } else {
+                    metrics::counter!("ruststacker_gateway_receipts_ignored_total", "frame" => "read")
+                        .increment(1);
+                }
+                Ok(())
+            }
             // Rare and large (a membership check, then the database): boxed, like `handle`'s.
             Command::Sync { room, after } => Box::pin(self.sync(room, after)).await,
             Command::Ping => self.feed(ServerFrame::Pong {}.to_json().into()).await,
@@ -595,6 +616,7 @@ mod tests {
         cursors: Arc<CursorBook>,
         meters: Meters,
         catch_up: Option<Duration>,
+        reads: Arc<ReadBook>,
     }
 
     impl Env for TestEnv {
@@ -616,6 +638,9 @@ mod tests {
         }
         fn catch_up_after(&self) -> Option<Duration> {
             self.catch_up
+        }
+        fn reads(&self) -> &ReadBook {
+            &self.reads
         }
     }
 
@@ -662,6 +687,7 @@ mod tests {
                     cursors: Arc::default(),
                     meters: Meters::new(),
                     catch_up: None,
+                    reads: Arc::default(),
                 },
                 alice,
                 bob,
@@ -964,6 +990,47 @@ mod tests {
         };
         tokio::join!(writer, script);
         assert_eq!(f.delivered(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_read_counts_only_up_to_what_was_sent_in_the_room() {
+        let f = Fixture::new().await;
+        f.store_messages(2).await;
+        let Conn {
+            socket,
+            mut flushed,
+            commands,
+            shared,
+        } = Conn::new(16);
+        let writer = write_loop(
+            f.env.clone(),
+            f.bob,
+            None,
+            false,
+            socket,
+            &commands,
+            &shared,
+        );
+        let script = async {
+            assert_eq!(
+                next_flush(&mut flushed).await,
+                ["welcome", "chat 1", "chat 2"]
+            );
+            let room = f.room;
+            for (room, seq) in [(room, 9), (room + 1, 1), (room, 0), (room, 1)] {
+                commands.push(Command::Read { room, seq }, &shared).await;
+            }
+            commands.push(Command::Ping, &shared).await;
+            assert_eq!(next_flush(&mut flushed).await, ["pong"]);
+            shared.close(CloseCode::GoingAway);
+            assert_eq!(rest(&mut flushed).await, ["close 1001"]);
+        };
+        tokio::join!(writer, script);
+        assert_eq!(
+            f.env.reads.take(),
+            vec![(f.bob, f.room, 1)],
+            "beyond what was sent, another room and 0 are ignored"
+        );
     }
 
     #[test]

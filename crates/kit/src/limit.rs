@@ -63,6 +63,10 @@ pub struct RateLimitConfig {
     pub ws_connect_per_ip: Rate,
     /// WebSocket handshakes, per user.
     pub ws_connect_per_user: Rate,
+    /// `typing` frames, per user and room; one over the limit is dropped (not an error: the
+    /// connection stays open), since a client repeating `typing` every few seconds while its
+    /// user types needs no more.
+    pub typing_per_user_and_room: Rate,
 }
 
 impl Default for RateLimitConfig {
@@ -75,6 +79,7 @@ impl Default for RateLimitConfig {
             send_per_user: Rate::new(600, 200),
             ws_connect_per_ip: Rate::new(600, 300),
             ws_connect_per_user: Rate::new(30, 20),
+            typing_per_user_and_room: Rate::new(20, 3),
         }
     }
 }
@@ -168,6 +173,7 @@ pub struct RateLimits {
     pub send_per_user: Limiter<UserId>,
     pub ws_connect_per_ip: Limiter<IpAddr>,
     pub ws_connect_per_user: Limiter<UserId>,
+    pub typing_per_user_and_room: Limiter<(UserId, proto::RoomId)>,
 }
 
 impl RateLimits {
@@ -183,6 +189,10 @@ impl RateLimits {
             send_per_user: Limiter::new(on(cfg.send_per_user), "messages"),
             ws_connect_per_ip: Limiter::new(on(cfg.ws_connect_per_ip), "connections"),
             ws_connect_per_user: Limiter::new(on(cfg.ws_connect_per_user), "connections"),
+            typing_per_user_and_room: Limiter::new(
+                on(cfg.typing_per_user_and_room),
+                "typing frames",
+            ),
         }
     }
 
@@ -205,7 +215,8 @@ impl RateLimits {
             login_per_ip_and_username,
             send_per_user,
             ws_connect_per_ip,
-            ws_connect_per_user
+            ws_connect_per_user,
+            typing_per_user_and_room
         );
         changed
     }
@@ -251,7 +262,7 @@ mod tests {
             enabled: false,
             ..new.clone()
         };
-        assert_eq!(limits.apply(&new, &off).len(), 6, "turning off changes all");
+        assert_eq!(limits.apply(&new, &off).len(), 7, "turning off changes all");
         for _ in 0..100 {
             assert!(limits.send_per_user.check(&7).is_ok());
         }

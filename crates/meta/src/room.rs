@@ -23,10 +23,13 @@ pub(crate) fn room_view(r: &store::Room) -> RoomView {
         member_count: r.member_count,
         last_seq: r.last_seq,
         created_at: kit::rfc3339_ms(r.created_at_ms),
+        read_seq: None,
+        unread: None,
     }
 }
 
-/// The caller's rooms (groups and one-to-one rooms).
+/// The caller's rooms (groups and one-to-one rooms), each with the caller's `read_seq` and
+/// `unread` count (messages of others after `read_seq`).
 #[utoipa::path(get, path = "/api/joined_rooms", tag = "rooms",
     security(("bearer" = [])),
     responses(
@@ -37,9 +40,29 @@ pub(crate) async fn joined_rooms(
     me: AuthUser,
 ) -> ApiResult<JoinedRoomsReply> {
     let rooms = s.groups().joined_rooms(me.user_id).await.map_err(db)?;
+    // From the database: group data may be ahead of it (the write-back cache), so a room it does
+    // not know yet reads as nothing read and nothing unread.
+    let reads: std::collections::HashMap<_, _> = s
+        .store()
+        .read_states(me.user_id)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|r| (r.room_id, r))
+        .collect();
     Ok(ok(JoinedRoomsReply {
         room_ids: rooms.iter().map(|r| r.room.id).collect(),
-        rooms: rooms.iter().map(|r| room_view(&r.room)).collect(),
+        rooms: rooms
+            .iter()
+            .map(|r| {
+                let read = reads.get(&r.room.id);
+                RoomView {
+                    read_seq: Some(read.map_or(0, |x| x.read_seq)),
+                    unread: Some(read.map_or(0, |x| x.unread)),
+                    ..room_view(&r.room)
+                }
+            })
+            .collect(),
     }))
 }
 

@@ -158,6 +158,14 @@ pub struct RoomView {
     /// The room's latest `seq` (0 when empty).
     pub last_seq: Seq,
     pub created_at: String,
+    /// `GET /api/joined_rooms` only: the highest `seq` the caller said they read (`read`
+    /// frames, cumulative across their devices; 0: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<Seq>,
+    /// `GET /api/joined_rooms` only: messages of others after `read_seq` (and after the caller
+    /// joined); the caller's own messages never count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<i64>,
 }
 
 /// Reply of `POST /api/group/create`.
@@ -493,6 +501,14 @@ pub struct MessageView {
     pub client_msg_id: Option<String>,
 }
 
+/// How far one member has read a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadPosition {
+    pub user_id: UserId,
+    /// The highest `seq` they said they read (0: none yet).
+    pub read_seq: Seq,
+}
+
 /// Reply of `GET /api/chat/history`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HistoryReply {
@@ -500,6 +516,11 @@ pub struct HistoryReply {
     pub messages: Vec<MessageView>,
     /// True when more messages follow the last one returned.
     pub has_more: bool,
+    /// Rooms of at most `send.read_by_max_members` members only: every member's read cursor, in
+    /// user order. A message was read by the members other than its sender whose `read_seq` is
+    /// at least its `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seqs: Option<Vec<ReadPosition>>,
 }
 
 /// Reply of `GET /registry/gateway/available`.

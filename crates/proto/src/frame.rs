@@ -93,6 +93,16 @@ pub enum ServerFrame {
     },
     /// A change in a group (see [`Notice`]).
     Notice(Notice),
+    /// `user_id` has read `room_id` up to `seq` (cumulative). To the reader's connections and,
+    /// in a room of at most `gateway.read_receipts_max_members` members, to the other members.
+    Read {
+        room_id: RoomId,
+        user_id: UserId,
+        seq: Seq,
+    },
+    /// `user_id` is typing in `room_id`. To the room's other members that are online; never
+    /// stored.
+    Typing { room_id: RoomId, user_id: UserId },
     /// The reply to a client `ping` frame.
     Pong {},
 }
@@ -125,6 +135,10 @@ pub enum ClientFrame {
     Sync { room_id: RoomId, after_seq: Seq },
     /// Application-level keepalive; answered with a `pong` frame.
     Ping {},
+    /// Cumulative, per user across devices: the user has read `room_id` up to `seq`.
+    Read { room_id: RoomId, seq: Seq },
+    /// The user is typing in `room_id` (repeat every few seconds while they type).
+    Typing { room_id: RoomId },
 }
 
 /// [`ClientFrame`]'s shape for serde. serde's internally tagged enums also take a sequence
@@ -136,6 +150,8 @@ enum Tagged {
     Ack { room_id: RoomId, seq: Seq },
     Sync { room_id: RoomId, after_seq: Seq },
     Ping {},
+    Read { room_id: RoomId, seq: Seq },
+    Typing { room_id: RoomId },
 }
 
 impl<'de> Deserialize<'de> for ClientFrame {
@@ -154,6 +170,8 @@ impl<'de> Deserialize<'de> for ClientFrame {
             Tagged::Ack { room_id, seq } => Self::Ack { room_id, seq },
             Tagged::Sync { room_id, after_seq } => Self::Sync { room_id, after_seq },
             Tagged::Ping {} => Self::Ping {},
+            Tagged::Read { room_id, seq } => Self::Read { room_id, seq },
+            Tagged::Typing { room_id } => Self::Typing { room_id },
         })
     }
 }
@@ -225,6 +243,15 @@ mod tests {
         let ack: ClientFrame =
             serde_json::from_str(r#"{"type":"ack","room_id":5,"seq":9}"#).expect("ack");
         assert_eq!(ack, ClientFrame::Ack { room_id: 5, seq: 9 });
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"read","room_id":5,"seq":9}"#).ok(),
+            Some(ClientFrame::Read { room_id: 5, seq: 9 })
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"typing","room_id":5}"#).ok(),
+            Some(ClientFrame::Typing { room_id: 5 })
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"read","room_id":5}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nuke"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ack","room_id":"x"}"#).is_err());
     }

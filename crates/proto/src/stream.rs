@@ -46,6 +46,21 @@ pub enum PushEntry {
     /// `user_id` removed their device `device_id`: close its connections. Sent to every live
     /// gateway.
     DropDevice { user_id: UserId, device_id: String },
+    /// `user_id` read `room_id` up to `seq`: a `read` frame to every connection of each of
+    /// `targets` on this gateway.
+    Read {
+        room_id: RoomId,
+        user_id: UserId,
+        seq: Seq,
+        targets: Vec<UserId>,
+    },
+    /// `user_id` is typing in `room_id`: a `typing` frame to every connection of each of
+    /// `targets` on this gateway.
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+        targets: Vec<UserId>,
+    },
     /// Tell the sender's connections that `message_id` was handed off to every recipient.
     Ack {
         sender_id: UserId,

@@ -96,6 +96,9 @@ pub struct Config {
     pub address: Option<String>,
     /// Seconds between heartbeats to the registry.
     pub heartbeat_interval_secs: u64,
+    /// A history page carries every member's read cursor (`read_seqs`, "who has read") in rooms
+    /// of at most this many members.
+    pub read_by_max_members: usize,
 }
 
 impl Default for Config {
@@ -115,6 +118,7 @@ impl Default for Config {
             name: None,
             address: None,
             heartbeat_interval_secs: 5,
+            read_by_max_members: 100,
         }
     }
 }
@@ -398,7 +402,8 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-/// A room's messages in `seq` order, after `after_seq`.
+/// A room's messages in `seq` order, after `after_seq`; in rooms of at most
+/// `send.read_by_max_members` members, with every member's read cursor (`read_seqs`).
 #[utoipa::path(get, path = "/api/chat/history", tag = "chat",
     security(("bearer" = [])),
     params(HistoryQuery),
@@ -421,7 +426,9 @@ async fn history(
             format!("after_seq must be >= 0 and limit between 1 and {max}"),
         ));
     }
-    ApiError::require_member(s.groups().access(q.room_id, me.user_id).await.map_err(db)?)?;
+    let room = s.groups().current_room(q.room_id).await.map_err(db)?;
+    ApiError::require_member(groups::access(room.as_deref(), me.user_id))?;
+    let small = room.is_some_and(|r| r.ids().len() <= s.0.cfg.read_by_max_members);
     let mut messages = s
         .store()
         .messages_after(q.room_id, q.after_seq, limit + 1)
@@ -429,10 +436,22 @@ async fn history(
         .map_err(db)?;
     let has_more = messages.len() > limit as usize;
     messages.truncate(limit as usize);
+    let read_seqs = if small {
+        let positions = s.store().read_positions(q.room_id).await.map_err(db)?;
+        Some(
+            positions
+                .into_iter()
+                .map(|(user_id, read_seq)| proto::api::ReadPosition { user_id, read_seq })
+                .collect(),
+        )
+    } else {
+        None
+    };
     Ok(ok(HistoryReply {
         room_id: q.room_id,
         messages: messages.into_iter().map(view).collect(),
         has_more,
+        read_seqs,
     }))
 }
 

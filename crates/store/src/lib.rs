@@ -123,6 +123,17 @@ pub struct JoinedRoom {
     pub joined_seq: Seq,
 }
 
+/// What a user has read in one of their rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReadState {
+    pub room_id: RoomId,
+    /// The highest `seq` the user said they read (0: none yet).
+    pub read_seq: Seq,
+    /// Messages of others after `read_seq` (and after the user joined): the user's own
+    /// messages never count as unread.
+    pub unread: i64,
+}
+
 /// A named device of a user (the `device_id` its connections give), as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Device {
@@ -399,6 +410,18 @@ pub trait MessageStore: Send + Sync {
     async fn message_by_id(&self, id: MessageId) -> Result<Option<Message>>;
     /// Moves delivery cursors forward (never back): `(user, room, seq)`.
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()>;
+    /// Moves read cursors (`read_seq`) forward: `(user, room, seq)`. An update moves only a
+    /// member's cursor, only forward and only up to the room's `last_seq`; the others change
+    /// nothing. Returns the updates that moved a cursor, in `(room, user)` order (a pair named
+    /// twice counts once, with its highest `seq`).
+    async fn advance_read(
+        &self,
+        updates: &[(UserId, RoomId, Seq)],
+    ) -> Result<Vec<(UserId, RoomId, Seq)>>;
+    /// `user`'s read cursor and unread count in each of their rooms, in room order.
+    async fn read_states(&self, user: UserId) -> Result<Vec<ReadState>>;
+    /// Every member's read cursor in `room`: `(user, read_seq)`, in user order.
+    async fn read_positions(&self, room: RoomId) -> Result<Vec<(UserId, Seq)>>;
 }
 
 /// Sessions and their refresh tokens. Tokens are handed in and looked up by their hash only

@@ -201,6 +201,18 @@ impl<S: Store> MessageStore for Metered<S> {
     async fn advance_cursors(&self, updates: &[(UserId, RoomId, Seq)]) -> Result<()> {
         timed!("advance_cursors", self.0.advance_cursors(updates))
     }
+    async fn advance_read(
+        &self,
+        updates: &[(UserId, RoomId, Seq)],
+    ) -> Result<Vec<(UserId, RoomId, Seq)>> {
+        timed!("advance_read", self.0.advance_read(updates))
+    }
+    async fn read_states(&self, user: UserId) -> Result<Vec<crate::ReadState>> {
+        timed!("read_states", self.0.read_states(user))
+    }
+    async fn read_positions(&self, room: RoomId) -> Result<Vec<(UserId, Seq)>> {
+        timed!("read_positions", self.0.read_positions(room))
+    }
 }
 
 #[async_trait]

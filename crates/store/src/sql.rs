@@ -721,6 +721,49 @@ macro_rules! sql_store {
                     sorted.sort_unstable_by_key(|&(user, room, seq)| (room, user, seq));
                     Self::retry("cursor batch", || advance_batch(self.writer(), &sorted)).await
                 }
+
+                async fn advance_read(
+                    &self,
+                    updates: &[(UserId, RoomId, Seq)],
+                ) -> Result<Vec<(UserId, RoomId, Seq)>> {
+                    // The highest seq per (room, user), in that order: rows are locked in one
+                    // global order, so concurrent flushes queue, not deadlock.
+                    let mut best: std::collections::BTreeMap<(RoomId, UserId), Seq> =
+                        std::collections::BTreeMap::new();
+                    for &(user, room, seq) in updates {
+                        let e = best.entry((room, user)).or_insert(seq);
+                        *e = (*e).max(seq);
+                    }
+                    if best.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let sorted: Vec<(UserId, RoomId, Seq)> =
+                        best.into_iter().map(|((room, user), seq)| (user, room, seq)).collect();
+                    Self::retry("read batch", || read_batch(self.writer(), &sorted)).await
+                }
+
+                async fn read_states(&self, user: UserId) -> Result<Vec<$crate::ReadState>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT rm.room_id, rm.read_seq, (SELECT COUNT(*) FROM messages m ",
+                        "WHERE m.room_id = rm.room_id AND m.seq > ",
+                        $greatest,
+                        "(rm.read_seq, rm.joined_seq) AND m.sender_id <> rm.user_id) AS unread ",
+                        "FROM room_members rm WHERE rm.user_id = ? ORDER BY rm.room_id"
+                    ))
+                    .bind(user)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn read_positions(&self, room: RoomId) -> Result<Vec<(UserId, Seq)>> {
+                    Ok(sqlx::query_as(
+                        "SELECT user_id, read_seq FROM room_members WHERE room_id = ? \
+                         ORDER BY user_id",
+                    )
+                    .bind(room)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
             }
 
             #[async_trait]
@@ -1574,6 +1617,35 @@ macro_rules! sql_store {
             /// flushes (they were sent the same messages), so a flush of 2,000 cursors in 20
             /// rooms is a few dozen statements instead of 2,000 round trips to the database.
             /// `updates` is sorted by (room, user, seq); the last `seq` of a (room, user) wins.
+            /// One transaction of forward-only updates, each bounded by the room's `last_seq`;
+            /// returns those that moved.
+            async fn read_batch(
+                pool: &Pool,
+                updates: &[(UserId, RoomId, Seq)],
+            ) -> std::result::Result<Vec<(UserId, RoomId, Seq)>, sqlx::Error> {
+                let mut moved = Vec::new();
+                let mut tx = pool.begin().await?;
+                for &(user, room, seq) in updates {
+                    let done = sqlx::query(
+                        "UPDATE room_members SET read_seq = ? WHERE room_id = ? AND user_id = ? \
+                         AND read_seq < ? AND ? <= (SELECT last_seq FROM rooms WHERE id = ?)",
+                    )
+                    .bind(seq)
+                    .bind(room)
+                    .bind(user)
+                    .bind(seq)
+                    .bind(seq)
+                    .bind(room)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() > 0 {
+                        moved.push((user, room, seq));
+                    }
+                }
+                tx.commit().await?;
+                Ok(moved)
+            }
+
             async fn advance_batch(
                 pool: &Pool,
                 updates: &[(UserId, RoomId, Seq)],

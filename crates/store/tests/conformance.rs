@@ -147,6 +147,67 @@ fn msg(id: i64, room: i64, sender: i64, cid: Option<&str>) -> NewMessage {
     }
 }
 
+/// `user`'s (read_seq, unread) in `room`.
+async fn read_state(s: &dyn Store, user: UserId, room: RoomId) -> Option<(Seq, i64)> {
+    s.read_states(user)
+        .await
+        .expect("read states")
+        .into_iter()
+        .find(|r| r.room_id == room)
+        .map(|r| (r.read_seq, r.unread))
+}
+
+async fn read_cursors_move_forward_and_unread_leaves_out_ones_own(s: &dyn Store) {
+    let a = user(s, "r1a").await;
+    let b = user(s, "r1b").await;
+    let outsider = user(s, "r1out").await;
+    let (room, _) = s.create_group("g", a, &[b], 1).await.expect("create");
+    // a sends 1..=3, b sends 4..=5.
+    let batch: Vec<NewMessage> = (1..=5)
+        .map(|i| msg(9000 + i, room.id, if i <= 3 { a } else { b }, None))
+        .collect();
+    s.append_messages(&batch).await.expect("append");
+    assert_eq!(
+        read_state(s, a, room.id).await,
+        Some((0, 2)),
+        "own messages never unread"
+    );
+    assert_eq!(read_state(s, b, room.id).await, Some((0, 3)));
+
+    // Forward only, bounded by last_seq, members only; a pair named twice counts once.
+    let moved = s
+        .advance_read(&[
+            (b, room.id, 2),
+            (b, room.id, 4),
+            (a, room.id, 9),
+            (outsider, room.id, 3),
+        ])
+        .await
+        .expect("read");
+    assert_eq!(moved, vec![(b, room.id, 4)]);
+    assert_eq!(read_state(s, b, room.id).await, Some((4, 0)));
+    assert_eq!(
+        read_state(s, a, room.id).await,
+        Some((0, 2)),
+        "beyond last_seq: ignored"
+    );
+    assert_eq!(read_state(s, outsider, room.id).await, None);
+    let back = s.advance_read(&[(b, room.id, 3)]).await.expect("read");
+    assert!(back.is_empty(), "a lower seq is ignored");
+    assert_eq!(read_state(s, b, room.id).await, Some((4, 0)));
+    let moved = s
+        .advance_read(&[(a, room.id, 4), (b, room.id, 5)])
+        .await
+        .expect("read");
+    assert_eq!(moved, vec![(a, room.id, 4), (b, room.id, 5)]);
+    assert_eq!(read_state(s, a, room.id).await, Some((4, 1)));
+    assert_eq!(read_state(s, b, room.id).await, Some((5, 0)));
+    assert_eq!(
+        s.read_positions(room.id).await.expect("positions"),
+        vec![(a, 4), (b, 5)]
+    );
+}
+
 async fn usernames_are_unique(s: &dyn Store) {
     user(s, "alice").await;
     let again = s
@@ -1119,6 +1180,18 @@ async fn sqlite_groups_have_an_owner_and_deduplicated_members() {
 async fn sqlite_appends_are_sequenced_idempotent_and_checked() {
     let (_d, s) = sqlite().await;
     appends_are_sequenced_idempotent_and_checked(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_read_cursors_move_forward_and_unread_leaves_out_ones_own() {
+    let (_d, s) = sqlite().await;
+    read_cursors_move_forward_and_unread_leaves_out_ones_own(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn mysql_read_cursors_move_forward_and_unread_leaves_out_ones_own() {
+    let (_db, s) = mysql().await;
+    read_cursors_move_forward_and_unread_leaves_out_ones_own(s.as_ref()).await;
 }
 
 #[tokio::test]

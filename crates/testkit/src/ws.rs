@@ -43,6 +43,15 @@ pub struct Ack {
     pub client_msg_id: Option<String>,
 }
 
+/// A `read` frame (`user_id` has read `room_id` up to `seq`) or, with `seq` `None`, a `typing`
+/// frame (`user_id` is typing in `room_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub seq: Option<Seq>,
+}
+
 /// What ended a socket: the close code the server sent, or `None` when it dropped the connection
 /// without a close frame.
 type Ended = Option<u16>;
@@ -53,6 +62,8 @@ pub struct WsClient {
     chats: VecDeque<Chat>,
     acks: VecDeque<Ack>,
     notices: VecDeque<Notice>,
+    /// `read` and `typing` frames, in arrival order.
+    receipts: VecDeque<Receipt>,
     pongs: usize,
     /// Ids handed out by [`WsClient::next_new_chat`], to skip redeliveries.
     seen: HashSet<MessageId>,
@@ -168,6 +179,7 @@ impl WsClient {
             chats: VecDeque::new(),
             acks: VecDeque::new(),
             notices: VecDeque::new(),
+            receipts: VecDeque::new(),
             pongs: 0,
             seen: HashSet::new(),
             ended: None,
@@ -274,6 +286,26 @@ impl WsClient {
                 self.notices.push_back(n);
                 None
             }
+            ServerFrame::Read {
+                room_id,
+                user_id,
+                seq,
+            } => {
+                self.receipts.push_back(Receipt {
+                    room_id,
+                    user_id,
+                    seq: Some(seq),
+                });
+                None
+            }
+            ServerFrame::Typing { room_id, user_id } => {
+                self.receipts.push_back(Receipt {
+                    room_id,
+                    user_id,
+                    seq: None,
+                });
+                None
+            }
             ServerFrame::System { .. } => None,
         }
     }
@@ -345,6 +377,27 @@ impl WsClient {
                 self.chats.push_back(chat);
             }
         }
+    }
+
+    /// Waits for the next `read` or `typing` frame, keeping chats, acks and notices for later.
+    pub async fn next_receipt(&mut self) -> anyhow::Result<Receipt> {
+        loop {
+            if let Some(r) = self.receipts.pop_front() {
+                return Ok(r);
+            }
+            let frame = self.next_frame().await?;
+            if let Some(chat) = self.file(frame) {
+                self.chats.push_back(chat);
+            }
+        }
+    }
+
+    /// Fails if a `read` or `typing` frame is buffered or arrives within `wait`.
+    pub async fn expect_no_receipt_within(&mut self, wait: Duration) -> anyhow::Result<()> {
+        self.expect_none_within(wait, "read or typing", |c| {
+            c.receipts.front().map(|r| format!("{r:?}"))
+        })
+        .await
     }
 
     /// Waits for the next pong frame, keeping chats and acks for later.
@@ -427,6 +480,18 @@ impl WsClient {
     /// `{"type":"sync","room_id","after_seq"}`.
     pub async fn sync(&mut self, room_id: RoomId, after_seq: Seq) -> anyhow::Result<()> {
         self.send_json(&json!({"type": "sync", "room_id": room_id, "after_seq": after_seq}))
+            .await
+    }
+
+    /// `{"type":"read","room_id","seq"}`: the user has read the room up to `seq`.
+    pub async fn read(&mut self, room_id: RoomId, seq: Seq) -> anyhow::Result<()> {
+        self.send_json(&json!({"type": "read", "room_id": room_id, "seq": seq}))
+            .await
+    }
+
+    /// `{"type":"typing","room_id"}`.
+    pub async fn typing(&mut self, room_id: RoomId) -> anyhow::Result<()> {
+        self.send_json(&json!({"type": "typing", "room_id": room_id}))
             .await
     }
 

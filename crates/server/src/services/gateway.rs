@@ -41,6 +41,7 @@ pub(crate) async fn gateway(ctx: &Context, listener: TcpListener) -> anyhow::Res
             groups: ctx.groups()?,
             limits: ctx.limits.clone(),
             routes: registration.routes.clone(),
+            bus: shared.push(),
             instances: registration.instances.clone(),
             upkeep: shared.upkeep(),
             checks,

@@ -58,6 +58,7 @@ mod messages;
 mod openapi;
 mod ops;
 mod profiles;
+mod receipts;
 mod reload;
 mod restart;
 mod rooms;

@@ -206,6 +206,10 @@ enum Op {
         own: bool,
     },
     Sync,
+    /// A `read` frame.
+    Read,
+    /// A `typing` frame.
+    Typing,
 }
 
 impl Op {
@@ -243,6 +247,8 @@ impl Op {
             Self::History => "GET /api/chat/history",
             Self::Resend { .. } => "POST /api/chat/resend_message",
             Self::Sync => "WebSocket sync",
+            Self::Read => "WebSocket read",
+            Self::Typing => "WebSocket typing",
         }
     }
 }
@@ -332,6 +338,8 @@ const MATRIX: &[Row] = &[
     row(Op::Resend { own: true },             [OK,           OK,           OK,           NOT_MEMBER,   UNAUTH,       NO_MESSAGE,   OK,           NA]),
     row(Op::Resend { own: false },            [NOT_SENDER,   NOT_SENDER,   NOT_SENDER,   NOT_SENDER,   UNAUTH,       NA,           NOT_SENDER,   NOT_SENDER]),
     row(Op::Sync,                             [OK,           OK,           OK,           IGNORED,      UNAUTH,       IGNORED,      OK,           IGNORED]),
+    row(Op::Read,                             [OK,           OK,           OK,           IGNORED,      UNAUTH,       IGNORED,      OK,           IGNORED]),
+    row(Op::Typing,                           [OK,           OK,           OK,           IGNORED,      UNAUTH,       IGNORED,      OK,           IGNORED]),
 ];
 
 // ---- one cell's scene ----
@@ -415,7 +423,7 @@ impl Scene {
     async fn prepare(&mut self, op: Op, rel: Rel) {
         let api = self.api.clone();
         match op {
-            Op::History | Op::Sync | Op::Resend { own: false } => {
+            Op::History | Op::Sync | Op::Read | Op::Typing | Op::Resend { own: false } => {
                 let sent = api
                     .send_ok(&self.member2, self.seen_room(rel), "hello")
                     .await;
@@ -714,7 +722,7 @@ impl Scene {
                 "/api/chat/resend_message".into(),
                 body(json!({"message_id": self.message.expect("a message")})),
             ),
-            Op::Sync => unreachable!("a WebSocket frame, not a request"),
+            Op::Sync | Op::Read | Op::Typing => unreachable!("a WebSocket frame, not a request"),
         }
     }
 
@@ -981,7 +989,7 @@ impl Scene {
                     (id, room, seq, true)
                 );
             }
-            Op::Sync => unreachable!("not a request"),
+            Op::Sync | Op::Read | Op::Typing => unreachable!("not a request"),
             Op::Dissolve => unreachable!("checked by `dissolved`"),
         }
         want
@@ -995,8 +1003,8 @@ const NEW_PASSWORD: &str = "another-horse-battery";
 async fn run_cell(api: Client, op: Op, rel: Rel, want: Cell) {
     let mut scene = Scene::set(api.clone(), op, rel).await;
     let before = scene.snapshot(rel).await;
-    let expected = if op == Op::Sync {
-        sync_cell(&scene, rel, want).await;
+    let expected = if matches!(op, Op::Sync | Op::Read | Op::Typing) {
+        sync_cell(&scene, op, rel, want).await;
         before.clone()
     } else {
         let (method, service, path, body) = scene.request(op, rel);
@@ -1030,9 +1038,11 @@ async fn run_cell(api: Client, op: Op, rel: Rel, want: Cell) {
     assert_eq!(scene.snapshot(rel).await, expected, "the room afterwards");
 }
 
-/// A `sync` frame for the cell's room: a member gets the room's message again, anyone else
-/// nothing; either way the socket carries on. Anonymous callers never get a socket.
-async fn sync_cell(scene: &Scene, rel: Rel, want: Cell) {
+/// A frame for the cell's room (`op` is `sync`, `read` or `typing`): a member's `sync` replays the
+/// room's message, their `read` comes back as a receipt to their connection, their `typing`
+/// reaches another member; anyone else's changes nothing and sends nothing. Either way the
+/// socket carries on. Anonymous callers never get a socket.
+async fn sync_cell(scene: &Scene, op: Op, rel: Rel, want: Cell) {
     let gateway = scene.api.addrs.gateway;
     let Some(actor) = scene.actor(rel) else {
         assert_eq!(want, UNAUTH);
@@ -1055,6 +1065,11 @@ async fn sync_cell(scene: &Scene, rel: Rel, want: Cell) {
     ws.ping().await.expect("ping");
     ws.next_pong().await.expect("pong");
     ws.take_chats();
+    match op {
+        Op::Read => return read_cell(scene, ws, rel, actor, want).await,
+        Op::Typing => return typing_cell(scene, ws, rel, actor, want).await,
+        _ => {}
+    }
     ws.sync(scene.room(rel), 0).await.expect("sync");
     ws.ping().await.expect("ping");
     ws.next_pong()
@@ -1067,6 +1082,85 @@ async fn sync_cell(scene: &Scene, rel: Rel, want: Cell) {
         Cell::Ignored => assert_eq!(got, Vec::<MessageId>::new(), "the sync is ignored"),
         other => unreachable!("a sync cell is {other:?}"),
     }
+    ws.close().await.expect("close");
+}
+
+/// A `read` of the room's message: a member's comes back to their connection as a receipt (and
+/// their `read_seq` is 1); anyone else's sends nothing (within three cursor flushes) and stores
+/// nothing.
+async fn read_cell(scene: &Scene, mut ws: WsClient, rel: Rel, actor: &TestUser, want: Cell) {
+    let room = scene.room(rel);
+    ws.read(room, 1).await.expect("read");
+    match want {
+        Cell::Ok => {
+            let r = ws.next_receipt().await.expect("the reader's own receipt");
+            assert_eq!((r.room_id, r.user_id, r.seq), (room, actor.id, Some(1)));
+        }
+        Cell::Ignored => ws
+            .expect_no_receipt_within(std::time::Duration::from_millis(1500))
+            .await
+            .expect("the read is ignored"),
+        other => unreachable!("a read cell is {other:?}"),
+    }
+    ws.ping().await.expect("ping");
+    ws.next_pong()
+        .await
+        .expect("the socket carries on after the read");
+    let joined: JoinedRoomsReply = scene.api.joined_rooms(&actor.token).await.data();
+    let read_seq = joined
+        .rooms
+        .iter()
+        .find(|r| r.room_id == room)
+        .and_then(|r| r.read_seq);
+    let want_seq = (want == Cell::Ok).then_some(1);
+    assert_eq!(read_seq, want_seq, "the actor's read_seq in the room");
+    ws.close().await.expect("close");
+}
+
+/// A `typing` frame: a member's reaches `member2` (in the group and the one-to-one room, never the
+/// actor); anyone else's does not: the next frame `member2` gets is `member`'s typing after it.
+async fn typing_cell(scene: &Scene, mut ws: WsClient, rel: Rel, actor: &TestUser, want: Cell) {
+    let gateway = scene.api.addrs.gateway;
+    let mut listener = WsClient::connect(gateway, &scene.member2.token)
+        .await
+        .expect("member2 connects");
+    listener.ping().await.expect("ping");
+    listener.next_pong().await.expect("pong");
+    ws.typing(scene.room(rel)).await.expect("typing");
+    ws.ping().await.expect("ping");
+    ws.next_pong()
+        .await
+        .expect("the socket carries on after typing");
+    let seen = scene.seen_room(rel);
+    let witness = match want {
+        Cell::Ok => {
+            let r = listener.next_receipt().await.expect("the typing frame");
+            assert_eq!((r.room_id, r.user_id, r.seq), (seen, actor.id, None));
+            None
+        }
+        Cell::Ignored => {
+            // `member` (in both rooms) types after it, on a connection of their own.
+            let mut member = WsClient::connect(gateway, &scene.member.token)
+                .await
+                .expect("member connects");
+            member.typing(seen).await.expect("typing");
+            let r = listener
+                .next_receipt()
+                .await
+                .expect("member's typing frame");
+            assert_eq!(
+                (r.room_id, r.user_id, r.seq),
+                (seen, scene.member.id, None),
+                "the ignored typing sent nothing before it"
+            );
+            Some(member)
+        }
+        other => unreachable!("a typing cell is {other:?}"),
+    };
+    if let Some(m) = witness {
+        m.close().await.expect("close");
+    }
+    listener.close().await.expect("close");
     ws.close().await.expect("close");
 }
 
