@@ -185,7 +185,27 @@ export interface NoticeFrame {
   request_id?: number | null;
 }
 
-export type ServerFrame = ChatFrame | SystemFrame | AckFrame | PongFrame | NoticeFrame;
+export interface ReadFrame {
+  type: 'read';
+  room_id: number;
+  user_id: number;
+  seq: number;
+}
+
+export interface TypingFrame {
+  type: 'typing';
+  room_id: number;
+  user_id: number;
+}
+
+export type ServerFrame =
+  | ChatFrame
+  | SystemFrame
+  | AckFrame
+  | PongFrame
+  | NoticeFrame
+  | ReadFrame
+  | TypingFrame;
 
 export interface Ack {
   id: number;
@@ -224,6 +244,10 @@ export interface ClientEvents {
   ack: Ack;
   pong: PongFrame;
   notice: NoticeFrame;
+  /** `user_id` has read `room_id` up to `seq` (this user's other devices, and members of small rooms). */
+  read: { room_id: number; user_id: number; seq: number };
+  /** `user_id` is typing in `room_id`. */
+  typing: { room_id: number; user_id: number };
   /** Messages `after_seq < seq < before_seq` of a room are missing and are being asked for. */
   gap: { room_id: number; after_seq: number; before_seq: number };
   /** An `ack` frame went to the gateway. */
@@ -315,5 +339,7 @@ export class Client {
   close(): void;
   ping(): Promise<void>;
   sync(roomId: number, afterSeq: number): boolean;
+  markRead(roomId: number, seq: number): boolean;
+  typing(roomId: number): boolean;
   cursors(): Record<string, number>;
 }

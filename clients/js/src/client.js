@@ -464,6 +464,24 @@ export class Client extends Emitter {
     return this._live.sync(roomId, afterSeq);
   }
 
+  /**
+   * Says the user has read `roomId` up to `seq` (cumulative, across their devices): the server
+   * stores it, tells the user's other devices and, in small rooms, the other members (`read`
+   * events). False when not connected (send it again once `connected`).
+   */
+  markRead(roomId, seq) {
+    return this._live.frame({ type: 'read', room_id: roomId, seq });
+  }
+
+  /**
+   * Says the user is typing in `roomId` (send it every few seconds while they type); the room's
+   * other online members get a `typing` event. Never stored; the server drops frames past its
+   * rate limit. False when not connected.
+   */
+  typing(roomId) {
+    return this._live.frame({ type: 'typing', room_id: roomId });
+  }
+
   /** The last `seq` handed to the app per room: keep it to pass as `cursors` next time. */
   cursors() {
     return this._delivery.cursors();
@@ -503,6 +521,12 @@ export class Client extends Emitter {
       case 'notice':
         if (f.event === 'dissolved') this._delivery.drop(f.room_id);
         this._emit('notice', f);
+        break;
+      case 'read':
+        this._emit('read', { room_id: f.room_id, user_id: f.user_id, seq: f.seq });
+        break;
+      case 'typing':
+        this._emit('typing', { room_id: f.room_id, user_id: f.user_id });
         break;
       default:
         // A frame of a newer server: only `frame` sees it.

@@ -360,6 +360,11 @@ export class Live {
     this._ackDue.clear();
   }
 
+  /** Sends a client frame as it is; false when not connected. */
+  frame(obj) {
+    return this._sendFrame(obj);
+  }
+
   /** Asks the gateway for everything in `roomId` after `afterSeq`. */
   sync(roomId, afterSeq) {
     return this._sendFrame({ type: 'sync', room_id: roomId, after_seq: afterSeq });

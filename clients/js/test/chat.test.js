@@ -320,6 +320,38 @@ test('named devices keep their own cursors: one that was away gets what it misse
   assert.deepEqual(laptop.cursors(), { [room]: 4 });
 });
 
+test('a read receipt reaches the reader\'s other device and the sender; typing reaches the others', async () => {
+  const alice = await user('alice');
+  const laptop = await user('bob', { deviceId: 'laptop' });
+  const phone = await sameUser(laptop, { deviceId: 'phone' });
+  const { room_id: room } = await alice.createGroup('receipts', [laptop.userId]);
+  await Promise.all([online(alice), online(laptop), online(phone)]);
+  const reads = { alice: [], phone: [] };
+  alice.on('read', (r) => reads.alice.push(r));
+  phone.on('read', (r) => reads.phone.push(r));
+  const typing = { laptop: [], alice: [] };
+  laptop.on('typing', (t) => typing.laptop.push(t));
+  alice.on('typing', (t) => typing.alice.push(t));
+  const onLaptop = record(laptop);
+  const sent = await alice.sendMessage(room, 'read me');
+  await until(() => onLaptop.length === 1, 'the message on the laptop');
+
+  assert.equal(laptop.markRead(room, sent.seq), true);
+  const receipt = { room_id: room, user_id: laptop.userId, seq: sent.seq };
+  await until(() => reads.alice.length >= 1 && reads.phone.length >= 1, 'the receipt on the phone and at alice');
+  assert.deepEqual(reads.alice[0], receipt);
+  assert.deepEqual(reads.phone[0], receipt);
+  const rooms = await laptop.joinedRooms();
+  const mine = (rooms.rooms || rooms).find((r) => r.room_id === room);
+  assert.equal(mine.read_seq, sent.seq);
+
+  assert.equal(alice.typing(room), true);
+  await until(() => typing.laptop.length >= 1, 'typing at bob');
+  assert.deepEqual(typing.laptop[0], { room_id: room, user_id: alice.userId });
+  await alice.ping();
+  assert.equal(typing.alice.length, 0, 'the typist does not get their own typing');
+});
+
 test('after a connect, a quiet room behind what another device read is caught up', async () => {
   const alice = await user('alice');
   const laptop = await user('bob', { gapTimeoutMs: 500 });

@@ -30,7 +30,7 @@ test('the close codes that stop reconnecting are the ones docs/protocol.md says 
 test('every server frame type of docs/protocol.md has an event', () => {
   const table = section('Server to client');
   const types = new Set([...table.matchAll(/"type":"(\w+)"/g)].map((m) => m[1]));
-  assert.deepEqual([...types].sort(), ['ack', 'chat', 'notice', 'pong', 'system']);
+  assert.deepEqual([...types].sort(), ['ack', 'chat', 'notice', 'pong', 'read', 'system', 'typing']);
   const client = readFileSync(new URL('../src/client.js', import.meta.url), 'utf8');
   const handled = new Set([...client.matchAll(/case '(\w+)':/g)].map((m) => m[1]));
   for (const t of types) assert.ok(handled.has(t), `frame type ${t} is handled`);
