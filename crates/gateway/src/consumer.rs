@@ -614,6 +614,18 @@ mod tests {
             .collect()
     }
 
+    /// A connection (its queue of 64) for each of `users` on this gateway.
+    fn connect(state: &GatewayState, users: &[UserId]) -> Vec<Arc<ConnShared>> {
+        users
+            .iter()
+            .map(|&u| {
+                let c = Arc::new(ConnShared::new(0, 64));
+                state.0.hub.add(u, 0, c.clone());
+                c
+            })
+            .collect()
+    }
+
     /// Runs the consumer over `reads` until it has started `reads` + 2 reads (the window closed
     /// after the last one and what it held was released), then stops it.
     async fn consume_until_released(
@@ -662,14 +674,7 @@ mod tests {
         let stored = append(store, &ids, room.id, users[0], 6).await;
         // The recipients on this gateway: all but the sender, two chunks.
         let local = &users[1..];
-        let conns: Vec<Arc<ConnShared>> = local
-            .iter()
-            .map(|&u| {
-                let c = Arc::new(ConnShared::new(0, 64));
-                state.0.hub.add(u, 0, c.clone());
-                c
-            })
-            .collect();
+        let conns = connect(&state, local);
         let entries = |seq: usize| -> Vec<PushEntry> {
             local
                 .chunks(100)
@@ -720,14 +725,7 @@ mod tests {
             .await
             .expect("join");
         stored.extend(append(store, &ids, room.id, sender, 1).await);
-        let conns: Vec<Arc<ConnShared>> = [old, new]
-            .iter()
-            .map(|&u| {
-                let c = Arc::new(ConnShared::new(0, 64));
-                state.0.hub.add(u, 0, c.clone());
-                c
-            })
-            .collect();
+        let conns = connect(&state, &[old, new]);
         let chat = |seq: usize, targets: Vec<UserId>| PushEntry::Chat {
             message: stored[seq - 1].clone(),
             targets,

@@ -53,3 +53,20 @@ pub const PASSWORD: &str = "correct-horse-battery";
 /// How long a test waits for a reply or a frame before it fails. Generous on purpose: the machine
 /// running CI has two cores and builds in parallel; a slow pass must not be a failing one.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for `check` to hold, checking again every 50 ms, for at most `within`; panics naming
+/// `what` when it does not.
+pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -2,26 +2,12 @@
 //! (`server::start` with one role) and joined only by a real MariaDB and a real Redis.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::proto::api::{GatewayView, InstancesReply};
 use testkit::proto::stream::PushEntry;
 use testkit::redis::AsyncCommands;
-use testkit::{Chat, Cluster, TestUser, WAIT};
-
-/// Waits for `check` to hold, re-checking on every turn, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use testkit::{Chat, Cluster, TestUser, WAIT, eventually};
 
 fn seqs(chats: &[Chat]) -> Vec<i64> {
     chats.iter().map(|c| c.seq).collect()

@@ -5,14 +5,13 @@
 //! (its sockets closed with 4410). Each scenario runs on `ruststacker all` and on the cluster
 //! (two gateways, over MariaDB and Redis), with real WebSocket clients.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::proto::api::{DeviceRemovedReply, DevicesReply};
 use testkit::proto::{MessageId, RoomId, Seq, UserId};
-use testkit::{Chat, Client, Cluster, Method, Service, TestApp, TestUser, WsClient};
+use testkit::{Chat, Client, Cluster, Method, Service, TestApp, TestUser, WsClient, eventually};
 
 /// A deployment as these scenarios see it: the HTTP API and two gateways (the same one twice in
 /// `all`), and in the cluster the database, to wait for a cursor flush before a device moves to
@@ -129,18 +128,6 @@ impl World {
             );
         }
         ids
-    }
-}
-
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
