@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use proto::api::{
     CreateGroupReply, HistoryReply, JoinRequestView, JoinRequestsReply, JoinedRoomsReply,
     LoginReply, MembersReply, MembershipReply, MessageView, Role, RoomView, SendMessageReply,
@@ -708,7 +708,19 @@ impl Client {
 
     /// [`Client::register_and_login`] for each prefix, concurrently.
     pub async fn register_users(&self, prefixes: &[&str]) -> Vec<TestUser> {
-        join_all(prefixes.iter().map(|p| self.register_and_login(p))).await
+        // At most 64 at once: each request in flight is a socket from this one address, and a
+        // few hundred at once would pass the listeners' per-address cap
+        // (`http.max_connections_per_ip`, 256), which refuses the rest.
+        // The futures made first: a stream over a closure would make callers' spawned futures
+        // fail the `Send` check.
+        let each: Vec<_> = prefixes
+            .iter()
+            .map(|p| self.register_and_login(p))
+            .collect();
+        futures_util::stream::iter(each)
+            .buffered(64)
+            .collect()
+            .await
     }
 
     /// Creates a group owned by `owner` with `members` (the owner is added by the server).
