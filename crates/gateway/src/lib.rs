@@ -517,6 +517,7 @@ struct WsQuery {
     /// The client's device: 1-64 printable ASCII characters without spaces, chosen by the client
     /// and kept across its reconnects. Each device has delivery cursors of its own; without it,
     /// the user's default device.
+    #[param(min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")]
     device_id: Option<String>,
 }
 
@@ -554,9 +555,6 @@ async fn ws_handshake(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     ip.check(&s.0.limits.ws_connect_per_ip)?;
-    if let Some(device) = q.device_id.as_deref() {
-        proto::validate::device_id(device)?;
-    }
     if let Some(origin) = headers.get(axum::http::header::ORIGIN)
         && !origin_allowed(s.0.cfg.allowed_origins.as_deref(), origin.as_bytes())
     {
@@ -570,6 +568,10 @@ async fn ws_handshake(
         None => s.0.auth.authenticate_headers(&headers).await?,
     };
     s.0.limits.ws_connect_per_user.check(&user.user_id)?;
+    // After the token: a caller who is not authenticated learns nothing else (401 before 400).
+    if let Some(device) = q.device_id.as_deref() {
+        proto::validate::device_id(device)?;
+    }
     let upgrade = upgrade.map_err(|_| {
         ApiError::new(
             ErrorCode::NotWebsocket,

@@ -47,7 +47,8 @@ pub(crate) async fn list(State(s): State<MetaState>, me: AuthUser) -> ApiResult<
 /// `device_id` again is a new device (it starts from the rooms' current messages).
 #[utoipa::path(delete, path = "/api/user/devices/{device_id}", tag = "users",
     security(("bearer" = [])),
-    params(("device_id" = String, Path, description = "The device (percent-encoded)")),
+    params(("device_id" = String, Path, description = "The device (percent-encoded)",
+        min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")),
     responses(
         (status = 200, description = "Removed", body = Envelope<DeviceRemovedReply>),
         (status = 400, description = "`invalid_device_id`", body = ErrorReply),

@@ -353,7 +353,7 @@ async fn devices_are_listed_and_removed(w: &World) {
 }
 
 /// A `device_id` that is not 1-64 printable ASCII characters without spaces: 400 in the envelope,
-/// before the upgrade.
+/// before the upgrade (401 first when the caller has no token).
 async fn a_bad_device_id_is_refused(w: &World) {
     let (alice, _, _) = w.pair("bad").await;
     let long = "d".repeat(65);
@@ -366,6 +366,11 @@ async fn a_bad_device_id_is_refused(w: &World) {
         let url = format!("ws://{}{path}", w.gateways[0]);
         let status = testkit::ws::handshake_status(&url, None).await;
         assert_eq!(status.expect("an answer"), 400, "{bad:?}: no upgrade");
+        // Without a token the answer is 401: nothing is checked before the caller is known.
+        w.api
+            .get(Service::Gateway, &format!("/api/ws?device_id={bad}"), None)
+            .await
+            .assert_error(401, "missing_token");
     }
     let fine = "d".repeat(64);
     let mut ws = w.device(0, &alice, &fine, false).await;
